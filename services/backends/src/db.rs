@@ -1,0 +1,306 @@
+//! The database: pool, migrations, and every SQL statement the services run.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use crate::settings::DatabaseSettings;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool without waiting for the server: the API starts (and answers 503 on
+/// `/health`) even while the database is still coming up.
+pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(settings.url.expose_secret())?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_lazy_with(options))
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Cheap liveness probe for `/health`.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(drop)
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+// ---------------------------------------------------------------------------------- users
+
+#[derive(Debug, Clone, FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub city: String,
+    pub country: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InsertUserError {
+    #[error("email already registered")]
+    DuplicateEmail,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+pub async fn insert_user(pool: &PgPool, user: &User) -> Result<(), InsertUserError> {
+    sqlx::query(
+        "INSERT INTO users (id, email, password_hash, first_name, last_name, city, country)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(user.id)
+    .bind(&user.email)
+    .bind(&user.password_hash)
+    .bind(&user.first_name)
+    .bind(&user.last_name)
+    .bind(&user.city)
+    .bind(&user.country)
+    .execute(pool)
+    .await
+    .map_err(|e| if is_unique_violation(&e) { InsertUserError::DuplicateEmail } else { e.into() })?;
+    Ok(())
+}
+
+pub async fn find_user_by_email(pool: &PgPool, email: &str) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM users WHERE lower(email) = lower($1)")
+        .bind(email)
+        .fetch_optional(pool)
+        .await
+}
+
+// --------------------------------------------------------------------------------- videos
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoStatus {
+    Uploaded,
+    Processing,
+    Processed,
+    Failed,
+}
+
+impl VideoStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uploaded => "uploaded",
+            Self::Processing => "processing",
+            Self::Processed => "processed",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "uploaded" => Self::Uploaded,
+            "processing" => Self::Processing,
+            "processed" => Self::Processed,
+            // The column's CHECK constraint admits nothing else.
+            _ => Self::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+struct VideoRecord {
+    id: Uuid,
+    owner_id: Uuid,
+    title: String,
+    status: String,
+    error: Option<String>,
+    uploaded_at: DateTime<Utc>,
+    processed_at: Option<DateTime<Utc>>,
+    vote_count: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Video {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub title: String,
+    pub status: VideoStatus,
+    pub error: Option<String>,
+    pub uploaded_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub votes: i64,
+}
+
+impl From<VideoRecord> for Video {
+    fn from(r: VideoRecord) -> Self {
+        Self {
+            id: r.id,
+            owner_id: r.owner_id,
+            title: r.title,
+            status: VideoStatus::parse(&r.status),
+            error: r.error,
+            uploaded_at: r.uploaded_at,
+            processed_at: r.processed_at,
+            votes: r.vote_count,
+        }
+    }
+}
+
+const VIDEO_COLUMNS: &str =
+    "id, owner_id, title, status, error, uploaded_at, processed_at, vote_count";
+
+pub async fn insert_video(pool: &PgPool, id: Uuid, owner_id: Uuid, title: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO videos (id, owner_id, title) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(owner_id)
+        .bind(title)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+pub async fn find_video(pool: &PgPool, id: Uuid) -> Result<Option<Video>, sqlx::Error> {
+    let record: Option<VideoRecord> =
+        sqlx::query_as(&format!("SELECT {VIDEO_COLUMNS} FROM videos WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(record.map(Video::from))
+}
+
+/// The owner's videos, newest first.
+pub async fn list_videos_of(pool: &PgPool, owner_id: Uuid) -> Result<Vec<Video>, sqlx::Error> {
+    let records: Vec<VideoRecord> = sqlx::query_as(&format!(
+        "SELECT {VIDEO_COLUMNS} FROM videos WHERE owner_id = $1 ORDER BY uploaded_at DESC, id"
+    ))
+    .bind(owner_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(records.into_iter().map(Video::from).collect())
+}
+
+/// Removes an upload that could not be enqueued (the API's undo step).
+pub async fn delete_video(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM videos WHERE id = $1").bind(id).execute(pool).await.map(drop)
+}
+
+/// Deletes the owner's video unless it is public (processed). The row stays locked in the
+/// returned transaction until the caller has removed the stored objects and commits, so a
+/// failure there rolls the delete back.
+pub async fn begin_delete_unpublished_video(
+    pool: &PgPool,
+    id: Uuid,
+    owner_id: Uuid,
+) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let deleted = sqlx::query(
+        "DELETE FROM videos WHERE id = $1 AND owner_id = $2 AND status <> 'processed'",
+    )
+    .bind(id)
+    .bind(owner_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok((deleted.rows_affected() == 1).then_some(tx))
+}
+
+/// A processed video as the public list shows it.
+#[derive(Debug, Clone, FromRow)]
+pub struct PublicVideo {
+    pub id: Uuid,
+    pub title: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub city: String,
+    pub vote_count: i64,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+/// Processed videos, most recently processed first.
+pub async fn list_public_videos(
+    pool: &PgPool,
+    city: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<PublicVideo>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT v.id, v.title, u.first_name, u.last_name, u.city, v.vote_count, v.processed_at
+         FROM videos v JOIN users u ON u.id = v.owner_id
+         WHERE v.status = 'processed' AND ($1::text IS NULL OR lower(u.city) = lower($1))
+         ORDER BY v.processed_at DESC, v.id
+         LIMIT $2 OFFSET $3",
+    )
+    .bind(city)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await
+}
+
+// ---------------------------------------------------------------------------------- votes
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoteOutcome {
+    Counted,
+    AlreadyVoted,
+    /// The video does not exist or is not public (processed) yet.
+    NotVotable,
+}
+
+/// Records one vote. The primary key on (video, user) settles races: of many identical
+/// concurrent votes exactly one is counted.
+pub async fn cast_vote(pool: &PgPool, video_id: Uuid, user_id: Uuid) -> Result<VoteOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO votes (video_id, user_id)
+         SELECT id, $2 FROM videos WHERE id = $1 AND status = 'processed'
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(video_id)
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        sqlx::query("UPDATE videos SET vote_count = vote_count + 1 WHERE id = $1")
+            .bind(video_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Ok(VoteOutcome::Counted);
+    }
+    tx.rollback().await?;
+    let votable: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM videos WHERE id = $1 AND status = 'processed')")
+            .bind(video_id)
+            .fetch_one(pool)
+            .await?;
+    Ok(if votable { VoteOutcome::AlreadyVoted } else { VoteOutcome::NotVotable })
+}
+
+// ------------------------------------------------------------------------------- rankings
+
+/// One player's line in the rankings: the sum of the votes on all their public videos.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct PlayerScore {
+    pub username: String,
+    pub city: String,
+    pub votes: i64,
+}
+
+/// Every player with at least one public video, most votes first (ties by name, then id,
+/// so the order is stable between refreshes).
+pub async fn player_scores(pool: &PgPool) -> Result<Vec<PlayerScore>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT u.first_name || ' ' || u.last_name AS username, u.city,
+                SUM(v.vote_count)::bigint AS votes
+         FROM users u JOIN videos v ON v.owner_id = u.id AND v.status = 'processed'
+         GROUP BY u.id
+         ORDER BY votes DESC, username, u.id",
+    )
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,48 @@
+//! What the API and the worker share: the database, object storage, the job queue, media
+//! probing, settings, logging set-up and the job message.
+//!
+//! Architecture invariant: this crate knows nothing of HTTP and links only the S3 and SQS
+//! SDKs; the rest of AWS belongs to `provision`.
+
+pub mod db;
+pub mod job;
+pub mod media;
+pub mod queue;
+pub mod settings;
+pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::io::IsTerminal;
+
+use settings::{AwsSettings, LogFormat, LogSettings};
+
+/// The AWS SDK configuration shared by the S3 and SQS clients: the standard credential
+/// chain, the configured region, and the endpoint override for emulators.
+pub async fn aws_sdk_config(aws: &AwsSettings) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(aws.region.clone()));
+    if let Some(endpoint) = &aws.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}
+
+/// Installs the global `tracing` subscriber: JSON on servers, text on a terminal.
+/// `RUST_LOG` overrides the configured filter.
+pub fn init_tracing(log: &LogSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    let json = match log.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A second initialisation (tests start several servers in one process) is harmless.
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}

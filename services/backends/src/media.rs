@@ -1,0 +1,266 @@
+//! The one place that runs ffmpeg and ffprobe: argument lists (never a shell), no stdin,
+//! a timeout, killed when dropped, and the tail of stderr in every error.
+
+use std::ffi::OsStr;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How much of a failing tool's stderr goes into the error.
+const STDERR_TAIL_BYTES: usize = 600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("cannot run {program} (is it installed?)")]
+    Spawn {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} took longer than {timeout:?}")]
+    Timeout { program: &'static str, timeout: Duration },
+    #[error("{program} failed ({status}): {stderr_tail}")]
+    Failed { program: &'static str, status: String, stderr_tail: String },
+    #[error("cannot understand ffprobe's report: {0}")]
+    Report(#[from] serde_json::Error),
+}
+
+/// Runs ffmpeg with `args`, killing it after `timeout`.
+pub async fn run_ffmpeg<I, S>(args: I, timeout: Duration) -> Result<(), MediaError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut full: Vec<std::ffi::OsString> =
+        ["-nostdin", "-hide_banner", "-loglevel", "error"].iter().map(Into::into).collect();
+    full.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+    run("ffmpeg", &full, timeout).await.map(drop)
+}
+
+async fn run(program: &'static str, args: &[std::ffi::OsString], timeout: Duration) -> Result<Vec<u8>, MediaError> {
+    #[allow(clippy::disallowed_methods)] // this module is where media tools are spawned
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| MediaError::Spawn { program, source })?;
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| MediaError::Timeout { program, timeout })?
+        .map_err(|source| MediaError::Spawn { program, source })?;
+    if !output.status.success() {
+        return Err(MediaError::Failed {
+            program,
+            status: output.status.to_string(),
+            stderr_tail: tail(&output.stderr),
+        });
+    }
+    Ok(output.stdout)
+}
+
+fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    let start = text.len().saturating_sub(STDERR_TAIL_BYTES);
+    let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    text[start..].to_owned()
+}
+
+/// What ffprobe says about a media file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// ffprobe's container name list, e.g. "mov,mp4,m4a,3gp,3g2,mj2".
+    pub format_name: String,
+    pub duration: Option<Duration>,
+    /// The first real video stream (cover art is not video).
+    pub video: Option<VideoStream>,
+    pub has_audio: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoStream {
+    pub codec: String,
+    pub width: u32,
+    pub height: u32,
+    pub pixel_format: Option<String>,
+}
+
+impl Probe {
+    /// MP4 and its ISO-BMFF siblings (MOV, M4V, 3GP) all report this demuxer.
+    pub fn is_mp4_family(&self) -> bool {
+        self.format_name.split(',').any(|f| f == "mp4")
+    }
+}
+
+/// Probes `path` with ffprobe.
+pub async fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
+    let args: Vec<std::ffi::OsString> = [
+        OsStr::new("-v"),
+        OsStr::new("error"),
+        OsStr::new("-hide_banner"),
+        OsStr::new("-print_format"),
+        OsStr::new("json"),
+        OsStr::new("-show_format"),
+        OsStr::new("-show_streams"),
+        path.as_os_str(),
+    ]
+    .iter()
+    .map(|a| a.to_os_string())
+    .collect();
+    let stdout = run("ffprobe", &args, timeout).await?;
+    parse_probe(&stdout)
+}
+
+#[derive(Deserialize)]
+struct RawProbe {
+    #[serde(default)]
+    streams: Vec<RawStream>,
+    format: Option<RawFormat>,
+}
+
+#[derive(Deserialize)]
+struct RawStream {
+    codec_type: Option<String>,
+    codec_name: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+    pix_fmt: Option<String>,
+    #[serde(default)]
+    disposition: std::collections::HashMap<String, i64>,
+}
+
+#[derive(Deserialize)]
+struct RawFormat {
+    format_name: Option<String>,
+    duration: Option<String>,
+}
+
+/// Turns ffprobe's JSON report into a [`Probe`].
+pub fn parse_probe(json: &[u8]) -> Result<Probe, MediaError> {
+    let raw: RawProbe = serde_json::from_slice(json)?;
+    let format = raw.format.unwrap_or(RawFormat { format_name: None, duration: None });
+    let duration = format
+        .duration
+        .and_then(|d| d.parse::<f64>().ok())
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .map(Duration::from_secs_f64);
+    let video = raw
+        .streams
+        .iter()
+        .filter(|s| s.codec_type.as_deref() == Some("video"))
+        .find(|s| s.disposition.get("attached_pic").copied().unwrap_or(0) == 0)
+        .and_then(|s| {
+            Some(VideoStream {
+                codec: s.codec_name.clone().unwrap_or_default(),
+                width: s.width?,
+                height: s.height?,
+                pixel_format: s.pix_fmt.clone(),
+            })
+        });
+    Ok(Probe {
+        format_name: format.format_name.unwrap_or_default(),
+        duration,
+        video,
+        has_audio: raw.streams.iter().any(|s| s.codec_type.as_deref() == Some("audio")),
+    })
+}
+
+/// Walks the top-level ISO-BMFF boxes of `reader` and reports whether they add up to the
+/// file. ffprobe happily reads a file cut short after its `moov` box (the index is intact,
+/// the media data is not), so truncation is caught here.
+pub fn mp4_boxes_complete(reader: &mut (impl Read + Seek)) -> std::io::Result<bool> {
+    let len = reader.seek(SeekFrom::End(0))?;
+    let mut offset = 0u64;
+    let mut saw_moov = false;
+    while offset < len {
+        reader.seek(SeekFrom::Start(offset))?;
+        let mut header = [0u8; 16];
+        if len - offset < 8 {
+            return Ok(false);
+        }
+        reader.read_exact(&mut header[..8])?;
+        let size32 = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let kind = &header[4..8];
+        saw_moov |= kind == b"moov";
+        let size = match size32 {
+            0 => len - offset, // "extends to the end of the file"
+            1 => {
+                if len - offset < 16 {
+                    return Ok(false);
+                }
+                reader.read_exact(&mut header[8..16])?;
+                let mut large = [0u8; 8];
+                large.copy_from_slice(&header[8..16]);
+                u64::from_be_bytes(large)
+            }
+            n => u64::from(n),
+        };
+        if size < 8 || offset.checked_add(size).is_none_or(|end| end > len) {
+            return Ok(false);
+        }
+        offset += size;
+    }
+    Ok(saw_moov)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn mp4_box(kind: &[u8; 4], payload_len: usize) -> Vec<u8> {
+        let mut b = u32::try_from(payload_len + 8).unwrap().to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend(std::iter::repeat_n(0u8, payload_len));
+        b
+    }
+
+    #[test]
+    fn box_walk_accepts_whole_files_and_rejects_cut_ones() {
+        let mut file = mp4_box(b"ftyp", 16);
+        file.extend(mp4_box(b"moov", 100));
+        file.extend(mp4_box(b"mdat", 1000));
+        assert!(mp4_boxes_complete(&mut Cursor::new(file.clone())).unwrap());
+        file.truncate(file.len() - 10);
+        assert!(!mp4_boxes_complete(&mut Cursor::new(file)).unwrap());
+        let no_moov = [mp4_box(b"ftyp", 16), mp4_box(b"mdat", 10)].concat();
+        assert!(!mp4_boxes_complete(&mut Cursor::new(no_moov)).unwrap());
+        assert!(!mp4_boxes_complete(&mut Cursor::new(b"%PDF-1.4 hello".to_vec())).unwrap());
+        assert!(!mp4_boxes_complete(&mut Cursor::new(Vec::new())).unwrap());
+    }
+
+    #[test]
+    fn probe_report_ignores_cover_art_and_reads_duration() {
+        let json = br#"{"streams":[
+            {"codec_type":"audio","codec_name":"aac"},
+            {"codec_type":"video","codec_name":"mjpeg","width":300,"height":300,
+             "disposition":{"attached_pic":1}}],
+            "format":{"format_name":"mov,mp4,m4a,3gp,3g2,mj2","duration":"12.500000"}}"#;
+        let probe = parse_probe(json).unwrap();
+        assert!(probe.is_mp4_family());
+        assert!(probe.has_audio);
+        assert_eq!(probe.video, None);
+        assert_eq!(probe.duration, Some(Duration::from_millis(12_500)));
+
+        let json = br#"{"streams":[{"codec_type":"video","codec_name":"h264","width":1280,
+            "height":720,"pix_fmt":"yuv420p"}],"format":{"format_name":"matroska,webm"}}"#;
+        let probe = parse_probe(json).unwrap();
+        assert!(!probe.is_mp4_family());
+        assert_eq!(probe.duration, None);
+        assert_eq!(probe.video.unwrap().height, 720);
+    }
+
+    #[test]
+    fn stderr_tail_keeps_the_end() {
+        let long = "x".repeat(2000) + "the real error";
+        let t = tail(long.as_bytes());
+        assert!(t.ends_with("the real error"));
+        assert!(t.len() <= STDERR_TAIL_BYTES);
+    }
+}

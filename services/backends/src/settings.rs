@@ -1,0 +1,312 @@
+//! Typed configuration: `config/default.toml` (embedded), overlay files, then `APP__…` env vars.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+/// The defaults, built into every binary so it runs with no file on disk.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// Longest time rankings may be stale (the API contract promises at most a minute).
+pub const MAX_RANKINGS_REFRESH: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub storage: StorageSettings,
+    pub queue: QueueSettings,
+    pub aws: AwsSettings,
+    pub auth: AuthSettings,
+    pub upload: UploadSettings,
+    pub rankings: RankingsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    #[serde(deserialize_with = "empty_as_none")]
+    pub public_base_url: Option<String>,
+    pub workers: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    pub migrate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub backend: StorageBackend,
+    pub local_dir: PathBuf,
+    #[serde(deserialize_with = "empty_as_none")]
+    pub bucket: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub presign_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    Postgres,
+    Sqs,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub backend: QueueBackend,
+    pub name: String,
+    #[serde(deserialize_with = "empty_as_none")]
+    pub sqs_queue_url: Option<String>,
+    pub max_receives: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    pub region: String,
+    #[serde(deserialize_with = "empty_as_none")]
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub jwt_secret: SecretString,
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSettings {
+    pub max_bytes: u64,
+    #[serde(deserialize_with = "empty_as_none")]
+    pub staging_dir: Option<PathBuf>,
+    pub check_duration: bool,
+    #[serde(with = "humantime_serde")]
+    pub min_duration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+    pub check_resolution: bool,
+    pub min_height: u32,
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankingsSettings {
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+impl Settings {
+    /// Loads the embedded defaults, then each file in `overlays` in order, then the environment.
+    pub fn load(overlays: &[PathBuf]) -> Result<Self, SettingsError> {
+        Self::load_from(overlays, std::env::vars())
+    }
+
+    /// [`Settings::load`] with an explicit environment, so tests need not touch the process's.
+    pub fn load_from(
+        overlays: &[PathBuf],
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        for path in overlays {
+            builder = builder.add_source(overlay_file(path)?);
+        }
+        let env: std::collections::HashMap<String, String> = env.into_iter().collect();
+        if !env.contains_key("APP__DATABASE__URL") {
+            if let Some(url) = env.get("DATABASE_URL") {
+                builder = builder.set_override("database.url", url.as_str())?;
+            }
+        }
+        let app_env = config::Environment::with_prefix("APP")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(env.into_iter().filter(|(k, _)| k.starts_with("APP__")).collect()));
+        let settings: Settings = builder.add_source(app_env).build()?.try_deserialize()?;
+        settings.validate_common()?;
+        Ok(settings)
+    }
+
+    /// Checks that hold for every component; each binary checks its own sections on top.
+    fn validate_common(&self) -> Result<(), SettingsError> {
+        if self.database.url.expose_secret().is_empty() {
+            return invalid("database.url is empty (set DATABASE_URL or APP__DATABASE__URL)");
+        }
+        if self.storage.backend == StorageBackend::S3 && self.storage.bucket.is_none() {
+            return invalid("storage.backend is \"s3\" but storage.bucket is empty");
+        }
+        if self.queue.backend == QueueBackend::Sqs && self.queue.sqs_queue_url.is_none() {
+            return invalid("queue.backend is \"sqs\" but queue.sqs_queue_url is empty");
+        }
+        if self.queue.max_receives == 0 {
+            return invalid("queue.max_receives must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Checks for the sections only the API reads.
+    pub fn validate_for_api(&self) -> Result<(), SettingsError> {
+        if self.auth.jwt_secret.expose_secret().len() < 32 {
+            return invalid(
+                "auth.jwt_secret must be at least 32 bytes (set APP__AUTH__JWT_SECRET)",
+            );
+        }
+        if self.auth.token_ttl.is_zero() {
+            return invalid("auth.token_ttl must be more than zero");
+        }
+        if self.rankings.refresh_interval > MAX_RANKINGS_REFRESH {
+            return invalid("rankings.refresh_interval must be at most 60s");
+        }
+        if self.upload.max_bytes == 0 {
+            return invalid("upload.max_bytes must be more than zero");
+        }
+        if self.upload.min_duration > self.upload.max_duration {
+            return invalid("upload.min_duration is longer than upload.max_duration");
+        }
+        Ok(())
+    }
+}
+
+fn invalid<T>(message: &str) -> Result<T, SettingsError> {
+    Err(SettingsError::Invalid(message.to_owned()))
+}
+
+fn overlay_file(path: &Path) -> Result<config::File<config::FileSourceFile, config::FileFormat>, SettingsError> {
+    if !path.is_file() {
+        return Err(SettingsError::Invalid(format!(
+            "configuration file {} does not exist",
+            path.display()
+        )));
+    }
+    Ok(config::File::from(path).format(config::FileFormat::Toml))
+}
+
+/// TOML has no null: an empty string stands for "not set".
+fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
+    let value = String::deserialize(deserializer)?;
+    Ok((!value.trim().is_empty()).then(|| T::from(value)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_parse_and_environment_overrides_them() {
+        let settings = Settings::load_from(
+            &[],
+            env(&[("APP__SERVER__PORT", "9001"), ("APP__RANKINGS__REFRESH_INTERVAL", "5s")]),
+        )
+        .unwrap();
+        assert_eq!(settings.server.port, 9001);
+        assert_eq!(settings.rankings.refresh_interval, Duration::from_secs(5));
+        assert_eq!(settings.upload.max_bytes, 100_000_000);
+        assert_eq!(settings.storage.bucket, None);
+    }
+
+    #[test]
+    fn database_url_falls_back_to_the_conventional_variable() {
+        let settings =
+            Settings::load_from(&[], env(&[("DATABASE_URL", "postgres://x@h/db")])).unwrap();
+        assert_eq!(settings.database.url.expose_secret(), "postgres://x@h/db");
+    }
+
+    #[test]
+    fn every_file_in_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Settings::load_from(&[path.clone()], env(&[]))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "expected config/default.toml and config/local.toml");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Settings::load_from(&[], env(&[("APP__SERVER__PROT", "1")])).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn api_refuses_a_short_jwt_secret() {
+        let settings = Settings::load_from(&[], env(&[])).unwrap();
+        let err = settings.validate_for_api().unwrap_err();
+        assert!(err.to_string().contains("jwt_secret"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_debug_output() {
+        let settings = Settings::load_from(
+            &[],
+            env(&[("APP__AUTH__JWT_SECRET", "supersecretvalue-supersecretvalue-1234")]),
+        )
+        .unwrap();
+        assert!(!format!("{settings:?}").contains("supersecretvalue"));
+    }
+}

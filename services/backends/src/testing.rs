@@ -1,0 +1,294 @@
+//! Test harness shared by the workspace's tests: a fresh PostgreSQL database per test, one
+//! moto server (S3 and SQS emulator) per test process, and generated test videos.
+//!
+//! `cargo xtask ci` provides both services; run alone, `cargo test` needs
+//! `ANB_TEST_DATABASE_URL` (a role that may create databases) and `ANB_MOTO_PYTHON` (a
+//! Python with `moto[server]`), or the defaults that `cargo xtask ci` sets up.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::settings::AwsSettings;
+
+/// The role `cargo xtask ci` creates on the machine's PostgreSQL cluster.
+pub const DEFAULT_ADMIN_URL: &str = "postgres://anb_test:anb_test@127.0.0.1:5432/postgres";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root exists")
+}
+
+pub fn admin_database_url() -> String {
+    std::env::var("ANB_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+/// A database of its own for one test, migrated, dropped when the value is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub pool: PgPool,
+    pub url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let admin_url = admin_database_url();
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "cannot reach the test PostgreSQL at {admin_url} ({e}); run `cargo xtask ci`, \
+                 or set ANB_TEST_DATABASE_URL to a role that may create databases"
+            )
+        });
+        let name = format!("anb_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let url = replace_database(&admin_url, &name);
+        let pool = PgPool::connect(&url).await.expect("connect to test database");
+        crate::db::migrate(&pool).await.expect("migrate test database");
+        Self { pool, url, name }
+    }
+}
+
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(prefix, _)| prefix);
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin_url = admin_database_url();
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+            })?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .join();
+    }
+}
+
+/// A moto server on a free loopback port, shared by every test of the process; it exits
+/// when the test process does (it watches its stdin, which only this process holds).
+#[derive(Debug)]
+pub struct Moto {
+    pub endpoint: String,
+    _child: Mutex<Child>,
+}
+
+/// The moto version `cargo xtask ci` installs.
+pub const MOTO_VERSION: &str = "5.2.5";
+
+fn moto_python() -> PathBuf {
+    std::env::var_os("ANB_MOTO_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        workspace_root().join(format!("target/tools/moto-{MOTO_VERSION}/bin/python"))
+    })
+}
+
+const MOTO_LAUNCHER: &str = r#"
+import os, sys, threading
+def exit_with_parent():
+    sys.stdin.read()
+    os._exit(0)
+threading.Thread(target=exit_with_parent, daemon=True).start()
+from moto.server import main
+main(["-H", "127.0.0.1", "-p", sys.argv[1]])
+"#;
+
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        // The SDK's credential chain needs something; moto accepts anything.
+        for (key, value) in [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")] {
+            if std::env::var_os(key).is_none() {
+                std::env::set_var(key, value);
+            }
+        }
+        let python = moto_python();
+        let port = free_port();
+        #[allow(clippy::disallowed_methods)] // the harness starts the emulator
+        let child = Command::new(&python)
+            .args(["-c", MOTO_LAUNCHER, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start moto with {} ({e}); run `cargo xtask ci` once, or set \
+                     ANB_MOTO_PYTHON to a python with moto[server]=={MOTO_VERSION}",
+                    python.display()
+                )
+            });
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(address, Duration::from_secs(60));
+        Moto { endpoint: format!("http://{address}"), _child: Mutex::new(child) }
+    })
+}
+
+impl Moto {
+    pub fn aws_settings(&self) -> AwsSettings {
+        AwsSettings { region: "us-east-1".to_owned(), endpoint_url: Some(self.endpoint.clone()) }
+    }
+
+    /// A new, uniquely named bucket.
+    pub async fn create_bucket(&self) -> String {
+        let bucket = format!("anb-test-{}", uuid::Uuid::new_v4().simple());
+        let client = crate::storage::s3_client(&self.aws_settings()).await;
+        client.create_bucket().bucket(&bucket).send().await.expect("create test bucket");
+        bucket
+    }
+
+    /// A new queue with a dead-letter queue after `max_receives`; returns the queue URL.
+    pub async fn create_queue(&self, max_receives: u32) -> String {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let client = crate::queue::sqs_client(&self.aws_settings()).await;
+        let name = format!("anb-test-{}", uuid::Uuid::new_v4().simple());
+        let dlq_url = client
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await
+            .expect("create test dead-letter queue")
+            .queue_url
+            .expect("queue url");
+        let dlq_arn = client
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("read dead-letter queue arn")
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .expect("queue arn");
+        let policy = serde_json::json!({
+            "deadLetterTargetArn": dlq_arn,
+            "maxReceiveCount": max_receives,
+        });
+        client
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
+            .send()
+            .await
+            .expect("create test queue")
+            .queue_url
+            .expect("queue url")
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+fn wait_for_port(address: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "moto did not start listening on {address}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `limit` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Test inputs made with ffmpeg's lavfi sources (never downloaded).
+pub mod videos {
+    use super::*;
+
+    /// An H.264 MP4 of `seconds` at `width`×`height`, with a sine tone when `audio`.
+    pub async fn mp4(path: &Path, seconds: u32, width: u32, height: u32, audio: bool) {
+        let mut args: Vec<String> = vec![
+            "-y".into(),
+            "-f".into(),
+            "lavfi".into(),
+            "-i".into(),
+            format!("testsrc2=size={width}x{height}:rate=30:duration={seconds}"),
+        ];
+        if audio {
+            args.extend(["-f", "lavfi", "-i"].map(String::from));
+            args.push(format!("sine=frequency=440:duration={seconds}"));
+        }
+        args.extend(
+            ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"].map(String::from),
+        );
+        if audio {
+            args.extend(["-c:a", "aac", "-shortest"].map(String::from));
+        }
+        args.extend(["-movflags", "+faststart"].map(String::from));
+        args.push(path.display().to_string());
+        crate::media::run_ffmpeg(&args, Duration::from_secs(120)).await.expect("generate test video");
+    }
+
+    /// An MP4 with an audio track and no video.
+    pub async fn audio_only_mp4(path: &Path, seconds: u32) {
+        let args = [
+            "-y".to_owned(),
+            "-f".to_owned(),
+            "lavfi".to_owned(),
+            "-i".to_owned(),
+            format!("sine=frequency=440:duration={seconds}"),
+            "-c:a".to_owned(),
+            "aac".to_owned(),
+            path.display().to_string(),
+        ];
+        crate::media::run_ffmpeg(&args, Duration::from_secs(60)).await.expect("generate audio");
+    }
+
+    /// A file of `len` bytes that is not a video.
+    pub fn junk(path: &Path, len: usize, head: &[u8]) {
+        let mut file = std::fs::File::create(path).expect("create junk file");
+        file.write_all(head).expect("write junk");
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut left = len.saturating_sub(head.len());
+        while left > 0 {
+            let n = left.min(chunk.len());
+            file.write_all(&chunk[..n]).expect("write junk");
+            left -= n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_swapped_in_urls() {
+        assert_eq!(replace_database("postgres://u:p@h:5432/postgres", "t1"), "postgres://u:p@h:5432/t1");
+        assert_eq!(
+            replace_database("postgres://u@h/postgres?sslmode=disable", "t1"),
+            "postgres://u@h/t1?sslmode=disable"
+        );
+    }
+}
