@@ -70,7 +70,13 @@ pub async fn insert_user(pool: &PgPool, user: &User) -> Result<(), InsertUserErr
     .bind(&user.country)
     .execute(pool)
     .await
-    .map_err(|e| if is_unique_violation(&e) { InsertUserError::DuplicateEmail } else { e.into() })?;
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            InsertUserError::DuplicateEmail
+        } else {
+            e.into()
+        }
+    })?;
     Ok(())
 }
 
@@ -154,7 +160,12 @@ impl From<VideoRecord> for Video {
 const VIDEO_COLUMNS: &str =
     "id, owner_id, title, status, error, uploaded_at, processed_at, vote_count";
 
-pub async fn insert_video(pool: &PgPool, id: Uuid, owner_id: Uuid, title: &str) -> Result<(), sqlx::Error> {
+pub async fn insert_video(
+    pool: &PgPool,
+    id: Uuid,
+    owner_id: Uuid,
+    title: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO videos (id, owner_id, title) VALUES ($1, $2, $3)")
         .bind(id)
         .bind(owner_id)
@@ -186,7 +197,11 @@ pub async fn list_videos_of(pool: &PgPool, owner_id: Uuid) -> Result<Vec<Video>,
 
 /// Removes an upload that could not be enqueued (the API's undo step).
 pub async fn delete_video(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM videos WHERE id = $1").bind(id).execute(pool).await.map(drop)
+    sqlx::query("DELETE FROM videos WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(drop)
 }
 
 /// Deletes the owner's video unless it is public (processed). The row stays locked in the
@@ -198,13 +213,12 @@ pub async fn begin_delete_unpublished_video(
     owner_id: Uuid,
 ) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let deleted = sqlx::query(
-        "DELETE FROM videos WHERE id = $1 AND owner_id = $2 AND status <> 'processed'",
-    )
-    .bind(id)
-    .bind(owner_id)
-    .execute(&mut *tx)
-    .await?;
+    let deleted =
+        sqlx::query("DELETE FROM videos WHERE id = $1 AND owner_id = $2 AND status <> 'processed'")
+            .bind(id)
+            .bind(owner_id)
+            .execute(&mut *tx)
+            .await?;
     Ok((deleted.rows_affected() == 1).then_some(tx))
 }
 
@@ -253,7 +267,11 @@ pub enum VoteOutcome {
 
 /// Records one vote. The primary key on (video, user) settles races: of many identical
 /// concurrent votes exactly one is counted.
-pub async fn cast_vote(pool: &PgPool, video_id: Uuid, user_id: Uuid) -> Result<VoteOutcome, sqlx::Error> {
+pub async fn cast_vote(
+    pool: &PgPool,
+    video_id: Uuid,
+    user_id: Uuid,
+) -> Result<VoteOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO votes (video_id, user_id)
@@ -273,12 +291,17 @@ pub async fn cast_vote(pool: &PgPool, video_id: Uuid, user_id: Uuid) -> Result<V
         return Ok(VoteOutcome::Counted);
     }
     tx.rollback().await?;
-    let votable: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM videos WHERE id = $1 AND status = 'processed')")
-            .bind(video_id)
-            .fetch_one(pool)
-            .await?;
-    Ok(if votable { VoteOutcome::AlreadyVoted } else { VoteOutcome::NotVotable })
+    let votable: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM videos WHERE id = $1 AND status = 'processed')",
+    )
+    .bind(video_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(if votable {
+        VoteOutcome::AlreadyVoted
+    } else {
+        VoteOutcome::NotVotable
+    })
 }
 
 // ------------------------------------------------------------------------------- rankings
@@ -288,6 +311,8 @@ pub async fn cast_vote(pool: &PgPool, video_id: Uuid, user_id: Uuid) -> Result<V
 pub struct PlayerScore {
     pub username: String,
     pub city: String,
+    /// `city` lower-cased by the database, for case-insensitive filtering.
+    pub city_key: String,
     pub votes: i64,
 }
 
@@ -295,7 +320,7 @@ pub struct PlayerScore {
 /// so the order is stable between refreshes).
 pub async fn player_scores(pool: &PgPool) -> Result<Vec<PlayerScore>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT u.first_name || ' ' || u.last_name AS username, u.city,
+        "SELECT u.first_name || ' ' || u.last_name AS username, u.city, lower(u.city) AS city_key,
                 SUM(v.vote_count)::bigint AS votes
          FROM users u JOIN videos v ON v.owner_id = u.id AND v.status = 'processed'
          GROUP BY u.id

@@ -17,7 +17,11 @@ pub struct VideoJob {
 
 impl VideoJob {
     pub fn new(video_id: Uuid) -> Self {
-        Self { video_id, original_key: original_key(video_id), enqueued_at: Utc::now() }
+        Self {
+            video_id,
+            original_key: original_key(video_id),
+            enqueued_at: Utc::now(),
+        }
     }
 
     pub fn to_body(&self) -> String {
@@ -55,7 +59,13 @@ mod tests {
     #[test]
     fn keys_follow_the_storage_layout() {
         let id = Uuid::nil();
-        assert_eq!(original_key(id), "original/00000000-0000-0000-0000-000000000000.mp4");
-        assert_eq!(processed_key(id), "processed/00000000-0000-0000-0000-000000000000.mp4");
+        assert_eq!(
+            original_key(id),
+            "original/00000000-0000-0000-0000-000000000000.mp4"
+        );
+        assert_eq!(
+            processed_key(id),
+            "processed/00000000-0000-0000-0000-000000000000.mp4"
+        );
     }
 }

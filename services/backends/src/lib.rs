@@ -41,7 +41,11 @@ pub fn init_tracing(log: &LogSettings) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // A second initialisation (tests start several servers in one process) is harmless.
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
     } else {
         builder.try_init()
     };

@@ -21,9 +21,16 @@ pub enum MediaError {
         source: std::io::Error,
     },
     #[error("{program} took longer than {timeout:?}")]
-    Timeout { program: &'static str, timeout: Duration },
+    Timeout {
+        program: &'static str,
+        timeout: Duration,
+    },
     #[error("{program} failed ({status}): {stderr_tail}")]
-    Failed { program: &'static str, status: String, stderr_tail: String },
+    Failed {
+        program: &'static str,
+        status: String,
+        stderr_tail: String,
+    },
     #[error("cannot understand ffprobe's report: {0}")]
     Report(#[from] serde_json::Error),
 }
@@ -34,13 +41,19 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut full: Vec<std::ffi::OsString> =
-        ["-nostdin", "-hide_banner", "-loglevel", "error"].iter().map(Into::into).collect();
+    let mut full: Vec<std::ffi::OsString> = ["-nostdin", "-hide_banner", "-loglevel", "error"]
+        .iter()
+        .map(Into::into)
+        .collect();
     full.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
     run("ffmpeg", &full, timeout).await.map(drop)
 }
 
-async fn run(program: &'static str, args: &[std::ffi::OsString], timeout: Duration) -> Result<Vec<u8>, MediaError> {
+async fn run(
+    program: &'static str,
+    args: &[std::ffi::OsString],
+    timeout: Duration,
+) -> Result<Vec<u8>, MediaError> {
     #[allow(clippy::disallowed_methods)] // this module is where media tools are spawned
     let child = tokio::process::Command::new(program)
         .args(args)
@@ -68,7 +81,9 @@ fn tail(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let text = text.trim();
     let start = text.len().saturating_sub(STDERR_TAIL_BYTES);
-    let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
     text[start..].to_owned()
 }
 
@@ -144,7 +159,10 @@ struct RawFormat {
 /// Turns ffprobe's JSON report into a [`Probe`].
 pub fn parse_probe(json: &[u8]) -> Result<Probe, MediaError> {
     let raw: RawProbe = serde_json::from_slice(json)?;
-    let format = raw.format.unwrap_or(RawFormat { format_name: None, duration: None });
+    let format = raw.format.unwrap_or(RawFormat {
+        format_name: None,
+        duration: None,
+    });
     let duration = format
         .duration
         .and_then(|d| d.parse::<f64>().ok())
@@ -167,7 +185,10 @@ pub fn parse_probe(json: &[u8]) -> Result<Probe, MediaError> {
         format_name: format.format_name.unwrap_or_default(),
         duration,
         video,
-        has_audio: raw.streams.iter().any(|s| s.codec_type.as_deref() == Some("audio")),
+        has_audio: raw
+            .streams
+            .iter()
+            .any(|s| s.codec_type.as_deref() == Some("audio")),
     })
 }
 
@@ -215,7 +236,10 @@ mod tests {
     use std::io::Cursor;
 
     fn mp4_box(kind: &[u8; 4], payload_len: usize) -> Vec<u8> {
-        let mut b = u32::try_from(payload_len + 8).unwrap().to_be_bytes().to_vec();
+        let mut b = u32::try_from(payload_len + 8)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
         b.extend_from_slice(kind);
         b.extend(std::iter::repeat_n(0u8, payload_len));
         b

@@ -82,7 +82,9 @@ pub async fn from_settings(
     pool: &PgPool,
 ) -> Result<Arc<dyn JobQueue>, QueueError> {
     Ok(match queue.backend {
-        QueueBackend::Postgres => Arc::new(PgQueue::new(pool.clone(), &queue.name, queue.max_receives)),
+        QueueBackend::Postgres => {
+            Arc::new(PgQueue::new(pool.clone(), &queue.name, queue.max_receives))
+        }
         QueueBackend::Sqs => {
             let url = queue.sqs_queue_url.clone().unwrap_or_default();
             Arc::new(SqsQueue::connect(sqs_client(aws).await, url).await?)
@@ -108,7 +110,11 @@ pub struct PgQueue {
 
 impl PgQueue {
     pub fn new(pool: PgPool, name: &str, max_receives: u32) -> Self {
-        Self { pool, name: name.to_owned(), max_receives: Some(max_receives) }
+        Self {
+            pool,
+            name: name.to_owned(),
+            max_receives: Some(max_receives),
+        }
     }
 
     fn dead_letter_name(&self) -> String {
@@ -119,7 +125,11 @@ impl PgQueue {
         i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
     }
 
-    async fn try_receive(&self, max: u32, visibility: Duration) -> Result<Vec<Delivery>, sqlx::Error> {
+    async fn try_receive(
+        &self,
+        max: u32,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         if let Some(max_receives) = self.max_receives {
             // A message that was received max_receives times and came back is dead.
@@ -309,7 +319,11 @@ impl SqsQueue {
                 dlq.queue_url().map(|u| (u.to_owned(), max))
             }
         };
-        Ok(Self { client, url, redrive })
+        Ok(Self {
+            client,
+            url,
+            redrive,
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -430,7 +444,11 @@ impl JobQueue for SqsQueue {
 
     fn dead_letter_queue(&self) -> Option<Arc<dyn JobQueue>> {
         let (url, _) = self.redrive.as_ref()?;
-        Some(Arc::new(SqsQueue { client: self.client.clone(), url: url.clone(), redrive: None }))
+        Some(Arc::new(SqsQueue {
+            client: self.client.clone(),
+            url: url.clone(),
+            redrive: None,
+        }))
     }
 }
 

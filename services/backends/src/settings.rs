@@ -174,7 +174,11 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
-            .source(Some(env.into_iter().filter(|(k, _)| k.starts_with("APP__")).collect()));
+            .source(Some(
+                env.into_iter()
+                    .filter(|(k, _)| k.starts_with("APP__"))
+                    .collect(),
+            ));
         let settings: Settings = builder.add_source(app_env).build()?.try_deserialize()?;
         settings.validate_common()?;
         Ok(settings)
@@ -224,7 +228,9 @@ fn invalid<T>(message: &str) -> Result<T, SettingsError> {
     Err(SettingsError::Invalid(message.to_owned()))
 }
 
-fn overlay_file(path: &Path) -> Result<config::File<config::FileSourceFile, config::FileFormat>, SettingsError> {
+fn overlay_file(
+    path: &Path,
+) -> Result<config::File<config::FileSourceFile, config::FileFormat>, SettingsError> {
     if !path.is_file() {
         return Err(SettingsError::Invalid(format!(
             "configuration file {} does not exist",
@@ -249,14 +255,20 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_parse_and_environment_overrides_them() {
         let settings = Settings::load_from(
             &[],
-            env(&[("APP__SERVER__PORT", "9001"), ("APP__RANKINGS__REFRESH_INTERVAL", "5s")]),
+            env(&[
+                ("APP__SERVER__PORT", "9001"),
+                ("APP__RANKINGS__REFRESH_INTERVAL", "5s"),
+            ]),
         )
         .unwrap();
         assert_eq!(settings.server.port, 9001);
@@ -284,7 +296,10 @@ mod tests {
                 seen += 1;
             }
         }
-        assert!(seen >= 2, "expected config/default.toml and config/local.toml");
+        assert!(
+            seen >= 2,
+            "expected config/default.toml and config/local.toml"
+        );
     }
 
     #[test]
@@ -304,7 +319,10 @@ mod tests {
     fn secrets_do_not_appear_in_debug_output() {
         let settings = Settings::load_from(
             &[],
-            env(&[("APP__AUTH__JWT_SECRET", "supersecretvalue-supersecretvalue-1234")]),
+            env(&[(
+                "APP__AUTH__JWT_SECRET",
+                "supersecretvalue-supersecretvalue-1234",
+            )]),
         )
         .unwrap();
         assert!(!format!("{settings:?}").contains("supersecretvalue"));

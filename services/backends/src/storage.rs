@@ -28,7 +28,10 @@ pub enum StorageError {
 
 impl StorageError {
     fn backend(key: &str, source: impl Into<anyhow::Error>) -> Self {
-        Self::Backend { key: key.to_owned(), source: source.into() }
+        Self::Backend {
+            key: key.to_owned(),
+            source: source.into(),
+        }
     }
 }
 
@@ -55,6 +58,10 @@ pub trait ObjectStore: Send + Sync + Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// How a client downloads the object; `ttl` bounds presigned URLs.
     async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError>;
+    /// A URL that fetches the object without going through the API, when the backend has
+    /// one (S3: presigned, computed locally without a request); `None` for local storage.
+    async fn presigned_url(&self, key: &str, ttl: Duration)
+        -> Result<Option<String>, StorageError>;
 }
 
 /// Builds the configured backend.
@@ -100,9 +107,13 @@ impl LocalStore {
     fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
         let relative = Path::new(key);
         let plain = !key.is_empty()
-            && relative.components().all(|c| matches!(c, Component::Normal(_)));
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
         if !plain {
-            return Err(StorageError::InvalidKey { key: key.to_owned() });
+            return Err(StorageError::InvalidKey {
+                key: key.to_owned(),
+            });
         }
         Ok(self.root.join(relative))
     }
@@ -113,7 +124,9 @@ impl ObjectStore for LocalStore {
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
         let target = self.path_of(key)?;
         let dir = target.parent().expect("a key path has a parent: the root");
-        tokio::fs::create_dir_all(dir).await.map_err(|e| StorageError::backend(key, e))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| StorageError::backend(key, e))?;
         // A rename is atomic and free when the upload was staged on the same filesystem;
         // otherwise copy next to the target and rename, so readers never see half a file.
         if tokio::fs::rename(path, &target).await.is_ok() {
@@ -137,9 +150,9 @@ impl ObjectStore for LocalStore {
         let source = self.path_of(key)?;
         match tokio::fs::copy(&source, path).await {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StorageError::NotFound { key: key.to_owned() })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                key: key.to_owned(),
+            }),
             Err(e) => Err(StorageError::backend(key, e)),
         }
     }
@@ -153,7 +166,9 @@ impl ObjectStore for LocalStore {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        tokio::fs::try_exists(self.path_of(key)?).await.map_err(|e| StorageError::backend(key, e))
+        tokio::fs::try_exists(self.path_of(key)?)
+            .await
+            .map_err(|e| StorageError::backend(key, e))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
@@ -196,9 +211,19 @@ impl ObjectStore for LocalStore {
     async fn download(&self, key: &str, _ttl: Duration) -> Result<Download, StorageError> {
         let path = self.path_of(key)?;
         if !self.exists(key).await? {
-            return Err(StorageError::NotFound { key: key.to_owned() });
+            return Err(StorageError::NotFound {
+                key: key.to_owned(),
+            });
         }
         Ok(Download::LocalFile(path))
+    }
+
+    async fn presigned_url(
+        &self,
+        _key: &str,
+        _ttl: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(None)
     }
 }
 
@@ -220,7 +245,9 @@ impl S3Store {
 impl ObjectStore for S3Store {
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
         // Streams from disk: the object is never held in memory.
-        let body = ByteStream::from_path(path).await.map_err(|e| StorageError::backend(key, e))?;
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StorageError::backend(key, e))?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -235,20 +262,38 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
-        let response = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+        let response = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(response) => response,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Err(StorageError::NotFound { key: key.to_owned() })
+                return Err(StorageError::NotFound {
+                    key: key.to_owned(),
+                })
             }
             Err(e) => return Err(StorageError::backend(key, e)),
         };
         let mut body = response.body;
-        let mut file =
-            tokio::fs::File::create(path).await.map_err(|e| StorageError::backend(key, e))?;
-        while let Some(chunk) = body.try_next().await.map_err(|e| StorageError::backend(key, e))? {
-            file.write_all(&chunk).await.map_err(|e| StorageError::backend(key, e))?;
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| StorageError::backend(key, e))?;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| StorageError::backend(key, e))?
+        {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| StorageError::backend(key, e))?;
         }
-        file.flush().await.map_err(|e| StorageError::backend(key, e))
+        file.flush()
+            .await
+            .map_err(|e| StorageError::backend(key, e))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -263,7 +308,14 @@ impl ObjectStore for S3Store {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
             Err(e) => Err(StorageError::backend(key, e)),
@@ -281,14 +333,38 @@ impl ObjectStore for S3Store {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| StorageError::backend(prefix, e))?;
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
         }
         keys.sort();
         Ok(keys)
     }
 
     async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError> {
-        let config = PresigningConfig::expires_in(ttl).map_err(|e| StorageError::backend(key, e))?;
+        if !self.exists(key).await? {
+            return Err(StorageError::NotFound {
+                key: key.to_owned(),
+            });
+        }
+        Ok(Download::Presigned(self.presign(key, ttl).await?))
+    }
+
+    async fn presigned_url(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        self.presign(key, ttl).await.map(Some)
+    }
+}
+
+impl S3Store {
+    async fn presign(&self, key: &str, ttl: Duration) -> Result<String, StorageError> {
+        let config =
+            PresigningConfig::expires_in(ttl).map_err(|e| StorageError::backend(key, e))?;
         let request = self
             .client
             .get_object()
@@ -297,7 +373,7 @@ impl ObjectStore for S3Store {
             .presigned(config)
             .await
             .map_err(|e| StorageError::backend(key, e))?;
-        Ok(Download::Presigned(request.uri().to_owned()))
+        Ok(request.uri().to_owned())
     }
 }
 
@@ -312,7 +388,13 @@ mod tests {
             store.path_of("original/a.mp4").unwrap(),
             PathBuf::from("/srv/videos/original/a.mp4")
         );
-        for bad in ["", "../etc/passwd", "/etc/passwd", "original/../../x", "./x"] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "/etc/passwd",
+            "original/../../x",
+            "./x",
+        ] {
             assert!(store.path_of(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -20,7 +20,10 @@ use crate::settings::AwsSettings;
 pub const DEFAULT_ADMIN_URL: &str = "postgres://anb_test:anb_test@127.0.0.1:5432/postgres";
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root exists")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root exists")
 }
 
 pub fn admin_database_url() -> String {
@@ -50,14 +53,20 @@ impl TestDatabase {
             .await
             .expect("create test database");
         let url = replace_database(&admin_url, &name);
-        let pool = PgPool::connect(&url).await.expect("connect to test database");
-        crate::db::migrate(&pool).await.expect("migrate test database");
+        let pool = PgPool::connect(&url)
+            .await
+            .expect("connect to test database");
+        crate::db::migrate(&pool)
+            .await
+            .expect("migrate test database");
         Self { pool, url, name }
     }
 }
 
 fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let base = base.rsplit_once('/').map_or(base, |(prefix, _)| prefix);
     match query {
         Some(q) => format!("{base}/{database}?{q}"),
@@ -71,7 +80,9 @@ impl Drop for TestDatabase {
         let admin_url = admin_database_url();
         // Drop runs inside the test's runtime, which cannot be blocked on: use a thread.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async {
                 let mut admin = PgConnection::connect(&admin_url).await?;
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -96,9 +107,11 @@ pub struct Moto {
 pub const MOTO_VERSION: &str = "5.2.5";
 
 fn moto_python() -> PathBuf {
-    std::env::var_os("ANB_MOTO_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        workspace_root().join(format!("target/tools/moto-{MOTO_VERSION}/bin/python"))
-    })
+    std::env::var_os("ANB_MOTO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join(format!("target/tools/moto-{MOTO_VERSION}/bin/python"))
+        })
 }
 
 const MOTO_LAUNCHER: &str = r#"
@@ -115,7 +128,10 @@ pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
         // The SDK's credential chain needs something; moto accepts anything.
-        for (key, value) in [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")] {
+        for (key, value) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ] {
             if std::env::var_os(key).is_none() {
                 std::env::set_var(key, value);
             }
@@ -138,20 +154,31 @@ pub fn moto() -> &'static Moto {
             });
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for_port(address, Duration::from_secs(60));
-        Moto { endpoint: format!("http://{address}"), _child: Mutex::new(child) }
+        Moto {
+            endpoint: format!("http://{address}"),
+            _child: Mutex::new(child),
+        }
     })
 }
 
 impl Moto {
     pub fn aws_settings(&self) -> AwsSettings {
-        AwsSettings { region: "us-east-1".to_owned(), endpoint_url: Some(self.endpoint.clone()) }
+        AwsSettings {
+            region: "us-east-1".to_owned(),
+            endpoint_url: Some(self.endpoint.clone()),
+        }
     }
 
     /// A new, uniquely named bucket.
     pub async fn create_bucket(&self) -> String {
         let bucket = format!("anb-test-{}", uuid::Uuid::new_v4().simple());
         let client = crate::storage::s3_client(&self.aws_settings()).await;
-        client.create_bucket().bucket(&bucket).send().await.expect("create test bucket");
+        client
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("create test bucket");
         bucket
     }
 
@@ -195,13 +222,19 @@ impl Moto {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 fn wait_for_port(address: SocketAddr, limit: Duration) {
     let deadline = Instant::now() + limit;
     while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "moto did not start listening on {address}");
+        assert!(
+            Instant::now() < deadline,
+            "moto did not start listening on {address}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -217,7 +250,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -240,14 +276,24 @@ pub mod videos {
             args.push(format!("sine=frequency=440:duration={seconds}"));
         }
         args.extend(
-            ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"].map(String::from),
+            [
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+            ]
+            .map(String::from),
         );
         if audio {
             args.extend(["-c:a", "aac", "-shortest"].map(String::from));
         }
         args.extend(["-movflags", "+faststart"].map(String::from));
         args.push(path.display().to_string());
-        crate::media::run_ffmpeg(&args, Duration::from_secs(120)).await.expect("generate test video");
+        crate::media::run_ffmpeg(&args, Duration::from_secs(120))
+            .await
+            .expect("generate test video");
     }
 
     /// An MP4 with an audio track and no video.
@@ -262,7 +308,9 @@ pub mod videos {
             "aac".to_owned(),
             path.display().to_string(),
         ];
-        crate::media::run_ffmpeg(&args, Duration::from_secs(60)).await.expect("generate audio");
+        crate::media::run_ffmpeg(&args, Duration::from_secs(60))
+            .await
+            .expect("generate audio");
     }
 
     /// A file of `len` bytes that is not a video.
@@ -285,7 +333,10 @@ mod tests {
 
     #[test]
     fn database_name_is_swapped_in_urls() {
-        assert_eq!(replace_database("postgres://u:p@h:5432/postgres", "t1"), "postgres://u:p@h:5432/t1");
+        assert_eq!(
+            replace_database("postgres://u:p@h:5432/postgres", "t1"),
+            "postgres://u:p@h:5432/t1"
+        );
         assert_eq!(
             replace_database("postgres://u@h/postgres?sslmode=disable", "t1"),
             "postgres://u@h/t1?sslmode=disable"

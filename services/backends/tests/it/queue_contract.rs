@@ -17,7 +17,12 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let db = TestDatabase::create().await;
-    check(Arc::new(PgQueue::new(db.pool.clone(), "jobs", MAX_RECEIVES))).await;
+    check(Arc::new(PgQueue::new(
+        db.pool.clone(),
+        "jobs",
+        MAX_RECEIVES,
+    )))
+    .await;
 }
 
 async fn with_sqs<F, Fut>(check: F)
@@ -48,47 +53,73 @@ macro_rules! contract {
     };
 }
 
-contract!(sent_message_is_received_once_then_deleted, |q: Arc<dyn JobQueue>| async move {
+contract!(sent_message_is_received_once_then_deleted, |q: Arc<
+    dyn JobQueue,
+>| async move {
     q.send("hello").await.unwrap();
     let got = q.receive(10, NO_WAIT, LONG).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body, "hello");
     assert_eq!(got[0].receive_count, 1);
-    assert!(q.receive(10, NO_WAIT, LONG).await.unwrap().is_empty(), "in flight yet delivered");
+    assert!(
+        q.receive(10, NO_WAIT, LONG).await.unwrap().is_empty(),
+        "in flight yet delivered"
+    );
     q.delete(&got[0].receipt).await.unwrap();
-    q.change_visibility(&got[0].receipt, Duration::ZERO).await.unwrap_err();
+    q.change_visibility(&got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap_err();
     assert!(q.receive(10, NO_WAIT, LONG).await.unwrap().is_empty());
 });
 
-contract!(unacknowledged_message_returns_after_visibility_timeout, |q: Arc<dyn JobQueue>| async move {
-    q.send("again").await.unwrap();
-    let first = q.receive(1, NO_WAIT, Duration::from_secs(1)).await.unwrap();
-    assert_eq!(first.len(), 1);
-    let second = q.receive(1, Duration::from_secs(5), LONG).await.unwrap();
-    assert_eq!(second.len(), 1, "message did not come back after its visibility timeout");
-    assert_eq!(second[0].body, "again");
-    assert_eq!(second[0].receive_count, 2);
-    assert_ne!(second[0].receipt, first[0].receipt);
-});
+contract!(
+    unacknowledged_message_returns_after_visibility_timeout,
+    |q: Arc<dyn JobQueue>| async move {
+        q.send("again").await.unwrap();
+        let first = q.receive(1, NO_WAIT, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let second = q.receive(1, Duration::from_secs(5), LONG).await.unwrap();
+        assert_eq!(
+            second.len(),
+            1,
+            "message did not come back after its visibility timeout"
+        );
+        assert_eq!(second[0].body, "again");
+        assert_eq!(second[0].receive_count, 2);
+        assert_ne!(second[0].receipt, first[0].receipt);
+    }
+);
 
-contract!(extending_visibility_keeps_message_hidden, |q: Arc<dyn JobQueue>| async move {
+contract!(extending_visibility_keeps_message_hidden, |q: Arc<
+    dyn JobQueue,
+>| async move {
     q.send("long job").await.unwrap();
     let got = q.receive(1, NO_WAIT, Duration::from_secs(1)).await.unwrap();
     q.change_visibility(&got[0].receipt, LONG).await.unwrap();
     let during = q.receive(1, Duration::from_secs(2), LONG).await.unwrap();
-    assert!(during.is_empty(), "an extended message was handed out again");
+    assert!(
+        during.is_empty(),
+        "an extended message was handed out again"
+    );
 });
 
-contract!(releasing_visibility_makes_message_available_at_once, |q: Arc<dyn JobQueue>| async move {
-    q.send("release me").await.unwrap();
-    let got = q.receive(1, NO_WAIT, LONG).await.unwrap();
-    q.change_visibility(&got[0].receipt, Duration::ZERO).await.unwrap();
-    let again = q.receive(1, Duration::from_secs(2), LONG).await.unwrap();
-    assert_eq!(again.len(), 1);
-    assert_eq!(again[0].body, "release me");
-});
+contract!(
+    releasing_visibility_makes_message_available_at_once,
+    |q: Arc<dyn JobQueue>| async move {
+        q.send("release me").await.unwrap();
+        let got = q.receive(1, NO_WAIT, LONG).await.unwrap();
+        q.change_visibility(&got[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
+        let again = q.receive(1, Duration::from_secs(2), LONG).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].body, "release me");
+    }
+);
 
-contract!(long_poll_returns_a_message_sent_while_waiting, |q: Arc<dyn JobQueue>| async move {
+contract!(long_poll_returns_a_message_sent_while_waiting, |q: Arc<
+    dyn JobQueue,
+>| async move {
     let sender = q.clone();
     let send = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -100,23 +131,34 @@ contract!(long_poll_returns_a_message_sent_while_waiting, |q: Arc<dyn JobQueue>|
     assert_eq!(got[0].body, "late");
 });
 
-contract!(message_moves_to_dead_letter_queue_after_max_receives, |q: Arc<dyn JobQueue>| async move {
-    assert_eq!(q.max_receives(), Some(MAX_RECEIVES));
-    q.send("poison").await.unwrap();
-    for attempt in 1..=MAX_RECEIVES {
-        let got = q.receive(1, Duration::from_secs(5), LONG).await.unwrap();
-        assert_eq!(got.len(), 1, "receive {attempt} found nothing");
-        assert_eq!(got[0].receive_count, attempt);
-        q.change_visibility(&got[0].receipt, Duration::ZERO).await.unwrap();
+contract!(
+    message_moves_to_dead_letter_queue_after_max_receives,
+    |q: Arc<dyn JobQueue>| async move {
+        assert_eq!(q.max_receives(), Some(MAX_RECEIVES));
+        q.send("poison").await.unwrap();
+        for attempt in 1..=MAX_RECEIVES {
+            let got = q.receive(1, Duration::from_secs(5), LONG).await.unwrap();
+            assert_eq!(got.len(), 1, "receive {attempt} found nothing");
+            assert_eq!(got[0].receive_count, attempt);
+            q.change_visibility(&got[0].receipt, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        assert!(q
+            .receive(1, Duration::from_secs(1), LONG)
+            .await
+            .unwrap()
+            .is_empty());
+        let dlq = q.dead_letter_queue().unwrap();
+        let dead = dlq.receive(10, Duration::from_secs(5), LONG).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].body, "poison");
     }
-    assert!(q.receive(1, Duration::from_secs(1), LONG).await.unwrap().is_empty());
-    let dlq = q.dead_letter_queue().unwrap();
-    let dead = dlq.receive(10, Duration::from_secs(5), LONG).await.unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].body, "poison");
-});
+);
 
-contract!(explicit_dead_letter_moves_message_now, |q: Arc<dyn JobQueue>| async move {
+contract!(explicit_dead_letter_moves_message_now, |q: Arc<
+    dyn JobQueue,
+>| async move {
     q.send("{not json").await.unwrap();
     q.send("next").await.unwrap();
     let got = q.receive(1, NO_WAIT, LONG).await.unwrap();
@@ -124,12 +166,20 @@ contract!(explicit_dead_letter_moves_message_now, |q: Arc<dyn JobQueue>| async m
     q.dead_letter(&got[0]).await.unwrap();
     let dlq = q.dead_letter_queue().unwrap();
     let dead = dlq.receive(10, Duration::from_secs(5), LONG).await.unwrap();
-    assert_eq!(dead.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(), ["{not json"]);
+    assert_eq!(
+        dead.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(),
+        ["{not json"]
+    );
     let rest = q.receive(10, Duration::from_secs(5), LONG).await.unwrap();
-    assert_eq!(rest.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(), ["next"]);
+    assert_eq!(
+        rest.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(),
+        ["next"]
+    );
 });
 
-contract!(concurrent_consumers_never_share_a_message, |q: Arc<dyn JobQueue>| async move {
+contract!(concurrent_consumers_never_share_a_message, |q: Arc<
+    dyn JobQueue,
+>| async move {
     for i in 0..20 {
         q.send(&format!("m{i}")).await.unwrap();
     }
@@ -139,7 +189,10 @@ contract!(concurrent_consumers_never_share_a_message, |q: Arc<dyn JobQueue>| asy
         consumers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = q.receive(3, Duration::from_millis(500), LONG).await.unwrap();
+                let got = q
+                    .receive(3, Duration::from_millis(500), LONG)
+                    .await
+                    .unwrap();
                 if got.is_empty() {
                     return mine;
                 }
@@ -163,6 +216,9 @@ contract!(concurrent_consumers_never_share_a_message, |q: Arc<dyn JobQueue>| asy
 async fn postgres_stale_receipt_is_reported_as_such() {
     let db = TestDatabase::create().await;
     let q = PgQueue::new(db.pool.clone(), "jobs", MAX_RECEIVES);
-    let err = q.change_visibility("not-a-receipt", LONG).await.unwrap_err();
+    let err = q
+        .change_visibility("not-a-receipt", LONG)
+        .await
+        .unwrap_err();
     assert!(matches!(err, QueueError::StaleReceipt), "{err:?}");
 }

@@ -22,12 +22,23 @@ async fn check_store(store: Arc<dyn ObjectStore>) {
     std::fs::write(&source, b"second").unwrap();
     store.put_file("processed/a.mp4", &source).await.unwrap();
     assert_eq!(store.list("original/").await.unwrap(), ["original/a.mp4"]);
-    assert_eq!(store.list("").await.unwrap(), ["original/a.mp4", "processed/a.mp4"]);
+    assert_eq!(
+        store.list("").await.unwrap(),
+        ["original/a.mp4", "processed/a.mp4"]
+    );
 
-    match store.download("processed/a.mp4", Duration::from_secs(60)).await.unwrap() {
+    match store
+        .download("processed/a.mp4", Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
         Download::LocalFile(path) => assert_eq!(std::fs::read(path).unwrap(), b"second"),
         Download::Presigned(url) => {
-            let body = reqwest::get(&url).await.unwrap().error_for_status().unwrap();
+            let body = reqwest::get(&url)
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap();
             assert_eq!(body.bytes().await.unwrap().as_ref(), b"second");
         }
     }
@@ -35,8 +46,14 @@ async fn check_store(store: Arc<dyn ObjectStore>) {
     store.delete("original/a.mp4").await.unwrap();
     store.delete("original/a.mp4").await.unwrap(); // deleting twice is fine
     assert!(!store.exists("original/a.mp4").await.unwrap());
-    let missing = store.get_to_file("original/a.mp4", &copy).await.unwrap_err();
-    assert!(matches!(missing, StorageError::NotFound { .. }), "{missing:?}");
+    let missing = store
+        .get_to_file("original/a.mp4", &copy)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StorageError::NotFound { .. }),
+        "{missing:?}"
+    );
 }
 
 #[tokio::test]

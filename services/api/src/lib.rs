@@ -1,0 +1,270 @@
+//! The ANB Rising Stars REST API (web tier): the contract in `api-contract.md`, on
+//! actix-web, over the shared backends.
+//!
+//! Architecture invariant: this is the only crate that knows HTTP. It never runs ffmpeg
+//! (only ffprobe, through `backends::media`) and never touches a job after queueing it.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod rankings;
+pub mod routes;
+pub mod upload;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::error::InternalError;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpServer};
+use anyhow::Context;
+use backends::db::{Video, VideoStatus};
+use backends::job::{original_key, processed_key};
+use backends::queue::JobQueue;
+use backends::settings::{Settings, StorageBackend, UploadSettings};
+use backends::storage::ObjectStore;
+use sqlx::PgPool;
+use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder, TracingLogger};
+use utoipa::OpenApi;
+use uuid::Uuid;
+
+use crate::auth::TokenKeys;
+use crate::error::{detail_response, ApiError};
+use crate::rankings::RankingsCache;
+
+/// Everything a handler needs, shared by all workers.
+#[derive(Debug)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub store: Arc<dyn ObjectStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub upload: UploadSettings,
+    pub staging_dir: PathBuf,
+    pub presign_ttl: Duration,
+    pub public_base_url: Option<String>,
+    pub rankings: RankingsCache,
+}
+
+impl AppState {
+    /// The base of URLs handed to clients: configured, or as the client reached us.
+    pub fn base_url(&self, req: &HttpRequest) -> String {
+        match &self.public_base_url {
+            Some(base) => base.trim_end_matches('/').to_owned(),
+            None => {
+                let info = req.connection_info();
+                format!("{}://{}", info.scheme(), info.host())
+            }
+        }
+    }
+
+    /// A presigned storage URL when the backend has them, else the API's download route.
+    async fn object_url(&self, base: &str, key: &str, route: String) -> Result<String, ApiError> {
+        let presigned = self
+            .store
+            .presigned_url(key, self.presign_ttl)
+            .await
+            .map_err(|e| ApiError::unavailable("El almacenamiento no está disponible.", e))?;
+        Ok(presigned.unwrap_or_else(|| format!("{base}{route}")))
+    }
+
+    pub async fn original_url(&self, base: &str, video: &Video) -> Result<String, ApiError> {
+        let route = format!("/api/videos/{}/original", video.id);
+        self.object_url(base, &original_key(video.id), route).await
+    }
+
+    /// Set only once the video is processed.
+    pub async fn processed_url(
+        &self,
+        base: &str,
+        video: &Video,
+    ) -> Result<Option<String>, ApiError> {
+        if video.status != VideoStatus::Processed {
+            return Ok(None);
+        }
+        self.processed_url_of(base, video.id).await.map(Some)
+    }
+
+    pub async fn processed_url_of(&self, base: &str, id: Uuid) -> Result<String, ApiError> {
+        let route = format!("/api/videos/{id}/processed");
+        self.object_url(base, &processed_key(id), route).await
+    }
+}
+
+/// The API server, bound and ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Validates the settings, connects the backends, applies migrations and binds the
+    /// listener (port 0 picks a free one: see [`Application::port`]).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate_for_api()?;
+        let pool = backends::db::connect_lazy(&settings.database).context("database url")?;
+        if settings.database.migrate {
+            backends::db::migrate(&pool)
+                .await
+                .context("cannot apply database migrations (is PostgreSQL reachable?)")?;
+        }
+        let store = backends::storage::from_settings(&settings.storage, &settings.aws)
+            .await
+            .context("object storage")?;
+        let queue = backends::queue::from_settings(&settings.queue, &settings.aws, &pool)
+            .await
+            .context("job queue")?;
+        let staging_dir = settings.upload.staging_dir.clone().unwrap_or_else(|| {
+            match settings.storage.backend {
+                // Same filesystem as the store, so storing an upload is a rename.
+                StorageBackend::Local => settings.storage.local_dir.join(".incoming"),
+                StorageBackend::S3 => std::env::temp_dir().join("anb-uploads"),
+            }
+        });
+        std::fs::create_dir_all(&staging_dir).with_context(|| {
+            format!("cannot create staging directory {}", staging_dir.display())
+        })?;
+        let state = web::Data::new(AppState {
+            pool,
+            store,
+            queue,
+            upload: settings.upload.clone(),
+            staging_dir,
+            presign_ttl: settings.storage.presign_ttl,
+            public_base_url: settings.server.public_base_url.clone(),
+            rankings: RankingsCache::new(settings.rankings.refresh_interval),
+        });
+        let keys = web::Data::new(TokenKeys::new(
+            &settings.auth.jwt_secret,
+            settings.auth.token_ttl,
+        ));
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}:{}",
+                    settings.server.host, settings.server.port
+                )
+            })?;
+        let port = listener.local_addr()?.port();
+        let openapi = openapi::ApiDoc::openapi();
+        let mut server =
+            HttpServer::new(move || {
+                App::new()
+                    .wrap(TracingLogger::<RequestSpan>::new())
+                    .app_data(state.clone())
+                    .app_data(keys.clone())
+                    .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(
+                        |err, _| {
+                            let detail = format!("Cuerpo JSON inválido: {err}");
+                            InternalError::from_response(
+                                err,
+                                detail_response(StatusCode::BAD_REQUEST, &detail),
+                            )
+                            .into()
+                        },
+                    ))
+                    .app_data(web::PathConfig::default().error_handler(|err, _| {
+                        InternalError::from_response(
+                            err,
+                            detail_response(StatusCode::NOT_FOUND, error::VIDEO_NOT_FOUND),
+                        )
+                        .into()
+                    }))
+                    .configure(routes)
+                    .service(
+                        utoipa_swagger_ui::SwaggerUi::new("/api/docs/{_:.*}")
+                            .url("/api/openapi.json", openapi.clone()),
+                    )
+                    .default_service(web::to(|| async {
+                        detail_response(StatusCode::NOT_FOUND, "Recurso no encontrado.")
+                    }))
+            })
+            .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
+            .listen(listener)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        tracing::info!(
+            address = %format!("{}:{port}", settings.server.host),
+            storage = ?settings.storage.backend,
+            queue = ?settings.queue.backend,
+            "API listening"
+        );
+        Ok(Self {
+            port,
+            server: server.run(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish
+    /// (up to `server.shutdown_timeout`).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    use routes::{health, public, users, videos};
+    cfg.service(health::api_health)
+        .service(health::root_health)
+        .service(users::signup)
+        .service(users::login)
+        .service(videos::upload_video)
+        // Some clients list with a trailing slash.
+        .route("/api/videos", web::get().to(videos::list_my_videos))
+        .route("/api/videos/", web::get().to(videos::list_my_videos))
+        .service(videos::video_detail)
+        .service(videos::delete_video)
+        .service(videos::download_original)
+        .service(videos::download_processed)
+        .service(public::public_videos)
+        .service(public::vote)
+        .service(public::rankings);
+}
+
+/// One span per request (with its request id), and one log line when it ends.
+struct RequestSpan;
+
+struct RequestStart(Instant);
+
+impl RootSpanBuilder for RequestSpan {
+    fn on_request_start(request: &ServiceRequest) -> tracing::Span {
+        request
+            .extensions_mut()
+            .insert(RequestStart(Instant::now()));
+        tracing_actix_web::root_span!(request)
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        DefaultRootSpanBuilder::on_request_end(span.clone(), outcome);
+        let (status, elapsed) = match outcome {
+            Ok(response) => (
+                response.status(),
+                response
+                    .request()
+                    .extensions()
+                    .get::<RequestStart>()
+                    .map(|s| s.0.elapsed()),
+            ),
+            Err(err) => (err.as_response_error().status_code(), None),
+        };
+        let duration_ms = elapsed.map(|e| e.as_secs_f64() * 1000.0);
+        span.in_scope(|| {
+            tracing::info!(
+                http.status_code = status.as_u16(),
+                duration_ms,
+                "request finished"
+            );
+        });
+    }
+}

@@ -1,0 +1,57 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations so it cannot drift
+//! from them. Served at `/api/openapi.json`, browsable at `/api/docs/`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{health, public, users, videos};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ANB Rising Stars API",
+        description = "Players upload skill videos, the platform processes them, fans vote, \
+                       rankings are published. Errors are `{\"detail\": \"...\"}`. Rankings \
+                       are cached and may be up to `rankings.refresh_interval` old \
+                       (default 30 s, at most 60 s)."
+    ),
+    paths(
+        health::api_health,
+        users::signup,
+        users::login,
+        videos::upload_video,
+        videos::list_my_videos,
+        videos::video_detail,
+        videos::delete_video,
+        videos::download_original,
+        videos::download_processed,
+        public::public_videos,
+        public::vote,
+        public::rankings,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Accounts and access tokens"),
+        (name = "videos", description = "A player's own videos"),
+        (name = "public", description = "Public videos, votes and rankings"),
+        (name = "health", description = "Liveness"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! What fans see: public videos, votes and rankings.
+
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use backends::db::{self, VoteOutcome};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::rankings::page as rankings_page;
+use crate::routes::{parse_video_id, PageQuery};
+use crate::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicVideo {
+    video_id: String,
+    title: String,
+    /// The player's "First Last".
+    username: String,
+    city: String,
+    votes: i64,
+    processed_url: Option<String>,
+    processed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VoteResponse {
+    #[schema(example = "Voto registrado exitosamente.")]
+    message: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RankingEntry {
+    position: usize,
+    username: String,
+    city: String,
+    votes: i64,
+}
+
+/// Videos open for voting (processed), most recently processed first. A token is accepted
+/// but not needed.
+#[utoipa::path(
+    tag = "public",
+    params(
+        ("city" = Option<String>, Query, description = "Only players from this city (case-insensitive)"),
+        ("limit" = Option<i64>, Query, description = "1–100, default 20"),
+        ("offset" = Option<i64>, Query, description = "≥ 0, default 0"),
+    ),
+    responses((status = 200, body = [PublicVideo]), (status = 400, body = ErrorBody))
+)]
+#[get("/api/public/videos")]
+pub async fn public_videos(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let page = PageQuery::parse(req.query_string(), 20)?;
+    let videos =
+        db::list_public_videos(&state.pool, page.city.as_deref(), page.limit, page.offset).await?;
+    let base = state.base_url(&req);
+    let mut items = Vec::with_capacity(videos.len());
+    for video in videos {
+        items.push(PublicVideo {
+            video_id: video.id.to_string(),
+            processed_url: Some(state.processed_url_of(&base, video.id).await?),
+            title: video.title,
+            username: format!("{} {}", video.first_name, video.last_name),
+            city: video.city,
+            votes: video.vote_count,
+            processed_at: video.processed_at,
+        });
+    }
+    Ok(HttpResponse::Ok().json(items))
+}
+
+/// One vote per user per video; the database settles races.
+#[utoipa::path(
+    tag = "public",
+    params(("video_id" = String, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = VoteResponse),
+        (status = 400, description = "Already voted for this video", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "Unknown video, or not public yet", body = ErrorBody),
+    )
+)]
+#[post("/api/public/videos/{video_id}/vote")]
+pub async fn vote(
+    user: AuthUser,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let video_id = parse_video_id(&path)?;
+    match db::cast_vote(&state.pool, video_id, user.0).await? {
+        VoteOutcome::Counted => Ok(HttpResponse::Ok().json(VoteResponse {
+            message: "Voto registrado exitosamente.",
+        })),
+        VoteOutcome::AlreadyVoted => Err(ApiError::bad_request("Ya has votado por este video.")),
+        VoteOutcome::NotVotable => Err(ApiError::NotFound(crate::error::VIDEO_NOT_FOUND)),
+    }
+}
+
+/// Players by total votes on their public videos. Served from a cache refreshed at most
+/// every `rankings.refresh_interval` (default 30 s, never over 60 s), so a new vote can take
+/// that long to show here.
+#[utoipa::path(
+    tag = "public",
+    params(
+        ("city" = Option<String>, Query, description = "Only players from this city (case-insensitive); positions count within it"),
+        ("limit" = Option<i64>, Query, description = "1–100, default 10"),
+        ("offset" = Option<i64>, Query, description = "≥ 0, default 0"),
+    ),
+    responses(
+        (status = 200, body = [RankingEntry]),
+        (status = 400, description = "Parámetro inválido en la consulta.", body = ErrorBody),
+    )
+)]
+#[get("/api/public/rankings")]
+pub async fn rankings(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let page = PageQuery::parse(req.query_string(), 10)?;
+    let scores = state.rankings.scores(&state.pool).await?;
+    let limit = usize::try_from(page.limit).unwrap_or(0);
+    let offset = usize::try_from(page.offset).unwrap_or(usize::MAX);
+    let entries: Vec<RankingEntry> = rankings_page(&scores, page.city.as_deref(), limit, offset)
+        .map(|(position, score)| RankingEntry {
+            position,
+            username: score.username.clone(),
+            city: score.city.clone(),
+            votes: score.votes,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(entries))
+}

@@ -1,0 +1,246 @@
+//! Signup and login.
+
+use actix_web::http::header;
+use actix_web::{post, web, HttpRequest, HttpResponse};
+use backends::db::{self, InsertUserError, User};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::{hash_password, verify_password, TokenKeys};
+use crate::error::{ApiError, ErrorBody};
+use crate::AppState;
+
+const BAD_CREDENTIALS: &str = "Credenciales inválidas.";
+const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Every field is required; they are optional here only so a missing one gets a clear 400.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SignupRequest {
+    #[schema(required = true, example = "Ana")]
+    first_name: Option<String>,
+    #[schema(required = true, example = "Ruiz")]
+    last_name: Option<String>,
+    #[schema(required = true, example = "ana@example.com")]
+    email: Option<String>,
+    #[schema(required = true, example = "Canasta2026")]
+    password1: Option<String>,
+    #[schema(required = true, example = "Canasta2026")]
+    password2: Option<String>,
+    #[schema(required = true, example = "Bogotá")]
+    city: Option<String>,
+    #[schema(required = true, example = "Colombia")]
+    country: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignupResponse {
+    #[schema(example = "Usuario creado exitosamente.")]
+    message: &'static str,
+    user_id: String,
+    email: String,
+    first_name: String,
+    last_name: String,
+    city: String,
+    country: String,
+}
+
+fn required(value: Option<String>, field: &str) -> Result<String, ApiError> {
+    value
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("El campo {field} es obligatorio.")))
+}
+
+/// A deliberately plain check: one `@`, something before it, a dotted domain after it.
+fn is_plausible_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && email.len() <= 254
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(char::is_whitespace)
+}
+
+fn is_strong_password(password: &str) -> bool {
+    password.chars().count() >= MIN_PASSWORD_CHARS
+        && password.chars().any(char::is_alphabetic)
+        && password.chars().any(|c| c.is_ascii_digit())
+}
+
+/// Creates an account.
+#[utoipa::path(
+    tag = "auth",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, body = SignupResponse),
+        (status = 400, description = "Missing field, malformed email, weak or mismatched passwords, or email already registered", body = ErrorBody),
+    )
+)]
+#[post("/api/auth/signup")]
+pub async fn signup(
+    state: web::Data<AppState>,
+    body: web::Json<SignupRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let first_name = required(body.first_name, "first_name")?;
+    let last_name = required(body.last_name, "last_name")?;
+    let email = required(body.email, "email")?;
+    // Passwords are not trimmed: spaces may be part of them.
+    let password1 = body
+        .password1
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::bad_request("El campo password1 es obligatorio."))?;
+    let password2 = body
+        .password2
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::bad_request("El campo password2 es obligatorio."))?;
+    let city = required(body.city, "city")?;
+    let country = required(body.country, "country")?;
+    if !is_plausible_email(&email) {
+        return Err(ApiError::bad_request("El email no es válido."));
+    }
+    if password1 != password2 {
+        return Err(ApiError::bad_request("Las contraseñas no coinciden."));
+    }
+    if !is_strong_password(&password1) {
+        return Err(ApiError::bad_request(format!(
+            "La contraseña debe tener al menos {MIN_PASSWORD_CHARS} caracteres e incluir letras y números."
+        )));
+    }
+    let user = User {
+        id: Uuid::new_v4(),
+        email,
+        password_hash: hash_password(password1).await?,
+        first_name,
+        last_name,
+        city,
+        country,
+    };
+    match db::insert_user(&state.pool, &user).await {
+        Ok(()) => {}
+        Err(InsertUserError::DuplicateEmail) => {
+            return Err(ApiError::bad_request("El email ya está registrado."))
+        }
+        Err(InsertUserError::Database(e)) => return Err(e.into()),
+    }
+    tracing::info!(user.id = %user.id, "user signed up");
+    Ok(HttpResponse::Created().json(SignupResponse {
+        message: "Usuario creado exitosamente.",
+        user_id: user.id.to_string(),
+        email: user.email,
+        first_name: user.first_name,
+        last_name: user.last_name,
+        city: user.city,
+        country: user.country,
+    }))
+}
+
+/// JSON login body; form clients (OAuth2 password flow) send `username` instead of `email`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    #[schema(required = true, example = "ana@example.com")]
+    email: Option<String>,
+    #[schema(required = true, example = "Canasta2026")]
+    password: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    access_token: String,
+    #[schema(example = "Bearer")]
+    token_type: &'static str,
+    #[schema(example = 3600)]
+    expires_in: u64,
+}
+
+/// Exchanges email and password for an access token. Takes JSON `{"email", "password"}` or
+/// an `application/x-www-form-urlencoded` body with `username` and `password`.
+#[utoipa::path(
+    tag = "auth",
+    request_body(content = LoginRequest, content_type = "application/json"),
+    responses(
+        (status = 200, body = TokenResponse),
+        (status = 400, description = "Body missing or malformed", body = ErrorBody),
+        (status = 401, description = "Wrong email or password (one message for both)", body = ErrorBody),
+    )
+)]
+#[post("/api/auth/login")]
+pub async fn login(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+    keys: web::Data<TokenKeys>,
+) -> Result<HttpResponse, ApiError> {
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let (email, password) = if is_form {
+        let form: LoginForm = serde_urlencoded::from_bytes(&body)
+            .map_err(|_| ApiError::bad_request("Formulario de inicio de sesión inválido."))?;
+        (form.username.or(form.email), form.password)
+    } else {
+        let json: LoginRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("Cuerpo JSON inválido: {e}")))?;
+        (json.email, json.password)
+    };
+    let (Some(email), Some(password)) = (email.filter(|e| !e.trim().is_empty()), password) else {
+        return Err(ApiError::bad_request("Se requieren email y contraseña."));
+    };
+    let user = db::find_user_by_email(&state.pool, email.trim()).await?;
+    let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+    if !verify_password(password, stored_hash).await? {
+        return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
+    }
+    let user = user.ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))?;
+    Ok(HttpResponse::Ok().json(TokenResponse {
+        access_token: keys.issue(user.id)?,
+        token_type: "Bearer",
+        expires_in: keys.ttl().as_secs(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_check_accepts_ordinary_addresses_only() {
+        for good in ["a@b.co", "ana.ruiz+anb@example.com"] {
+            assert!(is_plausible_email(good), "{good}");
+        }
+        for bad in [
+            "",
+            "ana",
+            "ana@",
+            "@x.com",
+            "ana@localhost",
+            "a b@x.com",
+            "a@@x.com",
+            "a@x.com.",
+        ] {
+            assert!(!is_plausible_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_need_length_letters_and_digits() {
+        assert!(is_strong_password("Canasta2026"));
+        assert!(!is_strong_password("short1"));
+        assert!(!is_strong_password("onlyletters"));
+        assert!(!is_strong_password("1234567890"));
+    }
+}

@@ -1,0 +1,365 @@
+//! A player's own videos: upload, list, detail, delete, and the two download routes.
+
+use actix_multipart::Multipart;
+use actix_web::http::header;
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
+use backends::db::{self, Video, VideoStatus};
+use backends::job::{original_key, processed_key, VideoJob};
+use backends::storage::Download;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::{AuthUser, MaybeUser};
+use crate::error::{ApiError, ErrorBody, NOT_AUTHENTICATED, VIDEO_NOT_FOUND};
+use crate::routes::parse_video_id;
+use crate::upload::{self, StagedUpload};
+use crate::AppState;
+
+const NOT_YOURS: &str = "No tienes permiso sobre este video.";
+const STORAGE_DOWN: &str = "El almacenamiento de videos no está disponible; intente de nuevo.";
+const QUEUE_DOWN: &str = "La cola de procesamiento no está disponible; intente de nuevo.";
+
+/// Room for the multipart framing and the title around the file itself.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadResponse {
+    #[schema(example = "Video subido correctamente. Procesamiento en curso.")]
+    message: &'static str,
+    /// The video's id, used in every later call.
+    task_id: String,
+}
+
+/// Multipart form of an upload (for the docs; the handler streams the body).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct UploadForm {
+    /// The MP4 file, at most 100 MB.
+    #[schema(value_type = String, format = Binary)]
+    video_file: Vec<u8>,
+    title: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VideoSummary {
+    video_id: String,
+    title: String,
+    #[schema(example = "uploaded")]
+    status: &'static str,
+    uploaded_at: DateTime<Utc>,
+    processed_at: Option<DateTime<Utc>>,
+    processed_url: Option<String>,
+    /// Why processing failed; only present when `status` is `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VideoDetail {
+    video_id: String,
+    title: String,
+    status: &'static str,
+    uploaded_at: DateTime<Utc>,
+    processed_at: Option<DateTime<Utc>>,
+    original_url: String,
+    processed_url: Option<String>,
+    votes: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeleteResponse {
+    #[schema(example = "El video ha sido eliminado exitosamente.")]
+    message: &'static str,
+    video_id: String,
+}
+
+/// Uploads a video: streamed to disk with the size capped while reading, checked with
+/// ffprobe, stored, recorded and queued for processing. On any failure nothing is left
+/// behind: no stored object, no row, no queued job.
+#[utoipa::path(
+    tag = "videos",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = UploadResponse),
+        (status = 400, description = "Not an MP4, corrupt, no video stream, over 100 MB, or title missing", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "Storage, database or queue unavailable; nothing was kept", body = ErrorBody),
+    )
+)]
+#[post("/api/videos/upload")]
+pub async fn upload_video(
+    req: HttpRequest,
+    user: AuthUser,
+    form: Multipart,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let max = state.upload.max_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max + MULTIPART_OVERHEAD) {
+        return Err(upload::too_large(max)); // refused before reading a byte
+    }
+    let staged = upload::receive(form, &state.staging_dir, max).await?;
+    upload::validate(&staged.file, &state.upload).await?;
+    let video_id = store_record_enqueue(&state, user.0, staged).await?;
+    tracing::info!(video.id = %video_id, user.id = %user.0, "video uploaded and queued");
+    Ok(HttpResponse::Created().json(UploadResponse {
+        message: "Video subido correctamente. Procesamiento en curso.",
+        task_id: video_id.to_string(),
+    }))
+}
+
+/// Store → insert → enqueue, undoing the earlier steps when a later one fails.
+async fn store_record_enqueue(
+    state: &AppState,
+    owner: Uuid,
+    staged: StagedUpload,
+) -> Result<Uuid, ApiError> {
+    let video_id = Uuid::new_v4();
+    let key = original_key(video_id);
+    let StagedUpload { title, file, size } = staged;
+    state
+        .store
+        .put_file(&key, &file)
+        .await
+        .map_err(|e| ApiError::unavailable(STORAGE_DOWN, e))?;
+    drop(file); // the staging file was moved or copied into storage
+    if let Err(e) = db::insert_video(&state.pool, video_id, owner, &title).await {
+        undo_store(state, &key).await;
+        return Err(e.into());
+    }
+    if let Err(e) = state.queue.send(&VideoJob::new(video_id).to_body()).await {
+        if let Err(undo) = db::delete_video(&state.pool, video_id).await {
+            tracing::error!(video.id = %video_id, error = %undo, "could not remove the row of an upload that failed to queue");
+        }
+        undo_store(state, &key).await;
+        return Err(ApiError::unavailable(QUEUE_DOWN, e));
+    }
+    tracing::debug!(video.id = %video_id, bytes = size, "upload stored");
+    Ok(video_id)
+}
+
+async fn undo_store(state: &AppState, key: &str) {
+    if let Err(e) = state.store.delete(key).await {
+        tracing::error!(
+            key,
+            error = format!("{e:#}"),
+            "could not remove the object of a failed upload"
+        );
+    }
+}
+
+/// The caller's videos, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/videos",
+    tag = "videos",
+    security(("bearer" = [])),
+    responses((status = 200, body = [VideoSummary]), (status = 401, body = ErrorBody))
+)]
+pub async fn list_my_videos(
+    req: HttpRequest,
+    user: AuthUser,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let videos = db::list_videos_of(&state.pool, user.0).await?;
+    let base = state.base_url(&req);
+    let mut items = Vec::with_capacity(videos.len());
+    for video in videos {
+        items.push(VideoSummary {
+            video_id: video.id.to_string(),
+            processed_url: state.processed_url(&base, &video).await?,
+            title: video.title,
+            status: video.status.as_str(),
+            uploaded_at: video.uploaded_at,
+            processed_at: video.processed_at,
+            error: video.error,
+        });
+    }
+    Ok(HttpResponse::Ok().json(items))
+}
+
+/// Looks up a video the caller owns: 404 when unknown, 403 when someone else's.
+async fn owned_video(state: &AppState, user: Uuid, raw_id: &str) -> Result<Video, ApiError> {
+    let id = parse_video_id(raw_id)?;
+    let video = db::find_video(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound(VIDEO_NOT_FOUND))?;
+    if video.owner_id != user {
+        return Err(ApiError::Forbidden(NOT_YOURS));
+    }
+    Ok(video)
+}
+
+/// One of the caller's videos.
+#[utoipa::path(
+    tag = "videos",
+    params(("video_id" = String, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = VideoDetail),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Someone else's video", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+#[get("/api/videos/{video_id}")]
+pub async fn video_detail(
+    req: HttpRequest,
+    user: AuthUser,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let video = owned_video(&state, user.0, &path).await?;
+    let base = state.base_url(&req);
+    Ok(HttpResponse::Ok().json(VideoDetail {
+        video_id: video.id.to_string(),
+        original_url: state.original_url(&base, &video).await?,
+        processed_url: state.processed_url(&base, &video).await?,
+        title: video.title,
+        status: video.status.as_str(),
+        uploaded_at: video.uploaded_at,
+        processed_at: video.processed_at,
+        votes: video.votes,
+        error: video.error,
+    }))
+}
+
+/// Deletes one of the caller's videos and its stored files, while it is not yet public.
+#[utoipa::path(
+    tag = "videos",
+    params(("video_id" = String, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = DeleteResponse),
+        (status = 400, description = "Already public for voting", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+#[delete("/api/videos/{video_id}")]
+pub async fn delete_video(
+    user: AuthUser,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let published =
+        || ApiError::bad_request("El video ya está publicado para votación y no puede eliminarse.");
+    let video = owned_video(&state, user.0, &path).await?;
+    if video.status == VideoStatus::Processed {
+        return Err(published());
+    }
+    // The row stays locked until the files are gone, so a failure there changes nothing.
+    let Some(tx) = db::begin_delete_unpublished_video(&state.pool, video.id, user.0).await? else {
+        return Err(published()); // the worker published it in the meantime
+    };
+    for key in [original_key(video.id), processed_key(video.id)] {
+        state
+            .store
+            .delete(&key)
+            .await
+            .map_err(|e| ApiError::unavailable(STORAGE_DOWN, e))?;
+    }
+    tx.commit().await?;
+    tracing::info!(video.id = %video.id, "video deleted");
+    Ok(HttpResponse::Ok().json(DeleteResponse {
+        message: "El video ha sido eliminado exitosamente.",
+        video_id: video.id.to_string(),
+    }))
+}
+
+/// Downloads the original upload: the owner always, anyone once the video is public.
+#[utoipa::path(
+    tag = "videos",
+    params(("video_id" = String, Path)),
+    responses(
+        (status = 200, description = "The MP4", content_type = "video/mp4"),
+        (status = 302, description = "Redirect to a presigned storage URL"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    )
+)]
+#[get("/api/videos/{video_id}/original")]
+pub async fn download_original(
+    req: HttpRequest,
+    user: MaybeUser,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let video = downloadable_video(&state, user, &path).await?;
+    serve(&req, &state, &original_key(video.id)).await
+}
+
+/// Downloads the processed video: the owner always, anyone once the video is public.
+#[utoipa::path(
+    tag = "videos",
+    params(("video_id" = String, Path)),
+    responses(
+        (status = 200, description = "The MP4", content_type = "video/mp4"),
+        (status = 302, description = "Redirect to a presigned storage URL"),
+        (status = 400, description = "Not processed yet", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    )
+)]
+#[get("/api/videos/{video_id}/processed")]
+pub async fn download_processed(
+    req: HttpRequest,
+    user: MaybeUser,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let video = downloadable_video(&state, user, &path).await?;
+    if video.status != VideoStatus::Processed {
+        return Err(ApiError::bad_request("El video aún no ha sido procesado."));
+    }
+    serve(&req, &state, &processed_key(video.id)).await
+}
+
+async fn downloadable_video(
+    state: &AppState,
+    user: MaybeUser,
+    raw_id: &str,
+) -> Result<Video, ApiError> {
+    let id = parse_video_id(raw_id)?;
+    let video = db::find_video(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound(VIDEO_NOT_FOUND))?;
+    if video.status == VideoStatus::Processed {
+        return Ok(video); // public
+    }
+    match user.0 {
+        None => Err(ApiError::Unauthorized(NOT_AUTHENTICATED)),
+        Some(user) if user != video.owner_id => Err(ApiError::Forbidden(NOT_YOURS)),
+        Some(_) => Ok(video),
+    }
+}
+
+async fn serve(req: &HttpRequest, state: &AppState, key: &str) -> Result<HttpResponse, ApiError> {
+    let download = match state.store.download(key, state.presign_ttl).await {
+        Ok(download) => download,
+        Err(backends::storage::StorageError::NotFound { .. }) => {
+            return Err(ApiError::NotFound("Archivo de video no encontrado."))
+        }
+        Err(e) => return Err(ApiError::unavailable(STORAGE_DOWN, e)),
+    };
+    match download {
+        Download::Presigned(url) => Ok(HttpResponse::Found()
+            .insert_header((header::LOCATION, url))
+            .finish()),
+        Download::LocalFile(path) => {
+            // The `.mp4` name gives the video/mp4 type; NamedFile also answers Range requests.
+            let file = actix_files::NamedFile::open_async(&path)
+                .await
+                .map_err(|e| ApiError::unavailable(STORAGE_DOWN, e))?;
+            Ok(file.into_response(req))
+        }
+    }
+}

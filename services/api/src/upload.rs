@@ -1,0 +1,270 @@
+//! Receiving an upload: the multipart body is streamed to a staging file while its size is
+//! counted (never held in memory), then checked by content with ffprobe.
+
+use std::path::Path;
+
+use actix_multipart::{Field, Multipart};
+use backends::media::{self, MediaError, Probe};
+use backends::settings::UploadSettings;
+use futures_util::TryStreamExt;
+use tempfile::TempPath;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::ApiError;
+
+/// Longest title accepted, in bytes.
+const MAX_TITLE_BYTES: usize = 500;
+
+const NOT_MULTIPART: &str =
+    "Se esperaba un formulario multipart/form-data con los campos video_file y title.";
+const NOT_MP4: &str = "El archivo no es un video MP4 válido (está dañado, incompleto o no es MP4).";
+
+/// A fully received upload, staged on disk. The file is removed when this is dropped,
+/// unless it was moved into storage first.
+#[derive(Debug)]
+pub struct StagedUpload {
+    pub title: String,
+    pub file: TempPath,
+    pub size: u64,
+}
+
+pub fn too_large(max_bytes: u64) -> ApiError {
+    ApiError::bad_request(format!(
+        "El archivo supera el tamaño máximo permitido de {} MB.",
+        max_bytes / 1_000_000
+    ))
+}
+
+/// Reads the form, writing `video_file` to a file in `staging_dir`. Stops reading and
+/// fails as soon as more than `max_bytes` have arrived.
+pub async fn receive(
+    mut form: Multipart,
+    staging_dir: &Path,
+    max_bytes: u64,
+) -> Result<StagedUpload, ApiError> {
+    let mut title: Option<String> = None;
+    let mut staged: Option<(TempPath, u64)> = None;
+    let mut received_total = 0u64;
+    while let Some(field) = form
+        .try_next()
+        .await
+        .map_err(|_| ApiError::bad_request(NOT_MULTIPART))?
+    {
+        match field.name().unwrap_or_default() {
+            "video_file" => {
+                if staged.is_some() {
+                    return Err(ApiError::bad_request(
+                        "Envíe un solo archivo en video_file.",
+                    ));
+                }
+                let room = max_bytes.saturating_sub(received_total);
+                let (path, size) = stage_file(field, staging_dir, room, max_bytes).await?;
+                received_total += size;
+                staged = Some((path, size));
+            }
+            "title" => {
+                let text = read_small(field, MAX_TITLE_BYTES).await?;
+                title = Some(text);
+            }
+            _ => {
+                // Unknown fields are read and dropped, but count towards the size limit.
+                let mut field = field;
+                while let Some(chunk) = field
+                    .try_next()
+                    .await
+                    .map_err(|_| ApiError::bad_request(NOT_MULTIPART))?
+                {
+                    received_total += chunk.len() as u64;
+                    if received_total > max_bytes {
+                        return Err(too_large(max_bytes));
+                    }
+                }
+            }
+        }
+    }
+    let title = title.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    let Some(title) = title else {
+        return Err(ApiError::bad_request("El título (title) es obligatorio."));
+    };
+    let Some((file, size)) = staged else {
+        return Err(ApiError::bad_request(
+            "Falta el archivo de video (video_file).",
+        ));
+    };
+    if size == 0 {
+        return Err(ApiError::bad_request("El archivo de video está vacío."));
+    }
+    Ok(StagedUpload { title, file, size })
+}
+
+async fn stage_file(
+    mut field: Field,
+    staging_dir: &Path,
+    room: u64,
+    max_bytes: u64,
+) -> Result<(TempPath, u64), ApiError> {
+    let staging_failed =
+        |e: std::io::Error| ApiError::unavailable("No se pudo guardar el archivo.", e);
+    tokio::fs::create_dir_all(staging_dir)
+        .await
+        .map_err(staging_failed)?;
+    let temp = tempfile::Builder::new()
+        .prefix(".upload-")
+        .suffix(".mp4")
+        .tempfile_in(staging_dir)
+        .map_err(staging_failed)?;
+    let (file, path) = temp.into_parts();
+    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    let mut size = 0u64;
+    while let Some(chunk) = field
+        .try_next()
+        .await
+        .map_err(|_| ApiError::bad_request(NOT_MULTIPART))?
+    {
+        size += chunk.len() as u64;
+        if size > room {
+            return Err(too_large(max_bytes)); // `path` is dropped: the partial file goes too
+        }
+        file.write_all(&chunk).await.map_err(staging_failed)?;
+    }
+    file.flush().await.map_err(staging_failed)?;
+    Ok((path, size))
+}
+
+async fn read_small(mut field: Field, limit: usize) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field
+        .try_next()
+        .await
+        .map_err(|_| ApiError::bad_request(NOT_MULTIPART))?
+    {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > limit {
+            return Err(ApiError::bad_request(format!(
+                "El título admite como máximo {limit} bytes."
+            )));
+        }
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request("El título no es texto UTF-8 válido."))
+}
+
+/// Checks the staged file by content: a complete ISO-BMFF (MP4) file with a video stream
+/// and a readable duration, plus the optional duration and resolution rules.
+pub async fn validate(path: &Path, settings: &UploadSettings) -> Result<Probe, ApiError> {
+    let owned = path.to_owned();
+    let complete = tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(owned)?;
+        media::mp4_boxes_complete(&mut file)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| ApiError::unavailable("No se pudo leer el archivo recibido.", e))?;
+    if !complete {
+        return Err(ApiError::bad_request(NOT_MP4));
+    }
+    let probe = match media::probe(path, settings.probe_timeout).await {
+        Ok(probe) => probe,
+        Err(MediaError::Failed { .. } | MediaError::Report(_)) => {
+            return Err(ApiError::bad_request(NOT_MP4))
+        }
+        Err(e @ (MediaError::Spawn { .. } | MediaError::Timeout { .. })) => {
+            return Err(ApiError::unavailable(
+                "No se pudo validar el video en este momento; intente de nuevo.",
+                e,
+            ))
+        }
+    };
+    check_probe(&probe, settings)?;
+    Ok(probe)
+}
+
+/// The rules on what ffprobe found, separate so they can be tested on plain data.
+pub fn check_probe(probe: &Probe, settings: &UploadSettings) -> Result<(), ApiError> {
+    if !probe.is_mp4_family() {
+        return Err(ApiError::bad_request("El archivo no es un video MP4."));
+    }
+    let Some(video) = &probe.video else {
+        return Err(ApiError::bad_request(
+            "El archivo no contiene una pista de video.",
+        ));
+    };
+    let Some(duration) = probe.duration else {
+        return Err(ApiError::bad_request(
+            "No se pudo leer la duración del video.",
+        ));
+    };
+    if settings.check_duration
+        && (duration < settings.min_duration || duration > settings.max_duration)
+    {
+        return Err(ApiError::bad_request(format!(
+            "La duración del video debe estar entre {} y {} segundos.",
+            settings.min_duration.as_secs(),
+            settings.max_duration.as_secs()
+        )));
+    }
+    // The shorter side, so a portrait 1080×1920 phone video counts as 1080p.
+    if settings.check_resolution && video.width.min(video.height) < settings.min_height {
+        return Err(ApiError::bad_request(format!(
+            "La resolución mínima es {}p.",
+            settings.min_height
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backends::media::VideoStream;
+    use std::time::Duration;
+
+    fn settings() -> UploadSettings {
+        backends::settings::Settings::load_from(&[], Vec::new())
+            .unwrap()
+            .upload
+    }
+
+    fn probe(seconds: f64, width: u32, height: u32) -> Probe {
+        Probe {
+            format_name: "mov,mp4,m4a,3gp,3g2,mj2".into(),
+            duration: Some(Duration::from_secs_f64(seconds)),
+            video: Some(VideoStream {
+                codec: "h264".into(),
+                width,
+                height,
+                pixel_format: None,
+            }),
+            has_audio: false,
+        }
+    }
+
+    #[test]
+    fn optional_rules_apply_only_when_enabled() {
+        let mut rules = settings();
+        let short_small = probe(5.0, 640, 360);
+        check_probe(&short_small, &rules).unwrap();
+        rules.check_duration = true;
+        assert!(check_probe(&short_small, &rules).is_err());
+        check_probe(&probe(30.0, 640, 360), &rules).unwrap();
+        assert!(check_probe(&probe(61.0, 640, 360), &rules).is_err());
+        rules.check_resolution = true;
+        assert!(check_probe(&probe(30.0, 1280, 720), &rules).is_err());
+        check_probe(&probe(30.0, 1920, 1080), &rules).unwrap();
+        check_probe(&probe(30.0, 1080, 1920), &rules).unwrap();
+    }
+
+    #[test]
+    fn containers_other_than_mp4_and_videos_without_picture_are_refused() {
+        let rules = settings();
+        let mut mkv = probe(10.0, 640, 360);
+        mkv.format_name = "matroska,webm".into();
+        assert!(check_probe(&mkv, &rules).is_err());
+        let mut audio_only = probe(10.0, 640, 360);
+        audio_only.video = None;
+        assert!(check_probe(&audio_only, &rules).is_err());
+        let mut no_duration = probe(10.0, 640, 360);
+        no_duration.duration = None;
+        assert!(check_probe(&no_duration, &rules).is_err());
+    }
+}

@@ -1,0 +1,316 @@
+//! `spawn_app()` and friends: a running API with its own database, storage and queue.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backends::queue::{JobQueue, PgQueue, SqsQueue};
+use backends::settings::Settings;
+use backends::storage::{LocalStore, ObjectStore, S3Store};
+use backends::testing::{moto, videos, TestDatabase};
+use reqwest::multipart::{Form, Part};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+pub const JWT_SECRET: &str = "integration-tests-secret-0123456789abcdef";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    pub store: Arc<dyn ObjectStore>,
+    pub queue: Arc<dyn JobQueue>,
+    /// Local storage root, when the app uses local storage.
+    pub storage_dir: Option<tempfile::TempDir>,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub on_aws_emulator: bool,
+    pub extra_env: Vec<(&'static str, String)>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let db = TestDatabase::create().await;
+    let mut env: Vec<(String, String)> = vec![
+        ("APP__DATABASE__URL".into(), db.url.clone()),
+        ("APP__DATABASE__MIGRATE".into(), "false".into()),
+        ("APP__SERVER__PORT".into(), "0".into()),
+        ("APP__SERVER__WORKERS".into(), "2".into()),
+        ("APP__SERVER__SHUTDOWN_TIMEOUT".into(), "1s".into()),
+        ("APP__AUTH__JWT_SECRET".into(), JWT_SECRET.into()),
+        ("APP__RANKINGS__REFRESH_INTERVAL".into(), "0s".into()),
+        ("APP__LOG__FILTER".into(), "warn".into()),
+    ];
+    let (store, queue, storage_dir): (Arc<dyn ObjectStore>, Arc<dyn JobQueue>, _) =
+        if options.on_aws_emulator {
+            let moto = moto();
+            let bucket = moto.create_bucket().await;
+            let queue_url = moto.create_queue(5).await;
+            env.extend([
+                ("APP__STORAGE__BACKEND".into(), "s3".into()),
+                ("APP__STORAGE__BUCKET".into(), bucket.clone()),
+                ("APP__QUEUE__BACKEND".into(), "sqs".into()),
+                ("APP__QUEUE__SQS_QUEUE_URL".into(), queue_url.clone()),
+                ("APP__AWS__ENDPOINT_URL".into(), moto.endpoint.clone()),
+            ]);
+            let aws = moto.aws_settings();
+            let s3 = backends::storage::s3_client(&aws).await;
+            let sqs = backends::queue::sqs_client(&aws).await;
+            (
+                Arc::new(S3Store::new(s3, bucket)),
+                Arc::new(SqsQueue::connect(sqs, queue_url).await.unwrap()),
+                None,
+            )
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            env.push((
+                "APP__STORAGE__LOCAL_DIR".into(),
+                dir.path().display().to_string(),
+            ));
+            (
+                Arc::new(LocalStore::new(dir.path())),
+                Arc::new(PgQueue::new(db.pool.clone(), "video-processing", 5)),
+                Some(dir),
+            )
+        };
+    env.extend(
+        options
+            .extra_env
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let settings = Settings::load_from(&[], env).expect("test settings");
+    let app = api::Application::build(settings).await.expect("build app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        client,
+        db,
+        store,
+        queue,
+        storage_dir,
+    }
+}
+
+pub struct Player {
+    pub id: String,
+    pub token: String,
+    pub email: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn signup(&self, first: &str, last: &str, city: &str) -> Player {
+        let email = format!(
+            "{}.{}@example.com",
+            first.to_lowercase(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let body = json!({
+            "first_name": first, "last_name": last, "email": email,
+            "password1": "Canasta2026", "password2": "Canasta2026",
+            "city": city, "country": "Colombia",
+        });
+        let response = self
+            .client
+            .post(self.url("/api/auth/signup"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let created: Value = response.json().await.unwrap();
+        let id = created["user_id"].as_str().unwrap().to_owned();
+        let token = self.login(&email, "Canasta2026").await;
+        Player { id, token, email }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .client
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn upload_form(&self, token: &str, form: Form) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/videos/upload"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads `file` with `title`; returns the response.
+    pub async fn upload(&self, token: &str, file: &Path, title: &str) -> reqwest::Response {
+        let bytes = tokio::fs::read(file).await.unwrap();
+        let part = Part::bytes(bytes)
+            .file_name("clip.mp4")
+            .mime_str("video/mp4")
+            .unwrap();
+        self.upload_form(
+            token,
+            Form::new()
+                .text("title", title.to_owned())
+                .part("video_file", part),
+        )
+        .await
+    }
+
+    /// Uploads the small sample video and returns its id.
+    pub async fn upload_sample(&self, token: &str, title: &str) -> String {
+        let response = self.upload(token, &fixtures().await.sample, title).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap()
+        );
+        let body: Value = response.json().await.unwrap();
+        body["task_id"].as_str().unwrap().to_owned()
+    }
+
+    /// What the worker would do: store a processed file and mark the video processed.
+    pub async fn publish(&self, video_id: &str) {
+        let id: uuid::Uuid = video_id.parse().unwrap();
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        tokio::fs::write(temp.path(), b"processed video bytes")
+            .await
+            .unwrap();
+        let (_, path) = temp.keep().unwrap();
+        self.store
+            .put_file(&backends::job::processed_key(id), &path)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE videos SET status = 'processed', processed_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Messages waiting in the job queue (received ones are left where they were).
+    pub async fn queued_jobs(&self) -> Vec<backends::job::VideoJob> {
+        let received = self
+            .queue
+            .receive(10, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut jobs = Vec::new();
+        for delivery in received {
+            self.queue
+                .change_visibility(&delivery.receipt, Duration::ZERO)
+                .await
+                .unwrap();
+            jobs.push(backends::job::VideoJob::from_body(&delivery.body).unwrap());
+        }
+        jobs
+    }
+
+    /// Asserts that nothing of any upload remains: no row, no object, no job, no staged file.
+    pub async fn assert_nothing_left_behind(&self) {
+        assert_eq!(
+            self.count_rows("videos").await,
+            0,
+            "a video row was left behind"
+        );
+        assert_eq!(
+            self.store.list("").await.unwrap(),
+            Vec::<String>::new(),
+            "objects left behind"
+        );
+        assert!(
+            self.queued_jobs().await.is_empty(),
+            "a job was left in the queue"
+        );
+        if let Some(dir) = &self.storage_dir {
+            let staging = dir.path().join(".incoming");
+            let leftovers: Vec<PathBuf> = std::fs::read_dir(&staging)
+                .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+                .unwrap_or_default();
+            assert!(
+                leftovers.is_empty(),
+                "staged files left behind: {leftovers:?}"
+            );
+        }
+    }
+}
+
+pub async fn detail(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.expect("a JSON error body");
+    body["detail"].as_str().expect("a detail string").to_owned()
+}
+
+/// Test inputs, generated once per test process.
+pub struct Fixtures {
+    _dir: tempfile::TempDir,
+    pub sample: PathBuf,
+    pub audio_only: PathBuf,
+    pub truncated: PathBuf,
+    pub pdf: PathBuf,
+    pub empty: PathBuf,
+}
+
+pub async fn fixtures() -> &'static Fixtures {
+    static FIXTURES: OnceCell<Fixtures> = OnceCell::const_new();
+    FIXTURES
+        .get_or_init(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let sample = dir.path().join("sample.mp4");
+            videos::mp4(&sample, 2, 320, 240, true).await;
+            let audio_only = dir.path().join("audio.mp4");
+            videos::audio_only_mp4(&audio_only, 2).await;
+            let truncated = dir.path().join("truncated.mp4");
+            let bytes = std::fs::read(&sample).unwrap();
+            std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+            let pdf = dir.path().join("document.mp4");
+            videos::junk(&pdf, 20_000, b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n");
+            let empty = dir.path().join("empty.mp4");
+            std::fs::write(&empty, b"").unwrap();
+            Fixtures {
+                _dir: dir,
+                sample,
+                audio_only,
+                truncated,
+                pdf,
+                empty,
+            }
+        })
+        .await
+}

@@ -1,0 +1,11 @@
+//! API integration tests: the real server on port 0, a fresh PostgreSQL database per test,
+//! real ffprobe, and moto for the S3/SQS path.
+
+mod auth;
+mod docs_and_health;
+mod helpers;
+mod public;
+mod s3_sqs;
+mod shutdown;
+mod upload;
+mod videos;
