@@ -1,1 +1,74 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in Rust rather than shell scripts.
+//!
+//! Architecture invariant: xtask drives the other crates by running them (cargo, their
+//! binaries), never by linking them.
+
+// This crate's whole job is running other programs.
+#![allow(clippy::disallowed_methods)]
+
+mod bench;
+mod ci;
+mod dev;
+mod postgres;
+mod system;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Project automation for the ANB Rising Stars platform.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the platform on this machine: a private PostgreSQL (unless DATABASE_URL is set),
+    /// local storage, the PostgreSQL queue, and the API on http://127.0.0.1:8080.
+    Dev(dev::DevArgs),
+    /// Run every check CI runs: rustfmt, clippy (warnings denied) and all tests, after
+    /// installing or starting what the tests need (ffmpeg, PostgreSQL, moto).
+    Ci(ci::CiArgs),
+    /// Measure performance and print figures with ratios to a baseline from the same run.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev(args) => dev::run(args),
+        Command::Ci(args) => ci::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask's manifest sits one level below it).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Where cargo puts build output: CARGO_TARGET_DIR if set, else `<root>/target`.
+pub fn cargo_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"))
+}
+
+/// Scratch space for xtask (private clusters, tools, bench inputs): always `<root>/target`.
+pub fn scratch_dir() -> PathBuf {
+    project_root().join("target")
+}

@@ -226,7 +226,15 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(videos::download_processed)
         .service(public::public_videos)
         .service(public::vote)
-        .service(public::rankings);
+        .service(public::rankings)
+        .route(
+            "/api/docs",
+            web::get().to(|| async {
+                actix_web::HttpResponse::PermanentRedirect()
+                    .insert_header((actix_web::http::header::LOCATION, "/api/docs/"))
+                    .finish()
+            }),
+        );
 }
 
 /// One span per request (with its request id), and one log line when it ends.

@@ -291,7 +291,7 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                Settings::load_from(&[path.clone()], env(&[]))
+                Settings::load_from(std::slice::from_ref(&path), env(&[]))
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 seen += 1;
             }

@@ -67,6 +67,9 @@ async fn openapi_document_lists_every_contract_route() {
             "{method} {path} missing from the OpenAPI document"
         );
     }
+    let bare = app.get("/api/docs", None).await;
+    assert_eq!(bare.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(bare.headers()["location"], "/api/docs/");
     let docs = app.get("/api/docs/", None).await;
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(docs

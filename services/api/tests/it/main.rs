@@ -1,6 +1,9 @@
 //! API integration tests: the real server on port 0, a fresh PostgreSQL database per test,
 //! real ffprobe, and moto for the S3/SQS path.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod auth;
 mod docs_and_health;
 mod helpers;

@@ -36,7 +36,10 @@ async fn upload_stores_the_original_records_the_video_and_queues_one_job() {
         ("Mi mejor jugada", "uploaded")
     );
     let key = format!("original/{id}.mp4");
-    assert_eq!(app.store.list("").await.unwrap(), [key.clone()]);
+    assert_eq!(
+        app.store.list("").await.unwrap(),
+        std::slice::from_ref(&key)
+    );
     let stored = tempfile::NamedTempFile::new().unwrap();
     app.store.get_to_file(&key, stored.path()).await.unwrap();
     assert_eq!(

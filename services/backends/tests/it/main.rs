@@ -1,4 +1,7 @@
 //! Integration tests of the shared backends against real services: PostgreSQL and moto.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod queue_contract;
 mod storage_contract;

@@ -1,0 +1,174 @@
+//! `cargo xtask ci`: everything CI checks, with its own set-up, so that one command run on
+//! a fresh Debian machine is enough.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::postgres::PrivateCluster;
+use crate::system::{ensure_installed, install_packages, is_root, output, run_command, which};
+use crate::{project_root, scratch_dir};
+
+/// Pinned: later versions may change what the emulator accepts.
+pub const MOTO_VERSION: &str = "5.2.5";
+/// The role the tests use to create a database per test (machine cluster only).
+const TEST_ROLE: &str = "anb_test";
+
+#[derive(Debug, Args)]
+pub struct CiArgs {
+    /// Only run the tests (skip rustfmt and clippy).
+    #[arg(long)]
+    tests_only: bool,
+    /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+    #[arg(last = true)]
+    test_args: Vec<String>,
+}
+
+pub fn run(args: CiArgs) -> anyhow::Result<()> {
+    ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
+    let (admin_url, _private_cluster) = test_database()?;
+    let moto_python = ensure_moto()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if !args.tests_only {
+        eprintln!("xtask: rustfmt");
+        run_command(
+            Command::new(&cargo)
+                .current_dir(project_root())
+                .args(["fmt", "--all", "--", "--check"]),
+        )
+        .context("code is not formatted: run `cargo fmt --all`")?;
+        eprintln!("xtask: clippy");
+        run_command(Command::new(&cargo).current_dir(project_root()).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    eprintln!("xtask: tests");
+    run_command(
+        Command::new(&cargo)
+            .current_dir(project_root())
+            .args(["test", "--workspace"])
+            .args(if args.test_args.is_empty() {
+                Vec::new()
+            } else {
+                [vec!["--".to_owned()], args.test_args].concat()
+            })
+            .env("ANB_TEST_DATABASE_URL", &admin_url)
+            .env("ANB_MOTO_PYTHON", &moto_python)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("RUST_BACKTRACE", "1"),
+    )
+}
+
+/// A PostgreSQL URL whose role may create databases: ANB_TEST_DATABASE_URL if set, else the
+/// machine's cluster (Debian's pg_ctlcluster, started if down), else a private cluster.
+fn test_database() -> anyhow::Result<(String, Option<PrivateCluster>)> {
+    if let Ok(url) = std::env::var("ANB_TEST_DATABASE_URL") {
+        return Ok((url, None));
+    }
+    if is_root() && which("apt-get").is_some() {
+        if which("pg_lsclusters").is_none() {
+            install_packages(&["postgresql"])?;
+        }
+        let port = start_machine_cluster()?;
+        let role = format!(
+            "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{TEST_ROLE}') THEN \
+             CREATE ROLE {TEST_ROLE} LOGIN CREATEDB PASSWORD '{TEST_ROLE}'; END IF; END$$;"
+        );
+        run_command(Command::new("runuser").args([
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-q",
+            "-p",
+            &port.to_string(),
+            "-c",
+            &role,
+        ]))?;
+        return Ok((
+            format!("postgres://{TEST_ROLE}:{TEST_ROLE}@127.0.0.1:{port}/postgres"),
+            None,
+        ));
+    }
+    let cluster = PrivateCluster::start(&scratch_dir().join("test-postgres"), 54330, "postgres")?;
+    Ok((cluster.url("postgres"), Some(cluster)))
+}
+
+/// Starts the first cluster `pg_lsclusters` lists (creating one if there is none) and
+/// returns its port.
+fn start_machine_cluster() -> anyhow::Result<u16> {
+    let list = output(Command::new("pg_lsclusters").arg("--no-header"))?;
+    let Some(line) = list.lines().find(|l| !l.trim().is_empty()) else {
+        bail!("PostgreSQL is installed but has no cluster: create one with pg_createcluster");
+    };
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [version, name, port, status, ..] = fields[..] else {
+        bail!("cannot read pg_lsclusters output: {line}");
+    };
+    if status != "online" {
+        eprintln!("xtask: starting PostgreSQL cluster {version}/{name}");
+        run_command(Command::new("pg_ctlcluster").args([version, name, "start"]))?;
+    }
+    port.parse()
+        .with_context(|| format!("bad port in pg_lsclusters output: {line}"))
+}
+
+/// A Python with the pinned `moto[server]`, in a virtualenv under `target/tools`.
+fn ensure_moto() -> anyhow::Result<PathBuf> {
+    if let Some(python) = std::env::var_os("ANB_MOTO_PYTHON") {
+        return Ok(PathBuf::from(python));
+    }
+    let venv = scratch_dir().join(format!("tools/moto-{MOTO_VERSION}"));
+    let python = venv.join("bin/python");
+    let ready = python.is_file()
+        && Command::new(&python)
+            .args(["-c", "import moto.server"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ready {
+        return Ok(python);
+    }
+    let system_python = which("python3").context("python3 is needed for the moto AWS emulator")?;
+    let _ = std::fs::remove_dir_all(&venv);
+    if run_command(
+        Command::new(&system_python)
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv),
+    )
+    .is_err()
+    {
+        // Debian splits venv support into its own package.
+        install_packages(&["python3-venv"])?;
+        run_command(
+            Command::new(&system_python)
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv),
+        )?;
+    }
+    eprintln!(
+        "xtask: installing moto[server]=={MOTO_VERSION} into {}",
+        venv.display()
+    );
+    run_command(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("moto[server]=={MOTO_VERSION}")),
+    )?;
+    Ok(python)
+}

@@ -1,0 +1,149 @@
+//! `cargo xtask dev`: the whole platform on this machine, with one command.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::postgres::PrivateCluster;
+use crate::system::{ensure_installed, run_command};
+use crate::{cargo_target_dir, project_root, scratch_dir};
+
+/// Port of the private development cluster (another free one is used if it is taken).
+const DEV_POSTGRES_PORT: u16 = 54329;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Port for the API.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Build and run optimised binaries (slower to build, much faster to run).
+    #[arg(long)]
+    release: bool,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
+    let (database_url, cluster) = match std::env::var("DATABASE_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let cluster = PrivateCluster::start(
+                &scratch_dir().join("dev-postgres"),
+                DEV_POSTGRES_PORT,
+                "anb",
+            )?;
+            (cluster.url("anb"), Some(cluster))
+        }
+    };
+    let profile = if args.release { "release" } else { "debug" };
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build
+        .current_dir(project_root())
+        .args(["build", "--package", "api"]);
+    if args.release {
+        build.arg("--release");
+    }
+    run_command(&mut build)?;
+
+    let storage = scratch_dir().join("dev-storage");
+    let mut api = Command::new(cargo_target_dir().join(profile).join("api"))
+        .current_dir(project_root())
+        .args(["--config", "config/local.toml"])
+        .env("APP__DATABASE__URL", &database_url)
+        .env("APP__SERVER__PORT", args.port.to_string())
+        .env("APP__STORAGE__LOCAL_DIR", &storage)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot start the API")?;
+    let base = format!("http://127.0.0.1:{}", args.port);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(supervise(&mut api, &base, &database_url, cluster.as_ref()));
+    stop(&mut api);
+    drop(cluster); // stops the private PostgreSQL
+    outcome
+}
+
+async fn supervise(
+    api: &mut Child,
+    base: &str,
+    database_url: &str,
+    cluster: Option<&PrivateCluster>,
+) -> anyhow::Result<()> {
+    wait_healthy(api, base).await?;
+    let database = match cluster {
+        Some(c) => format!(
+            "private cluster in target/dev-postgres (port {}), stopped on exit",
+            c.port
+        ),
+        None => format!("DATABASE_URL ({})", redact(database_url)),
+    };
+    println!(
+        "\nANB Rising Stars is running at {base}\n\
+         \x20 API docs:  {base}/api/docs/\n\
+         \x20 database:  {database}\n\
+         \x20 storage:   target/dev-storage (queue: PostgreSQL)\n\n\
+         Try it:\n\
+         \x20 curl -s -X POST {base}/api/auth/signup -H 'content-type: application/json' \\\n\
+         \x20   -d '{{\"first_name\":\"Ana\",\"last_name\":\"Ruiz\",\"email\":\"ana@example.com\",\"password1\":\"Canasta2026\",\"password2\":\"Canasta2026\",\"city\":\"Cali\",\"country\":\"Colombia\"}}'\n\
+         \x20 curl -s {base}/api/public/rankings\n\n\
+         Ctrl-C stops everything.\n"
+    );
+    // Ctrl-C and SIGTERM (e.g. from `timeout` or a supervisor) both stop everything.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Some(status) = api.try_wait()? {
+                    bail!("the API exited unexpectedly ({status})");
+                }
+            }
+        }
+    }
+}
+
+async fn wait_healthy(api: &mut Child, base: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Some(status) = api.try_wait()? {
+            bail!("the API exited during start-up ({status}); its log is above");
+        }
+        let healthy = client
+            .get(format!("{base}/api/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if healthy {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the API did not become healthy at {base}/api/health within 30 s")
+}
+
+/// Asks the process to stop gracefully (SIGTERM), then waits for it.
+pub fn stop(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..100 {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
