@@ -7,8 +7,8 @@
 pub mod auth;
 pub mod error;
 pub mod openapi;
-pub mod rankings;
 pub mod routes;
+pub mod snapshot;
 pub mod upload;
 
 use std::net::TcpListener;
@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::auth::TokenKeys;
 use crate::error::{detail_response, ApiError};
-use crate::rankings::RankingsCache;
+use crate::snapshot::Snapshot;
 
 /// Everything a handler needs, shared by all workers.
 #[derive(Debug)]
@@ -46,7 +46,8 @@ pub struct AppState {
     pub staging_dir: PathBuf,
     pub presign_ttl: Duration,
     pub public_base_url: Option<String>,
-    pub rankings: RankingsCache,
+    pub rankings: Snapshot<Vec<backends::db::PlayerScore>>,
+    pub public_videos: Snapshot<Vec<backends::db::PublicVideo>>,
 }
 
 impl AppState {
@@ -135,7 +136,8 @@ impl Application {
             staging_dir,
             presign_ttl: settings.storage.presign_ttl,
             public_base_url: settings.server.public_base_url.clone(),
-            rankings: RankingsCache::new(settings.rankings.refresh_interval),
+            rankings: Snapshot::new(settings.public.rankings_refresh),
+            public_videos: Snapshot::new(settings.public.videos_refresh),
         });
         let keys = web::Data::new(TokenKeys::new(
             &settings.auth.jwt_secret,

@@ -12,8 +12,9 @@ use crate::routes::{health, public, users, videos};
         title = "ANB Rising Stars API",
         description = "Players upload skill videos, the platform processes them, fans vote, \
                        rankings are published. Errors are `{\"detail\": \"...\"}`. Rankings \
-                       are cached and may be up to `rankings.refresh_interval` old \
-                       (default 30 s, at most 60 s)."
+                       and the public video list are served from snapshots up to \
+                       `public.rankings_refresh` (default 30 s) and `public.videos_refresh` \
+                       (default 5 s) old, never over 60 s."
     ),
     paths(
         health::api_health,

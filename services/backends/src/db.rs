@@ -222,35 +222,68 @@ pub async fn begin_delete_unpublished_video(
     Ok((deleted.rows_affected() == 1).then_some(tx))
 }
 
+/// Marks the video `processing` for a worker, unless it is gone or already finished.
+/// Returns whether the worker should go on.
+pub async fn start_processing(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE videos SET status = 'processing', error = NULL
+         WHERE id = $1 AND status IN ('uploaded', 'processing')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Marks the video `processed` now. Guarded: only a video still `processing` changes, so a
+/// second run of the same job (at-least-once delivery) changes nothing. Returns whether
+/// this call made the change.
+pub async fn finish_processing(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE videos SET status = 'processed', processed_at = now(), error = NULL
+         WHERE id = $1 AND status = 'processing'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Marks the video `failed` with a reason the owner can read; a processed video stays so.
+pub async fn fail_video(pool: &PgPool, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE videos SET status = 'failed', error = $2 WHERE id = $1 AND status <> 'processed'",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
 /// A processed video as the public list shows it.
 #[derive(Debug, Clone, FromRow)]
 pub struct PublicVideo {
     pub id: Uuid,
     pub title: String,
-    pub first_name: String,
-    pub last_name: String,
+    /// The player's "First Last".
+    pub username: String,
     pub city: String,
+    /// `city` lower-cased by the database, for case-insensitive filtering.
+    pub city_key: String,
     pub vote_count: i64,
     pub processed_at: Option<DateTime<Utc>>,
 }
 
-/// Processed videos, most recently processed first.
-pub async fn list_public_videos(
-    pool: &PgPool,
-    city: Option<&str>,
-    limit: i64,
-    offset: i64,
-) -> Result<Vec<PublicVideo>, sqlx::Error> {
+/// Every processed video, most recently processed first.
+pub async fn public_videos(pool: &PgPool) -> Result<Vec<PublicVideo>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT v.id, v.title, u.first_name, u.last_name, u.city, v.vote_count, v.processed_at
+        "SELECT v.id, v.title, u.first_name || ' ' || u.last_name AS username, u.city,
+                lower(u.city) AS city_key, v.vote_count, v.processed_at
          FROM videos v JOIN users u ON u.id = v.owner_id
-         WHERE v.status = 'processed' AND ($1::text IS NULL OR lower(u.city) = lower($1))
-         ORDER BY v.processed_at DESC, v.id
-         LIMIT $2 OFFSET $3",
+         WHERE v.status = 'processed'
+         ORDER BY v.processed_at DESC, v.id",
     )
-    .bind(city)
-    .bind(limit)
-    .bind(offset)
     .fetch_all(pool)
     .await
 }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Deserializer};
 /// The defaults, built into every binary so it runs with no file on disk.
 pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
-/// Longest time rankings may be stale (the API contract promises at most a minute).
-pub const MAX_RANKINGS_REFRESH: Duration = Duration::from_secs(60);
+/// Longest time public data may be stale (the API contract promises at most a minute).
+pub const MAX_PUBLIC_REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -30,7 +30,9 @@ pub struct Settings {
     pub aws: AwsSettings,
     pub auth: AuthSettings,
     pub upload: UploadSettings,
-    pub rankings: RankingsSettings,
+    pub public: PublicSettings,
+    pub worker: WorkerSettings,
+    pub processing: ProcessingSettings,
     pub log: LogSettings,
 }
 
@@ -126,10 +128,45 @@ pub struct UploadSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RankingsSettings {
+pub struct PublicSettings {
     #[serde(with = "humantime_serde")]
-    pub refresh_interval: Duration,
+    pub rankings_refresh: Duration,
+    #[serde(with = "humantime_serde")]
+    pub videos_refresh: Duration,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub wait_time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ffmpeg_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    #[serde(deserialize_with = "empty_as_none")]
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingSettings {
+    pub x264_preset: String,
+    pub crf: u8,
+    pub max_bitrate_kbps: u32,
+    #[serde(with = "humantime_serde")]
+    pub intro: Duration,
+    #[serde(with = "humantime_serde")]
+    pub outro: Duration,
+}
+
+/// Longest the two bumpers may last together (the contract's limit).
+pub const MAX_BUMPERS: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +222,45 @@ impl Settings {
     }
 
     /// Checks that hold for every component; each binary checks its own sections on top.
+    /// Checks for the sections only the worker reads.
+    pub fn validate_for_worker(&self) -> Result<(), SettingsError> {
+        let worker = &self.worker;
+        if worker.concurrency == 0 {
+            return invalid("worker.concurrency must be at least 1");
+        }
+        if worker.visibility_timeout < Duration::from_secs(2) {
+            return invalid("worker.visibility_timeout must be at least 2s");
+        }
+        if worker.wait_time > Duration::from_secs(20) {
+            return invalid("worker.wait_time must be at most 20s (the SQS limit)");
+        }
+        let processing = &self.processing;
+        if processing.intro + processing.outro > MAX_BUMPERS {
+            return invalid("processing.intro + processing.outro must be at most 5s");
+        }
+        if processing.crf > 51 {
+            return invalid("processing.crf must be between 0 and 51");
+        }
+        const PRESETS: [&str; 9] = [
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
+            "veryslow",
+        ];
+        if !PRESETS.contains(&processing.x264_preset.as_str()) {
+            return invalid("processing.x264_preset must be an x264 preset such as \"veryfast\"");
+        }
+        if processing.max_bitrate_kbps == 0 || processing.max_bitrate_kbps > 4000 {
+            return invalid("processing.max_bitrate_kbps must be between 1 and 4000");
+        }
+        Ok(())
+    }
+
     fn validate_common(&self) -> Result<(), SettingsError> {
         if self.database.url.expose_secret().is_empty() {
             return invalid("database.url is empty (set DATABASE_URL or APP__DATABASE__URL)");
@@ -211,8 +287,12 @@ impl Settings {
         if self.auth.token_ttl.is_zero() {
             return invalid("auth.token_ttl must be more than zero");
         }
-        if self.rankings.refresh_interval > MAX_RANKINGS_REFRESH {
-            return invalid("rankings.refresh_interval must be at most 60s");
+        if self.public.rankings_refresh > MAX_PUBLIC_REFRESH
+            || self.public.videos_refresh > MAX_PUBLIC_REFRESH
+        {
+            return invalid(
+                "public.rankings_refresh and public.videos_refresh must be at most 60s",
+            );
         }
         if self.upload.max_bytes == 0 {
             return invalid("upload.max_bytes must be more than zero");
@@ -267,12 +347,12 @@ mod tests {
             &[],
             env(&[
                 ("APP__SERVER__PORT", "9001"),
-                ("APP__RANKINGS__REFRESH_INTERVAL", "5s"),
+                ("APP__PUBLIC__RANKINGS_REFRESH", "5s"),
             ]),
         )
         .unwrap();
         assert_eq!(settings.server.port, 9001);
-        assert_eq!(settings.rankings.refresh_interval, Duration::from_secs(5));
+        assert_eq!(settings.public.rankings_refresh, Duration::from_secs(5));
         assert_eq!(settings.upload.max_bytes, 100_000_000);
         assert_eq!(settings.storage.bucket, None);
     }
@@ -306,6 +386,21 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = Settings::load_from(&[], env(&[("APP__SERVER__PROT", "1")])).unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn worker_refuses_bumpers_over_five_seconds_and_unknown_presets() {
+        let settings = Settings::load_from(&[], env(&[])).unwrap();
+        settings.validate_for_worker().unwrap();
+        let long = Settings::load_from(&[], env(&[("APP__PROCESSING__INTRO", "3s")])).unwrap();
+        assert!(long
+            .validate_for_worker()
+            .unwrap_err()
+            .to_string()
+            .contains("5s"));
+        let preset =
+            Settings::load_from(&[], env(&[("APP__PROCESSING__X264_PRESET", "warp")])).unwrap();
+        assert!(preset.validate_for_worker().is_err());
     }
 
     #[test]

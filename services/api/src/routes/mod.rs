@@ -25,6 +25,14 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
+    /// `(limit, offset)` for slicing in memory.
+    pub fn bounds(&self) -> (usize, usize) {
+        (
+            usize::try_from(self.limit).unwrap_or(0),
+            usize::try_from(self.offset).unwrap_or(usize::MAX),
+        )
+    }
+
     /// Parses the raw query string strictly: a limit outside 1–100, a negative offset, or
     /// anything not a whole number is a 400. An empty `city` means no filter.
     pub fn parse(query: &str, default_limit: i64) -> Result<Self, ApiError> {

@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::rankings::page as rankings_page;
 use crate::routes::{parse_video_id, PageQuery};
+use crate::snapshot::page as page_of;
 use crate::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -39,7 +39,8 @@ pub struct RankingEntry {
 }
 
 /// Videos open for voting (processed), most recently processed first. A token is accepted
-/// but not needed.
+/// but not needed. Served from a snapshot reloaded at most every `public.videos_refresh`
+/// (default 5 s), so a new video or vote can take that long to show here.
 #[utoipa::path(
     tag = "public",
     params(
@@ -55,17 +56,26 @@ pub async fn public_videos(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let page = PageQuery::parse(req.query_string(), 20)?;
-    let videos =
-        db::list_public_videos(&state.pool, page.city.as_deref(), page.limit, page.offset).await?;
+    let videos = state
+        .public_videos
+        .get(|| db::public_videos(&state.pool))
+        .await?;
+    let (limit, offset) = page.bounds();
     let base = state.base_url(&req);
-    let mut items = Vec::with_capacity(videos.len());
-    for video in videos {
+    let mut items = Vec::with_capacity(limit.min(videos.len()));
+    for (_, video) in page_of(
+        &videos,
+        |v| v.city_key.as_str(),
+        page.city.as_deref(),
+        limit,
+        offset,
+    ) {
         items.push(PublicVideo {
             video_id: video.id.to_string(),
             processed_url: Some(state.processed_url_of(&base, video.id).await?),
-            title: video.title,
-            username: format!("{} {}", video.first_name, video.last_name),
-            city: video.city,
+            title: video.title.clone(),
+            username: video.username.clone(),
+            city: video.city.clone(),
             votes: video.vote_count,
             processed_at: video.processed_at,
         });
@@ -101,8 +111,8 @@ pub async fn vote(
     }
 }
 
-/// Players by total votes on their public videos. Served from a cache refreshed at most
-/// every `rankings.refresh_interval` (default 30 s, never over 60 s), so a new vote can take
+/// Players by total votes on their public videos. Served from a snapshot reloaded at most
+/// every `public.rankings_refresh` (default 30 s, never over 60 s), so a new vote can take
 /// that long to show here.
 #[utoipa::path(
     tag = "public",
@@ -122,16 +132,24 @@ pub async fn rankings(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let page = PageQuery::parse(req.query_string(), 10)?;
-    let scores = state.rankings.scores(&state.pool).await?;
-    let limit = usize::try_from(page.limit).unwrap_or(0);
-    let offset = usize::try_from(page.offset).unwrap_or(usize::MAX);
-    let entries: Vec<RankingEntry> = rankings_page(&scores, page.city.as_deref(), limit, offset)
-        .map(|(position, score)| RankingEntry {
-            position,
-            username: score.username.clone(),
-            city: score.city.clone(),
-            votes: score.votes,
-        })
-        .collect();
+    let scores = state
+        .rankings
+        .get(|| db::player_scores(&state.pool))
+        .await?;
+    let (limit, offset) = page.bounds();
+    let entries: Vec<RankingEntry> = page_of(
+        &scores,
+        |s| s.city_key.as_str(),
+        page.city.as_deref(),
+        limit,
+        offset,
+    )
+    .map(|(position, score)| RankingEntry {
+        position,
+        username: score.username.clone(),
+        city: score.city.clone(),
+        votes: score.votes,
+    })
+    .collect();
     Ok(HttpResponse::Ok().json(entries))
 }

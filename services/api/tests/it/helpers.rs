@@ -44,7 +44,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("APP__SERVER__WORKERS".into(), "2".into()),
         ("APP__SERVER__SHUTDOWN_TIMEOUT".into(), "1s".into()),
         ("APP__AUTH__JWT_SECRET".into(), JWT_SECRET.into()),
-        ("APP__RANKINGS__REFRESH_INTERVAL".into(), "0s".into()),
+        ("APP__PUBLIC__RANKINGS_REFRESH".into(), "0s".into()),
+        ("APP__PUBLIC__VIDEOS_REFRESH".into(), "0s".into()),
         ("APP__LOG__FILTER".into(), "warn".into()),
     ];
     let (store, queue, storage_dir): (Arc<dyn ObjectStore>, Arc<dyn JobQueue>, _) =

@@ -293,22 +293,32 @@ async fn rankings_refuse_every_invalid_parameter() {
 }
 
 #[tokio::test]
-async fn rankings_are_served_from_a_cache_between_refreshes() {
+async fn rankings_and_public_list_are_served_from_snapshots_between_refreshes() {
     let app = spawn_app_with(Options {
-        extra_env: vec![("APP__RANKINGS__REFRESH_INTERVAL", "60s".into())],
+        extra_env: vec![
+            ("APP__PUBLIC__RANKINGS_REFRESH", "60s".into()),
+            ("APP__PUBLIC__VIDEOS_REFRESH", "60s".into()),
+        ],
         ..Options::default()
     })
     .await;
     let ana = app.signup("Ana", "Ruiz", "Cali").await;
     let video = app.upload_sample(&ana.token, "jugada").await;
     app.publish(&video).await;
-    let before: Vec<Value> = app
+    let rankings: Vec<Value> = app
         .get("/api/public/rankings", None)
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(before[0]["votes"], 0);
+    assert_eq!(rankings[0]["votes"], 0);
+    let list: Vec<Value> = app
+        .get("/api/public/videos", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["votes"], 0);
     assert_eq!(
         vote(&app, &ana.token, &video).await.status(),
         StatusCode::OK
@@ -320,7 +330,25 @@ async fn rankings_are_served_from_a_cache_between_refreshes() {
         .await
         .unwrap();
     assert_eq!(
-        cached, before,
-        "a fresh vote showed before the refresh interval passed"
+        cached, rankings,
+        "a fresh vote showed in the rankings before the refresh"
     );
+    let cached: Vec<Value> = app
+        .get("/api/public/videos", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        cached, list,
+        "a fresh vote showed in the public list before the refresh"
+    );
+    // The vote itself counted at once: the owner's detail reads the database.
+    let detail: Value = app
+        .get(&format!("/api/videos/{video}"), Some(&ana.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["votes"], 1);
 }
