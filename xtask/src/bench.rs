@@ -23,6 +23,16 @@ enum BenchTarget {
     /// The API (release build, local storage, private PostgreSQL): upload throughput and
     /// memory, then public read throughput and latency.
     Api(ApiBench),
+    /// The worker (release build, local storage, private PostgreSQL): end-to-end time per
+    /// reference video against the bare ffmpeg floor and a decode-only run.
+    Worker(WorkerBench),
+}
+
+#[derive(Debug, Args)]
+struct WorkerBench {
+    /// Videos the worker processes in the measured run.
+    #[arg(long, default_value_t = 5)]
+    videos: usize,
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +54,7 @@ struct ApiBench {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.target {
         BenchTarget::Api(api) => bench_api(api),
+        BenchTarget::Worker(worker) => crate::bench_worker::run(worker.videos),
     }
 }
 

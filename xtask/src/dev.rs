@@ -47,18 +47,30 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     run_command(&mut build)?;
 
     let storage = scratch_dir().join("dev-storage");
-    let mut api = Command::new(cargo_target_dir().join(profile).join("api"))
-        .current_dir(project_root())
-        .args(["--config", "config/local.toml"])
-        .env("APP__DATABASE__URL", &database_url)
-        .env("APP__SERVER__PORT", args.port.to_string())
-        .env("APP__STORAGE__LOCAL_DIR", &storage)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("cannot start the API")?;
+    let start = |binary: &str| {
+        Command::new(cargo_target_dir().join(profile).join(binary))
+            .current_dir(project_root())
+            .args(["--config", "config/local.toml"])
+            .env("APP__DATABASE__URL", &database_url)
+            .env("APP__SERVER__PORT", args.port.to_string())
+            .env("APP__STORAGE__LOCAL_DIR", &storage)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start the {binary}"))
+    };
+    let mut api = start("api")?;
     let base = format!("http://127.0.0.1:{}", args.port);
     let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime.block_on(supervise(&mut api, &base, &database_url, cluster.as_ref()));
+    let mut worker = None;
+    let outcome = runtime.block_on(async {
+        // The API applies the migrations; the worker starts once the API is healthy.
+        wait_healthy(&mut api, &base).await?;
+        let worker = worker.insert(start("worker")?);
+        supervise(&mut api, worker, &base, &database_url, cluster.as_ref()).await
+    });
+    if let Some(worker) = worker.as_mut() {
+        stop(worker);
+    }
     stop(&mut api);
     drop(cluster); // stops the private PostgreSQL
     outcome
@@ -66,11 +78,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
 async fn supervise(
     api: &mut Child,
+    worker: &mut Child,
     base: &str,
     database_url: &str,
     cluster: Option<&PrivateCluster>,
 ) -> anyhow::Result<()> {
-    wait_healthy(api, base).await?;
     let database = match cluster {
         Some(c) => format!(
             "private cluster in target/dev-postgres (port {}), stopped on exit",
@@ -82,7 +94,7 @@ async fn supervise(
         "\nANB Rising Stars is running at {base}\n\
          \x20 API docs:  {base}/api/docs/\n\
          \x20 database:  {database}\n\
-         \x20 storage:   target/dev-storage (queue: PostgreSQL)\n\n\
+         \x20 storage:   target/dev-storage (queue: PostgreSQL; one worker processes uploads)\n\n\
          Try it:\n\
          \x20 curl -s -X POST {base}/api/auth/signup -H 'content-type: application/json' \\\n\
          \x20   -d '{{\"first_name\":\"Ana\",\"last_name\":\"Ruiz\",\"email\":\"ana@example.com\",\"password1\":\"Canasta2026\",\"password2\":\"Canasta2026\",\"city\":\"Cali\",\"country\":\"Colombia\"}}'\n\
@@ -98,6 +110,9 @@ async fn supervise(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if let Some(status) = api.try_wait()? {
                     bail!("the API exited unexpectedly ({status})");
+                }
+                if let Some(status) = worker.try_wait()? {
+                    bail!("the worker exited unexpectedly ({status})");
                 }
             }
         }

@@ -1,0 +1,286 @@
+//! What one job does to a video: the single ffmpeg invocation that produces the contract's
+//! output, and the check of that output. Pure functions on plain data, so they are tested
+//! without running anything.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use backends::media::Probe;
+use backends::settings::ProcessingSettings;
+
+pub const WIDTH: u32 = 1280;
+pub const HEIGHT: u32 = 720;
+pub const FPS: u32 = 30;
+/// Longest part of the original that is kept.
+pub const MAX_MAIN: Duration = Duration::from_secs(30);
+/// Longest accepted output: 30 s of video plus at most 5 s of bumpers.
+pub const MAX_OUTPUT: Duration = Duration::from_secs(35);
+/// Bumper background: ANB navy.
+const BUMPER_COLOR: &str = "0x0B1F3A";
+/// Watermark height and margin, in output pixels.
+const WATERMARK_HEIGHT: u32 = 60;
+const WATERMARK_MARGIN: u32 = 28;
+/// Logo height on the bumpers.
+const BUMPER_LOGO_HEIGHT: u32 = 240;
+
+fn seconds(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64())
+}
+
+/// The filter graph: input 0 is the original, input 1 the logo PNG.
+///
+/// The original is brought to a constant 30 fps, scaled to fit 1280×720 without
+/// distortion, padded (letterbox/pillarbox) with square pixels, and watermarked; bumpers
+/// are drawn from a colour source with the logo centred; the three are concatenated.
+/// Rotated phone videos arrive upright: ffmpeg applies the rotation before the graph.
+pub fn filter_graph(settings: &ProcessingSettings) -> String {
+    let mut graph = vec![
+        format!(
+            "[0:v]fps={FPS},scale={WIDTH}:{HEIGHT}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
+             pad={WIDTH}:{HEIGHT}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p[base]"
+        ),
+        "[1:v]split=3[logo_wm][logo_intro][logo_outro]".to_owned(),
+        format!("[logo_wm]scale=-2:{WATERMARK_HEIGHT}[wm]"),
+        format!("[base][wm]overlay=W-w-{WATERMARK_MARGIN}:H-h-{WATERMARK_MARGIN},format=yuv420p[main]"),
+    ];
+    let mut segments = Vec::new();
+    for (name, length) in [("intro", settings.intro), ("outro", settings.outro)] {
+        if length.is_zero() {
+            continue;
+        }
+        graph.push(format!(
+            "color=c={BUMPER_COLOR}:s={WIDTH}x{HEIGHT}:r={FPS}:d={}[{name}_bg]",
+            seconds(length)
+        ));
+        graph.push(format!(
+            "[logo_{name}]scale=-2:{BUMPER_LOGO_HEIGHT}[{name}_logo]"
+        ));
+        graph.push(format!(
+            "[{name}_bg][{name}_logo]overlay=(W-w)/2:(H-h)/2,setsar=1,format=yuv420p[{name}]"
+        ));
+        segments.push(name);
+    }
+    // Unused logo copies must still be consumed.
+    for (name, length) in [("intro", settings.intro), ("outro", settings.outro)] {
+        if length.is_zero() {
+            graph.push(format!("[logo_{name}]nullsink"));
+        }
+    }
+    let order: Vec<&str> = ["intro", "main", "outro"]
+        .into_iter()
+        .filter(|s| *s == "main" || segments.contains(s))
+        .collect();
+    let inputs: String = order.iter().map(|s| format!("[{s}]")).collect();
+    graph.push(format!("{inputs}concat=n={}:v=1:a=0[out]", order.len()));
+    graph.join(";")
+}
+
+/// Arguments for the one ffmpeg run that turns `input` into the processed `output`.
+/// `-t` before `-i` trims on the input side, so nothing past 30 s is even decoded.
+pub fn ffmpeg_args(
+    input: &Path,
+    logo: &Path,
+    output: &Path,
+    settings: &ProcessingSettings,
+) -> Vec<OsString> {
+    let max_rate = settings.max_bitrate_kbps;
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+    push(&["-y", "-t", &seconds(MAX_MAIN), "-i"]);
+    args.push(input.as_os_str().to_owned());
+    args.push("-i".into());
+    args.push(logo.as_os_str().to_owned());
+    let graph = filter_graph(settings);
+    let crf = settings.crf.to_string();
+    let maxrate = format!("{max_rate}k");
+    let bufsize = format!("{}k", max_rate * 2);
+    let fps = FPS.to_string();
+    args.extend(
+        [
+            "-filter_complex",
+            &graph,
+            "-map",
+            "[out]",
+            "-an",
+            "-sn",
+            "-dn",
+            "-map_metadata",
+            "-1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            &settings.x264_preset,
+            "-crf",
+            &crf,
+            "-maxrate",
+            &maxrate,
+            "-bufsize",
+            &bufsize,
+            "-profile:v",
+            "high",
+            "-pix_fmt",
+            "yuv420p",
+            "-r",
+            &fps,
+            "-movflags",
+            "+faststart",
+        ]
+        .iter()
+        .map(OsString::from),
+    );
+    args.push(output.as_os_str().to_owned());
+    args
+}
+
+/// What must hold of the output before the video is marked processed.
+pub fn check_output(probe: &Probe, file_bytes: u64, max_bitrate_kbps: u32) -> Result<(), String> {
+    let video = probe
+        .video
+        .as_ref()
+        .ok_or("the output has no video stream")?;
+    if video.codec != "h264" {
+        return Err(format!("the output is {} instead of H.264", video.codec));
+    }
+    if (video.width, video.height) != (WIDTH, HEIGHT) {
+        return Err(format!(
+            "the output is {}×{} instead of {WIDTH}×{HEIGHT}",
+            video.width, video.height
+        ));
+    }
+    if video.pixel_format.as_deref() != Some("yuv420p") {
+        return Err(format!(
+            "the output pixel format is {:?} instead of yuv420p",
+            video.pixel_format
+        ));
+    }
+    if probe.has_audio {
+        return Err("the output has an audio track".to_owned());
+    }
+    if !probe.is_mp4_family() {
+        return Err(format!("the output container is {}", probe.format_name));
+    }
+    let duration = probe
+        .duration
+        .ok_or("the output has no readable duration")?;
+    // Frame timing can add a few milliseconds to an exactly 35 s result.
+    if duration > MAX_OUTPUT + Duration::from_millis(100) {
+        return Err(format!(
+            "the output lasts {:.1} s, over {} s",
+            duration.as_secs_f64(),
+            MAX_OUTPUT.as_secs()
+        ));
+    }
+    // The VBV cap bounds the average; allow the container's overhead on top.
+    let kbps = file_bytes as f64 * 8.0 / 1000.0 / duration.as_secs_f64();
+    if kbps > f64::from(max_bitrate_kbps) * 1.05 {
+        return Err(format!(
+            "the output averages {kbps:.0} kbit/s, over {max_bitrate_kbps}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backends::media::VideoStream;
+
+    fn settings() -> ProcessingSettings {
+        backends::settings::Settings::load_from(&[], Vec::new())
+            .unwrap()
+            .processing
+    }
+
+    fn arg_after<'a>(args: &'a [OsString], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn trims_on_the_input_side_before_the_original_is_opened() {
+        let args = ffmpeg_args(
+            Path::new("in.mp4"),
+            Path::new("logo.png"),
+            Path::new("out.mp4"),
+            &settings(),
+        );
+        let t = args.iter().position(|a| a == "-t").unwrap();
+        let input = args.iter().position(|a| a == "in.mp4").unwrap();
+        assert!(t < input, "-t must come before -i in.mp4");
+        assert_eq!(args[t + 1], "30.000");
+        assert_eq!(args.last().unwrap(), "out.mp4");
+    }
+
+    #[test]
+    fn encodes_h264_yuv420p_faststart_without_audio_under_the_bitrate_cap() {
+        let args = ffmpeg_args(
+            Path::new("in.mp4"),
+            Path::new("logo.png"),
+            Path::new("out.mp4"),
+            &settings(),
+        );
+        assert_eq!(arg_after(&args, "-c:v"), ["libx264"]);
+        assert_eq!(arg_after(&args, "-pix_fmt"), ["yuv420p"]);
+        assert_eq!(arg_after(&args, "-movflags"), ["+faststart"]);
+        assert_eq!(arg_after(&args, "-maxrate"), ["4000k"]);
+        assert_eq!(arg_after(&args, "-r"), ["30"]);
+        assert!(args.iter().any(|a| a == "-an"));
+        assert_eq!(arg_after(&args, "-map"), ["[out]"]);
+    }
+
+    #[test]
+    fn graph_scales_pads_watermarks_and_wraps_in_bumpers() {
+        let graph = filter_graph(&settings());
+        assert!(graph.contains("fps=30"));
+        assert!(graph.contains("scale=1280:720:force_original_aspect_ratio=decrease"));
+        assert!(graph.contains("pad=1280:720:(ow-iw)/2:(oh-ih)/2"));
+        assert!(graph.contains("setsar=1"));
+        assert!(graph.contains("[base][wm]overlay=W-w-28:H-h-28"));
+        assert!(graph.contains("d=2.500[intro_bg]") && graph.contains("d=2.500[outro_bg]"));
+        assert!(graph.ends_with("[intro][main][outro]concat=n=3:v=1:a=0[out]"));
+    }
+
+    #[test]
+    fn graph_without_bumpers_concatenates_the_main_part_alone() {
+        let mut no_bumpers = settings();
+        no_bumpers.intro = Duration::ZERO;
+        no_bumpers.outro = Duration::ZERO;
+        let graph = filter_graph(&no_bumpers);
+        assert!(graph.ends_with("[main]concat=n=1:v=1:a=0[out]"));
+        assert!(graph.contains("[logo_intro]nullsink") && graph.contains("[logo_outro]nullsink"));
+    }
+
+    fn probe(codec: &str, width: u32, height: u32, seconds: f64, audio: bool) -> Probe {
+        Probe {
+            format_name: "mov,mp4,m4a,3gp,3g2,mj2".into(),
+            duration: Some(Duration::from_secs_f64(seconds)),
+            video: Some(VideoStream {
+                codec: codec.into(),
+                width,
+                height,
+                pixel_format: Some("yuv420p".into()),
+            }),
+            has_audio: audio,
+        }
+    }
+
+    #[test]
+    fn output_check_accepts_the_spec_and_names_what_is_wrong() {
+        let mb = 1_000_000;
+        check_output(&probe("h264", 1280, 720, 35.0, false), 10 * mb, 4000).unwrap();
+        let cases = [
+            (probe("hevc", 1280, 720, 30.0, false), 10 * mb, "H.264"),
+            (probe("h264", 1920, 1080, 30.0, false), 10 * mb, "1920×1080"),
+            (probe("h264", 1280, 720, 30.0, true), 10 * mb, "audio"),
+            (probe("h264", 1280, 720, 36.0, false), 10 * mb, "36.0 s"),
+            (probe("h264", 1280, 720, 30.0, false), 20 * mb, "kbit/s"),
+        ];
+        for (probe, bytes, expected) in cases {
+            let err = check_output(&probe, bytes, 4000).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+}

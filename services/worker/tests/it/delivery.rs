@@ -1,0 +1,173 @@
+//! What happens to messages: failures, poison, unknown videos, retries, duplicates.
+
+use std::time::Duration;
+
+use backends::db::VideoStatus;
+use backends::job::{original_key, processed_key, VideoJob};
+use worker::Outcome;
+
+use crate::helpers::{make_video, Harness, MAX_RECEIVES};
+
+#[tokio::test]
+async fn a_corrupt_input_fails_the_video_with_a_reason_and_is_not_retried() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.mp4");
+    std::fs::write(
+        &junk,
+        b"\x00\x00\x00\x18ftypisom this is not really a video",
+    )
+    .unwrap();
+    let id = h.enqueue(&junk).await;
+    let outcome = h.worker.handle(h.receive().await).await;
+    assert!(
+        matches!(&outcome, Outcome::Failed(reason) if reason.contains("ffmpeg")),
+        "{outcome:?}"
+    );
+    let (status, error) = h.status(id).await;
+    assert_eq!(status, VideoStatus::Failed);
+    assert!(error
+        .unwrap()
+        .contains("ffmpeg could not process the video"));
+    assert!(
+        h.queue_is_empty().await,
+        "a permanent failure must not come back"
+    );
+    assert!(h.dead_letters().await.is_empty());
+    assert!(!h.store.exists(&processed_key(id)).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_and_the_next_job_is_still_done() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    h.queue.send("{this is not a job").await.unwrap();
+    let input = make_video(
+        dir.path(),
+        "ok.mp4",
+        "testsrc2=size=640x360:rate=30:duration=2",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    let (stop, running) = h.run_worker();
+    h.wait_for(id, VideoStatus::Processed, Duration::from_secs(120))
+        .await;
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(h.dead_letters().await, ["{this is not a job"]);
+    assert!(h.queue_is_empty().await);
+}
+
+#[tokio::test]
+async fn a_job_for_an_unknown_video_is_dead_lettered() {
+    let h = Harness::local().await;
+    let job = VideoJob::new(uuid::Uuid::new_v4());
+    h.queue.send(&job.to_body()).await.unwrap();
+    let outcome = h.worker.handle(h.receive().await).await;
+    assert!(
+        matches!(&outcome, Outcome::DeadLettered(r) if r.contains("unknown video")),
+        "{outcome:?}"
+    );
+    assert_eq!(h.dead_letters().await, [job.to_body()]);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_then_dead_lettered_with_the_video_failed() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "ok.mp4",
+        "testsrc2=size=640x360:rate=30:duration=2",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    // Storage breaks for real: the original's path becomes a directory, which cannot be read.
+    let root = h.storage_dir.as_ref().unwrap().path();
+    let original = root.join(original_key(id));
+    std::fs::remove_file(&original).unwrap();
+    std::fs::create_dir(&original).unwrap();
+
+    for attempt in 1..MAX_RECEIVES {
+        let outcome = h.worker.handle(h.receive().await).await;
+        assert!(
+            matches!(outcome, Outcome::Retry(_)),
+            "attempt {attempt}: {outcome:?}"
+        );
+        assert_eq!(h.status(id).await.0, VideoStatus::Processing);
+    }
+    let last = h.worker.handle(h.receive().await).await;
+    assert!(
+        matches!(&last, Outcome::DeadLettered(r) if r.contains("gave up after 3 attempts")),
+        "{last:?}"
+    );
+    let (status, error) = h.status(id).await;
+    assert_eq!(status, VideoStatus::Failed);
+    assert!(error.unwrap().contains("download original"));
+    assert_eq!(h.dead_letters().await.len(), 1);
+    assert!(h.queue_is_empty().await);
+}
+
+#[tokio::test]
+async fn running_a_job_twice_is_harmless() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "ok.mp4",
+        "testsrc2=size=640x360:rate=30:duration=2",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    // The same job delivered twice (at-least-once): the second run finds nothing to do.
+    h.queue.send(&VideoJob::new(id).to_body()).await.unwrap();
+    assert_eq!(h.worker.handle(h.receive().await).await, Outcome::Processed);
+    let processed_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT processed_at FROM videos WHERE id = $1")
+            .bind(id)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        h.worker.handle(h.receive().await).await,
+        Outcome::AlreadyDone
+    );
+    let again: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT processed_at FROM videos WHERE id = $1")
+            .bind(id)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(processed_at, again);
+    assert_eq!(
+        h.store.list("processed/").await.unwrap(),
+        [processed_key(id)]
+    );
+    assert!(h.queue_is_empty().await);
+}
+
+#[tokio::test]
+async fn a_video_deleted_while_queued_is_skipped_without_leftovers() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "ok.mp4",
+        "testsrc2=size=640x360:rate=30:duration=2",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    sqlx::query("DELETE FROM videos WHERE id = $1")
+        .bind(id)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    h.store.delete(&original_key(id)).await.unwrap();
+    let outcome = h.worker.handle(h.receive().await).await;
+    assert!(matches!(outcome, Outcome::DeadLettered(_)), "{outcome:?}");
+    assert!(h.store.list("").await.unwrap().is_empty());
+}

@@ -1,0 +1,183 @@
+//! Every shape of input comes out as the contract's 1280×720 video.
+
+use backends::db::VideoStatus;
+use worker::Outcome;
+
+use crate::helpers::{assert_meets_spec, make_video, pixel, rotate_90, Harness};
+
+fn is_dark(rgb: [u8; 3]) -> bool {
+    rgb.iter().all(|c| *c < 40)
+}
+
+/// Bumper navy is 0x0B1F3A; allow for compression.
+fn is_bumper_navy(rgb: [u8; 3]) -> bool {
+    rgb[0] < 40 && rgb[1] > 15 && rgb[1] < 60 && rgb[2] > 40 && rgb[2] < 90
+}
+
+#[tokio::test]
+async fn landscape_input_is_trimmed_scaled_watermarked_and_wrapped_in_bumpers() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 40 s with audio: the output keeps 30 s of it, drops the audio, adds 5 s of bumpers.
+    let input = make_video(
+        dir.path(),
+        "long.mp4",
+        "testsrc2=size=1920x1080:rate=30:duration=40",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=40",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    assert_eq!(h.worker.handle(h.receive().await).await, Outcome::Processed);
+
+    let (path, probe) = h.processed(id).await;
+    let seconds = assert_meets_spec(&probe);
+    assert!(
+        (seconds - 35.0).abs() < 0.2,
+        "expected 30 s + 5 s of bumpers, got {seconds}"
+    );
+    assert!(
+        is_bumper_navy(pixel(&path, 1.0, 20, 20).await),
+        "no opening bumper"
+    );
+    assert!(
+        is_bumper_navy(pixel(&path, 34.0, 20, 20).await),
+        "no closing bumper"
+    );
+    // The watermark (the 300×100 logo scaled to 180×60) sits 28 px from the bottom-right
+    // corner of the main segment; this point is on the orange of its ball.
+    let corner = pixel(&path, 10.0, 1280 - 28 - 180 + 36, 720 - 28 - 60 + 12).await;
+    assert!(
+        corner[0] > 180 && corner[1] > 60 && corner[1] < 150 && corner[2] < 80,
+        "no watermark: {corner:?}"
+    );
+
+    let (status, error) = h.status(id).await;
+    assert_eq!((status, error), (VideoStatus::Processed, None));
+    let processed_at: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT processed_at FROM videos WHERE id = $1")
+            .bind(id)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert!(processed_at.is_some());
+    assert!(h.queue_is_empty().await, "the message was not deleted");
+    let original = h
+        .store
+        .exists(&backends::job::original_key(id))
+        .await
+        .unwrap();
+    assert!(original, "the original must be kept");
+}
+
+#[tokio::test]
+async fn portrait_square_tiny_odd_sized_variable_rate_and_rotated_inputs_all_come_out_right() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases = [
+        // (name, input, a point inside the 1280×720 frame that must be black padding)
+        (
+            "portrait",
+            make_video(
+                d,
+                "portrait.mp4",
+                "testsrc2=size=720x1280:rate=30:duration=3",
+                &[],
+            )
+            .await,
+            Some((100, 360)),
+        ),
+        (
+            "square",
+            make_video(
+                d,
+                "square.mp4",
+                "testsrc2=size=480x480:rate=30:duration=3",
+                &[],
+            )
+            .await,
+            Some((100, 360)),
+        ),
+        (
+            "tiny",
+            make_video(
+                d,
+                "tiny.mp4",
+                "testsrc2=size=320x240:rate=30:duration=3",
+                &[],
+            )
+            .await,
+            Some((60, 360)),
+        ),
+        (
+            "odd-sized",
+            make_video(
+                d,
+                "odd.mp4",
+                "testsrc2=size=333x177:rate=25:duration=3",
+                &["-vf", "scale=333:177", "-pix_fmt", "yuv444p"],
+            )
+            .await,
+            None,
+        ),
+        (
+            "variable frame rate",
+            make_video(
+                d,
+                "vfr.mp4",
+                "testsrc2=size=640x360:rate=60:duration=3",
+                &[
+                    "-vf",
+                    "select='lt(mod(n\\,5)\\,2)+eq(mod(n\\,7)\\,0)'",
+                    "-fps_mode",
+                    "vfr",
+                ],
+            )
+            .await,
+            None,
+        ),
+        // A landscape frame stored with a 90° display rotation, as phones record portrait.
+        (
+            "rotated",
+            {
+                let video = make_video(
+                    d,
+                    "rotated.mp4",
+                    "testsrc2=size=640x360:rate=30:duration=3",
+                    &[],
+                )
+                .await;
+                rotate_90(&video);
+                video
+            },
+            Some((100, 360)),
+        ),
+    ];
+    for (name, input, padding) in cases {
+        let id = h.enqueue(&input).await;
+        let outcome = h.worker.handle(h.receive().await).await;
+        assert_eq!(outcome, Outcome::Processed, "{name}");
+        let (path, probe) = h.processed(id).await;
+        let seconds = assert_meets_spec(&probe);
+        assert!((seconds - 8.0).abs() < 0.3, "{name}: {seconds} s");
+        if let Some((x, y)) = padding {
+            assert!(
+                is_dark(pixel(&path, 4.0, x, y).await),
+                "{name}: no pillarbox at ({x}, {y})"
+            );
+        }
+        // The picture itself is there, centred.
+        assert!(
+            !is_dark(pixel(&path, 4.0, 640, 300).await),
+            "{name}: the centre is black"
+        );
+    }
+}

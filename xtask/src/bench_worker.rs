@@ -1,0 +1,300 @@
+//! `cargo xtask bench worker`: how long the worker takes per video, next to the floor of
+//! what ffmpeg alone needs for the same output, both measured in this run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::dev::stop;
+use crate::postgres::PrivateCluster;
+use crate::system::{ensure_installed, output, run_command};
+use crate::{cargo_target_dir, project_root, scratch_dir};
+
+const GOAL_VIDEOS_PER_MIN: f64 = 8.0;
+const GOAL_OVERHEAD: f64 = 1.15;
+
+pub fn run(videos: usize) -> anyhow::Result<()> {
+    ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_command(Command::new(&cargo).current_dir(project_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "worker",
+    ]))?;
+    let worker_bin = cargo_target_dir().join("release/worker");
+    let work = scratch_dir().join("bench");
+    std::fs::create_dir_all(&work)?;
+    let reference = reference_input(&work)?;
+    let reference_mb = std::fs::metadata(&reference)?.len() as f64 / 1e6;
+
+    // Floors, measured on the same file in this run.
+    let decode = time(
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-t", "30", "-i"])
+            .arg(&reference)
+            .args(["-an", "-f", "null", "-"]),
+    )?;
+    let floor_out = work.join("floor.mp4");
+    let args = output(
+        Command::new(&worker_bin)
+            .arg("ffmpeg-args")
+            .arg("--input")
+            .arg(&reference)
+            .arg("--output")
+            .arg(&floor_out)
+            .arg("--logo")
+            .arg(work.join("logo.png")),
+    )?;
+    let args: Vec<&str> = args.lines().collect();
+    let floor = time(
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
+            .args(&args),
+    )?;
+    let (floor_mb, floor_seconds) = probe_output(&floor_out)?;
+
+    let cluster = PrivateCluster::start(&scratch_dir().join("bench-postgres"), 54331, "postgres")?;
+    cluster.drop_database("anb_bench_worker")?;
+    cluster.create_database("anb_bench_worker")?;
+    let storage = work.join("worker-storage");
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(storage.join("original"))?;
+    let log_path = work.join("worker.log");
+    let mut worker = Command::new(&worker_bin)
+        .env("APP__DATABASE__URL", cluster.url("anb_bench_worker"))
+        .env("APP__STORAGE__LOCAL_DIR", &storage)
+        .env("APP__LOG__FORMAT", "json")
+        .env("APP__LOG__FILTER", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log_path)?)
+        .spawn()
+        .context("cannot start the worker")?;
+    let measured = measure(&cluster, &storage, &reference, videos);
+    stop(&mut worker);
+    let (elapsed, ids) = measured?;
+    let (out_mb, out_seconds) = probe_output(&storage.join(format!("processed/{}.mp4", ids[0])))?;
+    let jobs = job_lines(&log_path)?;
+
+    let per_video = elapsed / videos as u32;
+    let per_min = 60.0 / per_video.as_secs_f64();
+    let ratio = per_video.as_secs_f64() / floor.as_secs_f64();
+    println!(
+        "\n== cargo xtask bench worker ({} cores) ==",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("Reference input: 60 s, 1920×1080, 30 fps, H.264 + AAC, {reference_mb:.1} MB");
+    println!("Floor (same run, same file):");
+    println!(
+        "  decode only, first 30 s     {:>6.2} s",
+        decode.as_secs_f64()
+    );
+    println!(
+        "  bare ffmpeg, same output    {:>6.2} s  ({floor_mb:.1} MB, {floor_seconds:.2} s)",
+        floor.as_secs_f64()
+    );
+    println!(
+        "Worker, {videos} videos queued at once (queue → processed, local storage, PostgreSQL):"
+    );
+    println!(
+        "  wall clock                  {:>6.2} s",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  per video                   {:>6.2} s   [goal ≤ 7.5 s]",
+        per_video.as_secs_f64()
+    );
+    println!("  throughput                  {per_min:>6.2} videos/min   [goal ≥ {GOAL_VIDEOS_PER_MIN}: {}]", verdict(per_min >= GOAL_VIDEOS_PER_MIN));
+    println!(
+        "  worker / bare ffmpeg        {ratio:>6.2}×   [goal ≤ {GOAL_OVERHEAD}×: {}]",
+        verdict(ratio <= GOAL_OVERHEAD)
+    );
+    for (i, job) in jobs.iter().enumerate() {
+        println!(
+            "  job {}: download {} ms, ffmpeg {} ms, upload {} ms, total {} ms",
+            i + 1,
+            job[0],
+            job[1],
+            job[2],
+            job[3]
+        );
+    }
+    println!(
+        "Output: {out_mb:.2} MB, {out_seconds:.2} s, {:.0} kbit/s average (cap 4000)",
+        out_mb * 8000.0 / out_seconds
+    );
+    println!("For context: published Python/Celery versions of this design do 1.2–5.4 videos/min per 2-vCPU worker.");
+    Ok(())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "meets goal"
+    } else {
+        "BELOW GOAL"
+    }
+}
+
+/// 60 s of 1080p30 H.264 with noise (not trivially compressible) and an audio track,
+/// about 50 MB; made once.
+fn reference_input(work: &Path) -> anyhow::Result<PathBuf> {
+    let path = work.join("reference-60s-1080p.mp4");
+    if path.is_file() {
+        return Ok(path);
+    }
+    eprintln!("xtask: generating the 60 s 1080p reference input (once)");
+    let partial = work.join("reference.partial.mp4");
+    run_command(
+        Command::new("ffmpeg")
+            .args([
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=1920x1080:rate=30:duration=60",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:duration=60",
+                "-vf",
+                "noise=alls=12:allf=t",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-b:v",
+                "6500k",
+                "-maxrate",
+                "6500k",
+                "-bufsize",
+                "13M",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "128k",
+                "-shortest",
+            ])
+            .arg(&partial),
+    )?;
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+fn time(command: &mut Command) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    run_command(command)?;
+    Ok(started.elapsed())
+}
+
+/// (size in MB, duration in seconds) of a produced file.
+fn probe_output(path: &Path) -> anyhow::Result<(f64, f64)> {
+    let mb = std::fs::metadata(path)?.len() as f64 / 1e6;
+    let seconds: f64 = output(
+        Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "default=nw=1:nk=1",
+            ])
+            .arg(path),
+    )?
+    .trim()
+    .parse()
+    .context("ffprobe duration")?;
+    Ok((mb, seconds))
+}
+
+/// Queues `videos` copies of the reference once the worker has created the schema, and
+/// waits until all are processed. Returns the time from queueing to the last one done.
+fn measure(
+    cluster: &PrivateCluster,
+    storage: &Path,
+    reference: &Path,
+    videos: usize,
+) -> anyhow::Result<(Duration, Vec<String>)> {
+    let db = "anb_bench_worker";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster
+        .execute(
+            db,
+            "SELECT to_regclass('public.queue_messages') IS NOT NULL",
+        )?
+        .trim()
+        != "t"
+    {
+        if Instant::now() > deadline {
+            bail!("the worker did not create the schema");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let owner = cluster.execute(db, "INSERT INTO users (id, email, password_hash, first_name, last_name, city, country) \
+        VALUES (gen_random_uuid(), 'bench@example.com', 'x', 'Bench', 'Runner', 'Cali', 'Colombia') RETURNING id")?;
+    let owner = owner.lines().next().unwrap_or_default().trim().to_owned();
+    let mut ids = Vec::new();
+    for _ in 0..videos {
+        let id = cluster
+            .execute(db, "SELECT gen_random_uuid()")?
+            .trim()
+            .to_owned();
+        std::fs::copy(reference, storage.join(format!("original/{id}.mp4")))?;
+        cluster.execute(
+            db,
+            &format!(
+                "INSERT INTO videos (id, owner_id, title) VALUES ('{id}', '{owner}', 'bench')"
+            ),
+        )?;
+        ids.push(id);
+    }
+    let started = Instant::now();
+    let jobs: Vec<String> = ids
+        .iter()
+        .map(|id| format!("('video-processing', '{{\"video_id\":\"{id}\",\"original_key\":\"original/{id}.mp4\",\"enqueued_at\":\"2026-01-01T00:00:00Z\"}}')"))
+        .collect();
+    cluster.execute(
+        db,
+        &format!(
+            "INSERT INTO queue_messages (queue, body) VALUES {}",
+            jobs.join(", ")
+        ),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60 * videos as u64 + 60);
+    loop {
+        let counts = cluster.execute(db, "SELECT count(*) FILTER (WHERE status = 'processed'), count(*) FILTER (WHERE status = 'failed') FROM videos")?;
+        let (done, failed) = counts.trim().split_once('|').unwrap_or(("0", "0"));
+        if failed != "0" {
+            bail!("{failed} video(s) failed; see the worker log");
+        }
+        if done == videos.to_string() {
+            return Ok((started.elapsed(), ids));
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {videos} videos were processed in time");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [download, ffmpeg, upload, total] in ms from each "job finished" log line.
+fn job_lines(log: &Path) -> anyhow::Result<Vec<[u64; 4]>> {
+    let text = std::fs::read_to_string(log)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["message"] == "job finished")
+        .map(|v| {
+            ["download_ms", "ffmpeg_ms", "upload_ms", "total_ms"]
+                .map(|k| v[k].as_u64().unwrap_or(0))
+        })
+        .collect())
+}
