@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, NOT_AUTHENTICATED};
 
-const INVALID_TOKEN: &str = "Token inválido o expirado.";
+pub const INVALID_TOKEN: &str = "Token inválido o expirado.";
 
 /// Signs and checks access tokens.
 pub struct TokenKeys {
@@ -84,9 +84,15 @@ impl TokenKeys {
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser(pub Uuid);
 
-/// The caller if a valid bearer token was sent; a missing token is fine, a bad one is 401.
-#[derive(Debug, Clone, Copy)]
-pub struct MaybeUser(pub Option<Uuid>);
+/// Who is calling, where a token is optional. Never rejects the request itself: a route
+/// that serves public content ignores a stale token, and decides otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Anonymous,
+    User(Uuid),
+    /// A token was sent but is expired, tampered with or malformed.
+    InvalidToken,
+}
 
 fn bearer_user(req: &HttpRequest) -> Result<Option<Uuid>, ApiError> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
@@ -117,12 +123,16 @@ impl FromRequest for AuthUser {
     }
 }
 
-impl FromRequest for MaybeUser {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+impl FromRequest for Caller {
+    type Error = std::convert::Infallible;
+    type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(bearer_user(req).map(MaybeUser))
+        ready(Ok(match bearer_user(req) {
+            Ok(Some(user)) => Caller::User(user),
+            Ok(None) => Caller::Anonymous,
+            Err(_) => Caller::InvalidToken,
+        }))
     }
 }
 

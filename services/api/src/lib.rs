@@ -128,6 +128,7 @@ impl Application {
         std::fs::create_dir_all(&staging_dir).with_context(|| {
             format!("cannot create staging directory {}", staging_dir.display())
         })?;
+        remove_abandoned_uploads(&staging_dir);
         let state = web::Data::new(AppState {
             pool,
             store,
@@ -209,6 +210,27 @@ impl Application {
     /// (up to `server.shutdown_timeout`).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Uploads staged longer ago than this were cut off by a crash: no request is using them.
+const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(3600);
+
+/// Removes staging files a crashed process left behind (a clean stop removes its own).
+fn remove_abandoned_uploads(staging_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(staging_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let abandoned = name.to_string_lossy().starts_with(".upload-")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_UPLOAD_AGE));
+        if abandoned && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed an abandoned upload");
+        }
     }
 }
 

@@ -168,7 +168,9 @@ pub async fn validate(path: &Path, settings: &UploadSettings) -> Result<Probe, A
         Err(MediaError::Failed { .. } | MediaError::Report(_)) => {
             return Err(ApiError::bad_request(NOT_MP4))
         }
-        Err(e @ (MediaError::Spawn { .. } | MediaError::Timeout { .. })) => {
+        Err(
+            e @ (MediaError::Spawn { .. } | MediaError::Timeout { .. } | MediaError::Killed { .. }),
+        ) => {
             return Err(ApiError::unavailable(
                 "No se pudo validar el video en este momento; intente de nuevo.",
                 e,

@@ -219,7 +219,22 @@ pub async fn begin_delete_unpublished_video(
             .bind(owner_id)
             .execute(&mut *tx)
             .await?;
-    Ok((deleted.rows_affected() == 1).then_some(tx))
+    if deleted.rows_affected() != 1 {
+        return Ok(None);
+    }
+    sqlx::query("INSERT INTO deleted_videos (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Some(tx))
+}
+
+/// Whether the video was deleted by its owner (as opposed to never having existed).
+pub async fn was_deleted(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deleted_videos WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
 }
 
 /// Marks the video `processing` for a worker, unless it is gone or already finished.
@@ -259,6 +274,24 @@ pub async fn fail_video(pool: &PgPool, id: Uuid, reason: &str) -> Result<(), sql
     .execute(pool)
     .await
     .map(drop)
+}
+
+/// Marks the video `failed` unless it already finished (processed, or failed with its own
+/// reason). Returns whether it changed.
+pub async fn fail_unfinished_video(
+    pool: &PgPool,
+    id: Uuid,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE videos SET status = 'failed', error = $2
+         WHERE id = $1 AND status IN ('uploaded', 'processing')",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
 }
 
 /// A processed video as the public list shows it.

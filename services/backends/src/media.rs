@@ -31,6 +31,13 @@ pub enum MediaError {
         status: String,
         stderr_tail: String,
     },
+    /// Ended by a signal (the OOM killer, an operator): says nothing about the input.
+    #[error("{program} was killed ({status}): {stderr_tail}")]
+    Killed {
+        program: &'static str,
+        status: String,
+        stderr_tail: String,
+    },
     #[error("cannot understand ffprobe's report: {0}")]
     Report(#[from] serde_json::Error),
 }
@@ -68,10 +75,18 @@ async fn run(
         .map_err(|_| MediaError::Timeout { program, timeout })?
         .map_err(|source| MediaError::Spawn { program, source })?;
     if !output.status.success() {
-        return Err(MediaError::Failed {
-            program,
-            status: output.status.to_string(),
-            stderr_tail: tail(&output.stderr),
+        let (status, stderr_tail) = (output.status.to_string(), tail(&output.stderr));
+        return Err(match output.status.code() {
+            Some(_) => MediaError::Failed {
+                program,
+                status,
+                stderr_tail,
+            },
+            None => MediaError::Killed {
+                program,
+                status,
+                stderr_tail,
+            },
         });
     }
     Ok(output.stdout)

@@ -149,6 +149,8 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_sweep: Duration,
     #[serde(deserialize_with = "empty_as_none")]
     pub work_dir: Option<PathBuf>,
 }
@@ -230,6 +232,9 @@ impl Settings {
         }
         if worker.visibility_timeout < Duration::from_secs(2) {
             return invalid("worker.visibility_timeout must be at least 2s");
+        }
+        if worker.dead_letter_sweep.is_zero() {
+            return invalid("worker.dead_letter_sweep must be more than zero");
         }
         if worker.wait_time > Duration::from_secs(20) {
             return invalid("worker.wait_time must be at most 20s (the SQS limit)");

@@ -8,7 +8,7 @@
 pub mod logo;
 pub mod pipeline;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,7 +79,7 @@ pub struct Worker {
     scratch: tempfile::TempDir,
     logo: PathBuf,
     /// Receipts of jobs in progress, to hand them back if shutdown cuts them off.
-    in_flight: Mutex<HashMap<String, Arc<dyn JobQueue>>>,
+    in_flight: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -143,7 +143,7 @@ impl Worker {
             processing,
             scratch,
             logo,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
         })
     }
 
@@ -153,18 +153,46 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut jobs = JoinSet::new();
         tracing::info!(concurrency = self.settings.concurrency, "worker started");
+        let sweeper = tokio::spawn({
+            let worker = self.clone();
+            let mut shutdown = shutdown.clone();
+            async move {
+                let mut every = tokio::time::interval(worker.settings.dead_letter_sweep);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => {
+                            if let Err(e) = worker.sweep_dead_letters().await {
+                                tracing::warn!(error = format!("{e:#}"), "dead-letter sweep failed");
+                            }
+                        }
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        });
         while !*shutdown.borrow() {
             while jobs.try_join_next().is_some() {}
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot?,
                 _ = shutdown.changed() => break,
             };
-            // Cancelling a receive at shutdown is safe: the PostgreSQL queue holds nothing
-            // between polls, and at worst a message SQS handed out in that instant comes
-            // back after its visibility timeout.
+            // A receive in progress at shutdown is finished, not dropped: SQS may already
+            // have handed out a message, which would otherwise stay hidden for the whole
+            // visibility timeout. Whatever it returns is handed straight back.
+            let receive =
+                self.queue
+                    .receive(1, self.settings.wait_time, self.settings.visibility_timeout);
+            tokio::pin!(receive);
             let received = tokio::select! {
-                received = self.queue.receive(1, self.settings.wait_time, self.settings.visibility_timeout) => received,
-                _ = shutdown.changed() => break,
+                received = &mut receive => received,
+                _ = shutdown.changed() => {
+                    if let Ok(deliveries) = receive.await {
+                        for delivery in deliveries {
+                            self.release(&delivery.receipt).await;
+                        }
+                    }
+                    break;
+                }
             };
             match received {
                 Ok(deliveries) => {
@@ -196,25 +224,66 @@ impl Worker {
             jobs.shutdown().await; // drops the jobs: their ffmpeg is killed, scratch removed
             self.release_unfinished().await;
         }
+        sweeper.abort();
         tracing::info!("worker stopped");
         Ok(())
     }
 
     /// Hands the messages of stopped jobs back to the queue at once.
     async fn release_unfinished(&self) {
-        let unfinished: Vec<(String, Arc<dyn JobQueue>)> = self
+        let unfinished: Vec<String> = self
             .in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .collect();
-        for (receipt, queue) in unfinished {
-            match queue.change_visibility(&receipt, Duration::ZERO).await {
-                Ok(()) => tracing::info!("released an unfinished job to the queue"),
-                Err(e) => tracing::warn!(
-                    error = format!("{e:#}"),
-                    "could not release a job; it returns after its visibility timeout"
-                ),
+        for receipt in unfinished {
+            self.release(&receipt).await;
+        }
+    }
+
+    /// Makes a received message available to other workers at once.
+    async fn release(&self, receipt: &str) {
+        match self.queue.change_visibility(receipt, Duration::ZERO).await {
+            Ok(()) => tracing::info!("handed an unfinished job back to the queue"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "could not hand a job back; it returns after its visibility timeout"
+            ),
+        }
+    }
+
+    /// Marks failed the videos whose jobs sit in the dead-letter queue unfinished. The queue
+    /// moves a message there by itself when workers died on every try (OOM, a terminated
+    /// instance), and the video would otherwise stay `processing` for ever. The dead letters
+    /// stay where they are, for operators; each is looked at again only after
+    /// [`SWEPT_VISIBILITY`]. Returns how many videos were marked.
+    pub async fn sweep_dead_letters(&self) -> Result<usize, backends::queue::QueueError> {
+        let Some(dead_letters) = self.queue.dead_letter_queue() else {
+            return Ok(0);
+        };
+        let mut marked = 0;
+        loop {
+            let batch = dead_letters
+                .receive(10, Duration::ZERO, SWEPT_VISIBILITY)
+                .await?;
+            if batch.is_empty() {
+                return Ok(marked);
+            }
+            for job in batch
+                .iter()
+                .filter_map(|d| VideoJob::from_body(&d.body).ok())
+            {
+                match db::fail_unfinished_video(&self.pool, job.video_id, GAVE_UP).await {
+                    Ok(true) => {
+                        marked += 1;
+                        tracing::warn!(video.id = %job.video_id, "video failed: its job was dead-lettered unfinished");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check a dead-lettered job; will look again")
+                    }
+                }
             }
         }
     }
@@ -241,7 +310,7 @@ impl Worker {
         self.in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(delivery.receipt.clone(), self.queue.clone());
+            .insert(delivery.receipt.clone());
         let mut timings = Timings::default();
         let result = tokio::select! {
             result = self.process(job, &mut timings) => result,
@@ -290,6 +359,8 @@ impl Worker {
     /// there was nothing to do.
     async fn process(&self, job: &VideoJob, timings: &mut Timings) -> Result<bool, JobError> {
         match db::find_video(&self.pool, job.video_id).await? {
+            // Deleted by its owner while queued: nothing to do. Never existed: a bad message.
+            None if db::was_deleted(&self.pool, job.video_id).await? => return Ok(false),
             None => return Err(JobError::Permanent(UNKNOWN_VIDEO.to_owned())),
             Some(video) if matches!(video.status, VideoStatus::Processed | VideoStatus::Failed) => {
                 return Ok(false)
@@ -464,6 +535,10 @@ impl Worker {
 }
 
 const UNKNOWN_VIDEO: &str = "job names an unknown video";
+const GAVE_UP: &str = "processing gave up: every attempt ended without a result (the worker \
+                       stopped or ran out of time); upload the video again";
+/// How long a dead letter stays hidden after a sweep looked at it.
+const SWEPT_VISIBILITY: Duration = Duration::from_secs(15 * 60);
 
 fn retryable<E: Into<anyhow::Error>>(what: &'static str) -> impl FnOnce(E) -> JobError {
     move |e| JobError::Retryable(e.into().context(what))

@@ -179,10 +179,11 @@ pub struct TokenResponse {
 #[post("/api/auth/login")]
 pub async fn login(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
     keys: web::Data<TokenKeys>,
 ) -> Result<HttpResponse, ApiError> {
+    let body = read_small_body(payload).await?;
     let is_form = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -211,6 +212,25 @@ pub async fn login(
         token_type: "Bearer",
         expires_in: keys.ttl().as_secs(),
     }))
+}
+
+/// Largest login body read; credentials are a few hundred bytes.
+const MAX_LOGIN_BODY: usize = 16 * 1024;
+
+/// Reads a small request body, refusing a larger one with a 400 in the usual shape.
+async fn read_small_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::bad_request("Cuerpo de la petición ilegible."))?;
+        if body.len() + chunk.len() > MAX_LOGIN_BODY {
+            return Err(ApiError::bad_request(
+                "Cuerpo de la petición demasiado grande.",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

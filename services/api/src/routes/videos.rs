@@ -11,7 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::{AuthUser, MaybeUser};
+use crate::auth::{AuthUser, Caller};
 use crate::error::{ApiError, ErrorBody, NOT_AUTHENTICATED, VIDEO_NOT_FOUND};
 use crate::routes::parse_video_id;
 use crate::upload::{self, StagedUpload};
@@ -105,7 +105,7 @@ pub async fn upload_video(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max + MULTIPART_OVERHEAD) {
-        return Err(upload::too_large(max)); // refused before reading a byte
+        return Err(upload::too_large(max)); // refused before reading the body
     }
     let staged = upload::receive(form, &state.staging_dir, max).await?;
     upload::validate(&staged.file, &state.upload).await?;
@@ -262,7 +262,9 @@ pub async fn delete_video(
     let Some(tx) = db::begin_delete_unpublished_video(&state.pool, video.id, user.0).await? else {
         return Err(published()); // the worker published it in the meantime
     };
-    for key in [original_key(video.id), processed_key(video.id)] {
+    // Processed first: if the original went first and then a failure rolled the row back,
+    // the video would be left without its source.
+    for key in [processed_key(video.id), original_key(video.id)] {
         state
             .store
             .delete(&key)
@@ -290,11 +292,11 @@ pub async fn delete_video(
 #[get("/api/videos/{video_id}/original")]
 pub async fn download_original(
     req: HttpRequest,
-    user: MaybeUser,
+    caller: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let video = downloadable_video(&state, user, &path).await?;
+    let video = downloadable_video(&state, caller, &path).await?;
     serve(&req, &state, &original_key(video.id)).await
 }
 
@@ -312,11 +314,11 @@ pub async fn download_original(
 #[get("/api/videos/{video_id}/processed")]
 pub async fn download_processed(
     req: HttpRequest,
-    user: MaybeUser,
+    caller: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let video = downloadable_video(&state, user, &path).await?;
+    let video = downloadable_video(&state, caller, &path).await?;
     if video.status != VideoStatus::Processed {
         return Err(ApiError::bad_request("El video aún no ha sido procesado."));
     }
@@ -325,7 +327,7 @@ pub async fn download_processed(
 
 async fn downloadable_video(
     state: &AppState,
-    user: MaybeUser,
+    caller: Caller,
     raw_id: &str,
 ) -> Result<Video, ApiError> {
     let id = parse_video_id(raw_id)?;
@@ -335,10 +337,11 @@ async fn downloadable_video(
     if video.status == VideoStatus::Processed {
         return Ok(video); // public
     }
-    match user.0 {
-        None => Err(ApiError::Unauthorized(NOT_AUTHENTICATED)),
-        Some(user) if user != video.owner_id => Err(ApiError::Forbidden(NOT_YOURS)),
-        Some(_) => Ok(video),
+    match caller {
+        Caller::Anonymous => Err(ApiError::Unauthorized(NOT_AUTHENTICATED)),
+        Caller::InvalidToken => Err(ApiError::Unauthorized(crate::auth::INVALID_TOKEN)),
+        Caller::User(user) if user != video.owner_id => Err(ApiError::Forbidden(NOT_YOURS)),
+        Caller::User(_) => Ok(video),
     }
 }
 

@@ -201,6 +201,16 @@ async fn login_without_credentials_is_400() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
     }
+    let huge = serde_json::json!({"email": "a@b.co", "password": "x".repeat(100_000)});
+    let too_big = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), StatusCode::BAD_REQUEST);
+    assert!(detail(too_big).await.contains("demasiado grande"));
     let garbage = app
         .client
         .post(app.url("/api/auth/login"))

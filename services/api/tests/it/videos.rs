@@ -219,7 +219,13 @@ async fn downloads_follow_ownership_until_the_video_is_public() {
     assert_eq!(not_yet.status(), StatusCode::BAD_REQUEST);
     assert!(detail(not_yet).await.contains("procesado"));
 
+    let stale = app.get(&original, Some("not-a-valid-token")).await;
+    assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+
     app.publish(&id).await;
+    // Public now: anyone, even with a stale token, may fetch it.
+    let with_stale_token = app.get(&processed, Some("not-a-valid-token")).await;
+    assert_eq!(with_stale_token.status(), StatusCode::OK);
     let public = app.get(&processed, None).await;
     assert_eq!(public.status(), StatusCode::OK);
     assert_eq!(

@@ -161,13 +161,64 @@ async fn a_video_deleted_while_queued_is_skipped_without_leftovers() {
     )
     .await;
     let id = h.enqueue(&input).await;
-    sqlx::query("DELETE FROM videos WHERE id = $1")
-        .bind(id)
-        .execute(&h.db.pool)
+    // What the API's delete does: row gone (remembered as deleted), files removed.
+    let tx = backends::db::begin_delete_unpublished_video(&h.db.pool, id, h.owner)
         .await
+        .unwrap()
         .unwrap();
     h.store.delete(&original_key(id)).await.unwrap();
-    let outcome = h.worker.handle(h.receive().await).await;
-    assert!(matches!(outcome, Outcome::DeadLettered(_)), "{outcome:?}");
+    tx.commit().await.unwrap();
+    assert_eq!(
+        h.worker.handle(h.receive().await).await,
+        Outcome::AlreadyDone
+    );
     assert!(h.store.list("").await.unwrap().is_empty());
+    assert!(h.queue_is_empty().await);
+    assert!(
+        h.dead_letters().await.is_empty(),
+        "a deletion is not a bad message"
+    );
+}
+
+#[tokio::test]
+async fn a_video_whose_workers_all_died_is_failed_by_the_dead_letter_sweep() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "ok.mp4",
+        "testsrc2=size=640x360:rate=30:duration=2",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    // Every try ends with the worker gone: the message just comes back, until the queue
+    // itself moves it to the dead-letter queue. No worker saw that happen.
+    for _ in 0..MAX_RECEIVES {
+        let delivery = h.receive().await;
+        h.queue
+            .change_visibility(&delivery.receipt, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    assert!(h
+        .queue
+        .receive(1, Duration::from_secs(1), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(h.status(id).await.0, VideoStatus::Uploaded);
+
+    assert_eq!(h.worker.sweep_dead_letters().await.unwrap(), 1);
+    let (status, error) = h.status(id).await;
+    assert_eq!(status, VideoStatus::Failed);
+    assert!(error.unwrap().contains("gave up"));
+    // The dead letter stays for operators, and a second sweep changes nothing.
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM queue_messages WHERE queue LIKE '%-dlq'")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, 1);
+    assert_eq!(h.worker.sweep_dead_letters().await.unwrap(), 0);
 }
