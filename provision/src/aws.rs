@@ -1,0 +1,1175 @@
+//! Reading and changing the stack in AWS. Everything is found by its stack tag and Name
+//! tag on every run (no local state file), described before it is created, and each AWS
+//! error is sorted into a kind before anything else is done with it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, Filter, IpPermission, IpRange, ResourceType, Tag, TagSpecification,
+    UserIdGroupPair,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use crate::model::{Action, Change, Kind, Observed, Props, Resource};
+
+/// The tag every resource of a stack carries.
+pub const STACK_TAG: &str = "anb:stack";
+
+/// What an AWS error means for the caller, decided before the error is wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Duplicate,
+    DependencyViolation,
+    Throttled,
+    Other,
+}
+
+pub fn error_kind(err: &impl ProvideErrorMetadata) -> ErrorKind {
+    let code = err.code().unwrap_or_default();
+    if code.ends_with("NotFound") || code.starts_with("NoSuch") || code.contains("NonExistent") {
+        ErrorKind::NotFound
+    } else if code.contains("Duplicate")
+        || code.contains("AlreadyExists")
+        || code == "BucketAlreadyOwnedByYou"
+    {
+        ErrorKind::Duplicate
+    } else if code == "DependencyViolation" || code == "ResourceInUse" {
+        ErrorKind::DependencyViolation
+    } else if code.contains("Throttl") || code == "RequestLimitExceeded" || code == "SlowDown" {
+        ErrorKind::Throttled
+    } else {
+        ErrorKind::Other
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Aws {
+    pub ec2: aws_sdk_ec2::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    sts: aws_sdk_sts::Client,
+    pub stack: String,
+    pub region: String,
+}
+
+impl Aws {
+    pub async fn connect(stack: &str, region: &str, endpoint: Option<&str>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_owned()));
+        if let Some(endpoint) = endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let shared = loader.load().await;
+        let s3_config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(endpoint.is_some())
+            .build();
+        Self {
+            ec2: aws_sdk_ec2::Client::new(&shared),
+            s3: aws_sdk_s3::Client::from_conf(s3_config),
+            sqs: aws_sdk_sqs::Client::new(&shared),
+            sts: aws_sdk_sts::Client::new(&shared),
+            stack: stack.to_owned(),
+            region: region.to_owned(),
+        }
+    }
+
+    pub async fn account_id(&self) -> anyhow::Result<String> {
+        let me = self
+            .sts
+            .get_caller_identity()
+            .send()
+            .await
+            .context("cannot identify the AWS account (are credentials set?)")?;
+        me.account()
+            .map(str::to_owned)
+            .context("STS returned no account id")
+    }
+
+    fn stack_filter(&self) -> Filter {
+        Filter::builder()
+            .name(format!("tag:{STACK_TAG}"))
+            .values(&self.stack)
+            .build()
+    }
+
+    fn tags(&self, kind: ResourceType, name: &str) -> TagSpecification {
+        TagSpecification::builder()
+            .resource_type(kind)
+            .tags(Tag::builder().key(STACK_TAG).value(&self.stack).build())
+            .tags(Tag::builder().key("Name").value(name).build())
+            .build()
+    }
+
+    // ------------------------------------------------------------------------ observe
+
+    /// Every resource of the stack as it is now. `bucket` is the desired bucket's name.
+    pub async fn observe(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
+        let (network, queues, bucket) = tokio::try_join!(
+            self.observe_network(),
+            self.observe_queues(),
+            self.observe_bucket(bucket)
+        )?;
+        Ok(network.into_iter().chain(queues).chain(bucket).collect())
+    }
+
+    async fn observe_network(&self) -> anyhow::Result<Vec<Observed>> {
+        let filter = self.stack_filter();
+        let (vpcs, subnets, gateways, tables, groups) = tokio::try_join!(
+            async {
+                self.ec2
+                    .describe_vpcs()
+                    .filters(filter.clone())
+                    .send()
+                    .await
+                    .context("describe VPCs")
+            },
+            async {
+                self.ec2
+                    .describe_subnets()
+                    .filters(filter.clone())
+                    .send()
+                    .await
+                    .context("describe subnets")
+            },
+            async {
+                self.ec2
+                    .describe_internet_gateways()
+                    .filters(filter.clone())
+                    .send()
+                    .await
+                    .context("describe internet gateways")
+            },
+            async {
+                self.ec2
+                    .describe_route_tables()
+                    .filters(filter.clone())
+                    .send()
+                    .await
+                    .context("describe route tables")
+            },
+            async {
+                self.ec2
+                    .describe_security_groups()
+                    .filters(filter.clone())
+                    .send()
+                    .await
+                    .context("describe security groups")
+            },
+        )?;
+        // Ids → logical names, so references compare with the desired state.
+        let mut names: HashMap<String, String> = HashMap::new();
+        let name_of = |tags: &[Tag]| {
+            tags.iter()
+                .find(|t| t.key() == Some("Name"))
+                .and_then(|t| t.value())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        for v in vpcs.vpcs() {
+            names.insert(v.vpc_id().unwrap_or_default().into(), name_of(v.tags()));
+        }
+        for s in subnets.subnets() {
+            names.insert(s.subnet_id().unwrap_or_default().into(), name_of(s.tags()));
+        }
+        for g in gateways.internet_gateways() {
+            names.insert(
+                g.internet_gateway_id().unwrap_or_default().into(),
+                name_of(g.tags()),
+            );
+        }
+        for g in groups.security_groups() {
+            names.insert(g.group_id().unwrap_or_default().into(), name_of(g.tags()));
+        }
+        let named = |id: Option<&str>| {
+            id.map(|id| names.get(id).cloned().unwrap_or_else(|| id.to_owned()))
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        for v in vpcs.vpcs() {
+            let id = v.vpc_id().unwrap_or_default().to_owned();
+            let (hostnames, support) = tokio::try_join!(
+                self.vpc_attribute(
+                    &id,
+                    aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames
+                ),
+                self.vpc_attribute(&id, aws_sdk_ec2::types::VpcAttributeName::EnableDnsSupport),
+            )?;
+            out.push(observed(
+                Kind::Vpc,
+                name_of(v.tags()),
+                id,
+                &[
+                    ("cidr", v.cidr_block().unwrap_or_default().into()),
+                    ("dns_hostnames", hostnames.to_string()),
+                    ("dns_support", support.to_string()),
+                ],
+            ));
+        }
+        for s in subnets.subnets() {
+            out.push(observed(
+                Kind::Subnet,
+                name_of(s.tags()),
+                s.subnet_id().unwrap_or_default().into(),
+                &[
+                    ("cidr", s.cidr_block().unwrap_or_default().into()),
+                    ("zone", s.availability_zone().unwrap_or_default().into()),
+                    ("vpc", named(s.vpc_id())),
+                    (
+                        "public_ip_on_launch",
+                        s.map_public_ip_on_launch().unwrap_or(false).to_string(),
+                    ),
+                ],
+            ));
+        }
+        for g in gateways.internet_gateways() {
+            let vpc = g.attachments().first().and_then(|a| a.vpc_id());
+            out.push(observed(
+                Kind::InternetGateway,
+                name_of(g.tags()),
+                g.internet_gateway_id().unwrap_or_default().into(),
+                &[("vpc", named(vpc))],
+            ));
+        }
+        for t in tables.route_tables() {
+            let default_route = t
+                .routes()
+                .iter()
+                .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+                .and_then(|r| r.gateway_id());
+            let mut subnets: Vec<String> = t
+                .associations()
+                .iter()
+                .filter_map(|a| a.subnet_id())
+                .map(|id| named(Some(id)))
+                .collect();
+            subnets.sort();
+            out.push(observed(
+                Kind::RouteTable,
+                name_of(t.tags()),
+                t.route_table_id().unwrap_or_default().into(),
+                &[
+                    ("vpc", named(t.vpc_id())),
+                    ("default_route", named(default_route)),
+                    ("subnets", subnets.join(",")),
+                ],
+            ));
+        }
+        for g in groups.security_groups() {
+            let mut rules = Vec::new();
+            for p in g.ip_permissions() {
+                let port = p.from_port().unwrap_or(-1);
+                let proto = p.ip_protocol().unwrap_or_default();
+                for range in p.ip_ranges() {
+                    rules.push(format!(
+                        "{proto}:{port} from {}",
+                        range.cidr_ip().unwrap_or_default()
+                    ));
+                }
+                for pair in p.user_id_group_pairs() {
+                    rules.push(format!("{proto}:{port} from {}", named(pair.group_id())));
+                }
+            }
+            rules.sort();
+            out.push(observed(
+                Kind::SecurityGroup,
+                name_of(g.tags()),
+                g.group_id().unwrap_or_default().into(),
+                &[
+                    ("vpc", named(g.vpc_id())),
+                    ("description", g.description().unwrap_or_default().into()),
+                    ("ingress", rules.join(";")),
+                ],
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn vpc_attribute(
+        &self,
+        id: &str,
+        attribute: aws_sdk_ec2::types::VpcAttributeName,
+    ) -> anyhow::Result<bool> {
+        let found = self
+            .ec2
+            .describe_vpc_attribute()
+            .vpc_id(id)
+            .attribute(attribute.clone())
+            .send()
+            .await
+            .context("describe VPC attribute")?;
+        let value = match attribute {
+            aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames => {
+                found.enable_dns_hostnames()
+            }
+            _ => found.enable_dns_support(),
+        };
+        Ok(value.and_then(|v| v.value()).unwrap_or(false))
+    }
+
+    async fn observe_queues(&self) -> anyhow::Result<Vec<Observed>> {
+        let listed = self
+            .sqs
+            .list_queues()
+            .queue_name_prefix(format!("{}-", self.stack))
+            .send()
+            .await
+            .context("list queues")?;
+        let mut out = Vec::new();
+        for url in listed.queue_urls() {
+            let tags = match self.sqs.list_queue_tags().queue_url(url).send().await {
+                Ok(tags) => tags,
+                Err(e) if error_kind(&e) == ErrorKind::NotFound => continue, // deleted meanwhile
+                Err(e) => return Err(e).context("list queue tags"),
+            };
+            if tags
+                .tags()
+                .and_then(|t| t.get(STACK_TAG))
+                .map(String::as_str)
+                != Some(self.stack.as_str())
+            {
+                continue;
+            }
+            let attributes = self
+                .sqs
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(QueueAttributeName::All)
+                .send()
+                .await
+                .context("get queue attributes")?;
+            let get = |name: QueueAttributeName| {
+                attributes
+                    .attributes()
+                    .and_then(|a| a.get(&name))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let mut props = vec![
+                (
+                    "visibility_timeout",
+                    get(QueueAttributeName::VisibilityTimeout),
+                ),
+                (
+                    "receive_wait",
+                    get(QueueAttributeName::ReceiveMessageWaitTimeSeconds),
+                ),
+                (
+                    "message_retention",
+                    get(QueueAttributeName::MessageRetentionPeriod),
+                ),
+            ];
+            let policy = get(QueueAttributeName::RedrivePolicy);
+            if let Ok(policy) = serde_json::from_str::<serde_json::Value>(&policy) {
+                let arn = policy["deadLetterTargetArn"].as_str().unwrap_or_default();
+                props.push((
+                    "dead_letter",
+                    arn.rsplit(':').next().unwrap_or_default().to_owned(),
+                ));
+                let max = match &policy["maxReceiveCount"] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                props.push(("max_receives", max));
+            }
+            let name = url.rsplit('/').next().unwrap_or_default().to_owned();
+            out.push(observed(Kind::Queue, name, url.clone(), &props));
+        }
+        Ok(out)
+    }
+
+    async fn observe_bucket(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
+        match self.s3.head_bucket().bucket(bucket).send().await {
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e).context("head bucket"),
+        }
+        let block = self
+            .s3
+            .get_public_access_block()
+            .bucket(bucket)
+            .send()
+            .await
+            .ok()
+            .and_then(|r| r.public_access_block_configuration().cloned());
+        let blocked = block.is_some_and(|b| {
+            b.block_public_acls() == Some(true)
+                && b.ignore_public_acls() == Some(true)
+                && b.block_public_policy() == Some(true)
+                && b.restrict_public_buckets() == Some(true)
+        });
+        let encryption = self
+            .s3
+            .get_bucket_encryption()
+            .bucket(bucket)
+            .send()
+            .await
+            .ok()
+            .and_then(|r| r.server_side_encryption_configuration().cloned())
+            .and_then(|c| {
+                c.rules()
+                    .first()
+                    .and_then(|r| r.apply_server_side_encryption_by_default())
+                    .map(|d| d.sse_algorithm().as_str().to_owned())
+            })
+            .unwrap_or_default();
+        let policy = self
+            .s3
+            .get_bucket_policy()
+            .bucket(bucket)
+            .send()
+            .await
+            .ok()
+            .and_then(|r| r.policy().map(str::to_owned))
+            .unwrap_or_default();
+        Ok(vec![observed(
+            Kind::Bucket,
+            bucket.to_owned(),
+            bucket.to_owned(),
+            &[
+                ("block_public_access", blocked.to_string()),
+                ("encryption", encryption),
+                (
+                    "tls_only",
+                    policy.contains("aws:SecureTransport").to_string(),
+                ),
+            ],
+        )])
+    }
+
+    // -------------------------------------------------------------------------- apply
+
+    /// Carries out `changes` in order (they come in creation order). Orphans are left
+    /// alone; `down` removes them.
+    pub async fn apply(&self, changes: &[Change]) -> anyhow::Result<()> {
+        let mut ids: HashMap<String, String> = changes
+            .iter()
+            .filter_map(|c| c.id.clone().map(|id| (c.name.clone(), id)))
+            .collect();
+        for change in changes {
+            let what = format!("{} {}", change.kind, change.name);
+            match &change.action {
+                Action::Ok | Action::Orphan => continue,
+                Action::Create => {
+                    eprintln!("  creating {what}");
+                    let id = self
+                        .create(change, &ids)
+                        .await
+                        .with_context(|| format!("create {what}"))?;
+                    ids.insert(change.name.clone(), id);
+                }
+                Action::Update(_) => {
+                    eprintln!("  updating {what}");
+                    let id = ids.get(&change.name).cloned().unwrap_or_default();
+                    self.update(change, &id, &ids)
+                        .await
+                        .with_context(|| format!("update {what}"))?;
+                }
+                Action::Replace(_) => {
+                    eprintln!("  replacing {what}");
+                    let id = ids.get(&change.name).cloned().unwrap_or_default();
+                    self.delete(change.kind, &change.name, &id)
+                        .await
+                        .with_context(|| format!("delete {what}"))?;
+                    let id = self
+                        .create(change, &ids)
+                        .await
+                        .with_context(|| format!("create {what}"))?;
+                    ids.insert(change.name.clone(), id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        change: &Change,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<String> {
+        let p = &change.desired;
+        let id_of = |field: &str| -> anyhow::Result<String> {
+            let name = p.get(field).cloned().unwrap_or_default();
+            ids.get(&name)
+                .cloned()
+                .with_context(|| format!("{name} does not exist yet"))
+        };
+        let name = change.name.as_str();
+        match change.kind {
+            Kind::Vpc => {
+                let vpc = self
+                    .ec2
+                    .create_vpc()
+                    .cidr_block(&p["cidr"])
+                    .tag_specifications(self.tags(ResourceType::Vpc, name))
+                    .send()
+                    .await?;
+                let id = vpc
+                    .vpc()
+                    .and_then(|v| v.vpc_id())
+                    .context("no VPC id")?
+                    .to_owned();
+                self.set_vpc_dns(&id, p).await?;
+                Ok(id)
+            }
+            Kind::Subnet => {
+                let subnet = self
+                    .ec2
+                    .create_subnet()
+                    .vpc_id(id_of("vpc")?)
+                    .cidr_block(&p["cidr"])
+                    .availability_zone(&p["zone"])
+                    .tag_specifications(self.tags(ResourceType::Subnet, name))
+                    .send()
+                    .await?;
+                let id = subnet
+                    .subnet()
+                    .and_then(|s| s.subnet_id())
+                    .context("no subnet id")?
+                    .to_owned();
+                self.set_public_ip(&id, p).await?;
+                Ok(id)
+            }
+            Kind::InternetGateway => {
+                let gateway = self
+                    .ec2
+                    .create_internet_gateway()
+                    .tag_specifications(self.tags(ResourceType::InternetGateway, name))
+                    .send()
+                    .await?;
+                let id = gateway
+                    .internet_gateway()
+                    .and_then(|g| g.internet_gateway_id())
+                    .context("no gateway id")?
+                    .to_owned();
+                self.ec2
+                    .attach_internet_gateway()
+                    .internet_gateway_id(&id)
+                    .vpc_id(id_of("vpc")?)
+                    .send()
+                    .await?;
+                Ok(id)
+            }
+            Kind::RouteTable => {
+                let table = self
+                    .ec2
+                    .create_route_table()
+                    .vpc_id(id_of("vpc")?)
+                    .tag_specifications(self.tags(ResourceType::RouteTable, name))
+                    .send()
+                    .await?;
+                let id = table
+                    .route_table()
+                    .and_then(|t| t.route_table_id())
+                    .context("no route table id")?
+                    .to_owned();
+                self.ec2
+                    .create_route()
+                    .route_table_id(&id)
+                    .destination_cidr_block("0.0.0.0/0")
+                    .gateway_id(id_of("default_route")?)
+                    .send()
+                    .await?;
+                for subnet in p["subnets"].split(',').filter(|s| !s.is_empty()) {
+                    let subnet_id = ids
+                        .get(subnet)
+                        .with_context(|| format!("{subnet} does not exist yet"))?;
+                    self.ec2
+                        .associate_route_table()
+                        .route_table_id(&id)
+                        .subnet_id(subnet_id)
+                        .send()
+                        .await?;
+                }
+                Ok(id)
+            }
+            Kind::SecurityGroup => {
+                let group = self
+                    .ec2
+                    .create_security_group()
+                    .group_name(name)
+                    .description(&p["description"])
+                    .vpc_id(id_of("vpc")?)
+                    .tag_specifications(self.tags(ResourceType::SecurityGroup, name))
+                    .send()
+                    .await?;
+                let id = group.group_id().context("no group id")?.to_owned();
+                let rules: Vec<&str> = p["ingress"].split(';').filter(|r| !r.is_empty()).collect();
+                self.authorize(&id, &rules, ids).await?;
+                Ok(id)
+            }
+            Kind::Bucket => {
+                let mut create = self.s3.create_bucket().bucket(name);
+                if self.region != "us-east-1" {
+                    create = create.create_bucket_configuration(
+                        aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                                self.region.as_str(),
+                            ))
+                            .build(),
+                    );
+                }
+                create.send().await?;
+                self.secure_bucket(name).await?;
+                Ok(name.to_owned())
+            }
+            Kind::Queue => {
+                let mut create = self
+                    .sqs
+                    .create_queue()
+                    .queue_name(name)
+                    .tags(STACK_TAG, &self.stack)
+                    .tags("Name", name);
+                for (attribute, value) in self.queue_attributes(p).await? {
+                    create = create.attributes(attribute, value);
+                }
+                let created = create.send().await?;
+                Ok(created.queue_url().context("no queue url")?.to_owned())
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        change: &Change,
+        id: &str,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let p = &change.desired;
+        match change.kind {
+            Kind::Vpc => self.set_vpc_dns(id, p).await,
+            Kind::Subnet => self.set_public_ip(id, p).await,
+            Kind::InternetGateway => {
+                let vpc = ids.get(&p["vpc"]).context("the VPC does not exist")?;
+                self.ec2
+                    .attach_internet_gateway()
+                    .internet_gateway_id(id)
+                    .vpc_id(vpc)
+                    .send()
+                    .await?;
+                Ok(())
+            }
+            Kind::RouteTable => {
+                let gateway = ids
+                    .get(&p["default_route"])
+                    .context("the gateway does not exist")?;
+                let replaced = self
+                    .ec2
+                    .replace_route()
+                    .route_table_id(id)
+                    .destination_cidr_block("0.0.0.0/0")
+                    .gateway_id(gateway)
+                    .send()
+                    .await;
+                if let Err(e) = replaced {
+                    if error_kind(&e) != ErrorKind::Other && error_kind(&e) != ErrorKind::NotFound {
+                        return Err(e.into());
+                    }
+                    self.ec2
+                        .create_route()
+                        .route_table_id(id)
+                        .destination_cidr_block("0.0.0.0/0")
+                        .gateway_id(gateway)
+                        .send()
+                        .await?;
+                }
+                for subnet in p["subnets"].split(',').filter(|s| !s.is_empty()) {
+                    let subnet_id = ids
+                        .get(subnet)
+                        .with_context(|| format!("{subnet} does not exist"))?;
+                    let _ = self
+                        .ec2
+                        .associate_route_table()
+                        .route_table_id(id)
+                        .subnet_id(subnet_id)
+                        .send()
+                        .await;
+                }
+                Ok(())
+            }
+            Kind::SecurityGroup => {
+                let Action::Update(fields) = &change.action else {
+                    return Ok(());
+                };
+                let Some(ingress) = fields.iter().find(|f| f.field == "ingress") else {
+                    return Ok(());
+                };
+                let want: Vec<&str> = ingress
+                    .new
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(';')
+                    .filter(|r| !r.is_empty())
+                    .collect();
+                let have: Vec<&str> = ingress
+                    .old
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(';')
+                    .filter(|r| !r.is_empty())
+                    .collect();
+                let missing: Vec<&str> =
+                    want.iter().copied().filter(|r| !have.contains(r)).collect();
+                let extra: Vec<&str> = have.iter().copied().filter(|r| !want.contains(r)).collect();
+                self.authorize(id, &missing, ids).await?;
+                self.revoke(id, &extra, ids).await
+            }
+            Kind::Bucket => self.secure_bucket(id).await,
+            Kind::Queue => {
+                let mut set = self.sqs.set_queue_attributes().queue_url(id);
+                for (attribute, value) in self.queue_attributes(p).await? {
+                    set = set.attributes(attribute, value);
+                }
+                set.send().await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn set_vpc_dns(&self, id: &str, p: &Props) -> anyhow::Result<()> {
+        let on = |field: &str| {
+            AttributeBooleanValue::builder()
+                .value(p[field] == "true")
+                .build()
+        };
+        self.ec2
+            .modify_vpc_attribute()
+            .vpc_id(id)
+            .enable_dns_support(on("dns_support"))
+            .send()
+            .await?;
+        self.ec2
+            .modify_vpc_attribute()
+            .vpc_id(id)
+            .enable_dns_hostnames(on("dns_hostnames"))
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    async fn set_public_ip(&self, id: &str, p: &Props) -> anyhow::Result<()> {
+        let value = AttributeBooleanValue::builder()
+            .value(p["public_ip_on_launch"] == "true")
+            .build();
+        self.ec2
+            .modify_subnet_attribute()
+            .subnet_id(id)
+            .map_public_ip_on_launch(value)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    fn permission(
+        &self,
+        rule: &str,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<IpPermission> {
+        // "tcp:80 from 0.0.0.0/0" or "tcp:5432 from anb-web"
+        let (proto_port, source) = rule
+            .split_once(" from ")
+            .with_context(|| format!("bad rule {rule}"))?;
+        let (proto, port) = proto_port
+            .split_once(':')
+            .with_context(|| format!("bad rule {rule}"))?;
+        let port: i32 = port
+            .parse()
+            .with_context(|| format!("bad port in {rule}"))?;
+        let builder = IpPermission::builder()
+            .ip_protocol(proto)
+            .from_port(port)
+            .to_port(port);
+        Ok(if source.contains('/') {
+            builder
+                .ip_ranges(IpRange::builder().cidr_ip(source).build())
+                .build()
+        } else {
+            let group = ids
+                .get(source)
+                .cloned()
+                .unwrap_or_else(|| source.to_owned());
+            builder
+                .user_id_group_pairs(UserIdGroupPair::builder().group_id(group).build())
+                .build()
+        })
+    }
+
+    async fn authorize(
+        &self,
+        group: &str,
+        rules: &[&str],
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        for rule in rules {
+            let result = self
+                .ec2
+                .authorize_security_group_ingress()
+                .group_id(group)
+                .ip_permissions(self.permission(rule, ids)?)
+                .send()
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if error_kind(&e) == ErrorKind::Duplicate => {} // already there
+                Err(e) => return Err(e).with_context(|| format!("authorize {rule}")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke(
+        &self,
+        group: &str,
+        rules: &[&str],
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        for rule in rules {
+            let result = self
+                .ec2
+                .revoke_security_group_ingress()
+                .group_id(group)
+                .ip_permissions(self.permission(rule, ids)?)
+                .send()
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("revoke {rule}")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn secure_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        use aws_sdk_s3::types::{
+            PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+            ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
+        };
+        self.s3
+            .put_public_access_block()
+            .bucket(bucket)
+            .public_access_block_configuration(
+                PublicAccessBlockConfiguration::builder()
+                    .block_public_acls(true)
+                    .ignore_public_acls(true)
+                    .block_public_policy(true)
+                    .restrict_public_buckets(true)
+                    .build(),
+            )
+            .send()
+            .await?;
+        let default = ServerSideEncryptionByDefault::builder()
+            .sse_algorithm(ServerSideEncryption::Aes256)
+            .build()?;
+        let rule = ServerSideEncryptionRule::builder()
+            .apply_server_side_encryption_by_default(default)
+            .build();
+        self.s3
+            .put_bucket_encryption()
+            .bucket(bucket)
+            .server_side_encryption_configuration(
+                ServerSideEncryptionConfiguration::builder()
+                    .rules(rule)
+                    .build()?,
+            )
+            .send()
+            .await?;
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }],
+        });
+        self.s3
+            .put_bucket_policy()
+            .bucket(bucket)
+            .policy(policy.to_string())
+            .send()
+            .await?;
+        let tagging = aws_sdk_s3::types::Tagging::builder()
+            .tag_set(
+                aws_sdk_s3::types::Tag::builder()
+                    .key(STACK_TAG)
+                    .value(&self.stack)
+                    .build()?,
+            )
+            .build()?;
+        self.s3
+            .put_bucket_tagging()
+            .bucket(bucket)
+            .tagging(tagging)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    async fn queue_attributes(
+        &self,
+        p: &Props,
+    ) -> anyhow::Result<Vec<(QueueAttributeName, String)>> {
+        let mut out = Vec::new();
+        for (field, attribute) in [
+            ("visibility_timeout", QueueAttributeName::VisibilityTimeout),
+            (
+                "receive_wait",
+                QueueAttributeName::ReceiveMessageWaitTimeSeconds,
+            ),
+            (
+                "message_retention",
+                QueueAttributeName::MessageRetentionPeriod,
+            ),
+        ] {
+            if let Some(value) = p.get(field) {
+                out.push((attribute, value.clone()));
+            }
+        }
+        if let Some(dlq) = p.get("dead_letter") {
+            let url = self
+                .sqs
+                .get_queue_url()
+                .queue_name(dlq)
+                .send()
+                .await
+                .context("find the dead-letter queue")?;
+            let arn = self
+                .sqs
+                .get_queue_attributes()
+                .queue_url(url.queue_url().unwrap_or_default())
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await?
+                .attributes()
+                .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+                .cloned()
+                .context("no queue arn")?;
+            let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": p.get("max_receives").cloned().unwrap_or_else(|| "5".into())});
+            out.push((QueueAttributeName::RedrivePolicy, policy.to_string()));
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------------- delete
+
+    /// Deletes one resource, retrying while AWS says something still depends on it.
+    pub async fn delete(&self, kind: Kind, name: &str, id: &str) -> anyhow::Result<()> {
+        let mut wait = Duration::from_secs(2);
+        for attempt in 1..=6 {
+            match self.delete_once(kind, id).await {
+                Ok(()) => return Ok(()),
+                Err(DeleteError::Kind(ErrorKind::NotFound, _)) => return Ok(()),
+                Err(DeleteError::Kind(
+                    ErrorKind::DependencyViolation | ErrorKind::Throttled,
+                    e,
+                )) if attempt < 6 => {
+                    eprintln!(
+                        "  waiting {}s for what depends on {kind} {name} to go ({e})",
+                        wait.as_secs()
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(DeleteError::Kind(_, e)) => bail!("{e}"),
+                Err(DeleteError::Other(e)) => return Err(e),
+            }
+        }
+        bail!("{kind} {name} is still in use")
+    }
+
+    async fn delete_once(&self, kind: Kind, id: &str) -> Result<(), DeleteError> {
+        match kind {
+            Kind::Vpc => self
+                .ec2
+                .delete_vpc()
+                .vpc_id(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::Subnet => self
+                .ec2
+                .delete_subnet()
+                .subnet_id(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::InternetGateway => {
+                let found = self
+                    .ec2
+                    .describe_internet_gateways()
+                    .internet_gateway_ids(id)
+                    .send()
+                    .await
+                    .map_err(DeleteError::from_sdk)?;
+                for attachment in found
+                    .internet_gateways()
+                    .iter()
+                    .flat_map(|g| g.attachments())
+                {
+                    if let Some(vpc) = attachment.vpc_id() {
+                        self.ec2
+                            .detach_internet_gateway()
+                            .internet_gateway_id(id)
+                            .vpc_id(vpc)
+                            .send()
+                            .await
+                            .map_err(DeleteError::from_sdk)?;
+                    }
+                }
+                self.ec2
+                    .delete_internet_gateway()
+                    .internet_gateway_id(id)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(DeleteError::from_sdk)
+            }
+            Kind::RouteTable => {
+                let found = self
+                    .ec2
+                    .describe_route_tables()
+                    .route_table_ids(id)
+                    .send()
+                    .await
+                    .map_err(DeleteError::from_sdk)?;
+                for association in found.route_tables().iter().flat_map(|t| t.associations()) {
+                    if association.main() != Some(true) {
+                        if let Some(association_id) = association.route_table_association_id() {
+                            self.ec2
+                                .disassociate_route_table()
+                                .association_id(association_id)
+                                .send()
+                                .await
+                                .map_err(DeleteError::from_sdk)?;
+                        }
+                    }
+                }
+                self.ec2
+                    .delete_route_table()
+                    .route_table_id(id)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(DeleteError::from_sdk)
+            }
+            Kind::SecurityGroup => self
+                .ec2
+                .delete_security_group()
+                .group_id(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::Queue => self
+                .sqs
+                .delete_queue()
+                .queue_url(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::Bucket => self
+                .empty_and_delete_bucket(id)
+                .await
+                .map_err(DeleteError::Other),
+        }
+    }
+
+    /// Removes every object version and delete marker, then the bucket.
+    async fn empty_and_delete_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        loop {
+            let listed = self.s3.list_object_versions().bucket(bucket).send().await?;
+            let mut objects: Vec<ObjectIdentifier> = Vec::new();
+            for v in listed.versions() {
+                objects.push(
+                    ObjectIdentifier::builder()
+                        .key(v.key().unwrap_or_default())
+                        .set_version_id(v.version_id().map(str::to_owned))
+                        .build()?,
+                );
+            }
+            for m in listed.delete_markers() {
+                objects.push(
+                    ObjectIdentifier::builder()
+                        .key(m.key().unwrap_or_default())
+                        .set_version_id(m.version_id().map(str::to_owned))
+                        .build()?,
+                );
+            }
+            if objects.is_empty() {
+                break;
+            }
+            self.s3
+                .delete_objects()
+                .bucket(bucket)
+                .delete(Delete::builder().set_objects(Some(objects)).build()?)
+                .send()
+                .await?;
+        }
+        self.s3.delete_bucket().bucket(bucket).send().await?;
+        Ok(())
+    }
+
+    /// Removes every ingress rule of the stack's security groups that names another
+    /// group, so the groups can then be deleted in any order.
+    pub async fn revoke_cross_references(&self) -> anyhow::Result<()> {
+        let groups = self
+            .ec2
+            .describe_security_groups()
+            .filters(self.stack_filter())
+            .send()
+            .await?;
+        for group in groups.security_groups() {
+            let referencing: Vec<IpPermission> = group
+                .ip_permissions()
+                .iter()
+                .filter(|p| !p.user_id_group_pairs().is_empty())
+                .cloned()
+                .collect();
+            if referencing.is_empty() {
+                continue;
+            }
+            self.ec2
+                .revoke_security_group_ingress()
+                .group_id(group.group_id().unwrap_or_default())
+                .set_ip_permissions(Some(referencing))
+                .send()
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+enum DeleteError {
+    Kind(ErrorKind, String),
+    Other(anyhow::Error),
+}
+
+impl DeleteError {
+    fn from_sdk<E: ProvideErrorMetadata + std::fmt::Debug>(e: E) -> Self {
+        let message = format!(
+            "{}: {}",
+            e.code().unwrap_or("error"),
+            e.message().unwrap_or_default()
+        );
+        DeleteError::Kind(error_kind(&e), message)
+    }
+}
+
+fn observed(kind: Kind, name: String, id: String, props: &[(&str, String)]) -> Observed {
+    Observed {
+        resource: Resource::new(kind, name, props),
+        id,
+    }
+}

@@ -1,0 +1,122 @@
+//! `config/aws.toml`: what the stack should look like. The file's defaults are the seed's.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The seed deployment, built in: `provision` works with no file on disk.
+pub const DEFAULT_TOML: &str = include_str!("../../config/aws.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub stack: StackConfig,
+    pub network: NetworkConfig,
+    pub queue: QueueConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackConfig {
+    pub name: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub vpc_cidr: String,
+    pub availability_zones: Vec<String>,
+    pub public_subnets: Vec<String>,
+    pub private_subnets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub receive_wait: Duration,
+    pub max_receives: u32,
+}
+
+impl Config {
+    /// The built-in file, or `path` instead when given.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+            None => DEFAULT_TOML.to_owned(),
+        };
+        let config: Config = toml::from_str(&text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The two availability zones the stack spans.
+    pub fn availability_zones(&self) -> Vec<String> {
+        if self.network.availability_zones.is_empty() {
+            vec![
+                format!("{}a", self.stack.region),
+                format!("{}b", self.stack.region),
+            ]
+        } else {
+            self.network.availability_zones.clone()
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let name = &self.stack.name;
+        let valid_name = !name.is_empty()
+            && name.len() <= 20
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !name.starts_with('-');
+        anyhow::ensure!(
+            valid_name,
+            "stack.name must be 1–20 lowercase letters, digits or dashes"
+        );
+        let zones = self.availability_zones().len();
+        anyhow::ensure!(zones == 2, "network.availability_zones must name two zones");
+        anyhow::ensure!(
+            self.network.public_subnets.len() == 2 && self.network.private_subnets.len() == 2,
+            "network.public_subnets and network.private_subnets need one CIDR per zone (two each)"
+        );
+        anyhow::ensure!(
+            self.queue.receive_wait <= Duration::from_secs(20),
+            "queue.receive_wait must be at most 20s"
+        );
+        anyhow::ensure!(
+            (1..=1000).contains(&self.queue.max_receives),
+            "queue.max_receives must be between 1 and 1000"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_file_is_the_seed() {
+        let config = Config::load(None).unwrap();
+        assert_eq!(config.stack.region, "us-east-1");
+        assert_eq!(config.queue.visibility_timeout, Duration::from_secs(1800));
+        assert_eq!(config.availability_zones(), ["us-east-1a", "us-east-1b"]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_names_are_refused() {
+        let bad = DEFAULT_TOML.replace("name = \"anb\"", "name = \"ANB stack\"");
+        assert!(toml::from_str::<Config>(&bad)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| c.validate())
+            .is_err());
+        let unknown = format!("{DEFAULT_TOML}\n[extra]\nx = 1\n");
+        assert!(toml::from_str::<Config>(&unknown).is_err());
+    }
+}

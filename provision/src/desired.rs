@@ -1,0 +1,204 @@
+//! The desired state: a pure function of the configuration (and the account id, which
+//! makes the bucket name globally unique).
+
+use crate::config::Config;
+use crate::model::{Kind, Resource};
+
+/// Security-group rules as one comparable string: sorted `proto:port from source`, where
+/// the source is a CIDR or another group's logical name.
+pub fn rules(rules: &[(u16, &str)]) -> String {
+    let mut rules: Vec<String> = rules
+        .iter()
+        .map(|(port, from)| format!("tcp:{port} from {from}"))
+        .collect();
+    rules.sort();
+    rules.join(";")
+}
+
+pub struct Names {
+    pub stack: String,
+}
+
+impl Names {
+    pub fn of(&self, what: &str) -> String {
+        format!("{}-{what}", self.stack)
+    }
+}
+
+pub fn bucket_name(config: &Config, account_id: &str) -> String {
+    format!("{}-videos-{account_id}", config.stack.name)
+}
+
+pub fn desired_state(config: &Config, account_id: &str) -> Vec<Resource> {
+    let n = Names {
+        stack: config.stack.name.clone(),
+    };
+    let vpc = n.of("vpc");
+    let zones = config.availability_zones();
+    let mut out = vec![Resource::new(
+        Kind::Vpc,
+        &vpc,
+        &[
+            ("cidr", config.network.vpc_cidr.clone()),
+            ("dns_hostnames", "true".into()),
+            ("dns_support", "true".into()),
+        ],
+    )];
+    let mut public_names = Vec::new();
+    for (tier, cidrs, public) in [
+        ("public", &config.network.public_subnets, true),
+        ("private", &config.network.private_subnets, false),
+    ] {
+        for (i, (cidr, zone)) in cidrs.iter().zip(&zones).enumerate() {
+            let name = n.of(&format!("{tier}-{}", ['a', 'b'][i]));
+            if public {
+                public_names.push(name.clone());
+            }
+            out.push(Resource::new(
+                Kind::Subnet,
+                name,
+                &[
+                    ("cidr", cidr.clone()),
+                    ("zone", zone.clone()),
+                    ("vpc", vpc.clone()),
+                    ("public_ip_on_launch", public.to_string()),
+                ],
+            ));
+        }
+    }
+    out.push(Resource::new(
+        Kind::InternetGateway,
+        n.of("igw"),
+        &[("vpc", vpc.clone())],
+    ));
+    out.push(Resource::new(
+        Kind::RouteTable,
+        n.of("public"),
+        &[
+            ("vpc", vpc.clone()),
+            ("default_route", n.of("igw")),
+            ("subnets", public_names.join(",")),
+        ],
+    ));
+    let (alb, web, worker, db) = (n.of("alb"), n.of("web"), n.of("worker"), n.of("db"));
+    for (name, description, ingress) in [
+        (
+            &alb,
+            "load balancer: HTTP and HTTPS from anywhere",
+            rules(&[(80, "0.0.0.0/0"), (443, "0.0.0.0/0")]),
+        ),
+        (
+            &web,
+            "web tier: HTTP from the load balancer only",
+            rules(&[(80, &alb)]),
+        ),
+        (&worker, "worker tier: no inbound traffic", String::new()),
+        (
+            &db,
+            "database: PostgreSQL from the web and worker tiers",
+            rules(&[(5432, &web), (5432, &worker)]),
+        ),
+    ] {
+        out.push(Resource::new(
+            Kind::SecurityGroup,
+            name.clone(),
+            &[
+                ("vpc", vpc.clone()),
+                ("description", description.into()),
+                ("ingress", ingress),
+            ],
+        ));
+    }
+    out.push(Resource::new(
+        Kind::Bucket,
+        bucket_name(config, account_id),
+        &[
+            ("block_public_access", "true".into()),
+            ("encryption", "AES256".into()),
+            ("tls_only", "true".into()),
+        ],
+    ));
+    let dlq = n.of("video-processing-dlq");
+    out.push(Resource::new(
+        Kind::Queue,
+        &dlq,
+        &[("message_retention", "1209600".into())],
+    ));
+    out.push(Resource::new(
+        Kind::Queue,
+        n.of("video-processing"),
+        &[
+            (
+                "visibility_timeout",
+                config.queue.visibility_timeout.as_secs().to_string(),
+            ),
+            (
+                "receive_wait",
+                config.queue.receive_wait.as_secs().to_string(),
+            ),
+            ("dead_letter", dlq),
+            ("max_receives", config.queue.max_receives.to_string()),
+        ],
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(all: &'a [Resource], name: &str) -> &'a Resource {
+        all.iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    }
+
+    #[test]
+    fn seed_network_spans_two_zones_with_public_and_private_subnets() {
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012");
+        assert_eq!(find(&all, "anb-vpc").props["dns_hostnames"], "true");
+        for (name, zone, public) in [
+            ("anb-public-a", "us-east-1a", "true"),
+            ("anb-private-b", "us-east-1b", "false"),
+        ] {
+            let subnet = find(&all, name);
+            assert_eq!(subnet.props["zone"], zone);
+            assert_eq!(subnet.props["public_ip_on_launch"], public);
+        }
+        assert_eq!(
+            find(&all, "anb-public").props["subnets"],
+            "anb-public-a,anb-public-b"
+        );
+    }
+
+    #[test]
+    fn security_groups_are_exactly_the_seeds() {
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012");
+        assert_eq!(
+            find(&all, "anb-alb").props["ingress"],
+            "tcp:443 from 0.0.0.0/0;tcp:80 from 0.0.0.0/0"
+        );
+        assert_eq!(
+            find(&all, "anb-web").props["ingress"],
+            "tcp:80 from anb-alb"
+        );
+        assert_eq!(find(&all, "anb-worker").props["ingress"], "");
+        assert_eq!(
+            find(&all, "anb-db").props["ingress"],
+            "tcp:5432 from anb-web;tcp:5432 from anb-worker"
+        );
+    }
+
+    #[test]
+    fn queue_has_the_seed_timeouts_and_a_dead_letter_queue() {
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012");
+        let queue = find(&all, "anb-video-processing");
+        assert_eq!(queue.props["visibility_timeout"], "1800");
+        assert_eq!(queue.props["receive_wait"], "20");
+        assert_eq!(queue.props["dead_letter"], "anb-video-processing-dlq");
+        assert_eq!(
+            find(&all, "anb-videos-123456789012").props["tls_only"],
+            "true"
+        );
+    }
+}

@@ -1,0 +1,315 @@
+//! Desired and observed resources as plain data, and the pure diff between them.
+//!
+//! Architecture invariant: nothing here talks to AWS. A resource is a kind, a logical name
+//! (`<stack>-…`, also its Name tag) and flat properties; references to other resources
+//! are by logical name, so desired and observed state compare directly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub type Props = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Vpc,
+    Subnet,
+    InternetGateway,
+    RouteTable,
+    SecurityGroup,
+    Bucket,
+    Queue,
+}
+
+impl Kind {
+    /// Properties that cannot change in place: a difference means delete and recreate.
+    fn replace_only(self) -> &'static [&'static str] {
+        match self {
+            Kind::Vpc => &["cidr"],
+            Kind::Subnet => &["cidr", "zone", "vpc"],
+            Kind::SecurityGroup => &["vpc", "description"],
+            Kind::RouteTable => &["vpc"],
+            Kind::InternetGateway | Kind::Bucket | Kind::Queue => &[],
+        }
+    }
+
+    /// Creation order; deletion runs it backwards.
+    pub fn order(self) -> u8 {
+        match self {
+            Kind::Vpc => 0,
+            Kind::Subnet | Kind::InternetGateway | Kind::SecurityGroup => 1,
+            Kind::RouteTable => 2,
+            Kind::Queue | Kind::Bucket => 0,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Kind::Vpc => "vpc",
+            Kind::Subnet => "subnet",
+            Kind::InternetGateway => "internet-gateway",
+            Kind::RouteTable => "route-table",
+            Kind::SecurityGroup => "security-group",
+            Kind::Bucket => "bucket",
+            Kind::Queue => "queue",
+        };
+        f.write_str(name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub kind: Kind,
+    pub name: String,
+    pub props: Props,
+}
+
+impl Resource {
+    pub fn new(kind: Kind, name: impl Into<String>, props: &[(&str, String)]) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            props: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// A resource as found in AWS, with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub resource: Resource,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Update(Vec<FieldChange>),
+    /// A property AWS cannot change in place differs: delete, then create.
+    Replace(Vec<FieldChange>),
+    Ok,
+    /// Carries the stack tag but is not in the desired state.
+    Orphan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: Kind,
+    pub name: String,
+    pub id: Option<String>,
+    pub action: Action,
+    /// Desired properties (empty for an orphan).
+    pub desired: Props,
+}
+
+impl Change {
+    pub fn is_change(&self) -> bool {
+        self.action != Action::Ok
+    }
+}
+
+/// Compares desired with observed: one change per desired resource, in creation order,
+/// then one per orphan.
+pub fn diff(desired: &[Resource], observed: &[Observed]) -> Vec<Change> {
+    let mut changes: Vec<Change> = desired
+        .iter()
+        .map(|want| {
+            let found = observed
+                .iter()
+                .find(|o| o.resource.kind == want.kind && o.resource.name == want.name);
+            let action = match found {
+                None => Action::Create,
+                Some(have) => {
+                    let fields = field_changes(&want.props, &have.resource.props);
+                    let replace = fields
+                        .iter()
+                        .any(|f| want.kind.replace_only().contains(&f.field.as_str()));
+                    match (fields.is_empty(), replace) {
+                        (true, _) => Action::Ok,
+                        (false, true) => Action::Replace(fields),
+                        (false, false) => Action::Update(fields),
+                    }
+                }
+            };
+            Change {
+                kind: want.kind,
+                name: want.name.clone(),
+                id: found.map(|o| o.id.clone()),
+                action,
+                desired: want.props.clone(),
+            }
+        })
+        .collect();
+    changes.sort_by_key(|c| c.kind.order());
+    for orphan in observed.iter().filter(|o| {
+        !desired
+            .iter()
+            .any(|d| d.kind == o.resource.kind && d.name == o.resource.name)
+    }) {
+        changes.push(Change {
+            kind: orphan.resource.kind,
+            name: orphan.resource.name.clone(),
+            id: Some(orphan.id.clone()),
+            action: Action::Orphan,
+            desired: Props::new(),
+        });
+    }
+    changes
+}
+
+/// Differences in desired fields. Fields only AWS reports (not desired) are ignored: that
+/// is how state owned by someone else (e.g. an autoscaler) stays out of the drift.
+fn field_changes(want: &Props, have: &Props) -> Vec<FieldChange> {
+    want.iter()
+        .filter(|(field, value)| have.get(*field) != Some(value))
+        .map(|(field, value)| FieldChange {
+            field: field.clone(),
+            old: have.get(field).cloned(),
+            new: Some(value.clone()),
+        })
+        .collect()
+}
+
+/// One line per resource: `create`, `update (field: old → new)`, `replace (…)`, `ok`,
+/// `orphan`.
+pub fn render(changes: &[Change]) -> String {
+    let mut out = String::new();
+    for change in changes {
+        let what = match &change.action {
+            Action::Create => "create".to_owned(),
+            Action::Ok => "ok".to_owned(),
+            Action::Orphan => "orphan (tagged with the stack, not desired)".to_owned(),
+            Action::Update(fields) => format!("update ({})", describe(fields)),
+            Action::Replace(fields) => {
+                format!("replace ({}; cannot change in place)", describe(fields))
+            }
+        };
+        out.push_str(&format!(
+            "{:<16} {:<36} {what}\n",
+            change.kind.to_string(),
+            change.name
+        ));
+    }
+    let pending = changes.iter().filter(|c| c.is_change()).count();
+    out.push_str(&match pending {
+        0 => "No changes: the stack matches the configuration.\n".to_owned(),
+        n => format!("{n} change(s).\n"),
+    });
+    out
+}
+
+fn describe(fields: &[FieldChange]) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {} → {}",
+                f.field,
+                f.old.as_deref().unwrap_or("(none)"),
+                f.new.as_deref().unwrap_or("(none)")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vpc(cidr: &str, dns: &str) -> Resource {
+        Resource::new(
+            Kind::Vpc,
+            "anb-vpc",
+            &[("cidr", cidr.into()), ("dns_hostnames", dns.into())],
+        )
+    }
+
+    fn seen(resource: Resource, id: &str) -> Observed {
+        Observed {
+            resource,
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn missing_resources_are_created_and_matching_ones_are_ok() {
+        let desired = [vpc("10.0.0.0/16", "true")];
+        assert_eq!(diff(&desired, &[])[0].action, Action::Create);
+        let same = diff(&desired, &[seen(vpc("10.0.0.0/16", "true"), "vpc-1")]);
+        assert_eq!(same[0].action, Action::Ok);
+        assert_eq!(same[0].id.as_deref(), Some("vpc-1"));
+    }
+
+    #[test]
+    fn in_place_changes_update_and_fixed_ones_replace() {
+        let desired = [vpc("10.0.0.0/16", "true")];
+        let dns = diff(&desired, &[seen(vpc("10.0.0.0/16", "false"), "vpc-1")]);
+        assert_eq!(
+            dns[0].action,
+            Action::Update(vec![FieldChange {
+                field: "dns_hostnames".into(),
+                old: Some("false".into()),
+                new: Some("true".into())
+            }])
+        );
+        let cidr = diff(&desired, &[seen(vpc("10.9.0.0/16", "true"), "vpc-1")]);
+        assert!(matches!(cidr[0].action, Action::Replace(_)));
+        assert!(render(&cidr)
+            .contains("replace (cidr: 10.9.0.0/16 → 10.0.0.0/16; cannot change in place)"));
+    }
+
+    #[test]
+    fn fields_only_aws_reports_are_not_drift() {
+        let desired = [Resource::new(
+            Kind::Queue,
+            "anb-jobs",
+            &[("visibility_timeout", "1800".into())],
+        )];
+        let mut observed = Resource::new(
+            Kind::Queue,
+            "anb-jobs",
+            &[("visibility_timeout", "1800".into())],
+        );
+        observed
+            .props
+            .insert("approximate_messages".into(), "42".into());
+        assert_eq!(
+            diff(&desired, &[seen(observed, "url")])[0].action,
+            Action::Ok
+        );
+    }
+
+    #[test]
+    fn tagged_resources_not_desired_are_orphans() {
+        let orphan = seen(Resource::new(Kind::SecurityGroup, "anb-old", &[]), "sg-9");
+        let changes = diff(&[], &[orphan]);
+        assert_eq!(changes[0].action, Action::Orphan);
+        assert!(render(&changes).contains("orphan"));
+    }
+
+    #[test]
+    fn plan_lists_in_creation_order_and_counts_changes() {
+        let subnet = Resource::new(
+            Kind::Subnet,
+            "anb-public-a",
+            &[("cidr", "10.0.0.0/24".into())],
+        );
+        let changes = diff(&[subnet, vpc("10.0.0.0/16", "true")], &[]);
+        assert_eq!(changes[0].kind, Kind::Vpc);
+        let text = render(&changes);
+        assert!(text.ends_with("2 change(s).\n"), "{text}");
+        assert!(render(&[]).contains("No changes"));
+    }
+}

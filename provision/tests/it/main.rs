@@ -1,0 +1,254 @@
+//! `provision` against moto: up, idempotence, drift, repair, down.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use aws_sdk_ec2::types::Filter;
+use provision::aws::STACK_TAG;
+use provision::config::Config;
+use provision::model::{Action, Kind};
+use provision::{Output, Stack, Sync};
+
+fn config(stack: &str) -> Config {
+    let mut config = Config::load(None).unwrap();
+    config.stack.name = stack.to_owned();
+    config
+}
+
+fn status_exit_code(endpoint: &str, stack: &str) -> i32 {
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    let out = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args(["status", "--stack", stack, "--endpoint-url", endpoint])
+        .output()
+        .unwrap();
+    out.status.code().unwrap()
+}
+
+#[tokio::test]
+async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() {
+    let moto = backends::testing::moto();
+    let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let stack = Stack::open(config(&name), Some(&moto.endpoint))
+        .await
+        .unwrap();
+
+    // An empty account: everything is to be created.
+    let plan = stack.plan(Output::Text).await.unwrap();
+    assert!(plan.iter().all(|c| c.action == Action::Create), "{plan:?}");
+    let made = stack.up(Output::Text).await.unwrap();
+    assert_eq!(made, plan.len());
+
+    // What AWS now reports carries each property.
+    let ec2 = &stack.aws.ec2;
+    let tag = Filter::builder()
+        .name(format!("tag:{STACK_TAG}"))
+        .values(&name)
+        .build();
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vpcs.vpcs().len(), 1);
+    let vpc_id = vpcs.vpcs()[0].vpc_id().unwrap();
+    let hostnames = ec2
+        .describe_vpc_attribute()
+        .vpc_id(vpc_id)
+        .attribute(aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hostnames.enable_dns_hostnames().unwrap().value(),
+        Some(true)
+    );
+    let subnets = ec2
+        .describe_subnets()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    let mut zones: Vec<&str> = subnets
+        .subnets()
+        .iter()
+        .map(|s| s.availability_zone().unwrap())
+        .collect();
+    zones.sort_unstable();
+    assert_eq!(
+        zones,
+        ["us-east-1a", "us-east-1a", "us-east-1b", "us-east-1b"]
+    );
+    let groups = ec2
+        .describe_security_groups()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    let group = |suffix: &str| {
+        groups
+            .security_groups()
+            .iter()
+            .find(|g| g.group_name() == Some(&format!("{name}-{suffix}")))
+            .unwrap()
+    };
+    let web_rule = &group("web").ip_permissions()[0];
+    assert_eq!(web_rule.from_port(), Some(80));
+    assert_eq!(
+        web_rule.user_id_group_pairs()[0].group_id(),
+        group("alb").group_id()
+    );
+    assert!(
+        group("worker").ip_permissions().is_empty(),
+        "the worker group takes no inbound traffic"
+    );
+    let queue_url = stack
+        .aws
+        .sqs
+        .get_queue_url()
+        .queue_name(format!("{name}-video-processing"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let attributes = stack
+        .aws
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let attribute =
+        |n: aws_sdk_sqs::types::QueueAttributeName| attributes.attributes().unwrap()[&n].clone();
+    assert_eq!(
+        attribute(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout),
+        "1800"
+    );
+    assert_eq!(
+        attribute(aws_sdk_sqs::types::QueueAttributeName::ReceiveMessageWaitTimeSeconds),
+        "20"
+    );
+    assert!(
+        attribute(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy)
+            .contains(&format!("{name}-video-processing-dlq"))
+    );
+
+    // A second run changes nothing, and status agrees.
+    assert_eq!(stack.up(Output::Text).await.unwrap(), 0);
+    assert!(stack
+        .plan(Output::Text)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.action == Action::Ok));
+    assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);
+    assert_eq!(status_exit_code(&moto.endpoint, &name), 0);
+
+    // Out-of-band changes are drift, each named.
+    let alb = group("alb").group_id().unwrap().to_owned();
+    ec2.revoke_security_group_ingress()
+        .group_id(&alb)
+        .ip_protocol("tcp")
+        .from_port(443)
+        .to_port(443)
+        .cidr_ip("0.0.0.0/0")
+        .send()
+        .await
+        .unwrap();
+    stack
+        .aws
+        .sqs
+        .set_queue_attributes()
+        .queue_url(&queue_url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "60",
+        )
+        .send()
+        .await
+        .unwrap();
+    let drift = stack.changes().await.unwrap();
+    let drifted: Vec<(Kind, String)> = drift
+        .iter()
+        .filter(|c| c.is_change())
+        .map(|c| (c.kind, c.name.clone()))
+        .collect();
+    assert_eq!(
+        drifted,
+        [
+            (Kind::Queue, format!("{name}-video-processing")),
+            (Kind::SecurityGroup, format!("{name}-alb")),
+        ]
+    );
+    assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::Drift);
+    assert_eq!(status_exit_code(&moto.endpoint, &name), 2);
+
+    // `up` repairs it.
+    assert_eq!(stack.up(Output::Text).await.unwrap(), 2);
+    assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);
+
+    // `down` leaves nothing with the stack tag; a second `down` has nothing to do.
+    assert_eq!(stack.down().await.unwrap(), Vec::<String>::new());
+    assert!(ec2
+        .describe_vpcs()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap()
+        .vpcs()
+        .is_empty());
+    assert!(ec2
+        .describe_security_groups()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+        .is_empty());
+    assert!(ec2
+        .describe_subnets()
+        .filters(tag)
+        .send()
+        .await
+        .unwrap()
+        .subnets()
+        .is_empty());
+    assert!(stack
+        .aws
+        .sqs
+        .get_queue_url()
+        .queue_name(format!("{name}-video-processing"))
+        .send()
+        .await
+        .is_err());
+    assert_eq!(stack.down().await.unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn cli_explains_itself() {
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    let help = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(help.stdout).unwrap();
+    for word in [
+        "plan",
+        "up",
+        "status",
+        "down",
+        "--endpoint-url",
+        "--stack",
+        "--output",
+    ] {
+        assert!(
+            text.contains(word),
+            "--help does not mention {word}:\n{text}"
+        );
+    }
+}
