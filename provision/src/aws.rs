@@ -51,6 +51,7 @@ pub struct Aws {
     pub ec2: aws_sdk_ec2::Client,
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     sts: aws_sdk_sts::Client,
     pub stack: String,
     pub region: String,
@@ -71,6 +72,7 @@ impl Aws {
             ec2: aws_sdk_ec2::Client::new(&shared),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             sqs: aws_sdk_sqs::Client::new(&shared),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&shared),
             sts: aws_sdk_sts::Client::new(&shared),
             stack: stack.to_owned(),
             region: region.to_owned(),
@@ -108,57 +110,65 @@ impl Aws {
 
     /// Every resource of the stack as it is now. `bucket` is the desired bucket's name.
     pub async fn observe(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
-        let (network, queues, bucket) = tokio::try_join!(
-            self.observe_network(),
-            self.observe_queues(),
-            self.observe_bucket(bucket)
+        // Boxed: the SDK's futures are large, and four of them side by side overflow a
+        // test thread's stack in debug builds.
+        let (network, queues, bucket, monitoring) = tokio::try_join!(
+            Box::pin(self.observe_network()),
+            Box::pin(self.observe_queues()),
+            Box::pin(self.observe_bucket(bucket)),
+            Box::pin(self.observe_monitoring()),
         )?;
-        Ok(network.into_iter().chain(queues).chain(bucket).collect())
+        Ok(network
+            .into_iter()
+            .chain(queues)
+            .chain(bucket)
+            .chain(monitoring)
+            .collect())
     }
 
     async fn observe_network(&self) -> anyhow::Result<Vec<Observed>> {
         let filter = self.stack_filter();
         let (vpcs, subnets, gateways, tables, groups) = tokio::try_join!(
-            async {
+            Box::pin(async {
                 self.ec2
                     .describe_vpcs()
                     .filters(filter.clone())
                     .send()
                     .await
                     .context("describe VPCs")
-            },
-            async {
+            }),
+            Box::pin(async {
                 self.ec2
                     .describe_subnets()
                     .filters(filter.clone())
                     .send()
                     .await
                     .context("describe subnets")
-            },
-            async {
+            }),
+            Box::pin(async {
                 self.ec2
                     .describe_internet_gateways()
                     .filters(filter.clone())
                     .send()
                     .await
                     .context("describe internet gateways")
-            },
-            async {
+            }),
+            Box::pin(async {
                 self.ec2
                     .describe_route_tables()
                     .filters(filter.clone())
                     .send()
                     .await
                     .context("describe route tables")
-            },
-            async {
+            }),
+            Box::pin(async {
                 self.ec2
                     .describe_security_groups()
                     .filters(filter.clone())
                     .send()
                     .await
                     .context("describe security groups")
-            },
+            }),
         )?;
         // Ids → logical names, so references compare with the desired state.
         let mut names: HashMap<String, String> = HashMap::new();
@@ -442,6 +452,144 @@ impl Aws {
         )])
     }
 
+    /// The stack's alarms and dashboard, found by name prefix (dashboards carry no tags).
+    /// Alarms that target tracking creates are named `TargetTracking-…`, so they never match.
+    async fn observe_monitoring(&self) -> anyhow::Result<Vec<Observed>> {
+        let prefix = format!("{}-", self.stack);
+        let (alarms, dashboards) = tokio::try_join!(
+            Box::pin(async {
+                self.cloudwatch
+                    .describe_alarms()
+                    .alarm_name_prefix(&prefix)
+                    .send()
+                    .await
+                    .context("describe alarms")
+            }),
+            Box::pin(async {
+                self.cloudwatch
+                    .list_dashboards()
+                    .dashboard_name_prefix(&prefix)
+                    .send()
+                    .await
+                    .context("list dashboards")
+            }),
+        )?;
+        let mut out = Vec::new();
+        for alarm in alarms.metric_alarms() {
+            let dimension = alarm
+                .dimensions()
+                .first()
+                .map(|d| {
+                    format!(
+                        "{}={}",
+                        d.name().unwrap_or_default(),
+                        d.value().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            let name = alarm.alarm_name().unwrap_or_default().to_owned();
+            out.push(observed(
+                Kind::Alarm,
+                name.clone(),
+                name,
+                &[
+                    ("namespace", alarm.namespace().unwrap_or_default().into()),
+                    ("metric", alarm.metric_name().unwrap_or_default().into()),
+                    ("dimension", dimension),
+                    (
+                        "statistic",
+                        alarm
+                            .statistic()
+                            .map(|s| s.as_str().to_owned())
+                            .unwrap_or_default(),
+                    ),
+                    ("period", alarm.period().unwrap_or_default().to_string()),
+                    (
+                        "evaluation_periods",
+                        alarm.evaluation_periods().unwrap_or_default().to_string(),
+                    ),
+                    (
+                        "comparison",
+                        alarm
+                            .comparison_operator()
+                            .map(|c| c.as_str().to_owned())
+                            .unwrap_or_default(),
+                    ),
+                    (
+                        "threshold",
+                        alarm.threshold().unwrap_or_default().to_string(),
+                    ),
+                    (
+                        "description",
+                        alarm.alarm_description().unwrap_or_default().into(),
+                    ),
+                ],
+            ));
+        }
+        for entry in dashboards.dashboard_entries() {
+            let name = entry.dashboard_name().unwrap_or_default().to_owned();
+            let body = match self
+                .cloudwatch
+                .get_dashboard()
+                .dashboard_name(&name)
+                .send()
+                .await
+            {
+                Ok(found) => found.dashboard_body().unwrap_or_default().to_owned(),
+                Err(e) if error_kind(&e) == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).context("get dashboard"),
+            };
+            // Canonical form (sorted keys, no spacing), as the desired body is written.
+            let body = serde_json::from_str::<serde_json::Value>(&body)
+                .map(|v| v.to_string())
+                .unwrap_or(body);
+            out.push(observed(
+                Kind::Dashboard,
+                name.clone(),
+                name,
+                &[("body", body)],
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn put_monitoring(&self, kind: Kind, name: &str, p: &Props) -> anyhow::Result<()> {
+        use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
+        if kind == Kind::Dashboard {
+            self.cloudwatch
+                .put_dashboard()
+                .dashboard_name(name)
+                .dashboard_body(&p["body"])
+                .send()
+                .await?;
+            return Ok(());
+        }
+        let (dimension, value) = p["dimension"]
+            .split_once('=')
+            .context("bad alarm dimension")?;
+        self.cloudwatch
+            .put_metric_alarm()
+            .alarm_name(name)
+            .alarm_description(&p["description"])
+            .namespace(&p["namespace"])
+            .metric_name(&p["metric"])
+            .dimensions(Dimension::builder().name(dimension).value(value).build())
+            .statistic(Statistic::from(p["statistic"].as_str()))
+            .period(p["period"].parse()?)
+            .evaluation_periods(p["evaluation_periods"].parse()?)
+            .comparison_operator(ComparisonOperator::from(p["comparison"].as_str()))
+            .threshold(p["threshold"].parse()?)
+            .tags(
+                aws_sdk_cloudwatch::types::Tag::builder()
+                    .key(STACK_TAG)
+                    .value(&self.stack)
+                    .build(),
+            )
+            .send()
+            .await?;
+        Ok(())
+    }
+
     // -------------------------------------------------------------------------- apply
 
     /// Carries out `changes` in order (they come in creation order). Orphans are left
@@ -618,6 +766,10 @@ impl Aws {
                 self.secure_bucket(name).await?;
                 Ok(name.to_owned())
             }
+            Kind::Alarm | Kind::Dashboard => {
+                self.put_monitoring(change.kind, name, p).await?;
+                Ok(name.to_owned())
+            }
             Kind::Queue => {
                 let mut create = self
                     .sqs
@@ -718,6 +870,9 @@ impl Aws {
                 let extra: Vec<&str> = have.iter().copied().filter(|r| !want.contains(r)).collect();
                 self.authorize(id, &missing, ids).await?;
                 self.revoke(id, &extra, ids).await
+            }
+            Kind::Alarm | Kind::Dashboard => {
+                self.put_monitoring(change.kind, &change.name, p).await
             }
             Kind::Bucket => self.secure_bucket(id).await,
             Kind::Queue => {
@@ -1074,6 +1229,22 @@ impl Aws {
                 .sqs
                 .delete_queue()
                 .queue_url(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::Alarm => self
+                .cloudwatch
+                .delete_alarms()
+                .alarm_names(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::Dashboard => self
+                .cloudwatch
+                .delete_dashboards()
+                .dashboard_names(id)
                 .send()
                 .await
                 .map(drop)

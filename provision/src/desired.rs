@@ -124,6 +124,7 @@ pub fn desired_state(config: &Config, account_id: &str) -> Vec<Resource> {
         &dlq,
         &[("message_retention", "1209600".into())],
     ));
+    out.extend(monitoring(&n, config));
     out.push(Resource::new(
         Kind::Queue,
         n.of("video-processing"),
@@ -141,6 +142,82 @@ pub fn desired_state(config: &Config, account_id: &str) -> Vec<Resource> {
         ],
     ));
     out
+}
+
+/// The seed's CloudWatch alarms (a backlog over 5, anything in the dead-letter queue) and
+/// one dashboard over SQS, the tiers' instances and the load balancer.
+fn monitoring(n: &Names, config: &Config) -> Vec<Resource> {
+    let queue = n.of("video-processing");
+    let dlq = n.of("video-processing-dlq");
+    let alarm = |metric_queue: &str, threshold: &str, description: &str| {
+        [
+            ("namespace", "AWS/SQS".to_owned()),
+            ("metric", "ApproximateNumberOfMessagesVisible".to_owned()),
+            ("dimension", format!("QueueName={metric_queue}")),
+            ("statistic", "Maximum".to_owned()),
+            ("period", "60".to_owned()),
+            ("evaluation_periods", "1".to_owned()),
+            ("comparison", "GreaterThanThreshold".to_owned()),
+            ("threshold", threshold.to_owned()),
+            ("description", description.to_owned()),
+        ]
+    };
+    vec![
+        Resource::new(
+            Kind::Alarm,
+            n.of("queue-backlog"),
+            &alarm(&queue, "5", "more than 5 videos waiting for a worker"),
+        ),
+        Resource::new(
+            Kind::Alarm,
+            n.of("dead-letters"),
+            &alarm(&dlq, "0", "a video job landed in the dead-letter queue"),
+        ),
+        Resource::new(
+            Kind::Dashboard,
+            n.of("overview"),
+            &[("body", dashboard_body(n, config))],
+        ),
+    ]
+}
+
+/// The dashboard's JSON, in a canonical form (sorted keys) so it compares as a string.
+fn dashboard_body(n: &Names, config: &Config) -> String {
+    let region = &config.stack.region;
+    let queue = n.of("video-processing");
+    let (web, worker, alb) = (n.of("web"), n.of("worker"), n.of("alb"));
+    let widget = |title: &str, metrics: serde_json::Value, y: u32, x: u32| {
+        serde_json::json!({
+            "type": "metric", "x": x, "y": y, "width": 12, "height": 6,
+            "properties": {"title": title, "region": region, "stat": "Average", "period": 60, "metrics": metrics},
+        })
+    };
+    let body = serde_json::json!({"widgets": [
+        widget("SQS: videos waiting and oldest wait (s)", serde_json::json!([
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", queue],
+            ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", queue],
+        ]), 0, 0),
+        widget("Backlog per worker", serde_json::json!([
+            [{"expression": "m1 / m2", "label": "videos per worker", "id": "e1"}],
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", queue, {"id": "m1", "visible": false}],
+            ["AWS/AutoScaling", "GroupInServiceInstances", "AutoScalingGroupName", worker, {"id": "m2", "visible": false}],
+        ]), 0, 12),
+        widget("Instances in service", serde_json::json!([
+            ["AWS/AutoScaling", "GroupInServiceInstances", "AutoScalingGroupName", web],
+            ["AWS/AutoScaling", "GroupInServiceInstances", "AutoScalingGroupName", worker],
+        ]), 6, 0),
+        widget("CPU %", serde_json::json!([
+            ["AWS/EC2", "CPUUtilization", "AutoScalingGroupName", web],
+            ["AWS/EC2", "CPUUtilization", "AutoScalingGroupName", worker],
+        ]), 6, 12),
+        widget("Load balancer: requests, 5xx, latency, healthy hosts", serde_json::json!([
+            ["AWS/ApplicationELB", "RequestCount", "LoadBalancer", alb, {"stat": "Sum"}],
+            ["AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", "LoadBalancer", alb, {"stat": "Sum"}],
+            ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", alb],
+            ["AWS/ApplicationELB", "HealthyHostCount", "TargetGroup", web, "LoadBalancer", alb],
+        ]), 12, 0),
+    ]});
+    body.to_string()
 }
 
 #[cfg(test)]
@@ -200,5 +277,34 @@ mod tests {
             find(&all, "anb-videos-123456789012").props["tls_only"],
             "true"
         );
+    }
+
+    #[test]
+    fn alarms_watch_the_backlog_and_the_dead_letters() {
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012");
+        let backlog = find(&all, "anb-queue-backlog");
+        assert_eq!(backlog.props["dimension"], "QueueName=anb-video-processing");
+        assert_eq!(
+            (
+                backlog.props["comparison"].as_str(),
+                backlog.props["threshold"].as_str()
+            ),
+            ("GreaterThanThreshold", "5")
+        );
+        assert_eq!(
+            find(&all, "anb-dead-letters").props["dimension"],
+            "QueueName=anb-video-processing-dlq"
+        );
+        let body = &find(&all, "anb-overview").props["body"];
+        for metric in [
+            "ApproximateAgeOfOldestMessage",
+            "GroupInServiceInstances",
+            "CPUUtilization",
+            "HTTPCode_Target_5XX_Count",
+            "HealthyHostCount",
+            "m1 / m2",
+        ] {
+            assert!(body.contains(metric), "dashboard lacks {metric}");
+        }
     }
 }

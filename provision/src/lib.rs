@@ -6,8 +6,9 @@
 //! it deploys the services' binaries but never links them.
 //!
 //! Status: the network (VPC, subnets, internet gateway, public routes), the security
-//! groups, the S3 bucket and the SQS queues are managed. RDS, launch templates, the load
-//! balancer, the auto-scaling groups and CloudWatch are not yet.
+//! groups, the S3 bucket, the SQS queues and the CloudWatch alarms and dashboard are
+//! managed. RDS, launch templates, the load balancer and the auto-scaling groups are not
+//! yet.
 
 pub mod aws;
 pub mod config;
@@ -143,7 +144,7 @@ impl Stack {
         }
         // Dependents first: queues and bucket, route tables, groups/subnets/gateway, VPC.
         let rank = |kind: Kind| match kind {
-            Kind::Queue | Kind::Bucket => 0,
+            Kind::Alarm | Kind::Dashboard | Kind::Queue | Kind::Bucket => 0,
             Kind::RouteTable => 1,
             Kind::SecurityGroup | Kind::Subnet | Kind::InternetGateway => 2,
             Kind::Vpc => 3,

@@ -18,6 +18,8 @@ pub enum Kind {
     SecurityGroup,
     Bucket,
     Queue,
+    Alarm,
+    Dashboard,
 }
 
 impl Kind {
@@ -28,7 +30,9 @@ impl Kind {
             Kind::Subnet => &["cidr", "zone", "vpc"],
             Kind::SecurityGroup => &["vpc", "description"],
             Kind::RouteTable => &["vpc"],
-            Kind::InternetGateway | Kind::Bucket | Kind::Queue => &[],
+            Kind::InternetGateway | Kind::Bucket | Kind::Queue | Kind::Alarm | Kind::Dashboard => {
+                &[]
+            }
         }
     }
 
@@ -39,6 +43,8 @@ impl Kind {
             Kind::Subnet | Kind::InternetGateway | Kind::SecurityGroup => 1,
             Kind::RouteTable => 2,
             Kind::Queue | Kind::Bucket => 0,
+            // Alarms name their queue, so they come after it.
+            Kind::Alarm | Kind::Dashboard => 3,
         }
     }
 }
@@ -53,6 +59,8 @@ impl fmt::Display for Kind {
             Kind::SecurityGroup => "security-group",
             Kind::Bucket => "bucket",
             Kind::Queue => "queue",
+            Kind::Alarm => "alarm",
+            Kind::Dashboard => "dashboard",
         };
         f.write_str(name)
     }

@@ -138,6 +138,38 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
             .contains(&format!("{name}-video-processing-dlq"))
     );
 
+    let alarms = stack
+        .aws
+        .cloudwatch
+        .describe_alarms()
+        .alarm_name_prefix(format!("{name}-"))
+        .send()
+        .await
+        .unwrap();
+    let backlog = alarms
+        .metric_alarms()
+        .iter()
+        .find(|a| a.alarm_name() == Some(&format!("{name}-queue-backlog")))
+        .unwrap();
+    assert_eq!(backlog.threshold(), Some(5.0));
+    assert_eq!(
+        backlog.metric_name(),
+        Some("ApproximateNumberOfMessagesVisible")
+    );
+    assert_eq!(alarms.metric_alarms().len(), 2);
+    let dashboard = stack
+        .aws
+        .cloudwatch
+        .get_dashboard()
+        .dashboard_name(format!("{name}-overview"))
+        .send()
+        .await
+        .unwrap();
+    assert!(dashboard
+        .dashboard_body()
+        .unwrap()
+        .contains("GroupInServiceInstances"));
+
     // A second run changes nothing, and status agrees.
     assert_eq!(stack.up(Output::Text).await.unwrap(), 0);
     assert!(stack
@@ -172,6 +204,19 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         .send()
         .await
         .unwrap();
+    let cloudwatch = &stack.aws.cloudwatch;
+    cloudwatch
+        .delete_dashboards()
+        .dashboard_names(format!("{name}-overview"))
+        .send()
+        .await
+        .unwrap();
+    cloudwatch
+        .delete_alarms()
+        .alarm_names(format!("{name}-dead-letters"))
+        .send()
+        .await
+        .unwrap();
     let drift = stack.changes().await.unwrap();
     let drifted: Vec<(Kind, String)> = drift
         .iter()
@@ -183,17 +228,28 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         [
             (Kind::Queue, format!("{name}-video-processing")),
             (Kind::SecurityGroup, format!("{name}-alb")),
+            (Kind::Alarm, format!("{name}-dead-letters")),
+            (Kind::Dashboard, format!("{name}-overview")),
         ]
     );
     assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::Drift);
     assert_eq!(status_exit_code(&moto.endpoint, &name), 2);
 
     // `up` repairs it.
-    assert_eq!(stack.up(Output::Text).await.unwrap(), 2);
+    assert_eq!(stack.up(Output::Text).await.unwrap(), 4);
     assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);
 
     // `down` leaves nothing with the stack tag; a second `down` has nothing to do.
     assert_eq!(stack.down().await.unwrap(), Vec::<String>::new());
+    let left = stack
+        .aws
+        .cloudwatch
+        .describe_alarms()
+        .alarm_name_prefix(format!("{name}-"))
+        .send()
+        .await
+        .unwrap();
+    assert!(left.metric_alarms().is_empty());
     assert!(ec2
         .describe_vpcs()
         .filters(tag.clone())
