@@ -52,6 +52,7 @@ pub struct Aws {
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub cloudwatch: aws_sdk_cloudwatch::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
     sts: aws_sdk_sts::Client,
     pub stack: String,
     pub region: String,
@@ -73,6 +74,7 @@ impl Aws {
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             sqs: aws_sdk_sqs::Client::new(&shared),
             cloudwatch: aws_sdk_cloudwatch::Client::new(&shared),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&shared),
             sts: aws_sdk_sts::Client::new(&shared),
             stack: stack.to_owned(),
             region: region.to_owned(),
@@ -118,11 +120,17 @@ impl Aws {
             Box::pin(self.observe_bucket(bucket)),
             Box::pin(self.observe_monitoring()),
         )?;
+        let names: HashMap<String, String> = network
+            .iter()
+            .map(|o| (o.id.clone(), o.resource.name.clone()))
+            .collect();
+        let load_balancing = Box::pin(self.observe_load_balancing(&names)).await?;
         Ok(network
             .into_iter()
             .chain(queues)
             .chain(bucket)
             .chain(monitoring)
+            .chain(load_balancing)
             .collect())
     }
 
@@ -766,6 +774,9 @@ impl Aws {
                 self.secure_bucket(name).await?;
                 Ok(name.to_owned())
             }
+            Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
+                self.create_load_balancing(change.kind, name, p, ids).await
+            }
             Kind::Alarm | Kind::Dashboard => {
                 self.put_monitoring(change.kind, name, p).await?;
                 Ok(name.to_owned())
@@ -870,6 +881,9 @@ impl Aws {
                 let extra: Vec<&str> = have.iter().copied().filter(|r| !want.contains(r)).collect();
                 self.authorize(id, &missing, ids).await?;
                 self.revoke(id, &extra, ids).await
+            }
+            Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
+                self.update_load_balancing(change.kind, id, p, ids).await
             }
             Kind::Alarm | Kind::Dashboard => {
                 self.put_monitoring(change.kind, &change.name, p).await
@@ -1233,6 +1247,9 @@ impl Aws {
                 .await
                 .map(drop)
                 .map_err(DeleteError::from_sdk),
+            Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
+                self.delete_load_balancing(kind, id).await
+            }
             Kind::Alarm => self
                 .cloudwatch
                 .delete_alarms()
@@ -1322,13 +1339,13 @@ impl Aws {
     }
 }
 
-enum DeleteError {
+pub(crate) enum DeleteError {
     Kind(ErrorKind, String),
     Other(anyhow::Error),
 }
 
 impl DeleteError {
-    fn from_sdk<E: ProvideErrorMetadata + std::fmt::Debug>(e: E) -> Self {
+    pub(crate) fn from_sdk<E: ProvideErrorMetadata + std::fmt::Debug>(e: E) -> Self {
         let message = format!(
             "{}: {}",
             e.code().unwrap_or("error"),

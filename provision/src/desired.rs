@@ -25,6 +25,17 @@ impl Names {
     }
 }
 
+/// Load-balancing names are looked up by name (they carry tags, but the API filters only
+/// by name or ARN). Named apart from the security groups: names are references, so they
+/// must be unique.
+pub fn load_balancer_name(stack: &str) -> String {
+    format!("{stack}-lb")
+}
+
+pub fn target_group_name(stack: &str) -> String {
+    format!("{stack}-web-targets")
+}
+
 pub fn bucket_name(config: &Config, account_id: &str) -> String {
     format!("{}-videos-{account_id}", config.stack.name)
 }
@@ -125,6 +136,7 @@ pub fn desired_state(config: &Config, account_id: &str) -> Vec<Resource> {
         &[("message_retention", "1209600".into())],
     ));
     out.extend(monitoring(&n, config));
+    out.extend(load_balancing(&n, &vpc));
     out.push(Resource::new(
         Kind::Queue,
         n.of("video-processing"),
@@ -142,6 +154,47 @@ pub fn desired_state(config: &Config, account_id: &str) -> Vec<Resource> {
         ],
     ));
     out
+}
+
+/// The ALB in the public subnets, forwarding HTTP to the web tier's target group, which
+/// checks `/api/health` every 30 s.
+fn load_balancing(n: &Names, vpc: &str) -> Vec<Resource> {
+    let (lb, targets) = (load_balancer_name(&n.stack), target_group_name(&n.stack));
+    vec![
+        Resource::new(
+            Kind::TargetGroup,
+            &targets,
+            &[
+                ("vpc", vpc.to_owned()),
+                ("protocol", "HTTP".into()),
+                ("port", "80".into()),
+                ("health_check_path", "/api/health".into()),
+                ("health_check_interval", "30".into()),
+            ],
+        ),
+        Resource::new(
+            Kind::LoadBalancer,
+            &lb,
+            &[
+                ("scheme", "internet-facing".into()),
+                (
+                    "subnets",
+                    format!("{},{}", n.of("public-a"), n.of("public-b")),
+                ),
+                ("security_groups", n.of("alb")),
+            ],
+        ),
+        Resource::new(
+            Kind::Listener,
+            n.of("http-80"),
+            &[
+                ("load_balancer", lb),
+                ("protocol", "HTTP".into()),
+                ("port", "80".into()),
+                ("forward_to", targets),
+            ],
+        ),
+    ]
 }
 
 /// The seed's CloudWatch alarms (a backlog over 5, anything in the dead-letter queue) and
@@ -185,7 +238,15 @@ fn monitoring(n: &Names, config: &Config) -> Vec<Resource> {
 fn dashboard_body(n: &Names, config: &Config) -> String {
     let region = &config.stack.region;
     let queue = n.of("video-processing");
-    let (web, worker, alb) = (n.of("web"), n.of("worker"), n.of("alb"));
+    let (web, worker, lb) = (n.of("web"), n.of("worker"), n.of("lb"));
+    // The ALB's metric dimension is its ARN suffix ("app/<name>/<id>"), unknown until it
+    // exists; a SEARCH on the name keeps the desired state a pure function of config.
+    let alb_metric = |metric: &str, stat: &str, id: &str| {
+        serde_json::json!([{
+            "expression": format!("SEARCH('{{AWS/ApplicationELB,LoadBalancer}} MetricName=\"{metric}\" {lb}', '{stat}', 60)"),
+            "id": id,
+        }])
+    };
     let widget = |title: &str, metrics: serde_json::Value, y: u32, x: u32| {
         serde_json::json!({
             "type": "metric", "x": x, "y": y, "width": 12, "height": 6,
@@ -211,10 +272,13 @@ fn dashboard_body(n: &Names, config: &Config) -> String {
             ["AWS/EC2", "CPUUtilization", "AutoScalingGroupName", worker],
         ]), 6, 12),
         widget("Load balancer: requests, 5xx, latency, healthy hosts", serde_json::json!([
-            ["AWS/ApplicationELB", "RequestCount", "LoadBalancer", alb, {"stat": "Sum"}],
-            ["AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", "LoadBalancer", alb, {"stat": "Sum"}],
-            ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", alb],
-            ["AWS/ApplicationELB", "HealthyHostCount", "TargetGroup", web, "LoadBalancer", alb],
+            alb_metric("RequestCount", "Sum", "requests"),
+            alb_metric("HTTPCode_Target_5XX_Count", "Sum", "errors"),
+            alb_metric("TargetResponseTime", "Average", "latency"),
+            [{
+                "expression": format!("SEARCH('{{AWS/ApplicationELB,LoadBalancer,TargetGroup}} MetricName=\"HealthyHostCount\" {lb}', 'Minimum', 60)"),
+                "id": "healthy",
+            }],
         ]), 12, 0),
     ]});
     body.to_string()

@@ -6,13 +6,14 @@
 //! it deploys the services' binaries but never links them.
 //!
 //! Status: the network (VPC, subnets, internet gateway, public routes), the security
-//! groups, the S3 bucket, the SQS queues and the CloudWatch alarms and dashboard are
-//! managed. RDS, launch templates, the load balancer and the auto-scaling groups are not
-//! yet.
+//! groups, the S3 bucket, the SQS queues, the CloudWatch alarms and dashboard, and the
+//! load balancer with its target group and HTTP listener are managed. RDS, launch
+//! templates and the auto-scaling groups are not yet.
 
 pub mod aws;
 pub mod config;
 pub mod desired;
+mod load_balancing;
 pub mod model;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -144,9 +145,9 @@ impl Stack {
         }
         // Dependents first: queues and bucket, route tables, groups/subnets/gateway, VPC.
         let rank = |kind: Kind| match kind {
-            Kind::Alarm | Kind::Dashboard | Kind::Queue | Kind::Bucket => 0,
-            Kind::RouteTable => 1,
-            Kind::SecurityGroup | Kind::Subnet | Kind::InternetGateway => 2,
+            Kind::Alarm | Kind::Dashboard | Kind::Queue | Kind::Bucket | Kind::Listener => 0,
+            Kind::RouteTable | Kind::LoadBalancer => 1,
+            Kind::SecurityGroup | Kind::Subnet | Kind::InternetGateway | Kind::TargetGroup => 2,
             Kind::Vpc => 3,
         };
         let mut ordered = observed;

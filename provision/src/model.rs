@@ -20,6 +20,9 @@ pub enum Kind {
     Queue,
     Alarm,
     Dashboard,
+    TargetGroup,
+    LoadBalancer,
+    Listener,
 }
 
 impl Kind {
@@ -30,9 +33,14 @@ impl Kind {
             Kind::Subnet => &["cidr", "zone", "vpc"],
             Kind::SecurityGroup => &["vpc", "description"],
             Kind::RouteTable => &["vpc"],
-            Kind::InternetGateway | Kind::Bucket | Kind::Queue | Kind::Alarm | Kind::Dashboard => {
-                &[]
-            }
+            Kind::TargetGroup => &["vpc", "protocol", "port"],
+            Kind::LoadBalancer => &["scheme"],
+            Kind::InternetGateway
+            | Kind::Bucket
+            | Kind::Queue
+            | Kind::Alarm
+            | Kind::Dashboard
+            | Kind::Listener => &[],
         }
     }
 
@@ -45,6 +53,9 @@ impl Kind {
             Kind::Queue | Kind::Bucket => 0,
             // Alarms name their queue, so they come after it.
             Kind::Alarm | Kind::Dashboard => 3,
+            Kind::TargetGroup => 2,
+            Kind::LoadBalancer => 3,
+            Kind::Listener => 4,
         }
     }
 }
@@ -61,6 +72,9 @@ impl fmt::Display for Kind {
             Kind::Queue => "queue",
             Kind::Alarm => "alarm",
             Kind::Dashboard => "dashboard",
+            Kind::TargetGroup => "target-group",
+            Kind::LoadBalancer => "load-balancer",
+            Kind::Listener => "listener",
         };
         f.write_str(name)
     }

@@ -170,6 +170,41 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         .unwrap()
         .contains("GroupInServiceInstances"));
 
+    let elb = &stack.aws.elb;
+    let target_group = elb
+        .describe_target_groups()
+        .names(format!("{name}-web-targets"))
+        .send()
+        .await
+        .unwrap();
+    let target_group = &target_group.target_groups()[0];
+    assert_eq!(target_group.health_check_path(), Some("/api/health"));
+    assert_eq!(target_group.health_check_interval_seconds(), Some(30));
+    let balancer = elb
+        .describe_load_balancers()
+        .names(format!("{name}-lb"))
+        .send()
+        .await
+        .unwrap();
+    let balancer = &balancer.load_balancers()[0];
+    assert_eq!(balancer.scheme().unwrap().as_str(), "internet-facing");
+    assert_eq!(balancer.availability_zones().len(), 2);
+    assert_eq!(
+        balancer.security_groups(),
+        [group("alb").group_id().unwrap()]
+    );
+    let listeners = elb
+        .describe_listeners()
+        .load_balancer_arn(balancer.load_balancer_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listeners.listeners()[0].port(), Some(80));
+    assert_eq!(
+        listeners.listeners()[0].default_actions()[0].target_group_arn(),
+        target_group.target_group_arn()
+    );
+
     // A second run changes nothing, and status agrees.
     assert_eq!(stack.up(Output::Text).await.unwrap(), 0);
     assert!(stack

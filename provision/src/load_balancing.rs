@@ -1,0 +1,336 @@
+//! The application load balancer, its target group and its HTTP listener.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use aws_sdk_elasticloadbalancingv2::types::{
+    Action as ListenerAction, ActionTypeEnum, LoadBalancerSchemeEnum, LoadBalancerTypeEnum,
+    ProtocolEnum, Tag, TargetTypeEnum,
+};
+
+use crate::aws::{error_kind, Aws, ErrorKind, STACK_TAG};
+use crate::model::{Kind, Observed, Props, Resource};
+
+impl Aws {
+    fn elb_tags(&self, name: &str) -> [Tag; 2] {
+        [
+            Tag::builder().key(STACK_TAG).value(&self.stack).build(),
+            Tag::builder().key("Name").value(name).build(),
+        ]
+    }
+
+    /// The load balancer, target group and listener named after the stack. `names` maps
+    /// the ids of already observed resources (subnets, groups, VPC) to their names.
+    pub(crate) async fn observe_load_balancing(
+        &self,
+        names: &HashMap<String, String>,
+    ) -> anyhow::Result<Vec<Observed>> {
+        let named = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
+        let mut out = Vec::new();
+        let group_name = crate::desired::target_group_name(&self.stack);
+        let groups = match self
+            .elb
+            .describe_target_groups()
+            .names(&group_name)
+            .send()
+            .await
+        {
+            Ok(found) => found.target_groups().to_vec(),
+            Err(e) if error_kind(&e) == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).context("describe target groups"),
+        };
+        let mut arn_names: HashMap<String, String> = HashMap::new();
+        for g in &groups {
+            let arn = g.target_group_arn().unwrap_or_default().to_owned();
+            arn_names.insert(
+                arn.clone(),
+                g.target_group_name().unwrap_or_default().to_owned(),
+            );
+            out.push(Observed {
+                resource: Resource::new(
+                    Kind::TargetGroup,
+                    g.target_group_name().unwrap_or_default(),
+                    &[
+                        ("vpc", named(g.vpc_id().unwrap_or_default())),
+                        (
+                            "protocol",
+                            g.protocol()
+                                .map(|p| p.as_str().to_owned())
+                                .unwrap_or_default(),
+                        ),
+                        ("port", g.port().unwrap_or_default().to_string()),
+                        (
+                            "health_check_path",
+                            g.health_check_path().unwrap_or_default().to_owned(),
+                        ),
+                        (
+                            "health_check_interval",
+                            g.health_check_interval_seconds()
+                                .unwrap_or_default()
+                                .to_string(),
+                        ),
+                    ],
+                ),
+                id: arn,
+            });
+        }
+        let balancer_name = crate::desired::load_balancer_name(&self.stack);
+        let balancers = match self
+            .elb
+            .describe_load_balancers()
+            .names(&balancer_name)
+            .send()
+            .await
+        {
+            Ok(found) => found.load_balancers().to_vec(),
+            Err(e) if error_kind(&e) == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).context("describe load balancers"),
+        };
+        for lb in &balancers {
+            let arn = lb.load_balancer_arn().unwrap_or_default().to_owned();
+            let mut subnets: Vec<String> = lb
+                .availability_zones()
+                .iter()
+                .filter_map(|z| z.subnet_id())
+                .map(named)
+                .collect();
+            subnets.sort();
+            let mut groups: Vec<String> = lb.security_groups().iter().map(|g| named(g)).collect();
+            groups.sort();
+            out.push(Observed {
+                resource: Resource::new(
+                    Kind::LoadBalancer,
+                    lb.load_balancer_name().unwrap_or_default(),
+                    &[
+                        (
+                            "scheme",
+                            lb.scheme()
+                                .map(|s| s.as_str().to_owned())
+                                .unwrap_or_default(),
+                        ),
+                        ("subnets", subnets.join(",")),
+                        ("security_groups", groups.join(",")),
+                    ],
+                ),
+                id: arn.clone(),
+            });
+            let listeners = self
+                .elb
+                .describe_listeners()
+                .load_balancer_arn(&arn)
+                .send()
+                .await
+                .context("describe listeners")?;
+            for l in listeners.listeners() {
+                let forward = l
+                    .default_actions()
+                    .iter()
+                    .find_map(|a| a.target_group_arn())
+                    .map(|a| arn_names.get(a).cloned().unwrap_or_else(|| a.to_owned()))
+                    .unwrap_or_default();
+                let port = l.port().unwrap_or_default();
+                out.push(Observed {
+                    resource: Resource::new(
+                        Kind::Listener,
+                        format!("{}-http-{port}", self.stack),
+                        &[
+                            ("load_balancer", balancer_name.clone()),
+                            (
+                                "protocol",
+                                l.protocol()
+                                    .map(|p| p.as_str().to_owned())
+                                    .unwrap_or_default(),
+                            ),
+                            ("port", port.to_string()),
+                            ("forward_to", forward),
+                        ],
+                    ),
+                    id: l.listener_arn().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn create_load_balancing(
+        &self,
+        kind: Kind,
+        name: &str,
+        p: &Props,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<String> {
+        let id_of = |name: &str| {
+            ids.get(name)
+                .cloned()
+                .with_context(|| format!("{name} does not exist yet"))
+        };
+        match kind {
+            Kind::TargetGroup => {
+                let [stack_tag, name_tag] = self.elb_tags(name);
+                let created = self
+                    .elb
+                    .create_target_group()
+                    .name(name)
+                    .protocol(ProtocolEnum::from(p["protocol"].as_str()))
+                    .port(p["port"].parse()?)
+                    .vpc_id(id_of(&p["vpc"])?)
+                    .target_type(TargetTypeEnum::Instance)
+                    .health_check_path(&p["health_check_path"])
+                    .health_check_interval_seconds(p["health_check_interval"].parse()?)
+                    .tags(stack_tag)
+                    .tags(name_tag)
+                    .send()
+                    .await?;
+                created
+                    .target_groups()
+                    .first()
+                    .and_then(|g| g.target_group_arn())
+                    .map(str::to_owned)
+                    .context("no target group arn")
+            }
+            Kind::LoadBalancer => {
+                let [stack_tag, name_tag] = self.elb_tags(name);
+                let mut create = self
+                    .elb
+                    .create_load_balancer()
+                    .name(name)
+                    .r#type(LoadBalancerTypeEnum::Application)
+                    .scheme(LoadBalancerSchemeEnum::from(p["scheme"].as_str()))
+                    .tags(stack_tag)
+                    .tags(name_tag);
+                for subnet in p["subnets"].split(',') {
+                    create = create.subnets(id_of(subnet)?);
+                }
+                for group in p["security_groups"].split(',') {
+                    create = create.security_groups(id_of(group)?);
+                }
+                let created = create.send().await?;
+                created
+                    .load_balancers()
+                    .first()
+                    .and_then(|l| l.load_balancer_arn())
+                    .map(str::to_owned)
+                    .context("no load balancer arn")
+            }
+            Kind::Listener => {
+                let created = self
+                    .elb
+                    .create_listener()
+                    .load_balancer_arn(id_of(&p["load_balancer"])?)
+                    .protocol(ProtocolEnum::from(p["protocol"].as_str()))
+                    .port(p["port"].parse()?)
+                    .default_actions(forward(&id_of(&p["forward_to"])?))
+                    .send()
+                    .await?;
+                created
+                    .listeners()
+                    .first()
+                    .and_then(|l| l.listener_arn())
+                    .map(str::to_owned)
+                    .context("no listener arn")
+            }
+            other => anyhow::bail!("{other} is not a load-balancing resource"),
+        }
+    }
+
+    pub(crate) async fn update_load_balancing(
+        &self,
+        kind: Kind,
+        id: &str,
+        p: &Props,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let id_of = |name: &str| {
+            ids.get(name)
+                .cloned()
+                .with_context(|| format!("{name} does not exist"))
+        };
+        match kind {
+            Kind::TargetGroup => {
+                self.elb
+                    .modify_target_group()
+                    .target_group_arn(id)
+                    .health_check_path(&p["health_check_path"])
+                    .health_check_interval_seconds(p["health_check_interval"].parse()?)
+                    .send()
+                    .await?;
+            }
+            Kind::LoadBalancer => {
+                let subnets: Vec<String> = p["subnets"]
+                    .split(',')
+                    .map(id_of)
+                    .collect::<anyhow::Result<_>>()?;
+                let groups: Vec<String> = p["security_groups"]
+                    .split(',')
+                    .map(id_of)
+                    .collect::<anyhow::Result<_>>()?;
+                self.elb
+                    .set_subnets()
+                    .load_balancer_arn(id)
+                    .set_subnets(Some(subnets))
+                    .send()
+                    .await?;
+                self.elb
+                    .set_security_groups()
+                    .load_balancer_arn(id)
+                    .set_security_groups(Some(groups))
+                    .send()
+                    .await?;
+            }
+            Kind::Listener => {
+                self.elb
+                    .modify_listener()
+                    .listener_arn(id)
+                    .default_actions(forward(&id_of(&p["forward_to"])?))
+                    .send()
+                    .await?;
+            }
+            other => anyhow::bail!("{other} is not a load-balancing resource"),
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn delete_load_balancing(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<(), crate::aws::DeleteError> {
+        use crate::aws::DeleteError;
+        match kind {
+            Kind::Listener => self
+                .elb
+                .delete_listener()
+                .listener_arn(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::LoadBalancer => self
+                .elb
+                .delete_load_balancer()
+                .load_balancer_arn(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::TargetGroup => self
+                .elb
+                .delete_target_group()
+                .target_group_arn(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            other => Err(DeleteError::Other(anyhow::anyhow!(
+                "{other} is not a load-balancing resource"
+            ))),
+        }
+    }
+}
+
+fn forward(target_group_arn: &str) -> ListenerAction {
+    ListenerAction::builder()
+        .r#type(ActionTypeEnum::Forward)
+        .target_group_arn(target_group_arn)
+        .build()
+}
