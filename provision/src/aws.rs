@@ -30,14 +30,17 @@ pub enum ErrorKind {
 
 pub fn error_kind(err: &impl ProvideErrorMetadata) -> ErrorKind {
     let code = err.code().unwrap_or_default();
-    if code.ends_with("NotFound") || code.starts_with("NoSuch") || code.contains("NonExistent") {
+    if code.contains("NotFound") || code.starts_with("NoSuch") || code.contains("NonExistent") {
         ErrorKind::NotFound
     } else if code.contains("Duplicate")
         || code.contains("AlreadyExists")
         || code == "BucketAlreadyOwnedByYou"
     {
         ErrorKind::Duplicate
-    } else if code == "DependencyViolation" || code == "ResourceInUse" {
+    } else if code == "DependencyViolation"
+        || code == "ResourceInUse"
+        || code.starts_with("Invalid") && code.ends_with("StateFault")
+    {
         ErrorKind::DependencyViolation
     } else if code.contains("Throttl") || code == "RequestLimitExceeded" || code == "SlowDown" {
         ErrorKind::Throttled
@@ -53,6 +56,9 @@ pub struct Aws {
     pub sqs: aws_sdk_sqs::Client,
     pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub rds: aws_sdk_rds::Client,
+    /// `down`: snapshot the database under this name before deleting it.
+    pub final_snapshot: Option<String>,
     sts: aws_sdk_sts::Client,
     pub stack: String,
     pub region: String,
@@ -75,6 +81,8 @@ impl Aws {
             sqs: aws_sdk_sqs::Client::new(&shared),
             cloudwatch: aws_sdk_cloudwatch::Client::new(&shared),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&shared),
+            rds: aws_sdk_rds::Client::new(&shared),
+            final_snapshot: None,
             sts: aws_sdk_sts::Client::new(&shared),
             stack: stack.to_owned(),
             region: region.to_owned(),
@@ -124,13 +132,17 @@ impl Aws {
             .iter()
             .map(|o| (o.id.clone(), o.resource.name.clone()))
             .collect();
-        let load_balancing = Box::pin(self.observe_load_balancing(&names)).await?;
+        let (load_balancing, database) = tokio::try_join!(
+            Box::pin(self.observe_load_balancing(&names)),
+            Box::pin(self.observe_database(&names)),
+        )?;
         Ok(network
             .into_iter()
             .chain(queues)
             .chain(bucket)
             .chain(monitoring)
             .chain(load_balancing)
+            .chain(database)
             .collect())
     }
 
@@ -777,6 +789,9 @@ impl Aws {
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 self.create_load_balancing(change.kind, name, p, ids).await
             }
+            Kind::DbSubnetGroup | Kind::Database => {
+                self.create_database(change.kind, name, p, ids).await
+            }
             Kind::Alarm | Kind::Dashboard => {
                 self.put_monitoring(change.kind, name, p).await?;
                 Ok(name.to_owned())
@@ -884,6 +899,9 @@ impl Aws {
             }
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 self.update_load_balancing(change.kind, id, p, ids).await
+            }
+            Kind::DbSubnetGroup | Kind::Database => {
+                self.update_database(change.kind, id, p, ids).await
             }
             Kind::Alarm | Kind::Dashboard => {
                 self.put_monitoring(change.kind, &change.name, p).await
@@ -1250,6 +1268,7 @@ impl Aws {
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 self.delete_load_balancing(kind, id).await
             }
+            Kind::DbSubnetGroup | Kind::Database => self.delete_database(kind, id).await,
             Kind::Alarm => self
                 .cloudwatch
                 .delete_alarms()

@@ -14,6 +14,17 @@ pub struct Config {
     pub stack: StackConfig,
     pub network: NetworkConfig,
     pub queue: QueueConfig,
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub instance_class: String,
+    pub allocated_storage_gb: u32,
+    pub multi_az: bool,
+    pub database_name: String,
+    pub master_username: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -32,6 +32,11 @@ pub fn load_balancer_name(stack: &str) -> String {
     format!("{stack}-lb")
 }
 
+/// Not "<stack>-db": that is the database's security group.
+pub fn database_name(stack: &str) -> String {
+    format!("{stack}-postgres")
+}
+
 pub fn target_group_name(stack: &str) -> String {
     format!("{stack}-web-targets")
 }
@@ -137,6 +142,7 @@ pub fn desired_state(config: &Config, account_id: &str) -> Vec<Resource> {
     ));
     out.extend(monitoring(&n, config));
     out.extend(load_balancing(&n, &vpc));
+    out.extend(database(&n, config));
     out.push(Resource::new(
         Kind::Queue,
         n.of("video-processing"),
@@ -192,6 +198,39 @@ fn load_balancing(n: &Names, vpc: &str) -> Vec<Resource> {
                 ("protocol", "HTTP".into()),
                 ("port", "80".into()),
                 ("forward_to", targets),
+            ],
+        ),
+    ]
+}
+
+/// RDS PostgreSQL in the private subnets, reachable only from the web and worker groups.
+fn database(n: &Names, config: &Config) -> Vec<Resource> {
+    let db = &config.database;
+    let subnets = n.of("db-subnets");
+    vec![
+        Resource::new(
+            Kind::DbSubnetGroup,
+            &subnets,
+            &[(
+                "subnets",
+                format!("{},{}", n.of("private-a"), n.of("private-b")),
+            )],
+        ),
+        Resource::new(
+            Kind::Database,
+            database_name(&n.stack),
+            &[
+                ("engine", "postgres".into()),
+                ("instance_class", db.instance_class.clone()),
+                ("allocated_storage", db.allocated_storage_gb.to_string()),
+                ("multi_az", db.multi_az.to_string()),
+                ("encrypted", "true".into()),
+                ("public", "false".into()),
+                ("subnet_group", subnets),
+                ("security_groups", n.of("db")),
+                ("managed_password", "true".into()),
+                ("database_name", db.database_name.clone()),
+                ("master_username", db.master_username.clone()),
             ],
         ),
     ]

@@ -7,11 +7,12 @@
 //!
 //! Status: the network (VPC, subnets, internet gateway, public routes), the security
 //! groups, the S3 bucket, the SQS queues, the CloudWatch alarms and dashboard, and the
-//! load balancer with its target group and HTTP listener are managed. RDS, launch
-//! templates and the auto-scaling groups are not yet.
+//! load balancer with its target group and HTTP listener, and RDS (subnet group and
+//! instance) are managed. Launch templates and the auto-scaling groups are not yet.
 
 pub mod aws;
 pub mod config;
+mod database;
 pub mod desired;
 mod load_balancing;
 pub mod model;
@@ -145,8 +146,13 @@ impl Stack {
         }
         // Dependents first: queues and bucket, route tables, groups/subnets/gateway, VPC.
         let rank = |kind: Kind| match kind {
-            Kind::Alarm | Kind::Dashboard | Kind::Queue | Kind::Bucket | Kind::Listener => 0,
-            Kind::RouteTable | Kind::LoadBalancer => 1,
+            Kind::Alarm
+            | Kind::Dashboard
+            | Kind::Queue
+            | Kind::Bucket
+            | Kind::Listener
+            | Kind::Database => 0,
+            Kind::RouteTable | Kind::LoadBalancer | Kind::DbSubnetGroup => 1,
             Kind::SecurityGroup | Kind::Subnet | Kind::InternetGateway | Kind::TargetGroup => 2,
             Kind::Vpc => 3,
         };

@@ -45,6 +45,9 @@ enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Snapshot the database under this name before deleting it (default: no snapshot).
+        #[arg(long, value_name = "SNAPSHOT_ID")]
+        final_snapshot: Option<String>,
     },
 }
 
@@ -68,7 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(region) = cli.region {
         config.stack.region = region;
     }
-    let stack = Stack::open(config, cli.endpoint_url.as_deref()).await?;
+    let mut stack = Stack::open(config, cli.endpoint_url.as_deref()).await?;
     Ok(match cli.command {
         Command::Plan => {
             stack.plan(cli.output).await?;
@@ -82,7 +85,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Sync::InSync => ExitCode::SUCCESS,
             Sync::Drift => ExitCode::from(2),
         },
-        Command::Down { yes } => {
+        Command::Down {
+            yes,
+            final_snapshot,
+        } => {
+            stack.aws.final_snapshot = final_snapshot;
             if !yes && !provision::confirm_down(&stack.config.stack.name)? {
                 eprintln!("Not confirmed: nothing deleted.");
                 return Ok(ExitCode::FAILURE);

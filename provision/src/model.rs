@@ -23,6 +23,8 @@ pub enum Kind {
     TargetGroup,
     LoadBalancer,
     Listener,
+    DbSubnetGroup,
+    Database,
 }
 
 impl Kind {
@@ -35,6 +37,14 @@ impl Kind {
             Kind::RouteTable => &["vpc"],
             Kind::TargetGroup => &["vpc", "protocol", "port"],
             Kind::LoadBalancer => &["scheme"],
+            Kind::Database => &[
+                "engine",
+                "encrypted",
+                "subnet_group",
+                "database_name",
+                "master_username",
+            ],
+            Kind::DbSubnetGroup => &[],
             Kind::InternetGateway
             | Kind::Bucket
             | Kind::Queue
@@ -56,6 +66,8 @@ impl Kind {
             Kind::TargetGroup => 2,
             Kind::LoadBalancer => 3,
             Kind::Listener => 4,
+            Kind::DbSubnetGroup => 2,
+            Kind::Database => 3,
         }
     }
 }
@@ -75,6 +87,8 @@ impl fmt::Display for Kind {
             Kind::TargetGroup => "target-group",
             Kind::LoadBalancer => "load-balancer",
             Kind::Listener => "listener",
+            Kind::DbSubnetGroup => "db-subnet-group",
+            Kind::Database => "database",
         };
         f.write_str(name)
     }

@@ -205,6 +205,33 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         target_group.target_group_arn()
     );
 
+    let databases = stack
+        .aws
+        .rds
+        .describe_db_instances()
+        .db_instance_identifier(format!("{name}-postgres"))
+        .send()
+        .await
+        .unwrap();
+    let database = &databases.db_instances()[0];
+    assert_eq!(database.engine(), Some("postgres"));
+    assert_eq!(database.db_instance_class(), Some("db.t3.micro"));
+    assert_eq!(database.multi_az(), Some(true));
+    assert_eq!(database.storage_encrypted(), Some(true));
+    assert_eq!(database.publicly_accessible(), Some(false));
+    assert_eq!(
+        database.db_subnet_group().unwrap().db_subnet_group_name(),
+        Some(format!("{name}-db-subnets").as_str())
+    );
+    assert_eq!(
+        database.vpc_security_groups()[0].vpc_security_group_id(),
+        group("db").group_id()
+    );
+    assert!(
+        database.master_user_secret().is_some(),
+        "the master password must be managed by AWS"
+    );
+
     // A second run changes nothing, and status agrees.
     assert_eq!(stack.up(Output::Text).await.unwrap(), 0);
     assert!(stack
@@ -276,6 +303,14 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
 
     // `down` leaves nothing with the stack tag; a second `down` has nothing to do.
     assert_eq!(stack.down().await.unwrap(), Vec::<String>::new());
+    assert!(stack
+        .aws
+        .rds
+        .describe_db_instances()
+        .db_instance_identifier(format!("{name}-postgres"))
+        .send()
+        .await
+        .is_err());
     let left = stack
         .aws
         .cloudwatch

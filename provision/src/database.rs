@@ -1,0 +1,279 @@
+//! RDS: the DB subnet group and the PostgreSQL instance.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_rds::types::Tag;
+
+use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, STACK_TAG};
+use crate::model::{Kind, Observed, Props, Resource};
+
+/// How often a wait on RDS asks again.
+const POLL: Duration = Duration::from_secs(10);
+
+impl Aws {
+    fn rds_tags(&self, name: &str) -> [Tag; 2] {
+        [
+            Tag::builder().key(STACK_TAG).value(&self.stack).build(),
+            Tag::builder().key("Name").value(name).build(),
+        ]
+    }
+
+    pub(crate) async fn observe_database(
+        &self,
+        names: &HashMap<String, String>,
+    ) -> anyhow::Result<Vec<Observed>> {
+        let named = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
+        let mut out = Vec::new();
+        let group_name = format!("{}-db-subnets", self.stack);
+        match self
+            .rds
+            .describe_db_subnet_groups()
+            .db_subnet_group_name(&group_name)
+            .send()
+            .await
+        {
+            Ok(found) => {
+                for g in found.db_subnet_groups() {
+                    let mut subnets: Vec<String> = g
+                        .subnets()
+                        .iter()
+                        .filter_map(|s| s.subnet_identifier())
+                        .map(named)
+                        .collect();
+                    subnets.sort();
+                    out.push(Observed {
+                        resource: Resource::new(
+                            Kind::DbSubnetGroup,
+                            g.db_subnet_group_name().unwrap_or_default(),
+                            &[("subnets", subnets.join(","))],
+                        ),
+                        id: g.db_subnet_group_name().unwrap_or_default().to_owned(),
+                    });
+                }
+            }
+            Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("describe DB subnet groups"),
+        }
+        let instance = crate::desired::database_name(&self.stack);
+        match self
+            .rds
+            .describe_db_instances()
+            .db_instance_identifier(&instance)
+            .send()
+            .await
+        {
+            Ok(found) => {
+                for db in found.db_instances() {
+                    if db.db_instance_status() == Some("deleting") {
+                        continue; // on its way out: `up` waits for nothing it will replace
+                    }
+                    let mut groups: Vec<String> = db
+                        .vpc_security_groups()
+                        .iter()
+                        .filter_map(|g| g.vpc_security_group_id())
+                        .map(named)
+                        .collect();
+                    groups.sort();
+                    out.push(Observed {
+                        resource: Resource::new(
+                            Kind::Database,
+                            db.db_instance_identifier().unwrap_or_default(),
+                            &[
+                                ("engine", db.engine().unwrap_or_default().into()),
+                                (
+                                    "instance_class",
+                                    db.db_instance_class().unwrap_or_default().into(),
+                                ),
+                                (
+                                    "allocated_storage",
+                                    db.allocated_storage().unwrap_or_default().to_string(),
+                                ),
+                                ("multi_az", db.multi_az().unwrap_or(false).to_string()),
+                                (
+                                    "encrypted",
+                                    db.storage_encrypted().unwrap_or(false).to_string(),
+                                ),
+                                (
+                                    "public",
+                                    db.publicly_accessible().unwrap_or(false).to_string(),
+                                ),
+                                (
+                                    "subnet_group",
+                                    db.db_subnet_group()
+                                        .and_then(|g| g.db_subnet_group_name())
+                                        .unwrap_or_default()
+                                        .into(),
+                                ),
+                                ("security_groups", groups.join(",")),
+                                (
+                                    "managed_password",
+                                    db.master_user_secret().is_some().to_string(),
+                                ),
+                                ("database_name", db.db_name().unwrap_or_default().into()),
+                                (
+                                    "master_username",
+                                    db.master_username().unwrap_or_default().into(),
+                                ),
+                            ],
+                        ),
+                        id: db.db_instance_identifier().unwrap_or_default().to_owned(),
+                    });
+                }
+            }
+            Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("describe DB instances"),
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn create_database(
+        &self,
+        kind: Kind,
+        name: &str,
+        p: &Props,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<String> {
+        let id_of = |name: &str| {
+            ids.get(name)
+                .cloned()
+                .with_context(|| format!("{name} does not exist yet"))
+        };
+        let [stack_tag, name_tag] = self.rds_tags(name);
+        match kind {
+            Kind::DbSubnetGroup => {
+                let mut create = self
+                    .rds
+                    .create_db_subnet_group()
+                    .db_subnet_group_name(name)
+                    .db_subnet_group_description(format!("private subnets of stack {}", self.stack))
+                    .tags(stack_tag)
+                    .tags(name_tag);
+                for subnet in p["subnets"].split(',') {
+                    create = create.subnet_ids(id_of(subnet)?);
+                }
+                create.send().await?;
+            }
+            Kind::Database => {
+                self.rds
+                    .create_db_instance()
+                    .db_instance_identifier(name)
+                    .engine(&p["engine"])
+                    .db_instance_class(&p["instance_class"])
+                    .allocated_storage(p["allocated_storage"].parse()?)
+                    .multi_az(p["multi_az"] == "true")
+                    .storage_encrypted(p["encrypted"] == "true")
+                    .publicly_accessible(p["public"] == "true")
+                    .db_subnet_group_name(&p["subnet_group"])
+                    .vpc_security_group_ids(id_of(&p["security_groups"])?)
+                    .db_name(&p["database_name"])
+                    .master_username(&p["master_username"])
+                    // AWS generates the password and keeps it in Secrets Manager.
+                    .manage_master_user_password(p["managed_password"] == "true")
+                    .backup_retention_period(7)
+                    .tags(stack_tag)
+                    .tags(name_tag)
+                    .send()
+                    .await?;
+                eprintln!("  RDS creates the instance in the background (about 10–15 min for Multi-AZ); `provision status` shows it once described");
+            }
+            other => anyhow::bail!("{other} is not a database resource"),
+        }
+        Ok(name.to_owned())
+    }
+
+    pub(crate) async fn update_database(
+        &self,
+        kind: Kind,
+        id: &str,
+        p: &Props,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let id_of = |name: &str| {
+            ids.get(name)
+                .cloned()
+                .with_context(|| format!("{name} does not exist"))
+        };
+        match kind {
+            Kind::DbSubnetGroup => {
+                let subnets: Vec<String> = p["subnets"]
+                    .split(',')
+                    .map(id_of)
+                    .collect::<anyhow::Result<_>>()?;
+                self.rds
+                    .modify_db_subnet_group()
+                    .db_subnet_group_name(id)
+                    .set_subnet_ids(Some(subnets))
+                    .send()
+                    .await?;
+            }
+            Kind::Database => {
+                self.rds
+                    .modify_db_instance()
+                    .db_instance_identifier(id)
+                    .db_instance_class(&p["instance_class"])
+                    .allocated_storage(p["allocated_storage"].parse()?)
+                    .multi_az(p["multi_az"] == "true")
+                    .publicly_accessible(p["public"] == "true")
+                    .vpc_security_group_ids(id_of(&p["security_groups"])?)
+                    .manage_master_user_password(p["managed_password"] == "true")
+                    .apply_immediately(true)
+                    .send()
+                    .await?;
+            }
+            other => anyhow::bail!("{other} is not a database resource"),
+        }
+        Ok(())
+    }
+
+    /// Deletes the instance (with a final snapshot when asked) and waits until it is gone,
+    /// saying what it waits for; then the subnet group can go.
+    pub(crate) async fn delete_database(&self, kind: Kind, id: &str) -> Result<(), DeleteError> {
+        match kind {
+            Kind::DbSubnetGroup => self
+                .rds
+                .delete_db_subnet_group()
+                .db_subnet_group_name(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::Database => {
+                let mut delete = self
+                    .rds
+                    .delete_db_instance()
+                    .db_instance_identifier(id)
+                    .delete_automated_backups(true);
+                delete = match &self.final_snapshot {
+                    Some(snapshot) => delete.final_db_snapshot_identifier(snapshot),
+                    None => delete.skip_final_snapshot(true),
+                };
+                delete.send().await.map_err(DeleteError::from_sdk)?;
+                let started = Instant::now();
+                loop {
+                    match self
+                        .rds
+                        .describe_db_instances()
+                        .db_instance_identifier(id)
+                        .send()
+                        .await
+                    {
+                        Err(e) if error_kind(&e) == ErrorKind::NotFound => return Ok(()),
+                        Err(e) => return Err(DeleteError::from_sdk(e)),
+                        Ok(_) => {
+                            eprintln!(
+                                "  waiting for RDS to delete {id} ({:.0} s so far)",
+                                started.elapsed().as_secs_f64()
+                            );
+                            tokio::time::sleep(POLL).await;
+                        }
+                    }
+                }
+            }
+            other => Err(DeleteError::Other(anyhow::anyhow!(
+                "{other} is not a database resource"
+            ))),
+        }
+    }
+}
