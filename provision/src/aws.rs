@@ -57,6 +57,7 @@ pub struct Aws {
     pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub rds: aws_sdk_rds::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
     /// `down`: snapshot the database under this name before deleting it.
     pub final_snapshot: Option<String>,
     sts: aws_sdk_sts::Client,
@@ -82,6 +83,7 @@ impl Aws {
             cloudwatch: aws_sdk_cloudwatch::Client::new(&shared),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&shared),
             rds: aws_sdk_rds::Client::new(&shared),
+            autoscaling: aws_sdk_autoscaling::Client::new(&shared),
             final_snapshot: None,
             sts: aws_sdk_sts::Client::new(&shared),
             stack: stack.to_owned(),
@@ -122,13 +124,13 @@ impl Aws {
     pub async fn observe(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
         // Boxed: the SDK's futures are large, and four of them side by side overflow a
         // test thread's stack in debug builds.
-        let (network, queues, bucket, monitoring) = tokio::try_join!(
+        let (network, queues, bucket, mut monitoring) = tokio::try_join!(
             Box::pin(self.observe_network()),
             Box::pin(self.observe_queues()),
             Box::pin(self.observe_bucket(bucket)),
             Box::pin(self.observe_monitoring()),
         )?;
-        let names: HashMap<String, String> = network
+        let mut names: HashMap<String, String> = network
             .iter()
             .map(|o| (o.id.clone(), o.resource.name.clone()))
             .collect();
@@ -136,6 +138,25 @@ impl Aws {
             Box::pin(self.observe_load_balancing(&names)),
             Box::pin(self.observe_database(&names)),
         )?;
+        names.extend(
+            load_balancing
+                .iter()
+                .map(|o| (o.id.clone(), o.resource.name.clone())),
+        );
+        let compute = Box::pin(self.observe_compute(&names)).await?;
+        // Alarm actions are policy ARNs; compare them by the policies' names.
+        let policies: HashMap<&str, &str> = compute
+            .iter()
+            .filter(|o| o.resource.kind == Kind::ScalingPolicy)
+            .map(|o| (o.id.as_str(), o.resource.name.as_str()))
+            .collect();
+        for alarm in monitoring.iter_mut() {
+            if let Some(action) = alarm.resource.props.get_mut("action") {
+                if let Some(name) = policies.get(action.as_str()) {
+                    *action = (*name).to_owned();
+                }
+            }
+        }
         Ok(network
             .into_iter()
             .chain(queues)
@@ -143,6 +164,7 @@ impl Aws {
             .chain(monitoring)
             .chain(load_balancing)
             .chain(database)
+            .chain(compute)
             .collect())
     }
 
@@ -545,6 +567,10 @@ impl Aws {
                     ),
                 ],
             ));
+            if let (Some(action), Some(last)) = (alarm.alarm_actions().first(), out.last_mut()) {
+                // An ARN for now; `observe` turns it into the policy's name.
+                last.resource.props.insert("action".into(), action.clone());
+            }
         }
         for entry in dashboards.dashboard_entries() {
             let name = entry.dashboard_name().unwrap_or_default().to_owned();
@@ -573,7 +599,13 @@ impl Aws {
         Ok(out)
     }
 
-    async fn put_monitoring(&self, kind: Kind, name: &str, p: &Props) -> anyhow::Result<()> {
+    async fn put_monitoring(
+        &self,
+        kind: Kind,
+        name: &str,
+        p: &Props,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<()> {
         use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
         if kind == Kind::Dashboard {
             self.cloudwatch
@@ -593,6 +625,13 @@ impl Aws {
             .alarm_description(&p["description"])
             .namespace(&p["namespace"])
             .metric_name(&p["metric"])
+            .set_alarm_actions(match p.get("action") {
+                Some(policy) => Some(vec![ids
+                    .get(policy)
+                    .cloned()
+                    .with_context(|| format!("{policy} does not exist yet"))?]),
+                None => None,
+            })
             .dimensions(Dimension::builder().name(dimension).value(value).build())
             .statistic(Statistic::from(p["statistic"].as_str()))
             .period(p["period"].parse()?)
@@ -792,8 +831,11 @@ impl Aws {
             Kind::DbSubnetGroup | Kind::Database => {
                 self.create_database(change.kind, name, p, ids).await
             }
+            Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
+                self.put_compute(change.kind, name, None, p, ids).await
+            }
             Kind::Alarm | Kind::Dashboard => {
-                self.put_monitoring(change.kind, name, p).await?;
+                self.put_monitoring(change.kind, name, p, ids).await?;
                 Ok(name.to_owned())
             }
             Kind::Queue => {
@@ -903,8 +945,12 @@ impl Aws {
             Kind::DbSubnetGroup | Kind::Database => {
                 self.update_database(change.kind, id, p, ids).await
             }
+            Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => self
+                .put_compute(change.kind, &change.name, Some(id), p, ids)
+                .await
+                .map(drop),
             Kind::Alarm | Kind::Dashboard => {
-                self.put_monitoring(change.kind, &change.name, p).await
+                self.put_monitoring(change.kind, &change.name, p, ids).await
             }
             Kind::Bucket => self.secure_bucket(id).await,
             Kind::Queue => {
@@ -1269,6 +1315,9 @@ impl Aws {
                 self.delete_load_balancing(kind, id).await
             }
             Kind::DbSubnetGroup | Kind::Database => self.delete_database(kind, id).await,
+            Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
+                self.delete_compute(kind, id, id).await
+            }
             Kind::Alarm => self
                 .cloudwatch
                 .delete_alarms()

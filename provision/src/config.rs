@@ -15,6 +15,35 @@ pub struct Config {
     pub network: NetworkConfig,
     pub queue: QueueConfig,
     pub database: DatabaseConfig,
+    pub instances: InstancesConfig,
+    pub web: WebTierConfig,
+    pub worker: WorkerTierConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesConfig {
+    pub ami: String,
+    pub instance_profile: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebTierConfig {
+    pub instance_type: String,
+    pub min_size: u32,
+    pub max_size: u32,
+    pub scale_out_cpu_percent: u32,
+    pub scale_in_cpu_percent: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTierConfig {
+    pub instance_type: String,
+    pub min_size: u32,
+    pub max_size: u32,
+    pub backlog_per_instance: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +132,20 @@ impl Config {
         anyhow::ensure!(
             (1..=1000).contains(&self.queue.max_receives),
             "queue.max_receives must be between 1 and 1000"
+        );
+        for (tier, min, max) in [
+            ("web", self.web.min_size, self.web.max_size),
+            ("worker", self.worker.min_size, self.worker.max_size),
+        ] {
+            anyhow::ensure!(min <= max, "{tier}.min_size is larger than {tier}.max_size");
+        }
+        anyhow::ensure!(
+            self.web.scale_in_cpu_percent < self.web.scale_out_cpu_percent,
+            "web.scale_in_cpu_percent must be below web.scale_out_cpu_percent"
+        );
+        anyhow::ensure!(
+            self.worker.backlog_per_instance > 0,
+            "worker.backlog_per_instance must be at least 1"
         );
         Ok(())
     }

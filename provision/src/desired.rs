@@ -45,7 +45,24 @@ pub fn bucket_name(config: &Config, account_id: &str) -> String {
     format!("{}-videos-{account_id}", config.stack.name)
 }
 
-pub fn desired_state(config: &Config, account_id: &str) -> Vec<Resource> {
+/// The auto-scaling group of a tier ("web" or "worker"); not "<stack>-web", the group's
+/// security group.
+pub fn asg_name(stack: &str, tier: &str) -> String {
+    format!("{stack}-{tier}-asg")
+}
+
+/// The worker's target-tracking metric, as the policy's `metrics` property: `id=` metric
+/// (namespace:name:dimension=value:stat) or expression, `;`-separated, the expression last.
+pub fn backlog_metrics(queue: &str, worker_group: &str) -> String {
+    format!(
+        "m1=AWS/SQS:ApproximateNumberOfMessagesVisible:QueueName={queue}:Sum;\
+         m2=AWS/AutoScaling:GroupInServiceInstances:AutoScalingGroupName={worker_group}:Average;\
+         e1=m1 / m2"
+    )
+}
+
+/// `ami` is `instances.ami`, or the image it was looked up as when empty.
+pub fn desired_state(config: &Config, account_id: &str, ami: &str) -> Vec<Resource> {
     let n = Names {
         stack: config.stack.name.clone(),
     };
@@ -143,6 +160,7 @@ pub fn desired_state(config: &Config, account_id: &str) -> Vec<Resource> {
     out.extend(monitoring(&n, config));
     out.extend(load_balancing(&n, &vpc));
     out.extend(database(&n, config));
+    out.extend(compute(&n, config, ami));
     out.push(Resource::new(
         Kind::Queue,
         n.of("video-processing"),
@@ -201,6 +219,126 @@ fn load_balancing(n: &Names, vpc: &str) -> Vec<Resource> {
             ],
         ),
     ]
+}
+
+/// Launch templates, the two auto-scaling groups, and their scaling: target tracking on
+/// the backlog per worker, and the seed's CPU steps for the web tier.
+fn compute(n: &Names, config: &Config, ami: &str) -> Vec<Resource> {
+    let subnets = format!("{},{}", n.of("public-a"), n.of("public-b"));
+    let mut out = Vec::new();
+    for (tier, instance_type, min, max) in [
+        (
+            "web",
+            &config.web.instance_type,
+            config.web.min_size,
+            config.web.max_size,
+        ),
+        (
+            "worker",
+            &config.worker.instance_type,
+            config.worker.min_size,
+            config.worker.max_size,
+        ),
+    ] {
+        let template = n.of(&format!("{tier}-template"));
+        out.push(Resource::new(
+            Kind::LaunchTemplate,
+            &template,
+            &[
+                ("image", ami.to_owned()),
+                ("instance_type", instance_type.clone()),
+                (
+                    "instance_profile",
+                    config.instances.instance_profile.clone(),
+                ),
+                ("security_group", n.of(tier)),
+                ("imds_tokens", "required".into()),
+            ],
+        ));
+        let web = tier == "web";
+        out.push(Resource::new(
+            Kind::AutoScalingGroup,
+            asg_name(&n.stack, tier),
+            &[
+                ("launch_template", template),
+                ("min_size", min.to_string()),
+                ("max_size", max.to_string()),
+                ("subnets", subnets.clone()),
+                ("health_check", if web { "ELB" } else { "EC2" }.into()),
+                (
+                    "target_groups",
+                    if web {
+                        target_group_name(&n.stack)
+                    } else {
+                        String::new()
+                    },
+                ),
+                ("metrics_collection", "true".into()),
+            ],
+        ));
+    }
+    let (web, worker) = (asg_name(&n.stack, "web"), asg_name(&n.stack, "worker"));
+    out.push(Resource::new(
+        Kind::ScalingPolicy,
+        n.of("worker-backlog"),
+        &[
+            ("group", worker.clone()),
+            ("policy_type", "TargetTrackingScaling".into()),
+            ("target", config.worker.backlog_per_instance.to_string()),
+            (
+                "metrics",
+                backlog_metrics(&n.of("video-processing"), &worker),
+            ),
+        ],
+    ));
+    for (name, adjustment, cooldown) in
+        [("web-scale-out", "1", "300"), ("web-scale-in", "-1", "600")]
+    {
+        out.push(Resource::new(
+            Kind::ScalingPolicy,
+            n.of(name),
+            &[
+                ("group", web.clone()),
+                ("policy_type", "SimpleScaling".into()),
+                ("adjustment", adjustment.into()),
+                ("cooldown", cooldown.into()),
+            ],
+        ));
+    }
+    for (name, periods, comparison, threshold, action) in [
+        (
+            "web-cpu-high",
+            "2",
+            "GreaterThanThreshold",
+            config.web.scale_out_cpu_percent,
+            "web-scale-out",
+        ),
+        (
+            "web-cpu-low",
+            "5",
+            "LessThanThreshold",
+            config.web.scale_in_cpu_percent,
+            "web-scale-in",
+        ),
+    ] {
+        out.push(Resource::new(
+            Kind::Alarm,
+            n.of(name),
+            &[
+                ("namespace", "AWS/EC2".into()),
+                ("metric", "CPUUtilization".into()),
+                ("dimension", format!("AutoScalingGroupName={web}")),
+                ("statistic", "Average".into()),
+                ("period", "60".into()),
+                ("evaluation_periods", periods.into()),
+                ("comparison", comparison.into()),
+                ("threshold", threshold.to_string()),
+                ("description", format!("web tier CPU: {action}")),
+                ("action", n.of(action)),
+            ],
+        ));
+    }
+    out
 }
 
 /// RDS PostgreSQL in the private subnets, reachable only from the web and worker groups.
@@ -277,7 +415,11 @@ fn monitoring(n: &Names, config: &Config) -> Vec<Resource> {
 fn dashboard_body(n: &Names, config: &Config) -> String {
     let region = &config.stack.region;
     let queue = n.of("video-processing");
-    let (web, worker, lb) = (n.of("web"), n.of("worker"), n.of("lb"));
+    let (web, worker, lb) = (
+        asg_name(&n.stack, "web"),
+        asg_name(&n.stack, "worker"),
+        load_balancer_name(&n.stack),
+    );
     // The ALB's metric dimension is its ARN suffix ("app/<name>/<id>"), unknown until it
     // exists; a SEARCH on the name keeps the desired state a pure function of config.
     let alb_metric = |metric: &str, stat: &str, id: &str| {
@@ -335,7 +477,7 @@ mod tests {
 
     #[test]
     fn seed_network_spans_two_zones_with_public_and_private_subnets() {
-        let all = desired_state(&Config::load(None).unwrap(), "123456789012");
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
         assert_eq!(find(&all, "anb-vpc").props["dns_hostnames"], "true");
         for (name, zone, public) in [
             ("anb-public-a", "us-east-1a", "true"),
@@ -353,7 +495,7 @@ mod tests {
 
     #[test]
     fn security_groups_are_exactly_the_seeds() {
-        let all = desired_state(&Config::load(None).unwrap(), "123456789012");
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
         assert_eq!(
             find(&all, "anb-alb").props["ingress"],
             "tcp:443 from 0.0.0.0/0;tcp:80 from 0.0.0.0/0"
@@ -371,7 +513,7 @@ mod tests {
 
     #[test]
     fn queue_has_the_seed_timeouts_and_a_dead_letter_queue() {
-        let all = desired_state(&Config::load(None).unwrap(), "123456789012");
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
         let queue = find(&all, "anb-video-processing");
         assert_eq!(queue.props["visibility_timeout"], "1800");
         assert_eq!(queue.props["receive_wait"], "20");
@@ -383,8 +525,81 @@ mod tests {
     }
 
     #[test]
+    fn worker_tracks_backlog_per_instance_with_metric_math() {
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
+        let policy = find(&all, "anb-worker-backlog");
+        assert_eq!(policy.props["policy_type"], "TargetTrackingScaling");
+        assert_eq!(policy.props["target"], "2");
+        assert_eq!(policy.props["group"], "anb-worker-asg");
+        let metrics = &policy.props["metrics"];
+        assert!(metrics.starts_with(
+            "m1=AWS/SQS:ApproximateNumberOfMessagesVisible:QueueName=anb-video-processing:"
+        ));
+        assert!(metrics.contains(
+            "m2=AWS/AutoScaling:GroupInServiceInstances:AutoScalingGroupName=anb-worker-asg:"
+        ));
+        assert!(metrics.ends_with("e1=m1 / m2"));
+        assert_eq!(
+            find(&all, "anb-worker-asg").props["metrics_collection"],
+            "true"
+        );
+    }
+
+    #[test]
+    fn web_scales_on_the_seeds_cpu_steps_behind_the_load_balancer() {
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
+        let high = find(&all, "anb-web-cpu-high");
+        assert_eq!(
+            (
+                high.props["threshold"].as_str(),
+                high.props["evaluation_periods"].as_str()
+            ),
+            ("70", "2")
+        );
+        assert_eq!(high.props["action"], "anb-web-scale-out");
+        let low = find(&all, "anb-web-cpu-low");
+        assert_eq!(
+            (
+                low.props["threshold"].as_str(),
+                low.props["evaluation_periods"].as_str()
+            ),
+            ("30", "5")
+        );
+        assert_eq!(find(&all, "anb-web-scale-out").props["cooldown"], "300");
+        assert_eq!(find(&all, "anb-web-scale-in").props["cooldown"], "600");
+        let group = find(&all, "anb-web-asg");
+        assert_eq!(group.props["health_check"], "ELB");
+        assert_eq!(group.props["target_groups"], "anb-web-targets");
+        assert_eq!(
+            (
+                group.props["min_size"].as_str(),
+                group.props["max_size"].as_str()
+            ),
+            ("1", "3")
+        );
+        assert_eq!(
+            find(&all, "anb-web-template").props["imds_tokens"],
+            "required"
+        );
+        assert_eq!(
+            find(&all, "anb-web-template").props["instance_profile"],
+            "LabInstanceProfile"
+        );
+    }
+
+    #[test]
+    fn logical_names_are_unique_because_they_are_references() {
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
+        let mut names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "two resources share a name");
+    }
+
+    #[test]
     fn alarms_watch_the_backlog_and_the_dead_letters() {
-        let all = desired_state(&Config::load(None).unwrap(), "123456789012");
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
         let backlog = find(&all, "anb-queue-backlog");
         assert_eq!(backlog.props["dimension"], "QueueName=anb-video-processing");
         assert_eq!(

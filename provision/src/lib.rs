@@ -7,10 +7,12 @@
 //!
 //! Status: the network (VPC, subnets, internet gateway, public routes), the security
 //! groups, the S3 bucket, the SQS queues, the CloudWatch alarms and dashboard, and the
-//! load balancer with its target group and HTTP listener, and RDS (subnet group and
-//! instance) are managed. Launch templates and the auto-scaling groups are not yet.
+//! load balancer with its target group and HTTP listener, RDS (subnet group and
+//! instance), the launch templates, and both auto-scaling groups with their scaling
+//! policies are managed. The instances' user data (the deploy path) is not yet.
 
 pub mod aws;
+mod compute;
 pub mod config;
 mod database;
 pub mod desired;
@@ -44,22 +46,28 @@ pub struct Stack {
     pub config: Config,
     pub aws: Aws,
     account_id: String,
+    ami: String,
 }
 
 impl Stack {
     pub async fn open(config: Config, endpoint: Option<&str>) -> anyhow::Result<Self> {
         let aws = Aws::connect(&config.stack.name, &config.stack.region, endpoint).await;
         let account_id = aws.account_id().await?;
+        let ami = match config.instances.ami.as_str() {
+            "" => aws.latest_debian_ami().await?,
+            ami => ami.to_owned(),
+        };
         Ok(Self {
             config,
             aws,
             account_id,
+            ami,
         })
     }
 
     /// Desired versus observed, in creation order, orphans last.
     pub async fn changes(&self) -> anyhow::Result<Vec<Change>> {
-        let desired = desired::desired_state(&self.config, &self.account_id);
+        let desired = desired::desired_state(&self.config, &self.account_id, &self.ami);
         let observed = self
             .aws
             .observe(&desired::bucket_name(&self.config, &self.account_id))
@@ -151,8 +159,10 @@ impl Stack {
             | Kind::Queue
             | Kind::Bucket
             | Kind::Listener
-            | Kind::Database => 0,
-            Kind::RouteTable | Kind::LoadBalancer | Kind::DbSubnetGroup => 1,
+            | Kind::Database
+            | Kind::ScalingPolicy
+            | Kind::AutoScalingGroup => 0,
+            Kind::RouteTable | Kind::LoadBalancer | Kind::DbSubnetGroup | Kind::LaunchTemplate => 1,
             Kind::SecurityGroup | Kind::Subnet | Kind::InternetGateway | Kind::TargetGroup => 2,
             Kind::Vpc => 3,
         };

@@ -25,6 +25,9 @@ pub enum Kind {
     Listener,
     DbSubnetGroup,
     Database,
+    LaunchTemplate,
+    AutoScalingGroup,
+    ScalingPolicy,
 }
 
 impl Kind {
@@ -44,7 +47,8 @@ impl Kind {
                 "database_name",
                 "master_username",
             ],
-            Kind::DbSubnetGroup => &[],
+            Kind::DbSubnetGroup | Kind::LaunchTemplate | Kind::AutoScalingGroup => &[],
+            Kind::ScalingPolicy => &["group", "policy_type"],
             Kind::InternetGateway
             | Kind::Bucket
             | Kind::Queue
@@ -62,7 +66,11 @@ impl Kind {
             Kind::RouteTable => 2,
             Kind::Queue | Kind::Bucket => 0,
             // Alarms name their queue, so they come after it.
-            Kind::Alarm | Kind::Dashboard => 3,
+            // After the scaling policies their actions name.
+            Kind::Alarm | Kind::Dashboard => 6,
+            Kind::LaunchTemplate => 2,
+            Kind::AutoScalingGroup => 4,
+            Kind::ScalingPolicy => 5,
             Kind::TargetGroup => 2,
             Kind::LoadBalancer => 3,
             Kind::Listener => 4,
@@ -89,6 +97,9 @@ impl fmt::Display for Kind {
             Kind::Listener => "listener",
             Kind::DbSubnetGroup => "db-subnet-group",
             Kind::Database => "database",
+            Kind::LaunchTemplate => "launch-template",
+            Kind::AutoScalingGroup => "autoscaling-group",
+            Kind::ScalingPolicy => "scaling-policy",
         };
         f.write_str(name)
     }

@@ -14,13 +14,26 @@ use provision::{Output, Stack, Sync};
 fn config(stack: &str) -> Config {
     let mut config = Config::load(None).unwrap();
     config.stack.name = stack.to_owned();
+    // One of moto's stock images (the real lookup wants Debian's, which moto lacks).
+    config.instances.ami = "ami-1e749f67".to_owned();
     config
 }
 
 fn status_exit_code(endpoint: &str, stack: &str) -> i32 {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let text = provision::config::DEFAULT_TOML.replace("ami = \"\"", "ami = \"ami-1e749f67\"");
+    std::fs::write(config.path(), text).unwrap();
     #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
     let out = Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args(["status", "--stack", stack, "--endpoint-url", endpoint])
+        .args([
+            "status",
+            "--stack",
+            stack,
+            "--endpoint-url",
+            endpoint,
+            "--config",
+        ])
+        .arg(config.path())
         .output()
         .unwrap();
     out.status.code().unwrap()
@@ -156,7 +169,11 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         backlog.metric_name(),
         Some("ApproximateNumberOfMessagesVisible")
     );
-    assert_eq!(alarms.metric_alarms().len(), 2);
+    assert_eq!(
+        alarms.metric_alarms().len(),
+        4,
+        "backlog, dead letters, web CPU high and low"
+    );
     let dashboard = stack
         .aws
         .cloudwatch
@@ -232,6 +249,73 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         "the master password must be managed by AWS"
     );
 
+    let autoscaling = &stack.aws.autoscaling;
+    let groups_found = autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(format!("{name}-web-asg"))
+        .auto_scaling_group_names(format!("{name}-worker-asg"))
+        .send()
+        .await
+        .unwrap();
+    let asg = |tier: &str| {
+        groups_found
+            .auto_scaling_groups()
+            .iter()
+            .find(|g| g.auto_scaling_group_name() == Some(&format!("{name}-{tier}-asg")))
+            .unwrap()
+    };
+    assert_eq!(
+        (asg("worker").min_size(), asg("worker").max_size()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(asg("web").health_check_type(), Some("ELB"));
+    assert_eq!(
+        asg("web").target_group_arns(),
+        [target_group.target_group_arn().unwrap()]
+    );
+    assert!(
+        !asg("worker").enabled_metrics().is_empty(),
+        "group metrics collection is off"
+    );
+    let policies = autoscaling
+        .describe_policies()
+        .auto_scaling_group_name(format!("{name}-worker-asg"))
+        .send()
+        .await
+        .unwrap();
+    let tracking = policies.scaling_policies()[0]
+        .target_tracking_configuration()
+        .unwrap();
+    assert_eq!(tracking.target_value(), Some(2.0));
+    let queries = tracking
+        .customized_metric_specification()
+        .unwrap()
+        .metrics();
+    assert_eq!(queries.len(), 3);
+    assert_eq!(queries[2].expression(), Some("m1 / m2"));
+    let template = ec2
+        .describe_launch_template_versions()
+        .launch_template_name(format!("{name}-worker-template"))
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap();
+    let data = template.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    assert_eq!(
+        data.metadata_options()
+            .unwrap()
+            .http_tokens()
+            .unwrap()
+            .as_str(),
+        "required"
+    );
+    assert_eq!(
+        data.iam_instance_profile().unwrap().name(),
+        Some("LabInstanceProfile")
+    );
+
     // A second run changes nothing, and status agrees.
     assert_eq!(stack.up(Output::Text).await.unwrap(), 0);
     assert!(stack
@@ -266,6 +350,22 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         .send()
         .await
         .unwrap();
+    // The autoscaler owns the desired capacity: changing it is not drift. Raising the
+    // maximum is.
+    autoscaling
+        .set_desired_capacity()
+        .auto_scaling_group_name(format!("{name}-worker-asg"))
+        .desired_capacity(2)
+        .send()
+        .await
+        .unwrap();
+    autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(format!("{name}-worker-asg"))
+        .max_size(5)
+        .send()
+        .await
+        .unwrap();
     let cloudwatch = &stack.aws.cloudwatch;
     cloudwatch
         .delete_dashboards()
@@ -290,6 +390,7 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         [
             (Kind::Queue, format!("{name}-video-processing")),
             (Kind::SecurityGroup, format!("{name}-alb")),
+            (Kind::AutoScalingGroup, format!("{name}-worker-asg")),
             (Kind::Alarm, format!("{name}-dead-letters")),
             (Kind::Dashboard, format!("{name}-overview")),
         ]
@@ -298,7 +399,7 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
     assert_eq!(status_exit_code(&moto.endpoint, &name), 2);
 
     // `up` repairs it.
-    assert_eq!(stack.up(Output::Text).await.unwrap(), 4);
+    assert_eq!(stack.up(Output::Text).await.unwrap(), 5);
     assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);
 
     // `down` leaves nothing with the stack tag; a second `down` has nothing to do.

@@ -1,0 +1,570 @@
+//! Launch templates, auto-scaling groups and their scaling policies.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_autoscaling::types::{
+    CustomizedMetricSpecification, LaunchTemplateSpecification, Metric, MetricDimension,
+    Tag as AsgTag, TargetTrackingConfiguration, TargetTrackingMetricDataQuery,
+    TargetTrackingMetricStat,
+};
+use aws_sdk_ec2::types::{
+    LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateInstanceMetadataOptionsRequest, RequestLaunchTemplateData, ResourceType, Tag,
+    TagSpecification,
+};
+
+use crate::aws::{Aws, DeleteError, STACK_TAG};
+use crate::model::{Kind, Observed, Props, Resource};
+
+/// Group metrics collected: in-service instances feed the backlog-per-worker target; the
+/// rest is for the dashboard and operators.
+const GROUP_METRICS: [&str; 7] = [
+    "GroupInServiceInstances",
+    "GroupDesiredCapacity",
+    "GroupMinSize",
+    "GroupMaxSize",
+    "GroupPendingInstances",
+    "GroupTerminatingInstances",
+    "GroupTotalInstances",
+];
+
+/// Debian's AWS account, which publishes the official Debian images.
+const DEBIAN_OWNER: &str = "136693071363";
+
+impl Aws {
+    /// The newest official Debian 12 amd64 image in the region.
+    pub async fn latest_debian_ami(&self) -> anyhow::Result<String> {
+        let images = self
+            .ec2
+            .describe_images()
+            .owners(DEBIAN_OWNER)
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("name")
+                    .values("debian-12-amd64-*")
+                    .build(),
+            )
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("state")
+                    .values("available")
+                    .build(),
+            )
+            .send()
+            .await
+            .context("look up the Debian 12 image")?;
+        let newest = images
+            .images()
+            .iter()
+            .max_by_key(|i| i.creation_date().unwrap_or_default().to_owned());
+        newest
+            .and_then(|i| i.image_id())
+            .map(str::to_owned)
+            .context("no Debian 12 image found: set instances.ami in the configuration")
+    }
+
+    pub(crate) async fn observe_compute(
+        &self,
+        names: &HashMap<String, String>,
+    ) -> anyhow::Result<Vec<Observed>> {
+        let named = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
+        let mut out = Vec::new();
+        let templates = self
+            .ec2
+            .describe_launch_templates()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name(format!("tag:{STACK_TAG}"))
+                    .values(&self.stack)
+                    .build(),
+            )
+            .send()
+            .await
+            .context("describe launch templates")?;
+        for t in templates.launch_templates() {
+            let id = t.launch_template_id().unwrap_or_default().to_owned();
+            let versions = self
+                .ec2
+                .describe_launch_template_versions()
+                .launch_template_id(&id)
+                .versions("$Latest")
+                .send()
+                .await
+                .context("describe launch template versions")?;
+            let Some(data) = versions
+                .launch_template_versions()
+                .first()
+                .and_then(|v| v.launch_template_data())
+            else {
+                continue;
+            };
+            out.push(Observed {
+                resource: Resource::new(
+                    Kind::LaunchTemplate,
+                    t.launch_template_name().unwrap_or_default(),
+                    &[
+                        ("image", data.image_id().unwrap_or_default().into()),
+                        (
+                            "instance_type",
+                            data.instance_type()
+                                .map(|t| t.as_str().to_owned())
+                                .unwrap_or_default(),
+                        ),
+                        (
+                            "instance_profile",
+                            data.iam_instance_profile()
+                                .and_then(|p| p.name())
+                                .unwrap_or_default()
+                                .into(),
+                        ),
+                        (
+                            "security_group",
+                            data.security_group_ids()
+                                .first()
+                                .map(|g| named(g))
+                                .unwrap_or_default(),
+                        ),
+                        (
+                            "imds_tokens",
+                            data.metadata_options()
+                                .and_then(|m| m.http_tokens())
+                                .map(|t| t.as_str().to_owned())
+                                .unwrap_or_default(),
+                        ),
+                    ],
+                ),
+                id,
+            });
+        }
+        let groups: Vec<String> = ["web", "worker"]
+            .iter()
+            .map(|t| crate::desired::asg_name(&self.stack, t))
+            .collect();
+        let found = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .set_auto_scaling_group_names(Some(groups))
+            .send()
+            .await
+            .context("describe auto-scaling groups")?;
+        for g in found.auto_scaling_groups() {
+            let name = g.auto_scaling_group_name().unwrap_or_default().to_owned();
+            let mut subnets: Vec<String> = g
+                .vpc_zone_identifier()
+                .unwrap_or_default()
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(named)
+                .collect();
+            subnets.sort();
+            let mut targets: Vec<String> = g.target_group_arns().iter().map(|a| named(a)).collect();
+            targets.sort();
+            out.push(Observed {
+                // Desired capacity belongs to the autoscaler: it is not a property here.
+                resource: Resource::new(
+                    Kind::AutoScalingGroup,
+                    &name,
+                    &[
+                        (
+                            "launch_template",
+                            g.launch_template()
+                                .and_then(|t| t.launch_template_name())
+                                .unwrap_or_default()
+                                .into(),
+                        ),
+                        ("min_size", g.min_size().unwrap_or_default().to_string()),
+                        ("max_size", g.max_size().unwrap_or_default().to_string()),
+                        ("subnets", subnets.join(",")),
+                        (
+                            "health_check",
+                            g.health_check_type().unwrap_or_default().into(),
+                        ),
+                        ("target_groups", targets.join(",")),
+                        (
+                            "metrics_collection",
+                            (!g.enabled_metrics().is_empty()).to_string(),
+                        ),
+                    ],
+                ),
+                id: name.clone(),
+            });
+            let policies = self
+                .autoscaling
+                .describe_policies()
+                .auto_scaling_group_name(&name)
+                .send()
+                .await
+                .context("describe scaling policies")?;
+            for p in policies.scaling_policies() {
+                let mut props: Vec<(&str, String)> = vec![
+                    ("group", name.clone()),
+                    ("policy_type", p.policy_type().unwrap_or_default().into()),
+                ];
+                if let Some(tracking) = p.target_tracking_configuration() {
+                    props.push((
+                        "target",
+                        format_number(tracking.target_value().unwrap_or_default()),
+                    ));
+                    props.push((
+                        "metrics",
+                        tracking
+                            .customized_metric_specification()
+                            .map(metrics_property)
+                            .unwrap_or_default(),
+                    ));
+                } else {
+                    props.push((
+                        "adjustment",
+                        p.scaling_adjustment().unwrap_or_default().to_string(),
+                    ));
+                    props.push(("cooldown", p.cooldown().unwrap_or_default().to_string()));
+                }
+                out.push(Observed {
+                    resource: Resource::new(
+                        Kind::ScalingPolicy,
+                        p.policy_name().unwrap_or_default(),
+                        &props,
+                    ),
+                    id: p.policy_arn().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn put_compute(
+        &self,
+        kind: Kind,
+        name: &str,
+        id: Option<&str>,
+        p: &Props,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<String> {
+        let id_of = |name: &str| {
+            ids.get(name)
+                .cloned()
+                .with_context(|| format!("{name} does not exist yet"))
+        };
+        match kind {
+            Kind::LaunchTemplate => {
+                let instance_tags =
+                    aws_sdk_ec2::types::LaunchTemplateTagSpecificationRequest::builder()
+                        .resource_type(ResourceType::Instance)
+                        .tags(Tag::builder().key(STACK_TAG).value(&self.stack).build())
+                        .tags(
+                            Tag::builder()
+                                .key("Name")
+                                .value(name.trim_end_matches("-template"))
+                                .build(),
+                        )
+                        .build();
+                let data = RequestLaunchTemplateData::builder()
+                    .image_id(&p["image"])
+                    .instance_type(aws_sdk_ec2::types::InstanceType::from(
+                        p["instance_type"].as_str(),
+                    ))
+                    .iam_instance_profile(
+                        LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
+                            .name(&p["instance_profile"])
+                            .build(),
+                    )
+                    .security_group_ids(id_of(&p["security_group"])?)
+                    // IMDSv2 only: credentials cannot be read by a forged request.
+                    .metadata_options(
+                        LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                            .http_tokens(LaunchTemplateHttpTokensState::Required)
+                            .build(),
+                    )
+                    .tag_specifications(instance_tags)
+                    .build();
+                match id {
+                    None => {
+                        let created = self
+                            .ec2
+                            .create_launch_template()
+                            .launch_template_name(name)
+                            .launch_template_data(data)
+                            .tag_specifications(
+                                TagSpecification::builder()
+                                    .resource_type(ResourceType::LaunchTemplate)
+                                    .tags(Tag::builder().key(STACK_TAG).value(&self.stack).build())
+                                    .tags(Tag::builder().key("Name").value(name).build())
+                                    .build(),
+                            )
+                            .send()
+                            .await?;
+                        created
+                            .launch_template()
+                            .and_then(|t| t.launch_template_id())
+                            .map(str::to_owned)
+                            .context("no launch template id")
+                    }
+                    Some(id) => {
+                        // A new version; the groups use $Latest, so new instances get it.
+                        self.ec2
+                            .create_launch_template_version()
+                            .launch_template_id(id)
+                            .launch_template_data(data)
+                            .send()
+                            .await?;
+                        Ok(id.to_owned())
+                    }
+                }
+            }
+            Kind::AutoScalingGroup => {
+                let template = LaunchTemplateSpecification::builder()
+                    .launch_template_name(&p["launch_template"])
+                    .version("$Latest")
+                    .build();
+                let subnets: Vec<String> = p["subnets"]
+                    .split(',')
+                    .map(id_of)
+                    .collect::<anyhow::Result<_>>()?;
+                let targets: Vec<String> = p["target_groups"]
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(id_of)
+                    .collect::<anyhow::Result<_>>()?;
+                if id.is_none() {
+                    self.autoscaling
+                        .create_auto_scaling_group()
+                        .auto_scaling_group_name(name)
+                        .launch_template(template)
+                        .min_size(p["min_size"].parse()?)
+                        .max_size(p["max_size"].parse()?)
+                        .vpc_zone_identifier(subnets.join(","))
+                        .health_check_type(&p["health_check"])
+                        .health_check_grace_period(300)
+                        .set_target_group_arns(Some(targets))
+                        .tags(
+                            AsgTag::builder()
+                                .key(STACK_TAG)
+                                .value(&self.stack)
+                                .propagate_at_launch(false)
+                                .build(),
+                        )
+                        .send()
+                        .await?;
+                } else {
+                    self.autoscaling
+                        .update_auto_scaling_group()
+                        .auto_scaling_group_name(name)
+                        .launch_template(template)
+                        .min_size(p["min_size"].parse()?)
+                        .max_size(p["max_size"].parse()?)
+                        .vpc_zone_identifier(subnets.join(","))
+                        .health_check_type(&p["health_check"])
+                        .send()
+                        .await?;
+                    if !targets.is_empty() {
+                        self.autoscaling
+                            .attach_load_balancer_target_groups()
+                            .auto_scaling_group_name(name)
+                            .set_target_group_arns(Some(targets))
+                            .send()
+                            .await?;
+                    }
+                }
+                // Group metrics feed the backlog-per-instance target and the dashboard.
+                self.autoscaling
+                    .enable_metrics_collection()
+                    .auto_scaling_group_name(name)
+                    .granularity("1Minute")
+                    .set_metrics(Some(GROUP_METRICS.iter().map(|m| m.to_string()).collect()))
+                    .send()
+                    .await?;
+                Ok(name.to_owned())
+            }
+            Kind::ScalingPolicy => {
+                let mut put = self
+                    .autoscaling
+                    .put_scaling_policy()
+                    .auto_scaling_group_name(&p["group"])
+                    .policy_name(name)
+                    .policy_type(&p["policy_type"]);
+                if p["policy_type"] == "TargetTrackingScaling" {
+                    put = put.target_tracking_configuration(
+                        TargetTrackingConfiguration::builder()
+                            .target_value(p["target"].parse()?)
+                            .customized_metric_specification(metric_math(&p["metrics"])?)
+                            .build(),
+                    );
+                } else {
+                    put = put
+                        .adjustment_type("ChangeInCapacity")
+                        .scaling_adjustment(p["adjustment"].parse()?)
+                        .cooldown(p["cooldown"].parse()?);
+                }
+                let created = put.send().await?;
+                Ok(created.policy_arn().unwrap_or(name).to_owned())
+            }
+            other => anyhow::bail!("{other} is not a compute resource"),
+        }
+    }
+
+    pub(crate) async fn delete_compute(
+        &self,
+        kind: Kind,
+        name: &str,
+        id: &str,
+    ) -> Result<(), DeleteError> {
+        match kind {
+            Kind::LaunchTemplate => self
+                .ec2
+                .delete_launch_template()
+                .launch_template_id(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk),
+            Kind::ScalingPolicy => Ok(()), // deleted with its group
+            Kind::AutoScalingGroup => {
+                // force_delete terminates the instances too; then wait until the group is gone.
+                self.autoscaling
+                    .delete_auto_scaling_group()
+                    .auto_scaling_group_name(name)
+                    .force_delete(true)
+                    .send()
+                    .await
+                    .map_err(DeleteError::from_sdk)?;
+                let started = Instant::now();
+                loop {
+                    let found = self
+                        .autoscaling
+                        .describe_auto_scaling_groups()
+                        .auto_scaling_group_names(name)
+                        .send()
+                        .await
+                        .map_err(DeleteError::from_sdk)?;
+                    if found.auto_scaling_groups().is_empty() {
+                        return Ok(());
+                    }
+                    eprintln!(
+                        "  waiting for {name} and its instances to terminate ({:.0} s so far)",
+                        started.elapsed().as_secs_f64()
+                    );
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+            other => Err(DeleteError::Other(anyhow::anyhow!(
+                "{other} is not a compute resource"
+            ))),
+        }
+    }
+}
+
+fn format_number(value: f64) -> String {
+    if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        value.to_string()
+    }
+}
+
+/// The `metrics` property (see `desired::backlog_metrics`) as the API's metric queries.
+pub fn metric_math(spec: &str) -> anyhow::Result<CustomizedMetricSpecification> {
+    let mut queries = Vec::new();
+    for part in spec.split(';') {
+        let (id, rest) = part
+            .split_once('=')
+            .with_context(|| format!("bad metric query {part}"))?;
+        let query = match rest.split(':').collect::<Vec<_>>()[..] {
+            [namespace, metric, dimension, stat] => {
+                let (dimension, value) = dimension
+                    .split_once('=')
+                    .with_context(|| format!("bad dimension in {part}"))?;
+                let metric = Metric::builder()
+                    .namespace(namespace)
+                    .metric_name(metric)
+                    .dimensions(
+                        MetricDimension::builder()
+                            .name(dimension)
+                            .value(value)
+                            .build(),
+                    )
+                    .build();
+                TargetTrackingMetricDataQuery::builder()
+                    .id(id)
+                    .metric_stat(
+                        TargetTrackingMetricStat::builder()
+                            .metric(metric)
+                            .stat(stat)
+                            .build(),
+                    )
+                    .return_data(false)
+                    .build()
+            }
+            _ => TargetTrackingMetricDataQuery::builder()
+                .id(id)
+                .expression(rest)
+                .label("videos waiting per worker")
+                .return_data(true)
+                .build(),
+        };
+        queries.push(query);
+    }
+    Ok(CustomizedMetricSpecification::builder()
+        .set_metrics(Some(queries))
+        .build())
+}
+
+/// The inverse of [`metric_math`], for comparing what AWS holds.
+fn metrics_property(spec: &CustomizedMetricSpecification) -> String {
+    spec.metrics()
+        .iter()
+        .map(|q| {
+            let id = q.id().unwrap_or_default();
+            match (q.metric_stat(), q.expression()) {
+                (Some(stat), _) => {
+                    let metric = stat.metric();
+                    let dimension = metric
+                        .and_then(|m| m.dimensions().first())
+                        .map(|d| {
+                            format!(
+                                "{}={}",
+                                d.name().unwrap_or_default(),
+                                d.value().unwrap_or_default()
+                            )
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "{id}={}:{}:{dimension}:{}",
+                        metric.and_then(|m| m.namespace()).unwrap_or_default(),
+                        metric.and_then(|m| m.metric_name()).unwrap_or_default(),
+                        stat.stat().unwrap_or_default()
+                    )
+                }
+                (None, Some(expression)) => format!("{id}={expression}"),
+                (None, None) => id.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_metric_math_round_trips() {
+        let spec = crate::desired::backlog_metrics("anb-video-processing", "anb-worker-asg");
+        let queries = metric_math(&spec).unwrap();
+        assert_eq!(queries.metrics().len(), 3);
+        let expression = &queries.metrics()[2];
+        assert_eq!(
+            (expression.id(), expression.expression()),
+            (Some("e1"), Some("m1 / m2"))
+        );
+        assert_eq!(expression.return_data(), Some(true));
+        assert_eq!(metrics_property(&queries), spec);
+    }
+
+    #[test]
+    fn whole_numbers_print_without_decimals() {
+        assert_eq!(format_number(2.0), "2");
+        assert_eq!(format_number(2.5), "2.5");
+    }
+}
