@@ -651,47 +651,89 @@ impl Aws {
 
     // -------------------------------------------------------------------------- apply
 
-    /// Carries out `changes` in order (they come in creation order). Orphans are left
-    /// alone; `down` removes them.
+    /// Carries out `changes`, as many at once as their references allow (a resource waits
+    /// for those its properties name). Orphans are left alone; `down` removes them.
     pub async fn apply(&self, changes: &[Change]) -> anyhow::Result<()> {
         let mut ids: HashMap<String, String> = changes
             .iter()
             .filter_map(|c| c.id.clone().map(|id| (c.name.clone(), id)))
             .collect();
-        for change in changes {
-            let what = format!("{} {}", change.kind, change.name);
-            match &change.action {
-                Action::Ok | Action::Orphan => continue,
-                Action::Create => {
-                    eprintln!("  creating {what}");
-                    let id = self
-                        .create(change, &ids)
-                        .await
-                        .with_context(|| format!("create {what}"))?;
-                    ids.insert(change.name.clone(), id);
-                }
-                Action::Update(_) => {
-                    eprintln!("  updating {what}");
-                    let id = ids.get(&change.name).cloned().unwrap_or_default();
-                    self.update(change, &id, &ids)
-                        .await
-                        .with_context(|| format!("update {what}"))?;
-                }
-                Action::Replace(_) => {
-                    eprintln!("  replacing {what}");
-                    let id = ids.get(&change.name).cloned().unwrap_or_default();
-                    self.delete(change.kind, &change.name, &id)
-                        .await
-                        .with_context(|| format!("delete {what}"))?;
-                    let id = self
-                        .create(change, &ids)
-                        .await
-                        .with_context(|| format!("create {what}"))?;
-                    ids.insert(change.name.clone(), id);
+        let mut pending: Vec<&Change> = changes
+            .iter()
+            .filter(|c| !matches!(c.action, Action::Ok | Action::Orphan))
+            .collect();
+        // Rounds: everything whose references are settled goes at once.
+        while !pending.is_empty() {
+            let names: std::collections::HashSet<&str> =
+                pending.iter().map(|c| c.name.as_str()).collect();
+            let (ready, waiting): (Vec<&Change>, Vec<&Change>) = pending
+                .into_iter()
+                .partition(|c| !references(c).any(|r| r != c.name && names.contains(r)));
+            anyhow::ensure!(
+                !ready.is_empty(),
+                "resources reference each other in a cycle: {names:?}"
+            );
+            let results =
+                futures_util::future::join_all(ready.iter().map(|c| self.apply_one(c, &ids))).await;
+            let mut first_error = None;
+            for (change, result) in ready.iter().zip(results) {
+                match result {
+                    Ok(Some(id)) => {
+                        ids.insert(change.name.clone(), id);
+                    }
+                    Ok(None) => {}
+                    Err(e) => first_error = first_error.or(Some(e)),
                 }
             }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            pending = waiting;
         }
         Ok(())
+    }
+
+    /// One change; returns the new id when it created something.
+    async fn apply_one(
+        &self,
+        change: &Change,
+        ids: &HashMap<String, String>,
+    ) -> anyhow::Result<Option<String>> {
+        let what = format!("{} {}", change.kind, change.name);
+        let started = std::time::Instant::now();
+        let result = match &change.action {
+            Action::Ok | Action::Orphan => return Ok(None),
+            Action::Create => {
+                eprintln!("  creating {what}");
+                self.create(change, ids)
+                    .await
+                    .with_context(|| format!("create {what}"))
+                    .map(Some)
+            }
+            Action::Update(_) => {
+                eprintln!("  updating {what}");
+                let id = ids.get(&change.name).cloned().unwrap_or_default();
+                self.update(change, &id, ids)
+                    .await
+                    .with_context(|| format!("update {what}"))
+                    .map(|()| None)
+            }
+            Action::Replace(_) => {
+                eprintln!("  replacing {what} (delete, then create)");
+                let id = ids.get(&change.name).cloned().unwrap_or_default();
+                self.delete(change.kind, &change.name, &id)
+                    .await
+                    .with_context(|| format!("delete {what}"))?;
+                self.create(change, ids)
+                    .await
+                    .with_context(|| format!("create {what}"))
+                    .map(Some)
+            }
+        };
+        if started.elapsed().as_secs() >= 5 {
+            eprintln!("  {what}: {:.0} s", started.elapsed().as_secs_f64());
+        }
+        result
     }
 
     async fn create(
@@ -1405,6 +1447,15 @@ impl Aws {
         }
         Ok(())
     }
+}
+
+/// The names a change's desired properties mention: what must exist before it.
+fn references(change: &Change) -> impl Iterator<Item = &str> {
+    change
+        .desired
+        .values()
+        .flat_map(|v| v.split([',', ';', ' ']))
+        .filter(|token| !token.is_empty())
 }
 
 pub(crate) enum DeleteError {

@@ -11,7 +11,7 @@ use provision::config::Config;
 use provision::model::{Action, Kind};
 use provision::{Output, Stack, Sync};
 
-fn config(stack: &str) -> Config {
+fn config_for(stack: &str) -> Config {
     let mut config = Config::load(None).unwrap();
     config.stack.name = stack.to_owned();
     // One of moto's stock images (the real lookup wants Debian's, which moto lacks).
@@ -19,10 +19,16 @@ fn config(stack: &str) -> Config {
     config
 }
 
-fn status_exit_code(endpoint: &str, stack: &str) -> i32 {
+/// A config file naming one of moto's stock images, for runs of the binary.
+fn config_file() -> tempfile::NamedTempFile {
     let config = tempfile::NamedTempFile::new().unwrap();
     let text = provision::config::DEFAULT_TOML.replace("ami = \"\"", "ami = \"ami-1e749f67\"");
     std::fs::write(config.path(), text).unwrap();
+    config
+}
+
+fn status_exit_code(endpoint: &str, stack: &str) -> i32 {
+    let config = config_file();
     #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
     let out = Command::new(env!("CARGO_BIN_EXE_provision"))
         .args([
@@ -43,7 +49,7 @@ fn status_exit_code(endpoint: &str, stack: &str) -> i32 {
 async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() {
     let moto = backends::testing::moto();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let stack = Stack::open(config(&name), Some(&moto.endpoint))
+    let stack = Stack::open(config_for(&name), Some(&moto.endpoint))
         .await
         .unwrap();
 
@@ -478,4 +484,57 @@ fn cli_explains_itself() {
             "--help does not mention {word}:\n{text}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_up_killed_halfway_converges_when_run_again() {
+    use std::io::{BufRead, BufReader};
+    let moto = backends::testing::moto();
+    let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let config = config_file();
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    let mut up = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args([
+            "up",
+            "--stack",
+            &name,
+            "--endpoint-url",
+            &moto.endpoint,
+            "--config",
+        ])
+        .arg(config.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once it has started creating things, well before it is done.
+    let stderr = BufReader::new(up.stderr.take().unwrap());
+    let mut created = 0;
+    for line in stderr.lines() {
+        if line.unwrap().contains("creating") {
+            created += 1;
+            if created == 10 {
+                up.kill().unwrap();
+                break;
+            }
+        }
+    }
+    up.wait().unwrap();
+    assert_eq!(created, 10, "the run ended before it could be interrupted");
+
+    let stack = Stack::open(config_for(&name), Some(&moto.endpoint))
+        .await
+        .unwrap();
+    let left = stack.changes().await.unwrap();
+    assert!(
+        left.iter().any(|c| c.action == Action::Ok),
+        "nothing was created before the kill"
+    );
+    assert!(
+        left.iter().any(|c| c.action == Action::Create),
+        "everything was created before the kill"
+    );
+    stack.up(Output::Text).await.unwrap();
+    assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);
+    assert_eq!(stack.down().await.unwrap(), Vec::<String>::new());
 }
