@@ -26,6 +26,9 @@ enum BenchTarget {
     /// The worker (release build, local storage, private PostgreSQL): end-to-end time per
     /// reference video against the bare ffmpeg floor and a decode-only run.
     Worker(WorkerBench),
+    /// `provision` against moto: wall time and AWS calls of up, a no-op up, status, plan
+    /// and down.
+    Provision,
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +58,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.target {
         BenchTarget::Api(api) => bench_api(api),
         BenchTarget::Worker(worker) => crate::bench_worker::run(worker.videos),
+        BenchTarget::Provision => crate::bench_provision::run(),
     }
 }
 

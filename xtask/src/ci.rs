@@ -122,7 +122,7 @@ fn start_machine_cluster() -> anyhow::Result<u16> {
 }
 
 /// A Python with the pinned `moto[server]`, in a virtualenv under `target/tools`.
-fn ensure_moto() -> anyhow::Result<PathBuf> {
+pub fn ensure_moto() -> anyhow::Result<PathBuf> {
     if let Some(python) = std::env::var_os("ANB_MOTO_PYTHON") {
         return Ok(PathBuf::from(python));
     }

@@ -7,6 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod bench;
+mod bench_provision;
 mod bench_worker;
 mod ci;
 mod dev;

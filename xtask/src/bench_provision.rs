@@ -1,0 +1,134 @@
+//! `cargo xtask bench provision`: wall time and AWS calls of `provision` against moto.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::system::run_command;
+use crate::{cargo_target_dir, project_root, scratch_dir};
+
+const GOAL_SECONDS: f64 = 2.0;
+
+pub fn run() -> anyhow::Result<()> {
+    let python = crate::ci::ensure_moto()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_command(Command::new(&cargo).current_dir(project_root()).args([
+        "build",
+        "--package",
+        "provision",
+    ]))?;
+    let provision = cargo_target_dir().join("debug/provision");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let (mut moto, requests) = start_moto(&python, port)?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let result = measure(&provision, &endpoint, &requests);
+    let _ = moto.kill();
+    let _ = moto.wait();
+    let rows = result?;
+
+    println!("\n== cargo xtask bench provision (moto {endpoint}; debug build of provision) ==");
+    println!("  {:<26} {:>9} {:>10}", "command", "wall (s)", "AWS calls");
+    for (label, seconds, calls) in &rows {
+        let goal = match *label {
+            "up (no changes)" | "status" => {
+                format!(
+                    "   [goal < {GOAL_SECONDS} s: {}]",
+                    if *seconds < GOAL_SECONDS {
+                        "meets goal"
+                    } else {
+                        "BELOW GOAL"
+                    }
+                )
+            }
+            _ => String::new(),
+        };
+        println!("  {label:<26} {seconds:>9.2} {calls:>10}{goal}");
+    }
+    println!(
+        "Baseline for the calls: one request to moto costs ~1–3 ms here; AWS adds ~20–100 ms each."
+    );
+    Ok(())
+}
+
+/// moto, with every request it logs counted.
+fn start_moto(python: &Path, port: u16) -> anyhow::Result<(Child, Arc<AtomicUsize>)> {
+    let mut child = Command::new(python)
+        .args(["-c", "from moto.server import main; import sys; main(['-H', '127.0.0.1', '-p', sys.argv[1]])", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start moto")?;
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    let stderr = child.stderr.take().context("moto's stderr")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // werkzeug logs one line per request: ... "POST / HTTP/1.1" 200 -
+            if line.contains("\" 2")
+                || line.contains("\" 3")
+                || line.contains("\" 4")
+                || line.contains("\" 5")
+            {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("moto did not start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((child, requests))
+}
+
+fn measure(
+    provision: &Path,
+    endpoint: &str,
+    requests: &AtomicUsize,
+) -> anyhow::Result<Vec<(&'static str, f64, usize)>> {
+    let config: PathBuf = scratch_dir().join("bench/provision-moto.toml");
+    std::fs::create_dir_all(config.parent().context("config folder")?)?;
+    let text = std::fs::read_to_string(project_root().join("config/aws.toml"))?
+        .replace("ami = \"\"", "ami = \"ami-1e749f67\""); // one of moto's stock images
+    std::fs::write(&config, text)?;
+    let mut rows = Vec::new();
+    for (label, args) in [
+        ("up (empty account)", vec!["up"]),
+        ("up (no changes)", vec!["up"]),
+        ("status", vec!["status"]),
+        ("plan", vec!["plan"]),
+        ("down", vec!["down", "--yes"]),
+    ] {
+        // Let moto's log catch up before reading the counter.
+        std::thread::sleep(Duration::from_millis(300));
+        let before = requests.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let status = Command::new(provision)
+            .args(&args)
+            .args(["--stack", "bench", "--endpoint-url", endpoint, "--config"])
+            .arg(&config)
+            .env("AWS_ACCESS_KEY_ID", "bench")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let seconds = started.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("provision {} failed ({status})", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        rows.push((label, seconds, requests.load(Ordering::Relaxed) - before));
+    }
+    Ok(rows)
+}
