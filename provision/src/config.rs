@@ -14,6 +14,7 @@ pub struct Config {
     pub stack: StackConfig,
     pub network: NetworkConfig,
     pub queue: QueueConfig,
+    pub load_balancer: LoadBalancerConfig,
     pub database: DatabaseConfig,
     pub instances: InstancesConfig,
     pub web: WebTierConfig,
@@ -44,6 +45,12 @@ pub struct WorkerTierConfig {
     pub min_size: u32,
     pub max_size: u32,
     pub backlog_per_instance: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerConfig {
+    pub certificate_arn: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

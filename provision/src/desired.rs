@@ -158,7 +158,11 @@ pub fn desired_state(config: &Config, account_id: &str, ami: &str) -> Vec<Resour
         &[("message_retention", "1209600".into())],
     ));
     out.extend(monitoring(&n, config));
-    out.extend(load_balancing(&n, &vpc));
+    out.extend(load_balancing(
+        &n,
+        &vpc,
+        &config.load_balancer.certificate_arn,
+    ));
     out.extend(database(&n, config));
     out.extend(compute(&n, config, ami));
     out.push(Resource::new(
@@ -182,9 +186,9 @@ pub fn desired_state(config: &Config, account_id: &str, ami: &str) -> Vec<Resour
 
 /// The ALB in the public subnets, forwarding HTTP to the web tier's target group, which
 /// checks `/api/health` every 30 s.
-fn load_balancing(n: &Names, vpc: &str) -> Vec<Resource> {
+fn load_balancing(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> {
     let (lb, targets) = (load_balancer_name(&n.stack), target_group_name(&n.stack));
-    vec![
+    let mut out = vec![
         Resource::new(
             Kind::TargetGroup,
             &targets,
@@ -208,17 +212,36 @@ fn load_balancing(n: &Names, vpc: &str) -> Vec<Resource> {
                 ("security_groups", n.of("alb")),
             ],
         ),
+    ];
+    let http = |action: (&str, String)| {
         Resource::new(
             Kind::Listener,
             n.of("http-80"),
             &[
-                ("load_balancer", lb),
+                ("load_balancer", lb.clone()),
                 ("protocol", "HTTP".into()),
                 ("port", "80".into()),
+                action,
+            ],
+        )
+    };
+    if certificate.is_empty() {
+        out.push(http(("forward_to", targets)));
+    } else {
+        out.push(http(("redirect_to", "HTTPS:443".into())));
+        out.push(Resource::new(
+            Kind::Listener,
+            n.of("https-443"),
+            &[
+                ("load_balancer", lb.clone()),
+                ("protocol", "HTTPS".into()),
+                ("port", "443".into()),
+                ("certificate", certificate.to_owned()),
                 ("forward_to", targets),
             ],
-        ),
-    ]
+        ));
+    }
+    out
 }
 
 /// Launch templates, the two auto-scaling groups, and their scaling: target tracking on
@@ -595,6 +618,35 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(names.len(), before, "two resources share a name");
+    }
+
+    #[test]
+    fn a_certificate_adds_https_and_makes_http_redirect() {
+        let plain = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
+        assert_eq!(
+            find(&plain, "anb-http-80").props["forward_to"],
+            "anb-web-targets"
+        );
+        assert!(plain.iter().all(|r| r.name != "anb-https-443"));
+        let mut config = Config::load(None).unwrap();
+        config.load_balancer.certificate_arn = "arn:aws:acm:us-east-1:1:certificate/x".into();
+        let secure = desired_state(&config, "123456789012", "ami-0123");
+        assert_eq!(
+            find(&secure, "anb-http-80").props["redirect_to"],
+            "HTTPS:443"
+        );
+        let https = find(&secure, "anb-https-443");
+        assert_eq!(
+            (
+                https.props["port"].as_str(),
+                https.props["forward_to"].as_str()
+            ),
+            ("443", "anb-web-targets")
+        );
+        assert_eq!(
+            https.props["certificate"],
+            "arn:aws:acm:us-east-1:1:certificate/x"
+        );
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Stack {
     pub aws: Aws,
     account_id: String,
     ami: String,
+    /// Show AWS ids next to names (`-v`).
+    pub verbose: bool,
 }
 
 impl Stack {
@@ -62,6 +64,7 @@ impl Stack {
             aws,
             account_id,
             ami,
+            verbose: false,
         })
     }
 
@@ -77,7 +80,7 @@ impl Stack {
 
     pub async fn plan(&self, output: Output) -> anyhow::Result<Vec<Change>> {
         let changes = self.changes().await?;
-        print_changes(&changes, output);
+        print_changes(&changes, output, self.verbose);
         Ok(changes)
     }
 
@@ -129,7 +132,7 @@ impl Stack {
 
     pub async fn status(&self, output: Output) -> anyhow::Result<Sync> {
         let changes = self.changes().await?;
-        print_changes(&changes, output);
+        print_changes(&changes, output, self.verbose);
         Ok(if changes.iter().any(Change::is_change) {
             Sync::Drift
         } else {
@@ -197,9 +200,9 @@ impl Stack {
     }
 }
 
-fn print_changes(changes: &[Change], output: Output) {
+fn print_changes(changes: &[Change], output: Output, verbose: bool) {
     match output {
-        Output::Text => print!("{}", model::render(changes)),
+        Output::Text => print!("{}", model::render_with(changes, verbose)),
         Output::Json => {
             let items: Vec<_> = changes
                 .iter()

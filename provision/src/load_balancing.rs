@@ -129,22 +129,39 @@ impl Aws {
                     .map(|a| arn_names.get(a).cloned().unwrap_or_else(|| a.to_owned()))
                     .unwrap_or_default();
                 let port = l.port().unwrap_or_default();
-                out.push(Observed {
-                    resource: Resource::new(
-                        Kind::Listener,
-                        format!("{}-http-{port}", self.stack),
-                        &[
-                            ("load_balancer", balancer_name.clone()),
-                            (
-                                "protocol",
-                                l.protocol()
-                                    .map(|p| p.as_str().to_owned())
-                                    .unwrap_or_default(),
-                            ),
-                            ("port", port.to_string()),
-                            ("forward_to", forward),
-                        ],
+                let mut props = vec![
+                    ("load_balancer", balancer_name.clone()),
+                    (
+                        "protocol",
+                        l.protocol()
+                            .map(|p| p.as_str().to_owned())
+                            .unwrap_or_default(),
                     ),
+                    ("port", port.to_string()),
+                ];
+                let redirect = l.default_actions().iter().find_map(|a| a.redirect_config());
+                match redirect {
+                    Some(r) => props.push((
+                        "redirect_to",
+                        format!(
+                            "{}:{}",
+                            r.protocol().unwrap_or_default(),
+                            r.port().unwrap_or_default()
+                        ),
+                    )),
+                    None => props.push(("forward_to", forward)),
+                }
+                if let Some(certificate) =
+                    l.certificates().first().and_then(|c| c.certificate_arn())
+                {
+                    props.push(("certificate", certificate.to_owned()));
+                }
+                let name = match port {
+                    443 => format!("{}-https-443", self.stack),
+                    _ => format!("{}-http-{port}", self.stack),
+                };
+                out.push(Observed {
+                    resource: Resource::new(Kind::Listener, name, &props),
                     id: l.listener_arn().unwrap_or_default().to_owned(),
                 });
             }
@@ -219,7 +236,8 @@ impl Aws {
                     .load_balancer_arn(id_of(&p["load_balancer"])?)
                     .protocol(ProtocolEnum::from(p["protocol"].as_str()))
                     .port(p["port"].parse()?)
-                    .default_actions(forward(&id_of(&p["forward_to"])?))
+                    .default_actions(default_action(p, &id_of)?)
+                    .set_certificates(certificates(p))
                     .send()
                     .await?;
                 created
@@ -281,7 +299,8 @@ impl Aws {
                 self.elb
                     .modify_listener()
                     .listener_arn(id)
-                    .default_actions(forward(&id_of(&p["forward_to"])?))
+                    .default_actions(default_action(p, &id_of)?)
+                    .set_certificates(certificates(p))
                     .send()
                     .await?;
             }
@@ -326,6 +345,38 @@ impl Aws {
             ))),
         }
     }
+}
+
+/// Forward to the target group, or redirect ("HTTPS:443") when HTTPS is configured.
+fn default_action(
+    p: &Props,
+    id_of: &impl Fn(&str) -> anyhow::Result<String>,
+) -> anyhow::Result<ListenerAction> {
+    if let Some(redirect) = p.get("redirect_to") {
+        let (protocol, port) = redirect.split_once(':').context("bad redirect")?;
+        let config = aws_sdk_elasticloadbalancingv2::types::RedirectActionConfig::builder()
+            .protocol(protocol)
+            .port(port)
+            .status_code(
+                aws_sdk_elasticloadbalancingv2::types::RedirectActionStatusCodeEnum::Http301,
+            )
+            .build();
+        return Ok(ListenerAction::builder()
+            .r#type(ActionTypeEnum::Redirect)
+            .redirect_config(config)
+            .build());
+    }
+    Ok(forward(&id_of(&p["forward_to"])?))
+}
+
+fn certificates(p: &Props) -> Option<Vec<aws_sdk_elasticloadbalancingv2::types::Certificate>> {
+    p.get("certificate").map(|arn| {
+        vec![
+            aws_sdk_elasticloadbalancingv2::types::Certificate::builder()
+                .certificate_arn(arn)
+                .build(),
+        ]
+    })
 }
 
 fn forward(target_group_arn: &str) -> ListenerAction {

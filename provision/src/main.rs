@@ -25,6 +25,9 @@ struct Cli {
     /// Send AWS calls to this endpoint instead (an emulator such as moto).
     #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
     endpoint_url: Option<String>,
+    /// Show each resource's AWS id (and more detail as this grows).
+    #[arg(short, long, global = true)]
+    verbose: bool,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -72,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config.stack.region = region;
     }
     let mut stack = Stack::open(config, cli.endpoint_url.as_deref()).await?;
+    stack.verbose = cli.verbose;
     Ok(match cli.command {
         Command::Plan => {
             stack.plan(cli.output).await?;

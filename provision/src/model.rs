@@ -231,6 +231,11 @@ fn field_changes(want: &Props, have: &Props) -> Vec<FieldChange> {
 /// One line per resource: `create`, `update (field: old → new)`, `replace (…)`, `ok`,
 /// `orphan`.
 pub fn render(changes: &[Change]) -> String {
+    render_with(changes, false)
+}
+
+/// [`render`], with each resource's AWS id after its name when `ids` is set (`-v`).
+pub fn render_with(changes: &[Change], ids: bool) -> String {
     let mut out = String::new();
     for change in changes {
         let what = match &change.action {
@@ -242,8 +247,12 @@ pub fn render(changes: &[Change]) -> String {
                 format!("replace ({}; cannot change in place)", describe(fields))
             }
         };
+        let id = match (&change.id, ids) {
+            (Some(id), true) => format!(" [{id}]"),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "{:<16} {:<36} {what}\n",
+            "{:<16} {:<36} {what}{id}\n",
             change.kind.to_string(),
             change.name
         ));
