@@ -621,6 +621,49 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_diffs_field_by_field_into_update_or_replace() {
+        use crate::model::{diff, Action, Observed};
+        let all = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
+        let mut kinds = std::collections::BTreeSet::new();
+        for resource in &all {
+            kinds.insert(resource.kind);
+            let same = Observed {
+                resource: resource.clone(),
+                id: "id-1".into(),
+            };
+            assert_eq!(
+                diff(std::slice::from_ref(resource), &[same])[0].action,
+                Action::Ok,
+                "{}",
+                resource.name
+            );
+            for field in resource.props.keys() {
+                let mut drifted = resource.clone();
+                drifted.props.insert(field.clone(), "something else".into());
+                let observed = Observed {
+                    resource: drifted,
+                    id: "id-1".into(),
+                };
+                let action = &diff(std::slice::from_ref(resource), &[observed])[0].action;
+                let replace = resource.kind.replace_only().contains(&field.as_str());
+                match action {
+                    Action::Replace(fields) if replace => assert_eq!(fields[0].field, *field),
+                    Action::Update(fields) if !replace => assert_eq!(fields[0].field, *field),
+                    other => panic!(
+                        "{} {}: {field} changed gave {other:?}",
+                        resource.kind, resource.name
+                    ),
+                }
+            }
+        }
+        assert_eq!(
+            kinds.len(),
+            17,
+            "every kind of resource is in the seed's desired state"
+        );
+    }
+
+    #[test]
     fn a_certificate_adds_https_and_makes_http_redirect() {
         let plain = desired_state(&Config::load(None).unwrap(), "123456789012", "ami-0123");
         assert_eq!(

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::aws::Aws;
 use crate::config::Config;
-use crate::model::{Action, Change, Kind};
+use crate::model::{Action, Change};
 
 /// How a command's output is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -156,21 +156,8 @@ impl Stack {
             eprintln!("  could not revoke security-group cross-references: {e:#}");
         }
         // Dependents first: queues and bucket, route tables, groups/subnets/gateway, VPC.
-        let rank = |kind: Kind| match kind {
-            Kind::Alarm
-            | Kind::Dashboard
-            | Kind::Queue
-            | Kind::Bucket
-            | Kind::Listener
-            | Kind::Database
-            | Kind::ScalingPolicy
-            | Kind::AutoScalingGroup => 0,
-            Kind::RouteTable | Kind::LoadBalancer | Kind::DbSubnetGroup | Kind::LaunchTemplate => 1,
-            Kind::SecurityGroup | Kind::Subnet | Kind::InternetGateway | Kind::TargetGroup => 2,
-            Kind::Vpc => 3,
-        };
         let mut ordered = observed;
-        ordered.sort_by_key(|o| rank(o.resource.kind));
+        ordered.sort_by_key(|o| o.resource.kind.teardown_rank());
         for o in &ordered {
             let started = Instant::now();
             eprintln!("  deleting {} {}", o.resource.kind, o.resource.name);

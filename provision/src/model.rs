@@ -32,7 +32,7 @@ pub enum Kind {
 
 impl Kind {
     /// Properties that cannot change in place: a difference means delete and recreate.
-    fn replace_only(self) -> &'static [&'static str] {
+    pub(crate) fn replace_only(self) -> &'static [&'static str] {
         match self {
             Kind::Vpc => &["cidr"],
             Kind::Subnet => &["cidr", "zone", "vpc"],
@@ -58,7 +58,28 @@ impl Kind {
         }
     }
 
-    /// Creation order; deletion runs it backwards.
+    /// Deletion order, lowest first: whatever depends on a resource goes before it (the
+    /// groups and their instances before the launch templates, target group and security
+    /// groups; the load balancer before its target group and group; the database before
+    /// its subnet group and group; route tables before subnets and the gateway; the VPC
+    /// last).
+    pub fn teardown_rank(self) -> u8 {
+        match self {
+            Kind::Alarm
+            | Kind::Dashboard
+            | Kind::Queue
+            | Kind::Bucket
+            | Kind::Listener
+            | Kind::Database
+            | Kind::ScalingPolicy
+            | Kind::AutoScalingGroup => 0,
+            Kind::RouteTable | Kind::LoadBalancer | Kind::DbSubnetGroup | Kind::LaunchTemplate => 1,
+            Kind::SecurityGroup | Kind::Subnet | Kind::InternetGateway | Kind::TargetGroup => 2,
+            Kind::Vpc => 3,
+        }
+    }
+
+    /// Display order of a plan (creation itself follows references, see `Aws::apply`).
     pub fn order(self) -> u8 {
         match self {
             Kind::Vpc => 0,
@@ -353,6 +374,35 @@ mod tests {
         let changes = diff(&[], &[orphan]);
         assert_eq!(changes[0].action, Action::Orphan);
         assert!(render(&changes).contains("orphan"));
+    }
+
+    #[test]
+    fn teardown_removes_dependents_first() {
+        let before = |first: Kind, then: Kind| {
+            assert!(
+                first.teardown_rank() < then.teardown_rank(),
+                "{first} must go before {then}"
+            );
+        };
+        before(Kind::AutoScalingGroup, Kind::LaunchTemplate);
+        before(Kind::AutoScalingGroup, Kind::SecurityGroup);
+        before(Kind::AutoScalingGroup, Kind::TargetGroup);
+        before(Kind::Listener, Kind::LoadBalancer);
+        before(Kind::LoadBalancer, Kind::TargetGroup);
+        before(Kind::LoadBalancer, Kind::SecurityGroup);
+        before(Kind::Database, Kind::DbSubnetGroup);
+        before(Kind::Database, Kind::SecurityGroup);
+        before(Kind::DbSubnetGroup, Kind::Subnet);
+        before(Kind::RouteTable, Kind::Subnet);
+        before(Kind::RouteTable, Kind::InternetGateway);
+        for kind in [
+            Kind::Subnet,
+            Kind::InternetGateway,
+            Kind::SecurityGroup,
+            Kind::TargetGroup,
+        ] {
+            before(kind, Kind::Vpc);
+        }
     }
 
     #[test]

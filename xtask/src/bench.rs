@@ -133,44 +133,51 @@ fn bench_api(args: ApiBench) -> anyhow::Result<()> {
 /// A ≈50 MB 720p MP4 with noise (so it is not trivially compressible), made once.
 fn reference_upload(work: &Path) -> anyhow::Result<PathBuf> {
     let path = work.join("upload-50mb.mp4");
+    generate_once(
+        &path,
+        "the 50 MB reference upload",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30:duration=20",
+            "-vf",
+            "noise=alls=25:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "20M",
+            "-maxrate",
+            "20M",
+            "-bufsize",
+            "20M",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ],
+    )?;
+    Ok(path)
+}
+
+/// Runs ffmpeg with `args` to make `path` unless it exists; writes to a partial file first
+/// so an interrupted run never leaves a half file under the final name.
+pub fn generate_once(path: &Path, what: &str, args: &[&str]) -> anyhow::Result<()> {
     if path.is_file() {
-        return Ok(path);
+        return Ok(());
     }
-    eprintln!("xtask: generating the 50 MB reference upload (once)");
-    let partial = work.join("upload-50mb.partial.mp4");
+    eprintln!("xtask: generating {what} (once)");
+    let partial = path.with_extension("partial.mp4");
     run_command(
         Command::new("ffmpeg")
-            .args([
-                "-nostdin",
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=1280x720:rate=30:duration=20",
-                "-vf",
-                "noise=alls=25:allf=t",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-b:v",
-                "20M",
-                "-maxrate",
-                "20M",
-                "-bufsize",
-                "20M",
-                "-pix_fmt",
-                "yuv420p",
-                "-movflags",
-                "+faststart",
-            ])
+            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+            .args(args)
             .arg(&partial),
     )?;
-    std::fs::rename(&partial, &path)?;
-    Ok(path)
+    std::fs::rename(&partial, path)?;
+    Ok(())
 }
 
 async fn wait_healthy(base: &str) -> anyhow::Result<()> {

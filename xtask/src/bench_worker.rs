@@ -146,50 +146,39 @@ fn verdict(ok: bool) -> &'static str {
 /// about 50 MB; made once.
 fn reference_input(work: &Path) -> anyhow::Result<PathBuf> {
     let path = work.join("reference-60s-1080p.mp4");
-    if path.is_file() {
-        return Ok(path);
-    }
-    eprintln!("xtask: generating the 60 s 1080p reference input (once)");
-    let partial = work.join("reference.partial.mp4");
-    run_command(
-        Command::new("ffmpeg")
-            .args([
-                "-nostdin",
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=1920x1080:rate=30:duration=60",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:duration=60",
-                "-vf",
-                "noise=alls=12:allf=t",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-b:v",
-                "6500k",
-                "-maxrate",
-                "6500k",
-                "-bufsize",
-                "13M",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "128k",
-                "-shortest",
-            ])
-            .arg(&partial),
+    crate::bench::generate_once(
+        &path,
+        "the 60 s 1080p reference input",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1920x1080:rate=30:duration=60",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=60",
+            "-vf",
+            "noise=alls=12:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "6500k",
+            "-maxrate",
+            "6500k",
+            "-bufsize",
+            "13M",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-shortest",
+        ],
     )?;
-    std::fs::rename(&partial, &path)?;
     Ok(path)
 }
 

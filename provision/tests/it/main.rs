@@ -538,3 +538,26 @@ async fn an_up_killed_halfway_converges_when_run_again() {
     assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);
     assert_eq!(stack.down().await.unwrap(), Vec::<String>::new());
 }
+
+#[test]
+fn down_without_yes_refuses_when_nobody_can_answer() {
+    let moto = backends::testing::moto();
+    let config = config_file();
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    let out = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args([
+            "down",
+            "--stack",
+            "nobody",
+            "--endpoint-url",
+            &moto.endpoint,
+            "--config",
+        ])
+        .arg(config.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("--yes"), "{stderr}");
+}

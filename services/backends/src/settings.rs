@@ -375,7 +375,9 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
+            // aws.toml describes the AWS stack for `provision`, whose own test parses it.
+            let for_services = path.file_name().is_some_and(|n| n != "aws.toml");
+            if for_services && path.extension().is_some_and(|e| e == "toml") {
                 Settings::load_from(std::slice::from_ref(&path), env(&[]))
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 seen += 1;

@@ -256,19 +256,19 @@ impl Worker {
     /// Marks failed the videos whose jobs sit in the dead-letter queue unfinished. The queue
     /// moves a message there by itself when workers died on every try (OOM, a terminated
     /// instance), and the video would otherwise stay `processing` for ever. The dead letters
-    /// stay where they are, for operators; each is looked at again only after
-    /// [`SWEPT_VISIBILITY`]. Returns how many videos were marked.
+    /// stay where they are, for operators (hidden for [`SWEPT_VISIBILITY`] while a sweep
+    /// pages through them). Returns how many videos were marked.
     pub async fn sweep_dead_letters(&self) -> Result<usize, backends::queue::QueueError> {
         let Some(dead_letters) = self.queue.dead_letter_queue() else {
             return Ok(0);
         };
         let mut marked = 0;
-        loop {
+        for _ in 0..SWEEP_BATCHES {
             let batch = dead_letters
                 .receive(10, Duration::ZERO, SWEPT_VISIBILITY)
                 .await?;
             if batch.is_empty() {
-                return Ok(marked);
+                break;
             }
             for job in batch
                 .iter()
@@ -286,6 +286,7 @@ impl Worker {
                 }
             }
         }
+        Ok(marked)
     }
 
     /// Runs one delivery to its end and settles the message: deleted when done or failed
@@ -538,7 +539,11 @@ const UNKNOWN_VIDEO: &str = "job names an unknown video";
 const GAVE_UP: &str = "processing gave up: every attempt ended without a result (the worker \
                        stopped or ran out of time); upload the video again";
 /// How long a dead letter stays hidden after a sweep looked at it.
-const SWEPT_VISIBILITY: Duration = Duration::from_secs(15 * 60);
+/// Just long enough to page through the queue in one sweep; operators see the dead letters
+/// again a second later.
+const SWEPT_VISIBILITY: Duration = Duration::from_secs(1);
+/// At most this many batches of 10 per sweep.
+const SWEEP_BATCHES: usize = 10;
 
 fn retryable<E: Into<anyhow::Error>>(what: &'static str) -> impl FnOnce(E) -> JobError {
     move |e| JobError::Retryable(e.into().context(what))
