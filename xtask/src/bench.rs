@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::dev::stop;
@@ -107,7 +107,7 @@ fn bench_api(args: ApiBench) -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{port}");
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
-        wait_healthy(&base).await?;
+        crate::dev::wait_healthy(&mut api, &base).await?;
         let rss_idle = peak_rss_mb(&api)?;
         let disk = disk_copy_baseline(&video, &work)?;
         let upload = upload_phase(&base, &video, video_bytes, &args).await?;
@@ -178,22 +178,6 @@ pub fn generate_once(path: &Path, what: &str, args: &[&str]) -> anyhow::Result<(
     )?;
     std::fs::rename(&partial, path)?;
     Ok(())
-}
-
-async fn wait_healthy(base: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if client
-            .get(format!("{base}/api/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the API did not become healthy")
 }
 
 /// The process's peak resident set (VmHWM), in MB.

@@ -119,7 +119,8 @@ async fn supervise(
     }
 }
 
-async fn wait_healthy(api: &mut Child, base: &str) -> anyhow::Result<()> {
+/// Polls `/api/health` until it answers, failing early if the API process exits.
+pub async fn wait_healthy(api: &mut Child, base: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     for _ in 0..300 {
         if let Some(status) = api.try_wait()? {

@@ -264,20 +264,8 @@ pub async fn finish_processing(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Er
     Ok(updated.rows_affected() == 1)
 }
 
-/// Marks the video `failed` with a reason the owner can read; a processed video stays so.
-pub async fn fail_video(pool: &PgPool, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE videos SET status = 'failed', error = $2 WHERE id = $1 AND status <> 'processed'",
-    )
-    .bind(id)
-    .bind(reason)
-    .execute(pool)
-    .await
-    .map(drop)
-}
-
-/// Marks the video `failed` unless it already finished (processed, or failed with its own
-/// reason). Returns whether it changed.
+/// Marks the video `failed` with a reason the owner can read, unless it already finished
+/// (processed, or failed with its own reason). Returns whether it changed.
 pub async fn fail_unfinished_video(
     pool: &PgPool,
     id: Uuid,

@@ -456,7 +456,7 @@ impl Worker {
             }
             Err(JobError::Permanent(reason)) => {
                 tracing::warn!(video.id = %job.video_id, reason, "video failed");
-                if let Err(e) = db::fail_video(&self.pool, job.video_id, &reason).await {
+                if let Err(e) = db::fail_unfinished_video(&self.pool, job.video_id, &reason).await {
                     return self
                         .retry(delivery, format!("could not record the failure: {e}"))
                         .await;
@@ -519,7 +519,7 @@ impl Worker {
             "dead-lettering job"
         );
         if let Some(id) = video {
-            if let Err(e) = db::fail_video(&self.pool, id, &reason).await {
+            if let Err(e) = db::fail_unfinished_video(&self.pool, id, &reason).await {
                 return self
                     .retry(delivery, format!("could not record the failure: {e}"))
                     .await;
