@@ -221,6 +221,66 @@ impl Moto {
     }
 }
 
+/// Object storage and a job queue for one test, with the `APP__…` settings that point a
+/// service at the same ones.
+#[derive(Debug)]
+pub struct TestBackends {
+    pub store: std::sync::Arc<dyn crate::storage::ObjectStore>,
+    pub queue: std::sync::Arc<dyn crate::queue::JobQueue>,
+    pub env: Vec<(String, String)>,
+    /// The local storage root, when storage is local.
+    pub storage_dir: Option<tempfile::TempDir>,
+}
+
+impl TestBackends {
+    /// A temporary directory and the PostgreSQL queue of the default name in `db`.
+    pub fn local(db: &TestDatabase, max_receives: u32) -> Self {
+        let dir = tempfile::tempdir().expect("temporary storage directory");
+        Self {
+            store: std::sync::Arc::new(crate::storage::LocalStore::new(dir.path())),
+            queue: std::sync::Arc::new(crate::queue::PgQueue::new(
+                db.pool.clone(),
+                "video-processing",
+                max_receives,
+            )),
+            env: vec![(
+                "APP__STORAGE__LOCAL_DIR".into(),
+                dir.path().display().to_string(),
+            )],
+            storage_dir: Some(dir),
+        }
+    }
+
+    /// A new bucket and queue (dead-lettering after `max_receives`) on moto.
+    pub async fn on_moto(max_receives: u32) -> Self {
+        let moto = moto();
+        let bucket = moto.create_bucket().await;
+        let queue_url = moto.create_queue(max_receives).await;
+        let aws = moto.aws_settings();
+        let sqs = crate::queue::SqsQueue::connect(
+            crate::queue::sqs_client(&aws).await,
+            queue_url.clone(),
+        )
+        .await
+        .expect("open the test queue");
+        Self {
+            store: std::sync::Arc::new(crate::storage::S3Store::new(
+                crate::storage::s3_client(&aws).await,
+                bucket.clone(),
+            )),
+            queue: std::sync::Arc::new(sqs),
+            env: vec![
+                ("APP__STORAGE__BACKEND".into(), "s3".into()),
+                ("APP__STORAGE__BUCKET".into(), bucket),
+                ("APP__QUEUE__BACKEND".into(), "sqs".into()),
+                ("APP__QUEUE__SQS_QUEUE_URL".into(), queue_url),
+                ("APP__AWS__ENDPOINT_URL".into(), moto.endpoint.clone()),
+            ],
+            storage_dir: None,
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backends::queue::{JobQueue, PgQueue, SqsQueue};
+use backends::queue::JobQueue;
 use backends::settings::Settings;
-use backends::storage::{LocalStore, ObjectStore, S3Store};
-use backends::testing::{moto, videos, TestDatabase};
+use backends::storage::ObjectStore;
+use backends::testing::{videos, TestBackends, TestDatabase};
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -48,38 +48,18 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("APP__PUBLIC__VIDEOS_REFRESH".into(), "0s".into()),
         ("APP__LOG__FILTER".into(), "warn".into()),
     ];
-    let (store, queue, storage_dir): (Arc<dyn ObjectStore>, Arc<dyn JobQueue>, _) =
-        if options.on_aws_emulator {
-            let moto = moto();
-            let bucket = moto.create_bucket().await;
-            let queue_url = moto.create_queue(5).await;
-            env.extend([
-                ("APP__STORAGE__BACKEND".into(), "s3".into()),
-                ("APP__STORAGE__BUCKET".into(), bucket.clone()),
-                ("APP__QUEUE__BACKEND".into(), "sqs".into()),
-                ("APP__QUEUE__SQS_QUEUE_URL".into(), queue_url.clone()),
-                ("APP__AWS__ENDPOINT_URL".into(), moto.endpoint.clone()),
-            ]);
-            let aws = moto.aws_settings();
-            let s3 = backends::storage::s3_client(&aws).await;
-            let sqs = backends::queue::sqs_client(&aws).await;
-            (
-                Arc::new(S3Store::new(s3, bucket)),
-                Arc::new(SqsQueue::connect(sqs, queue_url).await.unwrap()),
-                None,
-            )
-        } else {
-            let dir = tempfile::tempdir().unwrap();
-            env.push((
-                "APP__STORAGE__LOCAL_DIR".into(),
-                dir.path().display().to_string(),
-            ));
-            (
-                Arc::new(LocalStore::new(dir.path())),
-                Arc::new(PgQueue::new(db.pool.clone(), "video-processing", 5)),
-                Some(dir),
-            )
-        };
+    let backends = if options.on_aws_emulator {
+        TestBackends::on_moto(5).await
+    } else {
+        TestBackends::local(&db, 5)
+    };
+    env.extend(backends.env.iter().cloned());
+    let TestBackends {
+        store,
+        queue,
+        storage_dir,
+        ..
+    } = backends;
     env.extend(
         options
             .extra_env

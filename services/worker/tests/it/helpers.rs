@@ -8,14 +8,13 @@ use std::time::Duration;
 use backends::db::VideoStatus;
 use backends::job::{original_key, processed_key, VideoJob};
 use backends::media::{self, Probe};
-use backends::queue::{Delivery, JobQueue, PgQueue, SqsQueue};
+use backends::queue::{Delivery, JobQueue};
 use backends::settings::Settings;
-use backends::storage::{LocalStore, ObjectStore, S3Store};
-use backends::testing::{moto, TestDatabase};
+use backends::storage::ObjectStore;
+use backends::testing::{TestBackends, TestDatabase};
 use uuid::Uuid;
 use worker::Worker;
 
-pub const QUEUE: &str = "video-processing";
 pub const MAX_RECEIVES: u32 = 3;
 
 pub struct Harness {
@@ -52,42 +51,18 @@ impl Harness {
     pub async fn build(aws: bool, extra: &[(&str, &str)]) -> Self {
         let db = TestDatabase::create().await;
         let mut env = base_env(&db);
-        let (store, queue, storage_dir): (Arc<dyn ObjectStore>, Arc<dyn JobQueue>, _) = if aws {
-            let moto = moto();
-            let bucket = moto.create_bucket().await;
-            let queue_url = moto.create_queue(MAX_RECEIVES).await;
-            env.extend([
-                ("APP__STORAGE__BACKEND".into(), "s3".into()),
-                ("APP__STORAGE__BUCKET".into(), bucket.clone()),
-                ("APP__QUEUE__BACKEND".into(), "sqs".into()),
-                ("APP__QUEUE__SQS_QUEUE_URL".into(), queue_url.clone()),
-                ("APP__AWS__ENDPOINT_URL".into(), moto.endpoint.clone()),
-            ]);
-            let aws = moto.aws_settings();
-            (
-                Arc::new(S3Store::new(
-                    backends::storage::s3_client(&aws).await,
-                    bucket,
-                )),
-                Arc::new(
-                    SqsQueue::connect(backends::queue::sqs_client(&aws).await, queue_url)
-                        .await
-                        .unwrap(),
-                ),
-                None,
-            )
+        let backends = if aws {
+            TestBackends::on_moto(MAX_RECEIVES).await
         } else {
-            let dir = tempfile::tempdir().unwrap();
-            env.push((
-                "APP__STORAGE__LOCAL_DIR".into(),
-                dir.path().display().to_string(),
-            ));
-            (
-                Arc::new(LocalStore::new(dir.path())),
-                Arc::new(PgQueue::new(db.pool.clone(), QUEUE, MAX_RECEIVES)),
-                Some(dir),
-            )
+            TestBackends::local(&db, MAX_RECEIVES)
         };
+        env.extend(backends.env.iter().cloned());
+        let TestBackends {
+            store,
+            queue,
+            storage_dir,
+            ..
+        } = backends;
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let settings = Settings::load_from(&[], env.clone()).unwrap();
         let worker = Arc::new(Worker::build(&settings).await.unwrap());
