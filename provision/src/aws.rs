@@ -58,6 +58,7 @@ pub struct Aws {
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub rds: aws_sdk_rds::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
     /// `down`: snapshot the database under this name before deleting it.
     pub final_snapshot: Option<String>,
     sts: aws_sdk_sts::Client,
@@ -84,6 +85,7 @@ impl Aws {
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&shared),
             rds: aws_sdk_rds::Client::new(&shared),
             autoscaling: aws_sdk_autoscaling::Client::new(&shared),
+            secrets: aws_sdk_secretsmanager::Client::new(&shared),
             final_snapshot: None,
             sts: aws_sdk_sts::Client::new(&shared),
             stack: stack.to_owned(),
@@ -124,11 +126,12 @@ impl Aws {
     pub async fn observe(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
         // Boxed: the SDK's futures are large, and four of them side by side overflow a
         // test thread's stack in debug builds.
-        let (network, queues, bucket, mut monitoring) = tokio::try_join!(
+        let (network, queues, bucket, mut monitoring, secrets) = tokio::try_join!(
             Box::pin(self.observe_network()),
             Box::pin(self.observe_queues()),
             Box::pin(self.observe_bucket(bucket)),
             Box::pin(self.observe_monitoring()),
+            Box::pin(self.observe_secrets()),
         )?;
         let mut names: HashMap<String, String> = network
             .iter()
@@ -165,6 +168,7 @@ impl Aws {
             .chain(load_balancing)
             .chain(database)
             .chain(compute)
+            .chain(secrets)
             .collect())
     }
 
@@ -864,7 +868,7 @@ impl Aws {
                     );
                 }
                 create.send().await?;
-                self.secure_bucket(name).await?;
+                self.secure_bucket(name, p["tls_only"] == "true").await?;
                 Ok(name.to_owned())
             }
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
@@ -876,6 +880,7 @@ impl Aws {
             Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
                 self.put_compute(change.kind, name, None, p, ids).await
             }
+            Kind::Secret => self.create_secret(name, p).await,
             Kind::Alarm | Kind::Dashboard => {
                 self.put_monitoring(change.kind, name, p, ids).await?;
                 Ok(name.to_owned())
@@ -994,7 +999,8 @@ impl Aws {
             Kind::Alarm | Kind::Dashboard => {
                 self.put_monitoring(change.kind, &change.name, p, ids).await
             }
-            Kind::Bucket => self.secure_bucket(id).await,
+            Kind::Bucket => self.secure_bucket(id, p["tls_only"] == "true").await,
+            Kind::Secret => self.update_secret(id, p).await,
             Kind::Queue => {
                 let mut set = self.sqs.set_queue_attributes().queue_url(id);
                 for (attribute, value) in self.queue_attributes(p).await? {
@@ -1120,7 +1126,7 @@ impl Aws {
         Ok(())
     }
 
-    async fn secure_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+    async fn secure_bucket(&self, bucket: &str, tls_only: bool) -> anyhow::Result<()> {
         use aws_sdk_s3::types::{
             PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
             ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
@@ -1154,6 +1160,10 @@ impl Aws {
             )
             .send()
             .await?;
+        if !tls_only {
+            self.s3.delete_bucket_policy().bucket(bucket).send().await?;
+            return self.tag_bucket(bucket).await;
+        }
         let policy = serde_json::json!({
             "Version": "2012-10-17",
             "Statement": [{
@@ -1171,6 +1181,10 @@ impl Aws {
             .policy(policy.to_string())
             .send()
             .await?;
+        self.tag_bucket(bucket).await
+    }
+
+    async fn tag_bucket(&self, bucket: &str) -> anyhow::Result<()> {
         let tagging = aws_sdk_s3::types::Tagging::builder()
             .tag_set(
                 aws_sdk_s3::types::Tag::builder()
@@ -1360,6 +1374,7 @@ impl Aws {
             Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
                 self.delete_compute(kind, id, id).await
             }
+            Kind::Secret => self.delete_secret(id).await,
             Kind::Alarm => self
                 .cloudwatch
                 .delete_alarms()
@@ -1453,7 +1468,10 @@ impl Aws {
 fn references(change: &Change) -> impl Iterator<Item = &str> {
     change
         .desired
-        .values()
+        .iter()
+        // A script mentions names in passing; what it depends on is listed beside it.
+        .filter(|(field, _)| field.as_str() != "user_data")
+        .map(|(_, value)| value)
         .flat_map(|v| v.split([',', ';', ' ']))
         .filter(|token| !token.is_empty())
 }

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use aws_sdk_autoscaling::types::{
     CustomizedMetricSpecification, LaunchTemplateSpecification, Metric, MetricDimension,
     Tag as AsgTag, TargetTrackingConfiguration, TargetTrackingMetricDataQuery,
@@ -100,6 +102,13 @@ impl Aws {
             else {
                 continue;
             };
+            let user_data = data
+                .user_data()
+                .and_then(|encoded| BASE64.decode(encoded).ok())
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
+            let header = crate::userdata::header(&user_data);
+            let header_value = |name: &str| header.get(name).cloned().unwrap_or_default();
             out.push(Observed {
                 resource: Resource::new(
                     Kind::LaunchTemplate,
@@ -133,6 +142,11 @@ impl Aws {
                                 .map(|t| t.as_str().to_owned())
                                 .unwrap_or_default(),
                         ),
+                        ("release", header_value("RELEASE")),
+                        ("database", header_value("DATABASE")),
+                        ("queue", header_value("QUEUE")),
+                        ("token_secret", header_value("TOKEN_SECRET")),
+                        ("user_data", user_data),
                     ],
                 ),
                 id,
@@ -278,6 +292,7 @@ impl Aws {
                             .build(),
                     )
                     .tag_specifications(instance_tags)
+                    .user_data(BASE64.encode(&p["user_data"]))
                     .build();
                 match id {
                     None => {
@@ -455,6 +470,97 @@ impl Aws {
     }
 }
 
+impl Aws {
+    /// Starts an instance refresh on each group whose instances run an older version of
+    /// its launch template than the latest (a new release or settings), replacing them a
+    /// few at a time: new instances first, old ones once the new are healthy. Asks AWS
+    /// what runs rather than remembering what changed, so an interrupted `up` still rolls.
+    pub async fn roll_outdated_instances(&self) -> anyhow::Result<()> {
+        for tier in ["web", "worker"] {
+            let group = crate::desired::asg_name(&self.stack, tier);
+            let found = self
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .auto_scaling_group_names(&group)
+                .send()
+                .await
+                .context("describe auto-scaling groups")?;
+            let Some(asg) = found.auto_scaling_groups().first() else {
+                continue;
+            };
+            let Some(template) = asg.launch_template().and_then(|t| t.launch_template_name())
+            else {
+                continue;
+            };
+            let templates = self
+                .ec2
+                .describe_launch_templates()
+                .launch_template_names(template)
+                .send()
+                .await
+                .context("describe launch templates")?;
+            let Some(latest) = templates
+                .launch_templates()
+                .first()
+                .and_then(|t| t.latest_version_number())
+            else {
+                continue;
+            };
+            let versions: Vec<Option<&str>> = asg
+                .instances()
+                .iter()
+                .map(|i| i.launch_template().and_then(|t| t.version()))
+                .collect();
+            let outdated = outdated_instances(&versions, latest);
+            if outdated == 0 {
+                continue;
+            }
+            let refreshes = self
+                .autoscaling
+                .describe_instance_refreshes()
+                .auto_scaling_group_name(&group)
+                .send()
+                .await
+                .context("describe instance refreshes")?;
+            let running = refreshes.instance_refreshes().iter().any(|r| {
+                matches!(
+                    r.status().map(|s| s.as_str()),
+                    Some("Pending" | "InProgress")
+                )
+            });
+            if running {
+                eprintln!("  {group}: {outdated} instance(s) on an older template; a refresh is already rolling them");
+                continue;
+            }
+            self.autoscaling
+                .start_instance_refresh()
+                .auto_scaling_group_name(&group)
+                .preferences(
+                    aws_sdk_autoscaling::types::RefreshPreferences::builder()
+                        .min_healthy_percentage(100)
+                        .max_healthy_percentage(200)
+                        .instance_warmup(120)
+                        .skip_matching(true)
+                        .build(),
+                )
+                .send()
+                .await
+                .with_context(|| format!("start an instance refresh of {group}"))?;
+            eprintln!("  {group}: replacing {outdated} instance(s) with template version {latest}, new ones first (instance refresh)");
+        }
+        Ok(())
+    }
+}
+
+/// Instances launched from a numbered template version older than `latest`. Versions
+/// that are not numbers (an emulator reporting "$Latest") cannot be compared: left alone.
+fn outdated_instances(versions: &[Option<&str>], latest: i64) -> usize {
+    versions
+        .iter()
+        .filter(|v| v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < latest))
+        .count()
+}
+
 fn format_number(value: f64) -> String {
     if value.fract() == 0.0 {
         format!("{value:.0}")
@@ -560,6 +666,15 @@ mod tests {
         );
         assert_eq!(expression.return_data(), Some(true));
         assert_eq!(metrics_property(&queries), spec);
+    }
+
+    #[test]
+    fn only_instances_on_older_numbered_versions_are_rolled() {
+        assert_eq!(
+            outdated_instances(&[Some("1"), Some("2"), Some("3"), None, Some("$Latest")], 3),
+            2
+        );
+        assert_eq!(outdated_instances(&[Some("3")], 3), 0);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub struct Config {
     pub load_balancer: LoadBalancerConfig,
     pub database: DatabaseConfig,
     pub instances: InstancesConfig,
+    pub logs: LogsConfig,
     pub web: WebTierConfig,
     pub worker: WorkerTierConfig,
 }
@@ -26,6 +27,13 @@ pub struct Config {
 pub struct InstancesConfig {
     pub ami: String,
     pub instance_profile: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsConfig {
+    pub cloudwatch_agent: bool,
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +161,12 @@ impl Config {
         anyhow::ensure!(
             self.worker.backlog_per_instance > 0,
             "worker.backlog_per_instance must be at least 1"
+        );
+        // The values CloudWatch Logs accepts.
+        anyhow::ensure!(
+            [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653]
+                .contains(&self.logs.retention_days),
+            "logs.retention_days must be one CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, …)"
         );
         Ok(())
     }

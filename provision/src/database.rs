@@ -176,11 +176,44 @@ impl Aws {
                     .tags(name_tag)
                     .send()
                     .await?;
-                eprintln!("  RDS creates the instance in the background (about 10–15 min for Multi-AZ); `provision status` shows it once described");
+                self.wait_until_available(name).await?;
             }
             other => anyhow::bail!("{other} is not a database resource"),
         }
         Ok(name.to_owned())
+    }
+
+    /// The launch templates wait for the database (they name it), so instances boot into
+    /// a stack whose database answers instead of failing health checks for a quarter hour.
+    async fn wait_until_available(&self, name: &str) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let found = self
+                .rds
+                .describe_db_instances()
+                .db_instance_identifier(name)
+                .send()
+                .await
+                .context("describe DB instances")?;
+            let status = found
+                .db_instances()
+                .first()
+                .and_then(|db| db.db_instance_status())
+                .unwrap_or("unknown")
+                .to_owned();
+            if status == "available" {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                !matches!(status.as_str(), "failed" | "incompatible-parameters" | "storage-full"),
+                "database {name} is {status}"
+            );
+            eprintln!(
+                "  waiting for RDS to create {name} (status {status}, {:.0} s so far; Multi-AZ takes 10–20 min)",
+                started.elapsed().as_secs_f64()
+            );
+            tokio::time::sleep(POLL * 3).await;
+        }
     }
 
     pub(crate) async fn update_database(

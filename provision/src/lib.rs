@@ -5,19 +5,23 @@
 //! different points. This is the only crate that knows VPCs, subnets and security groups;
 //! it deploys the services' binaries but never links them.
 //!
-//! Status: the network (VPC, subnets, internet gateway, public routes), the security
-//! groups, the S3 bucket, the SQS queues, the CloudWatch alarms and dashboard, and the
-//! load balancer with its target group and HTTP listener, RDS (subnet group and
-//! instance), the launch templates, and both auto-scaling groups with their scaling
-//! policies are managed. The instances' user data (the deploy path) is not yet.
+//! It manages the network (VPC, subnets, internet gateway, public routes), the security
+//! groups, the S3 bucket, the SQS queues, the CloudWatch alarms and dashboard, the load
+//! balancer with its target group and listeners, RDS (subnet group and instance), the
+//! token signing secret, the launch templates with the instances' user data
+//! (`userdata/`, naming a release published under `artifacts/` in the bucket), and both
+//! auto-scaling groups with their scaling policies.
 
 pub mod aws;
 mod compute;
 pub mod config;
 mod database;
+pub mod deploy;
 pub mod desired;
 mod load_balancing;
 pub mod model;
+mod secrets;
+pub mod userdata;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
@@ -49,6 +53,11 @@ pub struct Stack {
     ami: String,
     /// Show AWS ids next to names (`-v`).
     pub verbose: bool,
+    /// The services' release the instances run; `None`: whatever the launch templates
+    /// already name.
+    pub release: Option<String>,
+    /// False for an emulator on plain HTTP (see `desired::Inputs`).
+    over_tls: bool,
 }
 
 impl Stack {
@@ -65,16 +74,26 @@ impl Stack {
             account_id,
             ami,
             verbose: false,
+            release: None,
+            over_tls: !endpoint.is_some_and(|e| e.starts_with("http://")),
         })
+    }
+
+    pub fn bucket(&self) -> String {
+        desired::bucket_name(&self.config, &self.account_id)
     }
 
     /// Desired versus observed, in creation order, orphans last.
     pub async fn changes(&self) -> anyhow::Result<Vec<Change>> {
-        let desired = desired::desired_state(&self.config, &self.account_id, &self.ami);
-        let observed = self
-            .aws
-            .observe(&desired::bucket_name(&self.config, &self.account_id))
-            .await?;
+        let observed = self.aws.observe(&self.bucket()).await?;
+        let release = self.release.clone().unwrap_or_else(|| deployed_release(&observed));
+        let inputs = desired::Inputs {
+            account_id: &self.account_id,
+            ami: &self.ami,
+            release: &release,
+            over_tls: self.over_tls,
+        };
+        let desired = desired::desired_state(&self.config, &inputs);
         Ok(model::diff(&desired, &observed))
     }
 
@@ -94,6 +113,7 @@ impl Stack {
             .filter(|c| c.is_change() && c.action != Action::Orphan)
             .collect();
         if todo.is_empty() {
+            self.aws.roll_outdated_instances().await?;
             report(
                 output,
                 "up",
@@ -102,12 +122,14 @@ impl Stack {
             );
             return Ok(0);
         }
+        self.check_release(&todo).await?;
         eprintln!(
             "Applying {} change(s) to stack {}:",
             todo.len(),
             self.config.stack.name
         );
         self.aws.apply(&changes).await?;
+        self.aws.roll_outdated_instances().await?;
         let orphans = changes
             .iter()
             .filter(|c| c.action == Action::Orphan)
@@ -128,6 +150,82 @@ impl Stack {
             ),
         );
         Ok(todo.len())
+    }
+
+    /// Refuses to write launch templates whose instances could not install their release.
+    async fn check_release(&self, todo: &[&Change]) -> anyhow::Result<()> {
+        let Some(template) = todo.iter().find(|c| c.kind == model::Kind::LaunchTemplate) else {
+            return Ok(());
+        };
+        let release = template.desired.get("release").cloned().unwrap_or_default();
+        anyhow::ensure!(
+            !release.is_empty(),
+            "no release to deploy: `cargo xtask up` builds and publishes one, or run \
+             `provision publish --release NAME api=FILE worker=FILE` then `provision up --release NAME`"
+        );
+        let missing = self
+            .aws
+            .missing_artifacts(&self.bucket(), &release, &["api", "worker"])
+            .await?;
+        anyhow::ensure!(
+            missing.is_empty(),
+            "release {release} is not published (missing {}): `provision publish --release {release} …` first",
+            missing.join(", ")
+        );
+        Ok(())
+    }
+
+    /// Creates the bucket if needed (with its settings) and uploads the release's
+    /// artifacts under `artifacts/<release>/`.
+    pub async fn publish(
+        &self,
+        release: &str,
+        files: &[(String, std::path::PathBuf)],
+    ) -> anyhow::Result<()> {
+        let bucket: Vec<Change> = self
+            .changes()
+            .await?
+            .into_iter()
+            .filter(|c| c.kind == model::Kind::Bucket && c.is_change() && c.action != Action::Orphan)
+            .collect();
+        if !bucket.is_empty() {
+            eprintln!("Preparing bucket {}:", self.bucket());
+            self.aws.apply(&bucket).await?;
+        }
+        eprintln!("Publishing release {release}:");
+        self.aws.publish(&self.bucket(), release, files).await
+    }
+
+    /// The public URL (once the load balancer exists) and where the logs are.
+    pub async fn endpoints(&self) -> anyhow::Result<(Option<String>, String)> {
+        let scheme = if self.config.load_balancer.certificate_arn.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
+        let url = self
+            .aws
+            .load_balancer_dns()
+            .await?
+            .map(|dns| format!("{scheme}://{dns}"));
+        let region = &self.config.stack.region;
+        let mut logs = String::new();
+        if self.config.logs.cloudwatch_agent {
+            logs.push_str(&format!(
+                "aws logs tail /anb/{} --follow --region {region}\n",
+                self.config.stack.name
+            ));
+        }
+        logs.push_str(&format!(
+            "aws ec2 get-console-output --latest --region {region} --instance-id <id>   (boot log; ids: aws autoscaling describe-auto-scaling-groups)\n"
+        ));
+        Ok((url, logs))
+    }
+
+    pub async fn wait_for_healthy_targets(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        self.aws
+            .wait_for_healthy_targets(self.config.web.min_size.max(1) as usize, timeout)
+            .await
     }
 
     pub async fn status(&self, output: Output) -> anyhow::Result<Sync> {
@@ -185,6 +283,16 @@ impl Stack {
             .map(|o| format!("{} {} ({})", o.resource.kind, o.resource.name, o.id))
             .collect())
     }
+}
+
+/// The release the stack's web launch template names (empty when there is none).
+fn deployed_release(observed: &[model::Observed]) -> String {
+    observed
+        .iter()
+        .filter(|o| o.resource.kind == model::Kind::LaunchTemplate)
+        .find_map(|o| o.resource.props.get("release").filter(|r| !r.is_empty()))
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn print_changes(changes: &[Change], output: Output, verbose: bool) {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use provision::{Output, Stack, Sync};
 
@@ -31,6 +32,10 @@ struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Release of the services the instances run (published with `publish`). Default: the
+    /// release the launch templates already name. A new one rolls the instances.
+    #[arg(long, global = true, env = "ANB_RELEASE", value_parser = parse_release)]
+    release: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,7 +45,19 @@ enum Command {
     /// Show what `up` would change, per resource; changes nothing.
     Plan,
     /// Create what is missing and update what differs; a second run changes nothing.
-    Up,
+    /// Instances on an older launch template are replaced, new ones first.
+    Up {
+        /// Then wait (up to 30 min) until the load balancer has healthy web instances.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Upload a release's binaries (with SHA-256 checksums) to artifacts/<release>/ in the
+    /// stack's bucket, creating the bucket if needed. Needs --release.
+    Publish {
+        /// The binaries, as NAME=FILE: api=target/release/api worker=target/release/worker.
+        #[arg(required = true, value_parser = parse_artifact)]
+        artifacts: Vec<(String, PathBuf)>,
+    },
     /// Compare the live stack with the configuration. Exit 0 in sync, 2 drift, 1 error.
     Status,
     /// Delete every resource of the stack, dependents first; re-run until clean.
@@ -76,13 +93,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let mut stack = Stack::open(config, cli.endpoint_url.as_deref()).await?;
     stack.verbose = cli.verbose;
+    stack.release = cli.release.clone();
     Ok(match cli.command {
         Command::Plan => {
             stack.plan(cli.output).await?;
             ExitCode::SUCCESS
         }
-        Command::Up => {
+        Command::Up { wait } => {
             stack.up(cli.output).await?;
+            let (url, logs) = stack.endpoints().await?;
+            if wait {
+                let waited = stack
+                    .wait_for_healthy_targets(std::time::Duration::from_secs(30 * 60))
+                    .await;
+                if let Err(e) = waited {
+                    eprintln!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
+                    return Err(e);
+                }
+            }
+            if let Some(url) = url {
+                println!("URL: {url}/api/health");
+            }
+            println!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
+            ExitCode::SUCCESS
+        }
+        Command::Publish { artifacts } => {
+            let release = cli
+                .release
+                .context("publish needs --release NAME (or ANB_RELEASE)")?;
+            stack.publish(&release, &artifacts).await?;
+            println!("Published release {release} to s3://{}/artifacts/{release}/", stack.bucket());
             ExitCode::SUCCESS
         }
         Command::Status => match stack.status(cli.output).await? {
@@ -111,4 +151,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+fn parse_release(value: &str) -> Result<String, String> {
+    if provision::userdata::valid_release(value) {
+        Ok(value.to_owned())
+    } else {
+        Err("a release is 1–64 letters, digits, '.', '_' or '-', not starting with '.'".into())
+    }
+}
+
+fn parse_artifact(value: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value}: expected NAME=FILE, e.g. api=target/release/api"))?;
+    if !["api", "worker"].contains(&name) {
+        return Err(format!("{name}: the artifacts are api and worker"));
+    }
+    let file = PathBuf::from(file);
+    if !file.is_file() {
+        return Err(format!("{}: no such file", file.display()));
+    }
+    Ok((name.to_owned(), file))
 }

@@ -28,6 +28,7 @@ pub enum Kind {
     LaunchTemplate,
     AutoScalingGroup,
     ScalingPolicy,
+    Secret,
 }
 
 impl Kind {
@@ -54,7 +55,8 @@ impl Kind {
             | Kind::Queue
             | Kind::Alarm
             | Kind::Dashboard
-            | Kind::Listener => &[],
+            | Kind::Listener
+            | Kind::Secret => &[],
         }
     }
 
@@ -72,7 +74,8 @@ impl Kind {
             | Kind::Listener
             | Kind::Database
             | Kind::ScalingPolicy
-            | Kind::AutoScalingGroup => 0,
+            | Kind::AutoScalingGroup
+            | Kind::Secret => 0,
             Kind::RouteTable | Kind::LoadBalancer | Kind::DbSubnetGroup | Kind::LaunchTemplate => 1,
             Kind::SecurityGroup | Kind::Subnet | Kind::InternetGateway | Kind::TargetGroup => 2,
             Kind::Vpc => 3,
@@ -85,7 +88,7 @@ impl Kind {
             Kind::Vpc => 0,
             Kind::Subnet | Kind::InternetGateway | Kind::SecurityGroup => 1,
             Kind::RouteTable => 2,
-            Kind::Queue | Kind::Bucket => 0,
+            Kind::Queue | Kind::Bucket | Kind::Secret => 0,
             // Alarms name their queue, so they come after it.
             // After the scaling policies their actions name.
             Kind::Alarm | Kind::Dashboard => 6,
@@ -121,6 +124,7 @@ impl fmt::Display for Kind {
             Kind::LaunchTemplate => "launch-template",
             Kind::AutoScalingGroup => "autoscaling-group",
             Kind::ScalingPolicy => "scaling-policy",
+            Kind::Secret => "secret",
         };
         f.write_str(name)
     }
@@ -243,10 +247,21 @@ fn field_changes(want: &Props, have: &Props) -> Vec<FieldChange> {
         .filter(|(field, value)| have.get(*field) != Some(value))
         .map(|(field, value)| FieldChange {
             field: field.clone(),
-            old: have.get(field).cloned(),
-            new: Some(value.clone()),
+            old: have.get(field).map(|v| shown(v)),
+            new: Some(shown(value)),
         })
         .collect()
+}
+
+/// A value as a plan shows it: a script (user data) by its SHA-256, anything else as is.
+fn shown(value: &str) -> String {
+    use sha2::Digest;
+    if !value.contains('\n') {
+        return value.to_owned();
+    }
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}… ({} lines)", value.lines().count())
 }
 
 /// One line per resource: `create`, `update (field: old → new)`, `replace (…)`, `ok`,
@@ -417,5 +432,26 @@ mod tests {
         let text = render(&changes);
         assert!(text.ends_with("2 change(s).\n"), "{text}");
         assert!(render(&[]).contains("No changes"));
+    }
+
+    #[test]
+    fn scripts_show_as_digests() {
+        let template = |script: &str| {
+            Resource::new(
+                Kind::LaunchTemplate,
+                "anb-web-template",
+                &[("user_data", script.into())],
+            )
+        };
+        let changes = diff(
+            &[template("#!/bin/bash\nRELEASE='2'\n")],
+            &[seen(template("#!/bin/bash\nRELEASE='1'\n"), "lt-1")],
+        );
+        let Action::Update(fields) = &changes[0].action else {
+            panic!("{changes:?}")
+        };
+        let (old, new) = (fields[0].old.clone().unwrap(), fields[0].new.clone().unwrap());
+        assert!(old.starts_with("sha256:") && old.ends_with("(2 lines)"), "{old}");
+        assert_ne!(old, new);
     }
 }

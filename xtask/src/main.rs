@@ -10,6 +10,7 @@ mod bench;
 mod bench_provision;
 mod bench_worker;
 mod ci;
+mod deploy;
 mod dev;
 mod postgres;
 mod system;
@@ -37,6 +38,12 @@ enum Command {
     Ci(ci::CiArgs),
     /// Measure performance and print figures with ratios to a baseline from the same run.
     Bench(bench::BenchArgs),
+    /// Deploy to AWS: build release binaries of the API and the worker, publish them to
+    /// the stack's bucket, run `provision up` with that release (rolling instances on a
+    /// new one), wait for healthy instances, print the URL. Never prompts.
+    Up(deploy::UpArgs),
+    /// Delete the whole AWS stack (`provision down`); asks first unless --yes.
+    Down(deploy::DownArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +52,8 @@ fn main() -> ExitCode {
         Command::Dev(args) => dev::run(args),
         Command::Ci(args) => ci::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Up(args) => deploy::up(args),
+        Command::Down(args) => deploy::down(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

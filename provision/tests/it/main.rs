@@ -45,19 +45,40 @@ fn status_exit_code(endpoint: &str, stack: &str) -> i32 {
     out.status.code().unwrap()
 }
 
+/// Stand-ins for the release's binaries: nothing boots on moto, but `up` checks that
+/// what its instances would download is there.
+async fn publish_stand_ins(stack: &Stack, release: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stand-in");
+    std::fs::write(&file, b"not a real binary").unwrap();
+    stack
+        .publish(
+            release,
+            &[("api".into(), file.clone()), ("worker".into(), file)],
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() {
     let moto = backends::testing::moto();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let stack = Stack::open(config_for(&name), Some(&moto.endpoint))
+    let mut stack = Stack::open(config_for(&name), Some(&moto.endpoint))
         .await
         .unwrap();
+    stack.release = Some("r1".into());
 
     // An empty account: everything is to be created.
     let plan = stack.plan(Output::Text).await.unwrap();
     assert!(plan.iter().all(|c| c.action == Action::Create), "{plan:?}");
+    // Instances could not install an unpublished release: refused before any change.
+    let refused = stack.up(Output::Text).await.unwrap_err().to_string();
+    assert!(refused.contains("release r1 is not published"), "{refused}");
+    assert!(stack.aws.observe(&stack.bucket()).await.unwrap().is_empty());
+    publish_stand_ins(&stack, "r1").await;
     let made = stack.up(Output::Text).await.unwrap();
-    assert_eq!(made, plan.len());
+    assert_eq!(made, plan.len() - 1, "all but the bucket, which publish made");
 
     // What AWS now reports carries each property.
     let ec2 = &stack.aws.ec2;
@@ -321,6 +342,68 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         data.iam_instance_profile().unwrap().name(),
         Some("LabInstanceProfile")
     );
+    // User data names the release and where secrets are, never a secret itself.
+    let user_data = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            data.user_data().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(user_data.contains("RELEASE='r1'"), "{user_data}");
+    assert!(user_data.contains("install_release worker"));
+    let secrets = &stack.aws.secrets;
+    let token_key = secrets
+        .get_secret_value()
+        .secret_id(format!("{name}-jwt-key"))
+        .send()
+        .await
+        .unwrap();
+    let token_key = token_key.secret_string().unwrap();
+    assert!(token_key.len() >= 64);
+    let db = stack
+        .aws
+        .rds
+        .describe_db_instances()
+        .db_instance_identifier(format!("{name}-postgres"))
+        .send()
+        .await
+        .unwrap();
+    let login = secrets
+        .get_secret_value()
+        .secret_id(
+            db.db_instances()[0]
+                .master_user_secret()
+                .unwrap()
+                .secret_arn()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let login: serde_json::Value = serde_json::from_str(login.secret_string().unwrap()).unwrap();
+    let password = login["password"].as_str().unwrap();
+    for tier in ["web", "worker"] {
+        let template = ec2
+            .describe_launch_template_versions()
+            .launch_template_name(format!("{name}-{tier}-template"))
+            .versions("$Latest")
+            .send()
+            .await
+            .unwrap();
+        let encoded = template.launch_template_versions()[0]
+            .launch_template_data()
+            .unwrap()
+            .user_data()
+            .unwrap();
+        let text = String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap(),
+        )
+        .unwrap();
+        assert!(!text.contains(token_key), "{tier} user data holds the signing key");
+        assert!(!text.contains(password), "{tier} user data holds the DB password");
+    }
 
     // A second run changes nothing, and status agrees.
     assert_eq!(stack.up(Output::Text).await.unwrap(), 0);
@@ -492,10 +575,17 @@ async fn an_up_killed_halfway_converges_when_run_again() {
     let moto = backends::testing::moto();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let config = config_file();
+    let mut stack = Stack::open(config_for(&name), Some(&moto.endpoint))
+        .await
+        .unwrap();
+    stack.release = Some("r1".into());
+    publish_stand_ins(&stack, "r1").await;
     #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
     let mut up = Command::new(env!("CARGO_BIN_EXE_provision"))
         .args([
             "up",
+            "--release",
+            "r1",
             "--stack",
             &name,
             "--endpoint-url",
@@ -522,9 +612,6 @@ async fn an_up_killed_halfway_converges_when_run_again() {
     up.wait().unwrap();
     assert_eq!(created, 10, "the run ended before it could be interrupted");
 
-    let stack = Stack::open(config_for(&name), Some(&moto.endpoint))
-        .await
-        .unwrap();
     let left = stack.changes().await.unwrap();
     assert!(
         left.iter().any(|c| c.action == Action::Ok),

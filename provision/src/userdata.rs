@@ -1,0 +1,182 @@
+//! The instances' user data: `userdata/common.sh` followed by the tier's script, with
+//! their `{{name}}` placeholders filled in from the configuration and the release.
+//!
+//! Only names go in (bucket, queue, database instance, secret): the instance resolves
+//! them when it boots and reads secrets each time a service starts. So user data is a
+//! pure function of the configuration and the release, `plan` can show it before anything
+//! exists, and it changes (rolling the instances) only when one of those changes.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::desired;
+
+const COMMON: &str = include_str!("../../userdata/common.sh");
+const WEB: &str = include_str!("../../userdata/web.sh");
+const WORKER: &str = include_str!("../../userdata/worker.sh");
+
+/// EC2's limit on user data, before base64.
+pub const MAX_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Web,
+    Worker,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Web => "web",
+            Tier::Worker => "worker",
+        }
+    }
+}
+
+/// What a release name may contain: it is an S3 key segment and a shell word.
+pub fn valid_release(release: &str) -> bool {
+    !release.is_empty()
+        && release.len() <= 64
+        && !release.starts_with('.')
+        && release
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The values a template names, in the order its header lists them.
+pub fn values(
+    tier: Tier,
+    config: &Config,
+    account_id: &str,
+    release: &str,
+) -> Vec<(&'static str, String)> {
+    let stack = &config.stack.name;
+    vec![
+        ("tier", tier.name().to_owned()),
+        ("stack", stack.clone()),
+        ("region", config.stack.region.clone()),
+        ("release", release.to_owned()),
+        ("bucket", desired::bucket_name(config, account_id)),
+        ("queue", desired::queue_name(stack)),
+        ("database", desired::database_name(stack)),
+        ("database_name", config.database.database_name.clone()),
+        ("token_secret", desired::token_secret_name(stack)),
+        ("cloudwatch_agent", config.logs.cloudwatch_agent.to_string()),
+        ("log_retention_days", config.logs.retention_days.to_string()),
+    ]
+}
+
+pub fn render(tier: Tier, config: &Config, account_id: &str, release: &str) -> String {
+    let tier_script = match tier {
+        Tier::Web => WEB,
+        Tier::Worker => WORKER,
+    };
+    let mut text = format!("{COMMON}{tier_script}");
+    for (name, value) in values(tier, config, account_id, release) {
+        text = text.replace(&format!("{{{{{name}}}}}"), &value);
+    }
+    text
+}
+
+/// The `NAME='value'` assignments at the top of rendered user data: how `observe` reads
+/// back which release, queue, database and secret a launch template's instances use.
+pub fn header(user_data: &str) -> BTreeMap<String, String> {
+    user_data
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once("='")?;
+            let value = value.strip_suffix('\'')?;
+            let is_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c == '_');
+            is_name.then(|| (name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed() -> Config {
+        Config::load(None).unwrap()
+    }
+
+    #[test]
+    fn every_placeholder_is_filled_and_the_header_reads_back() {
+        for tier in [Tier::Web, Tier::Worker] {
+            let text = render(tier, &seed(), "123456789012", "0.1.0-abc");
+            assert!(!text.contains("{{"), "{} has a placeholder left", tier.name());
+            assert!(text.len() < MAX_BYTES, "{} is {} bytes", tier.name(), text.len());
+            let header = header(&text);
+            assert_eq!(header["RELEASE"], "0.1.0-abc");
+            assert_eq!(header["QUEUE"], "anb-video-processing");
+            assert_eq!(header["DATABASE"], "anb-postgres");
+            assert_eq!(header["BUCKET"], "anb-videos-123456789012");
+            assert_eq!(header["TIER"], tier.name());
+        }
+    }
+
+    /// Each tier's script, as rendered for the seed configuration with the log agent on
+    /// and off, passes shellcheck (the Debian package) with no warning at all.
+    #[test]
+    fn rendered_user_data_passes_shellcheck() {
+        use std::io::Write;
+        let mut off = seed();
+        off.logs.cloudwatch_agent = false;
+        for config in [seed(), off] {
+            for tier in [Tier::Web, Tier::Worker] {
+                let text = render(tier, &config, "123456789012", "r1");
+                #[allow(clippy::disallowed_methods)] // shellcheck is the check
+                let mut shellcheck = std::process::Command::new("shellcheck")
+                    .args(["--severity=style", "--shell=bash", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!("cannot run shellcheck ({e}): apt-get install shellcheck")
+                    });
+                shellcheck
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(text.as_bytes())
+                    .unwrap();
+                let out = shellcheck.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "shellcheck on the {} user data:\n{}",
+                    tier.name(),
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_secret_is_rendered() {
+        for tier in [Tier::Web, Tier::Worker] {
+            let text = render(tier, &seed(), "123456789012", "r1");
+            // The only places secrets go are written at service start, from Secrets
+            // Manager, into /run: the rendered text names where to read them, nothing more.
+            for line in text.lines() {
+                let line = line.trim();
+                for setting in ["APP__DATABASE__URL=", "APP__AUTH__JWT_SECRET="] {
+                    if let Some(value) = line.strip_prefix(&format!("echo \"{setting}")) {
+                        assert!(value.starts_with('$'), "{setting} is given a literal: {line}");
+                    }
+                }
+                assert!(!line.contains("password="), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn release_names_are_s3_and_shell_safe() {
+        assert!(valid_release("0.1.0-3f2a9c1d"));
+        for bad in ["", "a b", "x'y", "..", "a/b", &"x".repeat(65)] {
+            assert!(!valid_release(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+#!/bin/bash
+# ANB Rising Stars {{tier}} instance: rendered by `provision` from config/aws.toml into the
+# tier's launch template. Every value below is a name, never a secret: the database
+# password and the token signing key are read from Secrets Manager each time a service
+# starts (`write-env`), so they are never in user data and a rotated password is picked up
+# on the next restart.
+set -euo pipefail
+
+STACK='{{stack}}'
+REGION='{{region}}'
+RELEASE='{{release}}'
+BUCKET='{{bucket}}'
+QUEUE='{{queue}}'
+DATABASE='{{database}}'
+DATABASE_NAME='{{database_name}}'
+TOKEN_SECRET='{{token_secret}}'
+CLOUDWATCH_AGENT='{{cloudwatch_agent}}'
+LOG_RETENTION_DAYS='{{log_retention_days}}'
+TIER='{{tier}}'
+
+export AWS_DEFAULT_REGION="$REGION" DEBIAN_FRONTEND=noninteractive
+SELF=/usr/local/lib/anb/instance
+
+say() { echo "anb-$TIER: $*" >&2; }
+
+# Retries a command that needs the network (apt mirrors, S3, the AWS APIs) for ~4 minutes.
+retry() {
+    local attempt=1
+    until "$@"; do
+        if [ "$attempt" -ge 8 ]; then
+            say "giving up after $attempt attempts: $*"
+            return 1
+        fi
+        say "attempt $attempt failed, retrying in $((attempt * 5)) s: $*"
+        sleep $((attempt * 5))
+        attempt=$((attempt + 1))
+    done
+}
+
+install_packages() {
+    retry apt-get update -q
+    retry apt-get install -y -q --no-install-recommends awscli python3 ca-certificates curl "$@"
+}
+
+# Downloads artifacts/<release>/<name> from the stack's bucket, checks it against the
+# SHA-256 published next to it, and installs it as /usr/local/bin/anb-<name>.
+install_release() {
+    local name=$1 dir
+    dir=$(mktemp -d)
+    retry aws s3 cp --only-show-errors "s3://$BUCKET/artifacts/$RELEASE/$name" "$dir/$name"
+    retry aws s3 cp --only-show-errors "s3://$BUCKET/artifacts/$RELEASE/$name.sha256" "$dir/$name.sha256"
+    (cd "$dir" && sha256sum --check --strict "$name.sha256")
+    install -m 0755 "$dir/$name" "/usr/local/bin/anb-$name"
+    rm -rf "$dir"
+    say "installed $name of release $RELEASE"
+}
+
+# The settings a service starts with that are not secret, root-only all the same:
+# /etc/anb/<service>.env. $1 is the service; stdin adds tier-specific lines.
+write_settings() {
+    local service=$1 queue_url
+    queue_url=$(retry aws sqs get-queue-url --queue-name "$QUEUE" --query QueueUrl --output text)
+    install -d -m 0700 /etc/anb
+    {
+        echo "APP__AWS__REGION=$REGION"
+        echo "APP__STORAGE__BACKEND=s3"
+        echo "APP__STORAGE__BUCKET=$BUCKET"
+        echo "APP__QUEUE__BACKEND=sqs"
+        echo "APP__QUEUE__SQS_QUEUE_URL=$queue_url"
+        echo "APP__LOG__FORMAT=json"
+        cat
+    } >"/etc/anb/$service.env"
+    chmod 0600 "/etc/anb/$service.env"
+}
+
+# Run by systemd as root before each start of a service (ExecStartPre=+): reads the
+# database endpoint and its AWS-managed password (and, for the API, the token signing key)
+# and writes them to /run/anb/<service>.env, readable by root only. Fails, and systemd
+# retries, while the database is still being created.
+write_env() {
+    local service=$1 address port secret status url
+    read -r address port secret status < <(aws rds describe-db-instances \
+        --db-instance-identifier "$DATABASE" --output text \
+        --query 'DBInstances[0].[Endpoint.Address,Endpoint.Port,MasterUserSecret.SecretArn,DBInstanceStatus]')
+    if [ "$address" = None ] || [ "$secret" = None ]; then
+        say "database $DATABASE is not reachable yet (status $status); systemd retries"
+        return 1
+    fi
+    url=$(aws secretsmanager get-secret-value --secret-id "$secret" --query SecretString \
+        --output text | python3 -c '
+import json, sys, urllib.parse
+login = json.load(sys.stdin)
+user, password = (urllib.parse.quote(login[k], safe="") for k in ("username", "password"))
+host, port, name = sys.argv[1:4]
+print("postgres://%s:%s@%s:%s/%s?sslmode=require" % (user, password, host, port, name))
+' "$address" "$port" "$DATABASE_NAME")
+    umask 077
+    install -d -m 0700 /run/anb
+    {
+        echo "APP__DATABASE__URL=$url"
+        if [ "$service" = api ]; then
+            echo "APP__AUTH__JWT_SECRET=$(aws secretsmanager get-secret-value \
+                --secret-id "$TOKEN_SECRET" --query SecretString --output text)"
+        fi
+    } >"/run/anb/$service.env.new"
+    mv "/run/anb/$service.env.new" "/run/anb/$service.env"
+}
+
+# A systemd unit running /usr/local/bin/anb-<service> as the unprivileged user anb.
+# $2 is extra [Service] lines.
+install_unit() {
+    local service=$1 extra=$2
+    id anb >/dev/null 2>&1 || useradd --system --home-dir /var/lib/anb --create-home \
+        --shell /usr/sbin/nologin anb
+    cat >"/etc/systemd/system/anb-$service.service" <<UNIT
+[Unit]
+Description=ANB Rising Stars $service (release $RELEASE)
+After=network-online.target
+Wants=network-online.target
+StartLimitIntervalSec=0
+
+[Service]
+User=anb
+Group=anb
+ExecStartPre=+$SELF write-env $service
+EnvironmentFile=/etc/anb/$service.env
+EnvironmentFile=-/run/anb/$service.env
+ExecStart=/usr/local/bin/anb-$service
+Restart=always
+RestartSec=10
+PrivateTmp=true
+NoNewPrivileges=true
+ProtectSystem=strict
+ProtectHome=true
+$extra
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    systemctl daemon-reload
+    systemctl enable --now "anb-$service.service"
+}
+
+# Ships the boot log and the services' journal to CloudWatch Logs, group /anb/<stack>,
+# one stream per instance and tier.
+install_log_agent() {
+    local units=$1 deb
+    [ "$CLOUDWATCH_AGENT" = true ] || return 0
+    deb=$(mktemp --suffix=.deb)
+    retry curl -fsSL -o "$deb" \
+        "https://amazoncloudwatch-agent-$REGION.s3.$REGION.amazonaws.com/debian/amd64/latest/amazon-cloudwatch-agent.deb"
+    dpkg -i "$deb"
+    rm -f "$deb"
+    install -d -m 0755 /var/log/anb
+    cat >/etc/systemd/system/anb-journal.service <<UNIT
+[Unit]
+Description=Copy the journal of $units to /var/log/anb for the CloudWatch agent
+
+[Service]
+ExecStart=/bin/sh -c 'exec journalctl --follow --lines=all --output=short-iso $units >>/var/log/anb/$TIER.log'
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    cat >/opt/aws/amazon-cloudwatch-agent/etc/anb.json <<JSON
+{"logs": {"logs_collected": {"files": {"collect_list": [
+  {"file_path": "/var/log/anb/$TIER.log", "log_group_name": "/anb/$STACK",
+   "log_stream_name": "{instance_id}/$TIER", "retention_in_days": $LOG_RETENTION_DAYS},
+  {"file_path": "/var/log/cloud-init-output.log", "log_group_name": "/anb/$STACK",
+   "log_stream_name": "{instance_id}/$TIER-boot", "retention_in_days": $LOG_RETENTION_DAYS}
+]}}}}
+JSON
+    systemctl daemon-reload
+    systemctl enable --now anb-journal.service
+    /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 \
+        -s -c file:/opt/aws/amazon-cloudwatch-agent/etc/anb.json
+}
+
+boot() {
+    # Fail loudly: cloud-init copies this output to the console (aws ec2
+    # get-console-output) and the tee copies it to the journal (journalctl -t anb-boot).
+    exec > >(tee >(logger -t anb-boot)) 2>&1
+    trap 'say "FAILED at line $LINENO: $BASH_COMMAND"' ERR
+    say "booting release $RELEASE of stack $STACK"
+    install -d -m 0755 /usr/local/lib/anb
+    install -m 0700 "$0" "$SELF"
+    install_tier
+    say "ready"
+}
+
+main() {
+    case "${1:-boot}" in
+    boot) boot ;;
+    write-env) write_env "$2" ;;
+    *)
+        echo "usage: $0 [boot | write-env SERVICE]" >&2
+        exit 64
+        ;;
+    esac
+}
