@@ -4,8 +4,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use aws_sdk_autoscaling::types::{
     CustomizedMetricSpecification, LaunchTemplateSpecification, Metric, MetricDimension,
     Tag as AsgTag, TargetTrackingConfiguration, TargetTrackingMetricDataQuery,
@@ -16,6 +14,8 @@ use aws_sdk_ec2::types::{
     LaunchTemplateInstanceMetadataOptionsRequest, RequestLaunchTemplateData, ResourceType, Tag,
     TagSpecification,
 };
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 
 use crate::aws::{Aws, DeleteError, STACK_TAG};
 use crate::model::{Kind, Observed, Props, Resource};
@@ -557,7 +557,10 @@ impl Aws {
 fn outdated_instances(versions: &[Option<&str>], latest: i64) -> usize {
     versions
         .iter()
-        .filter(|v| v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < latest))
+        .filter(|v| {
+            v.and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < latest)
+        })
         .count()
 }
 

@@ -205,7 +205,10 @@ impl Aws {
                 return Ok(());
             }
             anyhow::ensure!(
-                !matches!(status.as_str(), "failed" | "incompatible-parameters" | "storage-full"),
+                !matches!(
+                    status.as_str(),
+                    "failed" | "incompatible-parameters" | "storage-full"
+                ),
                 "database {name} is {status}"
             );
             eprintln!(

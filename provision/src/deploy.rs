@@ -45,7 +45,8 @@ fn sha256_of(path: &Path) -> anyhow::Result<String> {
 fn is_missing<E: aws_sdk_s3::error::ProvideErrorMetadata>(
     e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> bool {
-    error_kind(e) == ErrorKind::NotFound || e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
+    error_kind(e) == ErrorKind::NotFound
+        || e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
 }
 
 impl Aws {

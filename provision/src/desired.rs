@@ -361,10 +361,7 @@ fn compute(
             ("group", worker.clone()),
             ("policy_type", "TargetTrackingScaling".into()),
             ("target", config.worker.backlog_per_instance.to_string()),
-            (
-                "metrics",
-                backlog_metrics(&queue_name(&n.stack), &worker),
-            ),
+            ("metrics", backlog_metrics(&queue_name(&n.stack), &worker)),
         ],
     ));
     for (name, adjustment, cooldown) in

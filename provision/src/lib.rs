@@ -86,7 +86,10 @@ impl Stack {
     /// Desired versus observed, in creation order, orphans last.
     pub async fn changes(&self) -> anyhow::Result<Vec<Change>> {
         let observed = self.aws.observe(&self.bucket()).await?;
-        let release = self.release.clone().unwrap_or_else(|| deployed_release(&observed));
+        let release = self
+            .release
+            .clone()
+            .unwrap_or_else(|| deployed_release(&observed));
         let inputs = desired::Inputs {
             account_id: &self.account_id,
             ami: &self.ami,
@@ -186,7 +189,9 @@ impl Stack {
             .changes()
             .await?
             .into_iter()
-            .filter(|c| c.kind == model::Kind::Bucket && c.is_change() && c.action != Action::Orphan)
+            .filter(|c| {
+                c.kind == model::Kind::Bucket && c.is_change() && c.action != Action::Orphan
+            })
             .collect();
         if !bucket.is_empty() {
             eprintln!("Preparing bucket {}:", self.bucket());
@@ -222,7 +227,10 @@ impl Stack {
         Ok((url, logs))
     }
 
-    pub async fn wait_for_healthy_targets(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+    pub async fn wait_for_healthy_targets(
+        &self,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<()> {
         self.aws
             .wait_for_healthy_targets(self.config.web.min_size.max(1) as usize, timeout)
             .await

@@ -122,7 +122,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .release
                 .context("publish needs --release NAME (or ANB_RELEASE)")?;
             stack.publish(&release, &artifacts).await?;
-            println!("Published release {release} to s3://{}/artifacts/{release}/", stack.bucket());
+            println!(
+                "Published release {release} to s3://{}/artifacts/{release}/",
+                stack.bucket()
+            );
             ExitCode::SUCCESS
         }
         Command::Status => match stack.status(cli.output).await? {

@@ -450,8 +450,14 @@ mod tests {
         let Action::Update(fields) = &changes[0].action else {
             panic!("{changes:?}")
         };
-        let (old, new) = (fields[0].old.clone().unwrap(), fields[0].new.clone().unwrap());
-        assert!(old.starts_with("sha256:") && old.ends_with("(2 lines)"), "{old}");
+        let (old, new) = (
+            fields[0].old.clone().unwrap(),
+            fields[0].new.clone().unwrap(),
+        );
+        assert!(
+            old.starts_with("sha256:") && old.ends_with("(2 lines)"),
+            "{old}"
+        );
         assert_ne!(old, new);
     }
 }

@@ -86,10 +86,8 @@ pub fn header(user_data: &str) -> BTreeMap<String, String> {
         .filter_map(|line| {
             let (name, value) = line.split_once("='")?;
             let value = value.strip_suffix('\'')?;
-            let is_name = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c == '_');
+            let is_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_');
             is_name.then(|| (name.to_owned(), value.to_owned()))
         })
         .collect()
@@ -107,8 +105,17 @@ mod tests {
     fn every_placeholder_is_filled_and_the_header_reads_back() {
         for tier in [Tier::Web, Tier::Worker] {
             let text = render(tier, &seed(), "123456789012", "0.1.0-abc");
-            assert!(!text.contains("{{"), "{} has a placeholder left", tier.name());
-            assert!(text.len() < MAX_BYTES, "{} is {} bytes", tier.name(), text.len());
+            assert!(
+                !text.contains("{{"),
+                "{} has a placeholder left",
+                tier.name()
+            );
+            assert!(
+                text.len() < MAX_BYTES,
+                "{} is {} bytes",
+                tier.name(),
+                text.len()
+            );
             let header = header(&text);
             assert_eq!(header["RELEASE"], "0.1.0-abc");
             assert_eq!(header["QUEUE"], "anb-video-processing");
@@ -164,7 +171,10 @@ mod tests {
                 let line = line.trim();
                 for setting in ["APP__DATABASE__URL=", "APP__AUTH__JWT_SECRET="] {
                     if let Some(value) = line.strip_prefix(&format!("echo \"{setting}")) {
-                        assert!(value.starts_with('$'), "{setting} is given a literal: {line}");
+                        assert!(
+                            value.starts_with('$'),
+                            "{setting} is given a literal: {line}"
+                        );
                     }
                 }
                 assert!(!line.contains("password="), "{line}");

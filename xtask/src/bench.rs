@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use crate::dev::stop;
 use crate::postgres::PrivateCluster;
 use crate::system::{ensure_installed, output, run_command};
-use crate::{cargo_target_dir, project_root, scratch_dir};
+use crate::{cargo_target_dir, scratch_dir};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -70,13 +70,7 @@ const READ_GOAL_P99_MS: f64 = 25.0;
 fn bench_api(args: ApiBench) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
     ensure_installed(&["wrk"], "wrk")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_command(Command::new(&cargo).current_dir(project_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "api",
-    ]))?;
+    crate::system::build_binaries(&["api"], true)?;
 
     let work = scratch_dir().join("bench");
     std::fs::create_dir_all(&work)?;

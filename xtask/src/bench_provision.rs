@@ -9,20 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::system::run_command;
-use crate::{cargo_target_dir, project_root, scratch_dir};
+use crate::{project_root, scratch_dir};
 
 const GOAL_SECONDS: f64 = 2.0;
 
 pub fn run() -> anyhow::Result<()> {
     let python = crate::ci::ensure_moto()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_command(Command::new(&cargo).current_dir(project_root()).args([
-        "build",
-        "--package",
-        "provision",
-    ]))?;
-    let provision = cargo_target_dir().join("debug/provision");
+    let provision = crate::system::build_binaries(&["provision"], false)?.join("provision");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

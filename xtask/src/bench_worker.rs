@@ -9,22 +9,15 @@ use anyhow::{bail, Context};
 
 use crate::dev::stop;
 use crate::postgres::PrivateCluster;
+use crate::scratch_dir;
 use crate::system::{ensure_installed, output, run_command};
-use crate::{cargo_target_dir, project_root, scratch_dir};
 
 const GOAL_VIDEOS_PER_MIN: f64 = 8.0;
 const GOAL_OVERHEAD: f64 = 1.15;
 
 pub fn run(videos: usize) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_command(Command::new(&cargo).current_dir(project_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "worker",
-    ]))?;
-    let worker_bin = cargo_target_dir().join("release/worker");
+    let worker_bin = crate::system::build_binaries(&["worker"], true)?.join("worker");
     let work = scratch_dir().join("bench");
     std::fs::create_dir_all(&work)?;
     let reference = reference_input(&work)?;

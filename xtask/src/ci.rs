@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::postgres::PrivateCluster;
+use crate::scratch_dir;
 use crate::system::{ensure_installed, install_packages, is_root, output, run_command, which};
-use crate::{project_root, scratch_dir};
 
 /// Pinned: later versions may change what the emulator accepts.
 pub const MOTO_VERSION: &str = "5.2.5";
@@ -30,17 +30,12 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
     let (admin_url, _private_cluster) = test_database()?;
     let moto_python = ensure_moto()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if !args.tests_only {
         eprintln!("xtask: rustfmt");
-        run_command(
-            Command::new(&cargo)
-                .current_dir(project_root())
-                .args(["fmt", "--all", "--", "--check"]),
-        )
-        .context("code is not formatted: run `cargo fmt --all`")?;
+        run_command(crate::system::cargo().args(["fmt", "--all", "--", "--check"]))
+            .context("code is not formatted: run `cargo fmt --all`")?;
         eprintln!("xtask: clippy");
-        run_command(Command::new(&cargo).current_dir(project_root()).args([
+        run_command(crate::system::cargo().args([
             "clippy",
             "--workspace",
             "--all-targets",
@@ -51,8 +46,7 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     }
     eprintln!("xtask: tests");
     run_command(
-        Command::new(&cargo)
-            .current_dir(project_root())
+        crate::system::cargo()
             .args(["test", "--workspace"])
             .args(if args.test_args.is_empty() {
                 Vec::new()

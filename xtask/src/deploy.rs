@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use sha2::{Digest, Sha256};
 
-use crate::system::{output, run_command};
-use crate::{cargo_target_dir, project_root};
+use crate::project_root;
+use crate::system::{build_binaries, output, run_command};
 
 /// The newest glibc the default image (Debian 12) has: binaries built against a newer one
 /// would not start there.
@@ -79,29 +79,13 @@ pub struct DownArgs {
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     check_glibc(args.target.config.as_deref())?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let profile = if args.debug { "debug" } else { "release" };
-    eprintln!("xtask: building the api and worker ({profile}) and provision");
-    let mut build = Command::new(&cargo);
-    build
-        .current_dir(project_root())
-        .args(["build", "--package", "api", "--package", "worker"]);
-    if !args.debug {
-        build.arg("--release");
-    }
-    run_command(&mut build)?;
-    run_command(Command::new(&cargo).current_dir(project_root()).args([
-        "build",
-        "--package",
-        "provision",
-    ]))?;
-    let binaries = cargo_target_dir().join(profile);
-    let (api, worker) = (binaries.join("api"), binaries.join("worker"));
+    let services = build_binaries(&["api", "worker"], !args.debug)?;
+    let provision = build_binaries(&["provision"], false)?.join("provision");
+    let (api, worker) = (services.join("api"), services.join("worker"));
     let release = match args.release {
         Some(release) => release,
         None => release_name(&[&api, &worker])?,
     };
-    let provision = cargo_target_dir().join("debug/provision");
     let flags = args.target.flags();
     run_command(
         Command::new(&provision)
@@ -119,13 +103,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 pub fn down(args: DownArgs) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_command(Command::new(&cargo).current_dir(project_root()).args([
-        "build",
-        "--package",
-        "provision",
-    ]))?;
-    let mut down = Command::new(cargo_target_dir().join("debug/provision"));
+    let provision = build_binaries(&["provision"], false)?.join("provision");
+    let mut down = Command::new(provision);
     down.arg("down").args(args.target.flags());
     if args.yes {
         down.arg("--yes");
@@ -147,13 +126,14 @@ fn release_name(binaries: &[&Path]) -> anyhow::Result<String> {
         .map(|b| format!("{b:02x}"))
         .collect();
     let root = project_root();
-    let commit = output(Command::new("git").current_dir(&root).args([
-        "rev-parse",
-        "--short=10",
-        "HEAD",
-    ]))
-    .map(|c| c.trim().to_owned())
-    .unwrap_or_else(|_| "nogit".to_owned());
+    let commit =
+        output(
+            Command::new("git")
+                .current_dir(&root)
+                .args(["rev-parse", "--short=10", "HEAD"]),
+        )
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_else(|_| "nogit".to_owned());
     let dirty = output(
         Command::new("git")
             .current_dir(&root)

@@ -7,8 +7,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::postgres::PrivateCluster;
-use crate::system::{ensure_installed, run_command};
-use crate::{cargo_target_dir, project_root, scratch_dir};
+use crate::system::ensure_installed;
+use crate::{project_root, scratch_dir};
 
 /// Port of the private development cluster (another free one is used if it is taken).
 const DEV_POSTGRES_PORT: u16 = 54329;
@@ -36,19 +36,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             (cluster.url("anb"), Some(cluster))
         }
     };
-    let profile = if args.release { "release" } else { "debug" };
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build
-        .current_dir(project_root())
-        .args(["build", "--package", "api"]);
-    if args.release {
-        build.arg("--release");
-    }
-    run_command(&mut build)?;
+    let binaries = crate::system::build_binaries(&["api", "worker"], args.release)?;
 
     let storage = scratch_dir().join("dev-storage");
     let start = |binary: &str| {
-        Command::new(cargo_target_dir().join(profile).join(binary))
+        Command::new(binaries.join(binary))
             .current_dir(project_root())
             .args(["--config", "config/local.toml"])
             .env("APP__DATABASE__URL", &database_url)

@@ -114,3 +114,77 @@ fn newest_postgres_bin_dir() -> Option<PathBuf> {
     // Elsewhere (macOS, other distributions) the binaries are simply on PATH.
     which("initdb").and_then(|p| p.parent().map(Path::to_path_buf))
 }
+
+/// Builds the workspace's `binaries` and returns the folder they are in. `--workspace`
+/// (with `--bin` to build only these) resolves dependency features as `cargo test
+/// --workspace` does, so the AWS SDK crates compiled for the tests are reused; building
+/// one package alone (`-p provision`) resolves them differently and recompiles them
+/// (about 5 minutes on 2 cores).
+pub fn build_binaries(binaries: &[&str], release: bool) -> anyhow::Result<PathBuf> {
+    let mut build = cargo();
+    build.args(["build", "--workspace"]);
+    for binary in binaries {
+        build.args(["--bin", binary]);
+    }
+    if release {
+        build.arg("--release");
+    }
+    run_command(&mut build)?;
+    Ok(crate::cargo_target_dir().join(if release { "release" } else { "debug" }))
+}
+
+/// `cargo`, in the workspace root, without the variables `cargo run` set for xtask itself
+/// (CARGO_PKG_NAME, CARGO_MANIFEST_DIR…). Build scripts such as ring's declare them with
+/// `rerun-if-env-changed`, so passing them on would rebuild those crates, and everything
+/// above them (the AWS SDKs), each time a build alternates between xtask and a plain
+/// `cargo` (or between clones at different paths).
+pub fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(crate::project_root());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if is_set_by_cargo_run(&name) {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
+fn is_set_by_cargo_run(name: &str) -> bool {
+    ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        || [
+            "CARGO_CRATE_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "OUT_DIR",
+        ]
+        .contains(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_cargo_run_sets_is_dropped() {
+        for set in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_BIN_EXE_api",
+            "OUT_DIR",
+        ] {
+            assert!(is_set_by_cargo_run(set), "{set}");
+        }
+        for kept in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO",
+            "CARGO_TERM_COLOR",
+            "PATH",
+        ] {
+            assert!(!is_set_by_cargo_run(kept), "{kept}");
+        }
+    }
+}

@@ -3,6 +3,8 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
+mod deploy;
+
 use std::process::Command;
 
 use aws_sdk_ec2::types::Filter;
@@ -78,7 +80,11 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
     assert!(stack.aws.observe(&stack.bucket()).await.unwrap().is_empty());
     publish_stand_ins(&stack, "r1").await;
     let made = stack.up(Output::Text).await.unwrap();
-    assert_eq!(made, plan.len() - 1, "all but the bucket, which publish made");
+    assert_eq!(
+        made,
+        plan.len() - 1,
+        "all but the bucket, which publish made"
+    );
 
     // What AWS now reports carries each property.
     let ec2 = &stack.aws.ec2;
@@ -401,8 +407,14 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
             base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap(),
         )
         .unwrap();
-        assert!(!text.contains(token_key), "{tier} user data holds the signing key");
-        assert!(!text.contains(password), "{tier} user data holds the DB password");
+        assert!(
+            !text.contains(token_key),
+            "{tier} user data holds the signing key"
+        );
+        assert!(
+            !text.contains(password),
+            "{tier} user data holds the DB password"
+        );
     }
 
     // A second run changes nothing, and status agrees.

@@ -1,0 +1,157 @@
+//! The deploy path end to end on moto, through the README's commands: `cargo xtask up`
+//! builds the services (debug here), publishes them, provisions the stack with that
+//! release and reports the URL; a second `up` changes nothing; `cargo xtask down --yes`
+//! leaves nothing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use base64::Engine;
+use provision::Stack;
+
+fn xtask(args: &[&str], stack: &str, endpoint: &str, config: &Path) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    #[allow(clippy::disallowed_methods)] // the README's command, run as a user would
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // As from a shell: without what `cargo test` sets for this test (CARGO_PKG_NAME…),
+    // which build scripts watch; keeping them would rebuild crates the suite shares.
+    for (name, _) in std::env::vars() {
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+            || name == "CARGO_TARGET_TMPDIR"
+        {
+            cargo.env_remove(name);
+        }
+    }
+    let out = cargo
+        .current_dir(root)
+        .arg("xtask")
+        .args(args)
+        .args(["--stack", stack, "--endpoint-url", endpoint, "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo xtask {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test]
+async fn xtask_up_publishes_deploys_and_down_removes_everything() {
+    let moto = backends::testing::moto();
+    let name = format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let config = super::config_file();
+
+    let first = xtask(&["up", "--debug"], &name, &moto.endpoint, config.path());
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    let release = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Published release "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no release in:\n{stdout}"))
+        .to_owned();
+
+    let stack = Stack::open(super::config_for(&name), Some(&moto.endpoint))
+        .await
+        .unwrap();
+    // The binaries and their checksums are in the bucket, under the release.
+    let listed = stack
+        .aws
+        .s3
+        .list_objects_v2()
+        .bucket(stack.bucket())
+        .prefix(format!("artifacts/{release}/"))
+        .send()
+        .await
+        .unwrap();
+    let mut keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    keys.sort_unstable();
+    let prefix = format!("artifacts/{release}/");
+    assert_eq!(
+        keys,
+        ["api", "api.sha256", "worker", "worker.sha256"].map(|k| format!("{prefix}{k}"))
+    );
+    let api_size = std::fs::metadata(
+        Path::new(
+            &std::env::var("CARGO_TARGET_DIR")
+                .unwrap_or_else(|_| format!("{}/../target", env!("CARGO_MANIFEST_DIR"))),
+        )
+        .join("debug/api"),
+    )
+    .map(|m| m.len())
+    .ok();
+    let uploaded = listed
+        .contents()
+        .iter()
+        .find(|o| o.key() == Some(&format!("{prefix}api")))
+        .and_then(|o| o.size())
+        .unwrap() as u64;
+    assert!(uploaded > 1_000_000, "the api artifact is {uploaded} bytes");
+    if let Some(size) = api_size {
+        assert_eq!(uploaded, size, "the uploaded api is not the built one");
+    }
+    // Both launch templates carry user data naming that release.
+    for tier in ["web", "worker"] {
+        let versions = stack
+            .aws
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_name(format!("{name}-{tier}-template"))
+            .versions("$Latest")
+            .send()
+            .await
+            .unwrap();
+        let encoded = versions.launch_template_versions()[0]
+            .launch_template_data()
+            .unwrap()
+            .user_data()
+            .unwrap();
+        let text = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(text.contains(&format!("RELEASE='{release}'")), "{tier}");
+    }
+    // It reports the load balancer's URL and how to read the logs.
+    let dns = stack.aws.load_balancer_dns().await.unwrap().unwrap();
+    assert!(
+        stdout.contains(&format!("URL: http://{dns}/api/health")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("aws logs tail /anb/{name}")),
+        "{stdout}"
+    );
+
+    // The same build again: nothing to publish, nothing to change.
+    let second = xtask(&["up", "--debug"], &name, &moto.endpoint, config.path());
+    let (out, err) = (
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr),
+    );
+    assert!(
+        out.contains(&format!("Published release {release}")),
+        "{out}"
+    );
+    assert!(err.contains("is already published"), "{err}");
+    assert!(out.contains("No changes"), "{out}");
+
+    xtask(&["down", "--yes"], &name, &moto.endpoint, config.path());
+    assert!(
+        stack.aws.observe(&stack.bucket()).await.unwrap().is_empty(),
+        "something of the stack is left"
+    );
+}
