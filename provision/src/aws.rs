@@ -112,7 +112,7 @@ impl Aws {
             .build()
     }
 
-    fn tags(&self, kind: ResourceType, name: &str) -> TagSpecification {
+    pub(crate) fn tags(&self, kind: ResourceType, name: &str) -> TagSpecification {
         TagSpecification::builder()
             .resource_type(kind)
             .tags(Tag::builder().key(STACK_TAG).value(&self.stack).build())
@@ -174,7 +174,7 @@ impl Aws {
 
     async fn observe_network(&self) -> anyhow::Result<Vec<Observed>> {
         let filter = self.stack_filter();
-        let (vpcs, subnets, gateways, tables, groups) = tokio::try_join!(
+        let (vpcs, subnets, gateways, tables, groups, nats, addresses) = tokio::try_join!(
             Box::pin(async {
                 self.ec2
                     .describe_vpcs()
@@ -215,7 +215,38 @@ impl Aws {
                     .await
                     .context("describe security groups")
             }),
+            Box::pin(async {
+                self.ec2
+                    .describe_nat_gateways()
+                    .filter(filter.clone())
+                    .send()
+                    .await
+                    .context("describe NAT gateways")
+            }),
+            Box::pin(async {
+                self.ec2
+                    .describe_addresses()
+                    .filters(filter.clone())
+                    .send()
+                    .await
+                    .context("describe Elastic IPs")
+            }),
         )?;
+        // A NAT gateway stays listed for a while after it is deleted. The tag is checked
+        // here too: some emulators ignore the tag filter of this call.
+        let nats: Vec<&aws_sdk_ec2::types::NatGateway> = nats
+            .nat_gateways()
+            .iter()
+            .filter(|g| {
+                !matches!(
+                    g.state().map(|s| s.as_str()),
+                    Some("deleted" | "deleting" | "failed")
+                ) && g
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(&self.stack))
+            })
+            .collect();
         // Ids → logical names, so references compare with the desired state.
         let mut names: HashMap<String, String> = HashMap::new();
         let name_of = |tags: &[Tag]| {
@@ -239,6 +270,18 @@ impl Aws {
         }
         for g in groups.security_groups() {
             names.insert(g.group_id().unwrap_or_default().into(), name_of(g.tags()));
+        }
+        for g in &nats {
+            names.insert(
+                g.nat_gateway_id().unwrap_or_default().into(),
+                name_of(g.tags()),
+            );
+        }
+        for a in addresses.addresses() {
+            names.insert(
+                a.allocation_id().unwrap_or_default().into(),
+                name_of(a.tags()),
+            );
         }
         let named = |id: Option<&str>| {
             id.map(|id| names.get(id).cloned().unwrap_or_else(|| id.to_owned()))
@@ -290,12 +333,43 @@ impl Aws {
                 &[("vpc", named(vpc))],
             ));
         }
+        for a in addresses.addresses() {
+            out.push(observed(
+                Kind::ElasticIp,
+                name_of(a.tags()),
+                a.allocation_id().unwrap_or_default().into(),
+                &[(
+                    "domain",
+                    a.domain()
+                        .map(|d| d.as_str().to_owned())
+                        .unwrap_or_default(),
+                )],
+            ));
+        }
+        for g in &nats {
+            out.push(observed(
+                Kind::NatGateway,
+                name_of(g.tags()),
+                g.nat_gateway_id().unwrap_or_default().into(),
+                &[
+                    ("subnet", named(g.subnet_id())),
+                    (
+                        "address",
+                        named(
+                            g.nat_gateway_addresses()
+                                .first()
+                                .and_then(|a| a.allocation_id()),
+                        ),
+                    ),
+                ],
+            ));
+        }
         for t in tables.route_tables() {
             let default_route = t
                 .routes()
                 .iter()
                 .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
-                .and_then(|r| r.gateway_id());
+                .and_then(|r| r.gateway_id().or(r.nat_gateway_id()));
             let mut subnets: Vec<String> = t
                 .associations()
                 .iter()
@@ -821,13 +895,16 @@ impl Aws {
                     .and_then(|t| t.route_table_id())
                     .context("no route table id")?
                     .to_owned();
-                self.ec2
-                    .create_route()
-                    .route_table_id(&id)
-                    .destination_cidr_block("0.0.0.0/0")
-                    .gateway_id(id_of("default_route")?)
-                    .send()
-                    .await?;
+                let target = id_of("default_route")?;
+                with_route_target(
+                    self.ec2
+                        .create_route()
+                        .route_table_id(&id)
+                        .destination_cidr_block("0.0.0.0/0"),
+                    &target,
+                )
+                .send()
+                .await?;
                 for subnet in p["subnets"].split(',').filter(|s| !s.is_empty()) {
                     let subnet_id = ids
                         .get(subnet)
@@ -881,6 +958,11 @@ impl Aws {
                 self.put_compute(change.kind, name, None, p, ids).await
             }
             Kind::Secret => self.create_secret(name, p).await,
+            Kind::ElasticIp => self.create_address(name).await,
+            Kind::NatGateway => {
+                self.create_nat_gateway(name, &id_of("subnet")?, &id_of("address")?)
+                    .await
+            }
             Kind::Alarm | Kind::Dashboard => {
                 self.put_monitoring(change.kind, name, p, ids).await?;
                 Ok(name.to_owned())
@@ -925,25 +1007,33 @@ impl Aws {
                 let gateway = ids
                     .get(&p["default_route"])
                     .context("the gateway does not exist")?;
-                let replaced = self
-                    .ec2
-                    .replace_route()
-                    .route_table_id(id)
-                    .destination_cidr_block("0.0.0.0/0")
-                    .gateway_id(gateway)
-                    .send()
-                    .await;
+                let replaced = {
+                    let replace = self
+                        .ec2
+                        .replace_route()
+                        .route_table_id(id)
+                        .destination_cidr_block("0.0.0.0/0");
+                    if gateway.starts_with("nat-") {
+                        replace.nat_gateway_id(gateway)
+                    } else {
+                        replace.gateway_id(gateway)
+                    }
+                }
+                .send()
+                .await;
                 if let Err(e) = replaced {
                     if error_kind(&e) != ErrorKind::Other && error_kind(&e) != ErrorKind::NotFound {
                         return Err(e.into());
                     }
-                    self.ec2
-                        .create_route()
-                        .route_table_id(id)
-                        .destination_cidr_block("0.0.0.0/0")
-                        .gateway_id(gateway)
-                        .send()
-                        .await?;
+                    with_route_target(
+                        self.ec2
+                            .create_route()
+                            .route_table_id(id)
+                            .destination_cidr_block("0.0.0.0/0"),
+                        gateway,
+                    )
+                    .send()
+                    .await?;
                 }
                 for subnet in p["subnets"].split(',').filter(|s| !s.is_empty()) {
                     let subnet_id = ids
@@ -1001,6 +1091,8 @@ impl Aws {
             }
             Kind::Bucket => self.secure_bucket(id, p["tls_only"] == "true").await,
             Kind::Secret => self.update_secret(id, p).await,
+            // Every property of these is replace-only.
+            Kind::ElasticIp | Kind::NatGateway => Ok(()),
             Kind::Queue => {
                 let mut set = self.sqs.set_queue_attributes().queue_url(id);
                 for (attribute, value) in self.queue_attributes(p).await? {
@@ -1375,6 +1467,8 @@ impl Aws {
                 self.delete_compute(kind, id, id).await
             }
             Kind::Secret => self.delete_secret(id).await,
+            Kind::ElasticIp => self.release_address(id).await,
+            Kind::NatGateway => self.delete_nat_gateway(id).await,
             Kind::Alarm => self
                 .cloudwatch
                 .delete_alarms()
@@ -1461,6 +1555,18 @@ impl Aws {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// A default route goes to an internet gateway ("igw-…") or a NAT gateway ("nat-…").
+fn with_route_target(
+    route: aws_sdk_ec2::operation::create_route::builders::CreateRouteFluentBuilder,
+    target: &str,
+) -> aws_sdk_ec2::operation::create_route::builders::CreateRouteFluentBuilder {
+    if target.starts_with("nat-") {
+        route.nat_gateway_id(target)
+    } else {
+        route.gateway_id(target)
     }
 }
 

@@ -85,6 +85,17 @@ pub struct NetworkConfig {
     pub availability_zones: Vec<String>,
     pub public_subnets: Vec<String>,
     pub private_subnets: Vec<String>,
+    pub instances: InstanceSubnets,
+}
+
+/// Which subnets the instances run in (`network.instances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceSubnets {
+    /// Public subnets, public IPs, no inbound beyond the security groups.
+    Public,
+    /// Private subnets behind a NAT gateway.
+    Private,
 }
 
 #[derive(Debug, Clone, Deserialize)]

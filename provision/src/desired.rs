@@ -1,7 +1,7 @@
 //! The desired state: a pure function of the configuration (and the account id, which
 //! makes the bucket name globally unique).
 
-use crate::config::Config;
+use crate::config::{Config, InstanceSubnets};
 use crate::model::{Kind, Resource};
 use crate::userdata::{self, Tier};
 
@@ -107,7 +107,7 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
             ("dns_support", "true".into()),
         ],
     )];
-    let mut public_names = Vec::new();
+    let (mut public_names, mut private_names) = (Vec::new(), Vec::new());
     for (tier, cidrs, public) in [
         ("public", &config.network.public_subnets, true),
         ("private", &config.network.private_subnets, false),
@@ -116,6 +116,8 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
             let name = n.of(&format!("{tier}-{}", ['a', 'b'][i]));
             if public {
                 public_names.push(name.clone());
+            } else {
+                private_names.push(name.clone());
             }
             out.push(Resource::new(
                 Kind::Subnet,
@@ -143,6 +145,29 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
             ("subnets", public_names.join(",")),
         ],
     ));
+    if config.network.instances == InstanceSubnets::Private {
+        // One gateway, in the first zone: a zone failure cuts the private subnets' way
+        // out until it is back, which the README weighs against paying for two.
+        out.push(Resource::new(
+            Kind::ElasticIp,
+            n.of("nat-ip"),
+            &[("domain", "vpc".into())],
+        ));
+        out.push(Resource::new(
+            Kind::NatGateway,
+            n.of("nat"),
+            &[("subnet", n.of("public-a")), ("address", n.of("nat-ip"))],
+        ));
+        out.push(Resource::new(
+            Kind::RouteTable,
+            n.of("private"),
+            &[
+                ("vpc", vpc.clone()),
+                ("default_route", n.of("nat")),
+                ("subnets", private_names.join(",")),
+            ],
+        ));
+    }
     let (alb, web, worker, db) = (n.of("alb"), n.of("web"), n.of("worker"), n.of("db"));
     for (name, description, ingress) in [
         (
@@ -291,7 +316,10 @@ fn compute(
     ami: &str,
     release: &str,
 ) -> Vec<Resource> {
-    let subnets = format!("{},{}", n.of("public-a"), n.of("public-b"));
+    let subnets = match config.network.instances {
+        InstanceSubnets::Public => format!("{},{}", n.of("public-a"), n.of("public-b")),
+        InstanceSubnets::Private => format!("{},{}", n.of("private-a"), n.of("private-b")),
+    };
     let mut out = Vec::new();
     for (user_data_tier, instance_type, min, max) in [
         (
@@ -574,6 +602,30 @@ mod tests {
     }
 
     #[test]
+    fn private_mode_runs_the_instances_behind_a_nat_gateway() {
+        let public = desired_state(&Config::load(None).unwrap(), &SEED);
+        assert!(public.iter().all(|r| r.kind != Kind::NatGateway));
+        assert_eq!(
+            find(&public, "anb-worker-asg").props["subnets"],
+            "anb-public-a,anb-public-b"
+        );
+        let mut config = Config::load(None).unwrap();
+        config.network.instances = InstanceSubnets::Private;
+        let private = desired_state(&config, &SEED);
+        for tier in ["web", "worker"] {
+            assert_eq!(
+                find(&private, &format!("anb-{tier}-asg")).props["subnets"],
+                "anb-private-a,anb-private-b"
+            );
+        }
+        let routes = find(&private, "anb-private");
+        assert_eq!(routes.props["default_route"], "anb-nat");
+        assert_eq!(routes.props["subnets"], "anb-private-a,anb-private-b");
+        assert_eq!(find(&private, "anb-nat").props["subnet"], "anb-public-a");
+        assert_eq!(find(&private, "anb-nat").props["address"], "anb-nat-ip");
+    }
+
+    #[test]
     fn security_groups_are_exactly_the_seeds() {
         let all = desired_state(&Config::load(None).unwrap(), &SEED);
         assert_eq!(
@@ -680,7 +732,9 @@ mod tests {
     #[test]
     fn every_kind_diffs_field_by_field_into_update_or_replace() {
         use crate::model::{diff, Action, Observed};
-        let all = desired_state(&Config::load(None).unwrap(), &SEED);
+        let mut private = Config::load(None).unwrap();
+        private.network.instances = InstanceSubnets::Private;
+        let all = desired_state(&private, &SEED);
         let mut kinds = std::collections::BTreeSet::new();
         for resource in &all {
             kinds.insert(resource.kind);
@@ -715,8 +769,8 @@ mod tests {
         }
         assert_eq!(
             kinds.len(),
-            18,
-            "every kind of resource is in the seed's desired state"
+            20,
+            "every kind of resource is in the desired state of the private network mode"
         );
     }
 

@@ -20,6 +20,7 @@ pub mod deploy;
 pub mod desired;
 mod load_balancing;
 pub mod model;
+mod nat;
 mod secrets;
 pub mod userdata;
 
@@ -261,29 +262,14 @@ impl Stack {
         if let Err(e) = self.aws.revoke_cross_references().await {
             eprintln!("  could not revoke security-group cross-references: {e:#}");
         }
-        // Dependents first: queues and bucket, route tables, groups/subnets/gateway, VPC.
+        // Dependents first (see `Kind::teardown_rank`); within a level, everything at once,
+        // so the long waits (the groups' instances, RDS, a NAT gateway) overlap.
         let mut ordered = observed;
         ordered.sort_by_key(|o| o.resource.kind.teardown_rank());
-        for o in &ordered {
-            let started = Instant::now();
-            eprintln!("  deleting {} {}", o.resource.kind, o.resource.name);
-            if let Err(e) = self
-                .aws
-                .delete(o.resource.kind, &o.resource.name, &o.id)
-                .await
-            {
-                eprintln!(
-                    "  could not delete {} {}: {e:#}",
-                    o.resource.kind, o.resource.name
-                );
-            } else if started.elapsed().as_secs() > 5 {
-                eprintln!(
-                    "  deleted {} {} after {:.0} s",
-                    o.resource.kind,
-                    o.resource.name,
-                    started.elapsed().as_secs_f64()
-                );
-            }
+        let levels = ordered
+            .chunk_by(|a, b| a.resource.kind.teardown_rank() == b.resource.kind.teardown_rank());
+        for level in levels {
+            futures_util::future::join_all(level.iter().map(|o| self.delete_one(o))).await;
         }
         let left = self.aws.observe(&bucket).await?;
         Ok(left
@@ -301,6 +287,24 @@ fn deployed_release(observed: &[model::Observed]) -> String {
         .find_map(|o| o.resource.props.get("release").filter(|r| !r.is_empty()))
         .cloned()
         .unwrap_or_default()
+}
+
+impl Stack {
+    /// Deletes one resource, saying so; a failure is reported and left for the final
+    /// listing of what is left.
+    async fn delete_one(&self, o: &model::Observed) {
+        let (kind, name) = (o.resource.kind, &o.resource.name);
+        let started = Instant::now();
+        eprintln!("  deleting {kind} {name}");
+        match self.aws.delete(kind, name, &o.id).await {
+            Err(e) => eprintln!("  could not delete {kind} {name}: {e:#}"),
+            Ok(()) if started.elapsed().as_secs() > 5 => eprintln!(
+                "  deleted {kind} {name} after {:.0} s",
+                started.elapsed().as_secs_f64()
+            ),
+            Ok(()) => {}
+        }
+    }
 }
 
 fn print_changes(changes: &[Change], output: Output, verbose: bool) {

@@ -29,6 +29,8 @@ pub enum Kind {
     AutoScalingGroup,
     ScalingPolicy,
     Secret,
+    ElasticIp,
+    NatGateway,
 }
 
 impl Kind {
@@ -57,6 +59,8 @@ impl Kind {
             | Kind::Dashboard
             | Kind::Listener
             | Kind::Secret => &[],
+            Kind::ElasticIp => &["domain"],
+            Kind::NatGateway => &["subnet", "address"],
         }
     }
 
@@ -77,8 +81,14 @@ impl Kind {
             | Kind::AutoScalingGroup
             | Kind::Secret => 0,
             Kind::RouteTable | Kind::LoadBalancer | Kind::DbSubnetGroup | Kind::LaunchTemplate => 1,
-            Kind::SecurityGroup | Kind::Subnet | Kind::InternetGateway | Kind::TargetGroup => 2,
-            Kind::Vpc => 3,
+            // After the route through it, before its subnet and its address.
+            Kind::NatGateway => 2,
+            Kind::SecurityGroup
+            | Kind::Subnet
+            | Kind::InternetGateway
+            | Kind::TargetGroup
+            | Kind::ElasticIp => 3,
+            Kind::Vpc => 4,
         }
     }
 
@@ -88,7 +98,8 @@ impl Kind {
             Kind::Vpc => 0,
             Kind::Subnet | Kind::InternetGateway | Kind::SecurityGroup => 1,
             Kind::RouteTable => 2,
-            Kind::Queue | Kind::Bucket | Kind::Secret => 0,
+            Kind::Queue | Kind::Bucket | Kind::Secret | Kind::ElasticIp => 0,
+            Kind::NatGateway => 2,
             // Alarms name their queue, so they come after it.
             // After the scaling policies their actions name.
             Kind::Alarm | Kind::Dashboard => 6,
@@ -125,6 +136,8 @@ impl fmt::Display for Kind {
             Kind::AutoScalingGroup => "autoscaling-group",
             Kind::ScalingPolicy => "scaling-policy",
             Kind::Secret => "secret",
+            Kind::ElasticIp => "elastic-ip",
+            Kind::NatGateway => "nat-gateway",
         };
         f.write_str(name)
     }
@@ -410,6 +423,10 @@ mod tests {
         before(Kind::DbSubnetGroup, Kind::Subnet);
         before(Kind::RouteTable, Kind::Subnet);
         before(Kind::RouteTable, Kind::InternetGateway);
+        before(Kind::RouteTable, Kind::NatGateway);
+        before(Kind::NatGateway, Kind::Subnet);
+        before(Kind::NatGateway, Kind::ElasticIp);
+        before(Kind::ElasticIp, Kind::Vpc);
         for kind in [
             Kind::Subnet,
             Kind::InternetGateway,

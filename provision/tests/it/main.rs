@@ -660,3 +660,81 @@ fn down_without_yes_refuses_when_nobody_can_answer() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("--yes"), "{stderr}");
 }
+
+#[tokio::test]
+async fn private_mode_routes_the_instances_through_a_nat_gateway_and_down_removes_it() {
+    let moto = backends::testing::moto();
+    let name = format!("p{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut config = config_for(&name);
+    config.network.instances = provision::config::InstanceSubnets::Private;
+    let mut stack = Stack::open(config, Some(&moto.endpoint)).await.unwrap();
+    stack.release = Some("r1".into());
+    publish_stand_ins(&stack, "r1").await;
+    stack.up(Output::Text).await.unwrap();
+    assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);
+
+    let ec2 = &stack.aws.ec2;
+    let tag = Filter::builder()
+        .name(format!("tag:{STACK_TAG}"))
+        .values(&name)
+        .build();
+    let nats = ec2
+        .describe_nat_gateways()
+        .filter(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nats.nat_gateways().len(), 1);
+    let nat = &nats.nat_gateways()[0];
+    assert_eq!(nat.state().unwrap().as_str(), "available");
+    let tables = ec2
+        .describe_route_tables()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    let private = tables
+        .route_tables()
+        .iter()
+        .find(|t| {
+            t.tags()
+                .iter()
+                .any(|t| t.value() == Some(&format!("{name}-private")))
+        })
+        .unwrap();
+    assert!(private.routes().iter().any(|r| {
+        r.destination_cidr_block() == Some("0.0.0.0/0")
+            && r.nat_gateway_id() == nat.nat_gateway_id()
+    }));
+    assert_eq!(private.associations().len(), 2);
+    let groups = stack
+        .aws
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(format!("{name}-worker-asg"))
+        .send()
+        .await
+        .unwrap();
+    let subnets: Vec<String> = groups.auto_scaling_groups()[0]
+        .vpc_zone_identifier()
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    for subnet in &subnets {
+        assert!(
+            private
+                .associations()
+                .iter()
+                .any(|a| a.subnet_id() == Some(subnet)),
+            "the worker group runs in {subnet}, not a private subnet"
+        );
+    }
+
+    assert_eq!(stack.down().await.unwrap(), Vec::<String>::new());
+    let addresses = ec2.describe_addresses().filters(tag).send().await.unwrap();
+    assert!(
+        addresses.addresses().is_empty(),
+        "the NAT's address is left"
+    );
+}
