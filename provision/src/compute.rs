@@ -152,14 +152,21 @@ impl Aws {
                 id,
             });
         }
-        let groups: Vec<String> = ["web", "worker"]
+        // Every group with the stack tag, so one the configuration no longer has shows up
+        // as an orphan.
+        let desired_groups: Vec<String> = ["web", "worker"]
             .iter()
             .map(|t| crate::desired::asg_name(&self.stack, t))
             .collect();
         let found = self
             .autoscaling
             .describe_auto_scaling_groups()
-            .set_auto_scaling_group_names(Some(groups))
+            .filters(
+                aws_sdk_autoscaling::types::Filter::builder()
+                    .name(format!("tag:{STACK_TAG}"))
+                    .values(&self.stack)
+                    .build(),
+            )
             .send()
             .await
             .context("describe auto-scaling groups")?;
@@ -204,6 +211,9 @@ impl Aws {
                 ),
                 id: name.clone(),
             });
+            if !desired_groups.contains(&name) {
+                continue; // an orphan: its policies go with it
+            }
             let policies = self
                 .autoscaling
                 .describe_policies()

@@ -56,16 +56,23 @@ impl Aws {
             Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
             Err(e) => return Err(e).context("describe DB subnet groups"),
         }
-        let instance = crate::desired::database_name(&self.stack);
-        match self
+        // Every instance with the stack tag (RDS cannot filter by tag), so one the
+        // configuration no longer names shows up as an orphan.
+        let pages: Result<Vec<_>, _> = self
             .rds
             .describe_db_instances()
-            .db_instance_identifier(&instance)
+            .into_paginator()
             .send()
-            .await
-        {
-            Ok(found) => {
-                for db in found.db_instances() {
+            .collect()
+            .await;
+        match pages {
+            Ok(pages) => {
+                let tagged = pages.iter().flat_map(|p| p.db_instances()).filter(|db| {
+                    db.tag_list()
+                        .iter()
+                        .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(&self.stack))
+                });
+                for db in tagged {
                     if db.db_instance_status() == Some("deleting") {
                         continue; // on its way out: `up` waits for nothing it will replace
                     }

@@ -8,7 +8,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
     ProtocolEnum, Tag, TargetTypeEnum,
 };
 
-use crate::aws::{error_kind, Aws, ErrorKind, STACK_TAG};
+use crate::aws::{Aws, STACK_TAG};
 use crate::model::{Kind, Observed, Props, Resource};
 
 impl Aws {
@@ -19,6 +19,34 @@ impl Aws {
         ]
     }
 
+    /// The ARNs among `arns` that carry the stack tag (20 per call, the API's limit).
+    async fn with_stack_tag<'a>(
+        &self,
+        arns: impl Iterator<Item = &'a str>,
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let arns: Vec<&str> = arns.collect();
+        let mut tagged = std::collections::HashSet::new();
+        for chunk in arns.chunks(20) {
+            let described = self
+                .elb
+                .describe_tags()
+                .set_resource_arns(Some(chunk.iter().map(|a| a.to_string()).collect()))
+                .send()
+                .await
+                .context("describe load-balancing tags")?;
+            for description in described.tag_descriptions() {
+                let ours = description
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(&self.stack));
+                if ours {
+                    tagged.extend(description.resource_arn().map(str::to_owned));
+                }
+            }
+        }
+        Ok(tagged)
+    }
+
     /// The load balancer, target group and listener named after the stack. `names` maps
     /// the ids of already observed resources (subnets, groups, VPC) to their names.
     pub(crate) async fn observe_load_balancing(
@@ -27,18 +55,26 @@ impl Aws {
     ) -> anyhow::Result<Vec<Observed>> {
         let named = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
         let mut out = Vec::new();
-        let group_name = crate::desired::target_group_name(&self.stack);
-        let groups = match self
+        // Everything with the stack tag (these calls cannot filter by tag), so what the
+        // configuration no longer names shows up as an orphan.
+        let all_groups: Vec<_> = self
             .elb
             .describe_target_groups()
-            .names(&group_name)
+            .into_paginator()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
-        {
-            Ok(found) => found.target_groups().to_vec(),
-            Err(e) if error_kind(&e) == ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).context("describe target groups"),
-        };
+            .context("describe target groups")?
+            .iter()
+            .flat_map(|p| p.target_groups().to_vec())
+            .collect();
+        let tagged = self
+            .with_stack_tag(all_groups.iter().filter_map(|g| g.target_group_arn()))
+            .await?;
+        let groups: Vec<_> = all_groups
+            .into_iter()
+            .filter(|g| tagged.contains(g.target_group_arn().unwrap_or_default()))
+            .collect();
         let mut arn_names: HashMap<String, String> = HashMap::new();
         for g in &groups {
             let arn = g.target_group_arn().unwrap_or_default().to_owned();
@@ -75,17 +111,24 @@ impl Aws {
             });
         }
         let balancer_name = crate::desired::load_balancer_name(&self.stack);
-        let balancers = match self
+        let all_balancers: Vec<_> = self
             .elb
             .describe_load_balancers()
-            .names(&balancer_name)
+            .into_paginator()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
-        {
-            Ok(found) => found.load_balancers().to_vec(),
-            Err(e) if error_kind(&e) == ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).context("describe load balancers"),
-        };
+            .context("describe load balancers")?
+            .iter()
+            .flat_map(|p| p.load_balancers().to_vec())
+            .collect();
+        let tagged = self
+            .with_stack_tag(all_balancers.iter().filter_map(|lb| lb.load_balancer_arn()))
+            .await?;
+        let balancers: Vec<_> = all_balancers
+            .into_iter()
+            .filter(|lb| tagged.contains(lb.load_balancer_arn().unwrap_or_default()))
+            .collect();
         for lb in &balancers {
             let arn = lb.load_balancer_arn().unwrap_or_default().to_owned();
             let mut subnets: Vec<String> = lb
@@ -114,6 +157,9 @@ impl Aws {
                 ),
                 id: arn.clone(),
             });
+            if lb.load_balancer_name() != Some(&balancer_name) {
+                continue; // an orphan: its listeners go with it
+            }
             let listeners = self
                 .elb
                 .describe_listeners()

@@ -503,6 +503,70 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
     assert_eq!(stack.up(Output::Text).await.unwrap(), 5);
     assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);
 
+    // Tagged with the stack but no longer in the configuration (a renamed tier, an old
+    // target group): orphans, which `status` reports, `up` leaves, and `down` removes.
+    let tag_asg = aws_sdk_autoscaling::types::Tag::builder()
+        .key(STACK_TAG)
+        .value(&name)
+        .propagate_at_launch(false)
+        .build();
+    stack
+        .aws
+        .autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(format!("{name}-old-asg"))
+        .launch_template(
+            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                .launch_template_name(format!("{name}-worker-template"))
+                .build(),
+        )
+        .min_size(0)
+        .max_size(1)
+        .availability_zones("us-east-1a")
+        .tags(tag_asg)
+        .send()
+        .await
+        .unwrap();
+    let vpc_of_stack = vpc_id.to_owned();
+    stack
+        .aws
+        .elb
+        .create_target_group()
+        .name(format!("{name}-old-targets"))
+        .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
+        .port(8080)
+        .vpc_id(vpc_of_stack)
+        .tags(
+            aws_sdk_elasticloadbalancingv2::types::Tag::builder()
+                .key(STACK_TAG)
+                .value(&name)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let orphans: Vec<(Kind, String)> = stack
+        .changes()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| c.action == Action::Orphan)
+        .map(|c| (c.kind, c.name.clone()))
+        .collect();
+    assert_eq!(
+        orphans,
+        [
+            (Kind::TargetGroup, format!("{name}-old-targets")),
+            (Kind::AutoScalingGroup, format!("{name}-old-asg")),
+        ]
+    );
+    assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::Drift);
+    assert_eq!(
+        stack.up(Output::Text).await.unwrap(),
+        0,
+        "up leaves orphans alone"
+    );
+
     // `down` leaves nothing with the stack tag; a second `down` has nothing to do.
     assert_eq!(stack.down().await.unwrap(), Vec::<String>::new());
     assert!(stack
