@@ -21,8 +21,9 @@ TimeoutStopSec=45"
 configure_nginx() {
     cat >/etc/nginx/sites-available/anb <<'NGINX'
 server {
+    # IPv4 only: the load balancer reaches its targets over IPv4, and an IPv6 listen
+    # would fail on an image with IPv6 disabled.
     listen 80 default_server;
-    listen [::]:80 default_server;
 
     client_max_body_size 101m;
     proxy_request_buffering off;

@@ -182,6 +182,35 @@ mod tests {
         }
     }
 
+    /// The boot script builds the database URL from the secret RDS manages with an inline
+    /// Python program; passwords may hold any punctuation, so it must percent-encode them.
+    #[test]
+    fn the_database_url_survives_any_password() {
+        use std::io::Write;
+        let start = COMMON.find("python3 -c '").unwrap() + "python3 -c '".len();
+        let end = start + COMMON[start..].find("' \"$address\"").unwrap();
+        let program = &COMMON[start..end];
+        #[allow(clippy::disallowed_methods)] // the script's own interpreter
+        let mut python = std::process::Command::new("python3")
+            .args(["-c", program, "db.example", "5432", "anb"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        python
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#"{"username": "anb", "password": "p@ss:w/rd#%?&x y"}"#)
+            .unwrap();
+        let out = python.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap().trim(),
+            "postgres://anb:p%40ss%3Aw%2Frd%23%25%3F%26x%20y@db.example:5432/anb?sslmode=require"
+        );
+    }
+
     #[test]
     fn release_names_are_s3_and_shell_safe() {
         assert!(valid_release("0.1.0-3f2a9c1d"));

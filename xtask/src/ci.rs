@@ -28,6 +28,8 @@ pub struct CiArgs {
 
 pub fn run(args: CiArgs) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
+    // The instances' user data must pass it (provision's userdata tests).
+    ensure_installed(&["shellcheck"], "shellcheck")?;
     let (admin_url, _private_cluster) = test_database()?;
     let moto_python = ensure_moto()?;
     if !args.tests_only {
