@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 use aws_sdk_autoscaling::types::{
     CustomizedMetricSpecification, LaunchTemplateSpecification, Metric, MetricDimension,
     Tag as AsgTag, TargetTrackingConfiguration, TargetTrackingMetricDataQuery,
@@ -484,8 +485,10 @@ impl Aws {
     /// Starts an instance refresh on each group whose instances run an older version of
     /// its launch template than the latest (a new release or settings), replacing them a
     /// few at a time: new instances first, old ones once the new are healthy. Asks AWS
-    /// what runs rather than remembering what changed, so an interrupted `up` still rolls.
-    pub async fn roll_outdated_instances(&self) -> anyhow::Result<()> {
+    /// what runs, so an interrupted `up` still rolls; `changed` names the templates this
+    /// run updated, whose groups are rolled even when AWS reports no version numbers.
+    /// A refresh that cannot start is reported, not fatal: the stack itself converged.
+    pub async fn roll_outdated_instances(&self, changed: &[String]) -> anyhow::Result<()> {
         for tier in ["web", "worker"] {
             let group = crate::desired::asg_name(&self.stack, tier);
             let found = self
@@ -521,7 +524,11 @@ impl Aws {
                 .iter()
                 .map(|i| i.launch_template().and_then(|t| t.version()))
                 .collect();
-            let outdated = outdated_instances(&versions, latest);
+            let outdated = if changed.iter().any(|t| t == template) {
+                versions.len()
+            } else {
+                outdated_instances(&versions, latest)
+            };
             if outdated == 0 {
                 continue;
             }
@@ -542,7 +549,8 @@ impl Aws {
                 eprintln!("  {group}: {outdated} instance(s) on an older template; a refresh is already rolling them");
                 continue;
             }
-            self.autoscaling
+            let started = self
+                .autoscaling
                 .start_instance_refresh()
                 .auto_scaling_group_name(&group)
                 .preferences(
@@ -554,9 +562,14 @@ impl Aws {
                         .build(),
                 )
                 .send()
-                .await
-                .with_context(|| format!("start an instance refresh of {group}"))?;
-            eprintln!("  {group}: replacing {outdated} instance(s) with template version {latest}, new ones first (instance refresh)");
+                .await;
+            match started {
+                Ok(_) => eprintln!("  {group}: replacing {outdated} instance(s) with template version {latest}, new ones first (instance refresh)"),
+                Err(e) => eprintln!(
+                    "  {group}: could not start an instance refresh ({}); its {outdated} instance(s) keep the old template until replaced: run `provision up` again",
+                    e.message().or(e.code()).unwrap_or("no reason given")
+                ),
+            }
         }
         Ok(())
     }

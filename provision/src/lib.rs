@@ -117,7 +117,7 @@ impl Stack {
             .filter(|c| c.is_change() && c.action != Action::Orphan)
             .collect();
         if todo.is_empty() {
-            self.aws.roll_outdated_instances().await?;
+            self.aws.roll_outdated_instances(&[]).await?;
             report(
                 output,
                 "up",
@@ -133,7 +133,12 @@ impl Stack {
             self.config.stack.name
         );
         self.aws.apply(&changes).await?;
-        self.aws.roll_outdated_instances().await?;
+        let templates: Vec<String> = todo
+            .iter()
+            .filter(|c| c.kind == model::Kind::LaunchTemplate && c.action != Action::Create)
+            .map(|c| c.name.clone())
+            .collect();
+        self.aws.roll_outdated_instances(&templates).await?;
         let orphans = changes
             .iter()
             .filter(|c| c.action == Action::Orphan)

@@ -149,6 +149,39 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
     assert!(err.contains("is already published"), "{err}");
     assert!(out.contains("No changes"), "{out}");
 
+    // A new release updates both templates and rolls both groups (moto has no instance
+    // refresh, so there `up` says it could not start one; AWS starts it).
+    let third = xtask(
+        &["up", "--debug", "--release", "e2e-2"],
+        &name,
+        &moto.endpoint,
+        config.path(),
+    );
+    let err = String::from_utf8_lossy(&third.stderr);
+    for tier in ["web", "worker"] {
+        let template = format!("{name}-{tier}-template");
+        assert!(
+            err.contains(&format!("updating launch-template {template}")),
+            "{err}"
+        );
+        let group = format!("{name}-{tier}-asg");
+        assert!(
+            err.contains(&format!("{group}: replacing"))
+                || err.contains(&format!("{group}: could not start an instance refresh")),
+            "{err}"
+        );
+    }
+    let plan = stack.changes().await.unwrap();
+    let template = plan
+        .iter()
+        .find(|c| c.name == format!("{name}-web-template"))
+        .unwrap();
+    assert_eq!(template.action, provision::model::Action::Ok);
+    assert_eq!(
+        template.desired["release"], "e2e-2",
+        "status follows the deployed release"
+    );
+
     xtask(&["down", "--yes"], &name, &moto.endpoint, config.path());
     assert!(
         stack.aws.observe(&stack.bucket()).await.unwrap().is_empty(),
