@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use base64::Engine;
 use provision::Stack;
 
 fn xtask(args: &[&str], stack: &str, endpoint: &str, config: &Path) -> Output {
@@ -103,26 +102,7 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
     }
     // Both launch templates carry user data naming that release.
     for tier in ["web", "worker"] {
-        let versions = stack
-            .aws
-            .ec2
-            .describe_launch_template_versions()
-            .launch_template_name(format!("{name}-{tier}-template"))
-            .versions("$Latest")
-            .send()
-            .await
-            .unwrap();
-        let encoded = versions.launch_template_versions()[0]
-            .launch_template_data()
-            .unwrap()
-            .user_data()
-            .unwrap();
-        let text = String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .unwrap(),
-        )
-        .unwrap();
+        let text = super::user_data(&stack.aws.ec2, &format!("{name}-{tier}-template")).await;
         assert!(text.contains(&format!("RELEASE='{release}'")), "{tier}");
     }
     // It reports the load balancer's URL and how to read the logs.

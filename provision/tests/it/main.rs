@@ -47,6 +47,33 @@ fn status_exit_code(endpoint: &str, stack: &str) -> i32 {
     out.status.code().unwrap()
 }
 
+/// The EC2 filter for everything tagged with stack `name`.
+fn stack_tag(name: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{STACK_TAG}"))
+        .values(name)
+        .build()
+}
+
+/// The user data of a launch template's latest version, decoded.
+async fn user_data(ec2: &aws_sdk_ec2::Client, template: &str) -> String {
+    let versions = ec2
+        .describe_launch_template_versions()
+        .launch_template_name(template)
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap();
+    let encoded = versions.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap()
+        .user_data()
+        .unwrap();
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
 /// Stand-ins for the release's binaries: nothing boots on moto, but `up` checks that
 /// what its instances would download is there.
 async fn publish_stand_ins(stack: &Stack, release: &str) {
@@ -88,10 +115,7 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
 
     // What AWS now reports carries each property.
     let ec2 = &stack.aws.ec2;
-    let tag = Filter::builder()
-        .name(format!("tag:{STACK_TAG}"))
-        .values(&name)
-        .build();
+    let tag = stack_tag(&name);
     let vpcs = ec2
         .describe_vpcs()
         .filters(tag.clone())
@@ -349,16 +373,9 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         Some("LabInstanceProfile")
     );
     // User data names the release and where secrets are, never a secret itself.
-    let user_data = String::from_utf8(
-        base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            data.user_data().unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert!(user_data.contains("RELEASE='r1'"), "{user_data}");
-    assert!(user_data.contains("install_release worker"));
+    let worker_script = user_data(ec2, &format!("{name}-worker-template")).await;
+    assert!(worker_script.contains("RELEASE='r1'"), "{worker_script}");
+    assert!(worker_script.contains("install_release worker"));
     let secrets = &stack.aws.secrets;
     let token_key = secrets
         .get_secret_value()
@@ -391,22 +408,7 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
     let login: serde_json::Value = serde_json::from_str(login.secret_string().unwrap()).unwrap();
     let password = login["password"].as_str().unwrap();
     for tier in ["web", "worker"] {
-        let template = ec2
-            .describe_launch_template_versions()
-            .launch_template_name(format!("{name}-{tier}-template"))
-            .versions("$Latest")
-            .send()
-            .await
-            .unwrap();
-        let encoded = template.launch_template_versions()[0]
-            .launch_template_data()
-            .unwrap()
-            .user_data()
-            .unwrap();
-        let text = String::from_utf8(
-            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap(),
-        )
-        .unwrap();
+        let text = user_data(ec2, &format!("{name}-{tier}-template")).await;
         assert!(
             !text.contains(token_key),
             "{tier} user data holds the signing key"
@@ -738,10 +740,7 @@ async fn private_mode_routes_the_instances_through_a_nat_gateway_and_down_remove
     assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);
 
     let ec2 = &stack.aws.ec2;
-    let tag = Filter::builder()
-        .name(format!("tag:{STACK_TAG}"))
-        .values(&name)
-        .build();
+    let tag = stack_tag(&name);
     let nats = ec2
         .describe_nat_gateways()
         .filter(tag.clone())
