@@ -26,10 +26,25 @@ pub struct CiArgs {
     test_args: Vec<String>,
 }
 
+/// nginx lives in /usr/sbin, which is not on every user's PATH.
+fn ensure_nginx() -> anyhow::Result<()> {
+    if std::path::Path::new("/usr/sbin/nginx").is_file() || which("nginx").is_some() {
+        return Ok(());
+    }
+    install_packages(&["nginx"]).context("nginx is needed")?;
+    // Debian starts the packaged server on port 80; the tests only need the program.
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "nginx"])
+        .status();
+    Ok(())
+}
+
 pub fn run(args: CiArgs) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
-    // The instances' user data must pass it (provision's userdata tests).
+    // The instances' user data must pass shellcheck, and the web tier's nginx
+    // configuration is run for real (provision's userdata tests).
     ensure_installed(&["shellcheck"], "shellcheck")?;
+    ensure_nginx()?;
     let (admin_url, _private_cluster) = test_database()?;
     let moto_python = ensure_moto()?;
     if !args.tests_only {
