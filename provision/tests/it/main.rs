@@ -639,12 +639,22 @@ fn cli_explains_itself() {
         "--endpoint-url",
         "--stack",
         "--output",
+        "publish",
+        "--release",
     ] {
         assert!(
             text.contains(word),
             "--help does not mention {word}:\n{text}"
         );
     }
+    // A release name goes into S3 keys and a shell script: refused before any AWS call.
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    let bad = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args(["plan", "--release", "x'; rm -rf /"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("a release is 1–64 letters"));
 }
 
 #[tokio::test]
