@@ -78,6 +78,9 @@ pub struct DownArgs {
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    if args.debug && args.target.endpoint_url.is_none() {
+        bail!("--debug builds are for an emulator (--endpoint-url): AWS gets release builds");
+    }
     check_glibc(args.target.config.as_deref())?;
     let services = build_binaries(&["api", "worker"], !args.debug)?;
     let provision = build_binaries(&["provision"], false)?.join("provision");
