@@ -537,14 +537,17 @@ impl Aws {
                 .describe_instance_refreshes()
                 .auto_scaling_group_name(&group)
                 .send()
-                .await
-                .context("describe instance refreshes")?;
-            let running = refreshes.instance_refreshes().iter().any(|r| {
-                matches!(
-                    r.status().map(|s| s.as_str()),
-                    Some("Pending" | "InProgress")
-                )
-            });
+                .await;
+            let running = match refreshes {
+                Ok(refreshes) => refreshes.instance_refreshes().iter().any(|r| {
+                    matches!(
+                        r.status().map(|s| s.as_str()),
+                        Some("Pending" | "InProgress")
+                    )
+                }),
+                // Not knowing is no reason to stop: starting one says why it cannot.
+                Err(_) => false,
+            };
             if running {
                 eprintln!("  {group}: {outdated} instance(s) on an older template; a refresh is already rolling them");
                 continue;

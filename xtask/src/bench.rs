@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use crate::dev::stop;
 use crate::postgres::PrivateCluster;
 use crate::system::{ensure_installed, output, run_command};
-use crate::{cargo_target_dir, scratch_dir};
+use crate::scratch_dir;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -70,7 +70,9 @@ const READ_GOAL_P99_MS: f64 = 25.0;
 fn bench_api(args: ApiBench) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
     ensure_installed(&["wrk"], "wrk")?;
-    crate::system::build_binaries(&["api"], true)?;
+    let api_bin = crate::system::build_binaries(&["api"], true)?
+        .remove("api")
+        .context("api")?;
 
     let work = scratch_dir().join("bench");
     std::fs::create_dir_all(&work)?;
@@ -86,7 +88,7 @@ fn bench_api(args: ApiBench) -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut api = Command::new(cargo_target_dir().join("release/api"))
+    let mut api = Command::new(&api_bin)
         .env("APP__DATABASE__URL", cluster.url("anb_bench"))
         .env("APP__SERVER__PORT", port.to_string())
         .env("APP__STORAGE__LOCAL_DIR", &storage)

@@ -15,7 +15,9 @@ const GOAL_SECONDS: f64 = 2.0;
 
 pub fn run() -> anyhow::Result<()> {
     let python = crate::ci::ensure_moto()?;
-    let provision = crate::system::build_binaries(&["provision"], false)?.join("provision");
+    let provision = crate::system::build_binaries(&["provision"], false)?
+        .remove("provision")
+        .context("provision")?;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

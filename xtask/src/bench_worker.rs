@@ -17,7 +17,9 @@ const GOAL_OVERHEAD: f64 = 1.15;
 
 pub fn run(videos: usize) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
-    let worker_bin = crate::system::build_binaries(&["worker"], true)?.join("worker");
+    let worker_bin = crate::system::build_binaries(&["worker"], true)?
+        .remove("worker")
+        .context("worker")?;
     let work = scratch_dir().join("bench");
     std::fs::create_dir_all(&work)?;
     let reference = reference_input(&work)?;

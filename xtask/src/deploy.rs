@@ -82,9 +82,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         bail!("--debug builds are for an emulator (--endpoint-url): AWS gets release builds");
     }
     check_glibc(args.target.config.as_deref())?;
-    let services = build_binaries(&["api", "worker"], !args.debug)?;
-    let provision = build_binaries(&["provision"], false)?.join("provision");
-    let (api, worker) = (services.join("api"), services.join("worker"));
+    let mut services = build_binaries(&["api", "worker"], !args.debug)?;
+    let provision = provision_binary()?;
+    let (api, worker) = (services.remove("api"), services.remove("worker"));
+    let (api, worker) = (api.context("api")?, worker.context("worker")?);
     let release = match args.release {
         Some(release) => release,
         None => release_name(&[&api, &worker])?,
@@ -106,13 +107,20 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 pub fn down(args: DownArgs) -> anyhow::Result<()> {
-    let provision = build_binaries(&["provision"], false)?.join("provision");
+    let provision = provision_binary()?;
     let mut down = Command::new(provision);
     down.arg("down").args(args.target.flags());
     if args.yes {
         down.arg("--yes");
     }
     run_command(&mut down)
+}
+
+/// `provision`, in a debug build (it spends its time waiting on AWS, not computing).
+fn provision_binary() -> anyhow::Result<PathBuf> {
+    build_binaries(&["provision"], false)?
+        .remove("provision")
+        .context("provision")
 }
 
 /// `<git commit>-<8 hex of the binaries' SHA-256>` ("-dirty" after the commit when the

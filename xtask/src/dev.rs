@@ -40,7 +40,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let storage = scratch_dir().join("dev-storage");
     let start = |binary: &str| {
-        Command::new(binaries.join(binary))
+        Command::new(&binaries[binary])
             .current_dir(project_root())
             .args(["--config", "config/local.toml"])
             .env("APP__DATABASE__URL", &database_url)

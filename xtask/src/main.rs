@@ -72,13 +72,6 @@ pub fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where cargo puts build output: CARGO_TARGET_DIR if set, else `<root>/target`.
-pub fn cargo_target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| project_root().join("target"))
-}
-
 /// Scratch space for xtask (private clusters, tools, bench inputs): always `<root>/target`.
 pub fn scratch_dir() -> PathBuf {
     project_root().join("target")

@@ -115,22 +115,55 @@ fn newest_postgres_bin_dir() -> Option<PathBuf> {
     which("initdb").and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
-/// Builds the workspace's `binaries` and returns the folder they are in. `--workspace`
+/// Builds the workspace's `binaries` and returns where each executable is. `--workspace`
 /// (with `--bin` to build only these) resolves dependency features as `cargo test
 /// --workspace` does, so the AWS SDK crates compiled for the tests are reused; building
 /// one package alone (`-p provision`) resolves them differently and recompiles them
-/// (about 5 minutes on 2 cores).
-pub fn build_binaries(binaries: &[&str], release: bool) -> anyhow::Result<PathBuf> {
+/// (about 5 minutes on 2 cores). The paths are the ones cargo reports for this build, not
+/// `target/<profile>/<name>`: clones sharing a CARGO_TARGET_DIR overwrite those copies.
+pub fn build_binaries(
+    binaries: &[&str],
+    release: bool,
+) -> anyhow::Result<std::collections::HashMap<String, PathBuf>> {
     let mut build = cargo();
-    build.args(["build", "--workspace"]);
+    build.args([
+        "build",
+        "--workspace",
+        "--message-format=json-render-diagnostics",
+    ]);
     for binary in binaries {
         build.args(["--bin", binary]);
     }
     if release {
         build.arg("--release");
     }
-    run_command(&mut build)?;
-    Ok(crate::cargo_target_dir().join(if release { "release" } else { "debug" }))
+    let shown = render(&build);
+    let out = build
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !out.status.success() {
+        bail!("`{shown}` failed ({})", out.status);
+    }
+    let mut built = std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = message["target"]["name"].as_str().unwrap_or_default();
+        if let Some(executable) = message["executable"].as_str() {
+            if binaries.contains(&name) {
+                built.insert(name.to_owned(), PathBuf::from(executable));
+            }
+        }
+    }
+    for binary in binaries {
+        anyhow::ensure!(
+            built.contains_key(*binary),
+            "cargo built no executable named {binary}"
+        );
+    }
+    Ok(built)
 }
 
 /// `cargo`, in the workspace root, without the variables `cargo run` set for xtask itself

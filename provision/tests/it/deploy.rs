@@ -81,25 +81,38 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
         keys,
         ["api", "api.sha256", "worker", "worker.sha256"].map(|k| format!("{prefix}{k}"))
     );
-    let api_size = std::fs::metadata(
-        Path::new(
-            &std::env::var("CARGO_TARGET_DIR")
-                .unwrap_or_else(|_| format!("{}/../target", env!("CARGO_MANIFEST_DIR"))),
-        )
-        .join("debug/api"),
-    )
-    .map(|m| m.len())
-    .ok();
-    let uploaded = listed
-        .contents()
-        .iter()
-        .find(|o| o.key() == Some(&format!("{prefix}api")))
-        .and_then(|o| o.size())
-        .unwrap() as u64;
-    assert!(uploaded > 1_000_000, "the api artifact is {uploaded} bytes");
-    if let Some(size) = api_size {
-        assert_eq!(uploaded, size, "the uploaded api is not the built one");
-    }
+    // What instances download matches the checksum published beside it.
+    let read = |key: String| {
+        let s3 = stack.aws.s3.clone();
+        let bucket = stack.bucket();
+        async move {
+            let object = s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            object.body.collect().await.unwrap().into_bytes()
+        }
+    };
+    let api = read(format!("{prefix}api")).await;
+    assert!(
+        api.len() > 1_000_000,
+        "the api artifact is {} bytes",
+        api.len()
+    );
+    let digest: String =
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&api))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let checksum = read(format!("{prefix}api.sha256")).await;
+    assert_eq!(
+        String::from_utf8_lossy(&checksum),
+        format!("{digest}  api\n"),
+        "the published checksum is not the artifact's"
+    );
     // Both launch templates carry user data naming that release.
     for tier in ["web", "worker"] {
         let text = super::user_data(&stack.aws.ec2, &format!("{name}-{tier}-template")).await;
