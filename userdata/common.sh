@@ -59,7 +59,9 @@ install_release() {
 # /etc/anb/<service>.env. $1 is the service; stdin adds tier-specific lines.
 write_settings() {
     local service=$1 queue_url
-    queue_url=$(retry aws sqs get-queue-url --queue-name "$QUEUE" --query QueueUrl --output text)
+    # </dev/null: stdin holds the caller's settings, for `cat` below.
+    queue_url=$(retry aws sqs get-queue-url --queue-name "$QUEUE" --query QueueUrl \
+        --output text </dev/null)
     install -d -m 0700 /etc/anb
     {
         echo "APP__AWS__REGION=$REGION"

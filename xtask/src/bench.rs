@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 
 use crate::dev::stop;
 use crate::postgres::PrivateCluster;
-use crate::system::{ensure_installed, output, run_command};
 use crate::scratch_dir;
+use crate::system::{ensure_installed, output, run_command};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
