@@ -116,6 +116,15 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
     run_command(&mut down)
 }
 
+/// Runs provision with `args`, attached to this terminal; returns its exit code.
+pub fn provision(args: &[String]) -> anyhow::Result<u8> {
+    let status = Command::new(provision_binary()?)
+        .args(args)
+        .status()
+        .context("cannot start provision")?;
+    Ok(status.code().map_or(1, |code| code.clamp(0, 255) as u8))
+}
+
 /// `provision`, in a debug build (it spends its time waiting on AWS, not computing).
 fn provision_binary() -> anyhow::Result<PathBuf> {
     build_binaries(&["provision"], false)?

@@ -44,6 +44,13 @@ enum Command {
     Up(deploy::UpArgs),
     /// Delete the whole AWS stack (`provision down`); asks first unless --yes.
     Down(deploy::DownArgs),
+    /// Run `provision` with these arguments (e.g. `cargo xtask provision status`), built
+    /// the way the tests and `up` build it, so no AWS SDK crate is compiled twice.
+    Provision {
+        /// Arguments for provision (see `cargo xtask provision --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +61,11 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Up(args) => deploy::up(args),
         Command::Down(args) => deploy::down(args),
+        // provision's exit code is its answer (status: 0 in sync, 2 drift): pass it on.
+        Command::Provision { args } => match deploy::provision(&args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

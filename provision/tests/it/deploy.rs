@@ -129,6 +129,16 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
         "{stdout}"
     );
 
+    // The README's status command: in sync (exit 0) right after a deploy.
+    let status = xtask(
+        &["provision", "status"],
+        &name,
+        &moto.endpoint,
+        config.path(),
+    );
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(table.contains("No changes"), "{table}");
+
     // The same build again: nothing to publish, nothing to change.
     let second = xtask(&["up", "--debug"], &name, &moto.endpoint, config.path());
     let (out, err) = (
