@@ -46,8 +46,9 @@ enum Command {
     Down(deploy::DownArgs),
     /// Run `provision` with these arguments (e.g. `cargo xtask provision status`), built
     /// the way the tests and `up` build it, so no AWS SDK crate is compiled twice.
+    #[command(disable_help_flag = true)]
     Provision {
-        /// Arguments for provision (see `cargo xtask provision --help`).
+        /// Arguments for provision; `--help` is provision's own.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
