@@ -105,6 +105,11 @@ impl Aws {
             .context("STS returned no account id")
     }
 
+    /// Whether a tag (of any service's tag type) is this stack's.
+    pub(crate) fn is_stack_tag(&self, key: Option<&str>, value: Option<&str>) -> bool {
+        key == Some(STACK_TAG) && value == Some(self.stack.as_str())
+    }
+
     fn stack_filter(&self) -> Filter {
         Filter::builder()
             .name(format!("tag:{STACK_TAG}"))
@@ -244,7 +249,7 @@ impl Aws {
                 ) && g
                     .tags()
                     .iter()
-                    .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(&self.stack))
+                    .any(|t| self.is_stack_tag(t.key(), t.value()))
             })
             .collect();
         // Ids → logical names, so references compare with the desired state.
@@ -511,7 +516,7 @@ impl Aws {
         Ok(out)
     }
 
-    async fn observe_bucket(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
+    pub(crate) async fn observe_bucket(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
         match self.s3.head_bucket().bucket(bucket).send().await {
             Ok(_) => {}
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {

@@ -70,7 +70,7 @@ impl Aws {
                 let tagged = pages.iter().flat_map(|p| p.db_instances()).filter(|db| {
                     db.tag_list()
                         .iter()
-                        .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(&self.stack))
+                        .any(|t| self.is_stack_tag(t.key(), t.value()))
                 });
                 for db in tagged {
                     if db.db_instance_status() == Some("deleting") {

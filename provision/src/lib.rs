@@ -91,14 +91,17 @@ impl Stack {
             .release
             .clone()
             .unwrap_or_else(|| deployed_release(&observed));
+        Ok(model::diff(&self.desired(&release), &observed))
+    }
+
+    fn desired(&self, release: &str) -> Vec<model::Resource> {
         let inputs = desired::Inputs {
             account_id: &self.account_id,
             ami: &self.ami,
-            release: &release,
+            release,
             over_tls: self.over_tls,
         };
-        let desired = desired::desired_state(&self.config, &inputs);
-        Ok(model::diff(&desired, &observed))
+        desired::desired_state(&self.config, &inputs)
     }
 
     pub async fn plan(&self, output: Output) -> anyhow::Result<Vec<Change>> {
@@ -191,13 +194,16 @@ impl Stack {
         release: &str,
         files: &[(String, std::path::PathBuf)],
     ) -> anyhow::Result<()> {
-        let bucket: Vec<Change> = self
-            .changes()
-            .await?
+        // Only the bucket matters here: observe it alone, not the whole stack.
+        let desired: Vec<model::Resource> = self
+            .desired(release)
             .into_iter()
-            .filter(|c| {
-                c.kind == model::Kind::Bucket && c.is_change() && c.action != Action::Orphan
-            })
+            .filter(|r| r.kind == model::Kind::Bucket)
+            .collect();
+        let observed = self.aws.observe_bucket(&self.bucket()).await?;
+        let bucket: Vec<Change> = model::diff(&desired, &observed)
+            .into_iter()
+            .filter(Change::is_change)
             .collect();
         if !bucket.is_empty() {
             eprintln!("Preparing bucket {}:", self.bucket());

@@ -38,7 +38,7 @@ impl Aws {
                 let ours = description
                     .tags()
                     .iter()
-                    .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(&self.stack));
+                    .any(|t| self.is_stack_tag(t.key(), t.value()));
                 if ours {
                     tagged.extend(description.resource_arn().map(str::to_owned));
                 }
