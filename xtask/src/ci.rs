@@ -13,6 +13,8 @@ use crate::system::{ensure_installed, install_packages, is_root, output, run_com
 
 /// Pinned: later versions may change what the emulator accepts.
 pub const MOTO_VERSION: &str = "5.2.5";
+/// Pinned, like moto: the fuzzer's checks change between versions.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// The role the tests use to create a database per test (machine cluster only).
 const TEST_ROLE: &str = "anb_test";
 
@@ -40,6 +42,10 @@ fn ensure_nginx() -> anyhow::Result<()> {
 }
 
 pub fn run(args: CiArgs) -> anyhow::Result<()> {
+    eprintln!(
+        "xtask: checking the tree at {}",
+        crate::project_root().display()
+    );
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
     // The instances' user data must pass shellcheck, and the web tier's nginx
     // configuration is run for real (provision's userdata tests).
@@ -47,6 +53,7 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     ensure_nginx()?;
     let (admin_url, _private_cluster) = test_database()?;
     let moto_python = ensure_moto()?;
+    let schemathesis = ensure_schemathesis()?;
     if !args.tests_only {
         eprintln!("xtask: rustfmt");
         run_command(crate::system::cargo().args(["fmt", "--all", "--", "--check"]))
@@ -72,6 +79,7 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
             })
             .env("ANB_TEST_DATABASE_URL", &admin_url)
             .env("ANB_MOTO_PYTHON", &moto_python)
+            .env("ANB_SCHEMATHESIS", &schemathesis)
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("RUST_BACKTRACE", "1"),
@@ -137,17 +145,42 @@ pub fn ensure_moto() -> anyhow::Result<PathBuf> {
     if let Some(python) = std::env::var_os("ANB_MOTO_PYTHON") {
         return Ok(PathBuf::from(python));
     }
-    let venv = scratch_dir().join(format!("tools/moto-{MOTO_VERSION}"));
+    let venv = python_tool(
+        &format!("moto-{MOTO_VERSION}"),
+        &format!("moto[server]=={MOTO_VERSION}"),
+        "moto.server",
+    )?;
+    Ok(venv.join("bin/python"))
+}
+
+/// The pinned schemathesis (the API's OpenAPI fuzzer), in its own virtualenv under
+/// `target/tools` (its dependencies and moto's need not agree).
+pub fn ensure_schemathesis() -> anyhow::Result<PathBuf> {
+    if let Some(program) = std::env::var_os("ANB_SCHEMATHESIS") {
+        return Ok(PathBuf::from(program));
+    }
+    let venv = python_tool(
+        &format!("schemathesis-{SCHEMATHESIS_VERSION}"),
+        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+        "schemathesis",
+    )?;
+    Ok(venv.join("bin/schemathesis"))
+}
+
+/// A virtualenv `target/tools/<name>` with `requirement` installed (checked by importing
+/// `module`), created when missing or broken.
+fn python_tool(name: &str, requirement: &str, module: &str) -> anyhow::Result<PathBuf> {
+    let venv = scratch_dir().join("tools").join(name);
     let python = venv.join("bin/python");
     let ready = python.is_file()
         && Command::new(&python)
-            .args(["-c", "import moto.server"])
+            .args(["-c", &format!("import {module}")])
             .output()
             .is_ok_and(|o| o.status.success());
     if ready {
-        return Ok(python);
+        return Ok(venv);
     }
-    let system_python = which("python3").context("python3 is needed for the moto AWS emulator")?;
+    let system_python = which("python3").context("python3 is needed for the test tools")?;
     let _ = std::fs::remove_dir_all(&venv);
     if run_command(
         Command::new(&system_python)
@@ -166,10 +199,7 @@ pub fn ensure_moto() -> anyhow::Result<PathBuf> {
                 .arg(&venv),
         )?;
     }
-    eprintln!(
-        "xtask: installing moto[server]=={MOTO_VERSION} into {}",
-        venv.display()
-    );
+    eprintln!("xtask: installing {requirement} into {}", venv.display());
     run_command(
         Command::new(&python)
             .args([
@@ -179,7 +209,7 @@ pub fn ensure_moto() -> anyhow::Result<PathBuf> {
                 "--quiet",
                 "--disable-pip-version-check",
             ])
-            .arg(format!("moto[server]=={MOTO_VERSION}")),
+            .arg(requirement),
     )?;
-    Ok(python)
+    Ok(venv)
 }

@@ -17,6 +17,9 @@ mod system;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 
@@ -56,20 +59,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Dev(args) => dev::run(args),
-        Command::Ci(args) => ci::run(args),
-        Command::Bench(args) => bench::run(args),
-        Command::Up(args) => deploy::up(args),
-        Command::Down(args) => deploy::down(args),
-        // provision's exit code is its answer (status: 0 in sync, 2 drift): pass it on.
-        Command::Provision { args } => match deploy::provision(&args) {
-            Ok(code) => return ExitCode::from(code),
-            Err(e) => Err(e),
-        },
+    let result = match find_project_root() {
+        Ok(root) => {
+            PROJECT_ROOT.get_or_init(|| root);
+            run(cli.command)
+        }
+        Err(e) => Err(e),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
@@ -77,12 +75,55 @@ fn main() -> ExitCode {
     }
 }
 
-/// The workspace root (xtask's manifest sits one level below it).
+/// Runs one command; the exit code is 0 unless the command has its own (provision's).
+fn run(command: Command) -> anyhow::Result<u8> {
+    let result = match command {
+        Command::Dev(args) => dev::run(args),
+        Command::Ci(args) => ci::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Up(args) => deploy::up(args),
+        Command::Down(args) => deploy::down(args),
+        // provision's exit code is its answer (status: 0 in sync, 2 drift): pass it on.
+        Command::Provision { args } => return deploy::provision(&args),
+    };
+    result.map(|()| 0)
+}
+
+static PROJECT_ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// The workspace this xtask works on, found once at start (see [`find_project_root`]).
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    PROJECT_ROOT
+        .get()
+        .expect("main finds the project root before running a command")
+        .clone()
+}
+
+/// The workspace root, found at run time, never compiled in: clones that share a target
+/// directory share one xtask binary (cargo does not rebuild it for a clone at another path),
+/// so a path fixed at build time would be another clone's tree. `cargo xtask` sets
+/// CARGO_MANIFEST_DIR to this clone's `xtask/`; a binary started by hand asks cargo.
+fn find_project_root() -> anyhow::Result<PathBuf> {
+    if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        let root = Path::new(&manifest_dir)
+            .parent()
+            .context("CARGO_MANIFEST_DIR has no parent")?;
+        anyhow::ensure!(
+            root.join("Cargo.toml").is_file() && root.join("xtask").is_dir(),
+            "CARGO_MANIFEST_DIR={} is not this workspace's xtask: run `cargo xtask` from the clone",
+            Path::new(&manifest_dir).display()
+        );
+        return Ok(root.to_path_buf());
+    }
+    let manifest = system::output(
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["locate-project", "--workspace", "--message-format", "plain"]),
+    )
+    .context("cannot find the workspace: run `cargo xtask` inside the clone")?;
+    Ok(Path::new(manifest.trim())
         .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+        .context("cargo locate-project printed no path")?
+        .to_path_buf())
 }
 
 /// Scratch space for xtask (private clusters, tools, bench inputs): always `<root>/target`.

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use provision::Stack;
 
 fn xtask(args: &[&str], stack: &str, endpoint: &str, config: &Path) -> Output {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = backends::testing::workspace_root();
     #[allow(clippy::disallowed_methods)] // the README's command, run as a user would
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // As from a shell: without what `cargo test` sets for this test (CARGO_PKG_NAME…),
@@ -30,7 +30,7 @@ fn xtask(args: &[&str], stack: &str, endpoint: &str, config: &Path) -> Output {
         }
     }
     let out = cargo
-        .current_dir(root)
+        .current_dir(&root)
         .arg("xtask")
         .args(args)
         .args(["--stack", stack, "--endpoint-url", endpoint, "--config"])

@@ -153,12 +153,14 @@ impl Application {
             })?;
         let port = listener.local_addr()?.port();
         let openapi = openapi::ApiDoc::openapi();
+        let known_paths = web::Data::new(routes::KnownPaths::of(&openapi));
         let mut server =
             HttpServer::new(move || {
                 App::new()
                     .wrap(TracingLogger::<RequestSpan>::new())
                     .app_data(state.clone())
                     .app_data(keys.clone())
+                    .app_data(known_paths.clone())
                     .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(
                         |err, _| {
                             let detail = format!("Cuerpo JSON inválido: {err}");
@@ -181,9 +183,7 @@ impl Application {
                         utoipa_swagger_ui::SwaggerUi::new("/api/docs/{_:.*}")
                             .url("/api/openapi.json", openapi.clone()),
                     )
-                    .default_service(web::to(|| async {
-                        detail_response(StatusCode::NOT_FOUND, "Recurso no encontrado.")
-                    }))
+                    .default_service(web::to(routes::no_route))
             })
             .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
             .listen(listener)?;
@@ -246,8 +246,23 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/videos/", web::get().to(videos::list_my_videos))
         .service(videos::video_detail)
         .service(videos::delete_video)
-        .service(videos::download_original)
-        .service(videos::download_processed)
+        .route(
+            "/api/videos/{video_id}/original",
+            web::get().to(videos::download_original),
+        )
+        .route(
+            "/api/videos/{video_id}/processed",
+            web::get().to(videos::download_processed),
+        )
+        // The paths existing client collections use.
+        .route(
+            "/api/videos/original/{video_id}",
+            web::get().to(videos::download_original_alias),
+        )
+        .route(
+            "/api/videos/processed/{video_id}",
+            web::get().to(videos::download_processed_alias),
+        )
         .service(public::public_videos)
         .service(public::vote)
         .service(public::rankings)

@@ -1,7 +1,9 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations so it cannot drift
 //! from them. Served at `/api/openapi.json`, browsable at `/api/docs/`.
 
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    Flow, HttpAuthScheme, HttpBuilder, OAuth2, Password, Scopes, SecurityScheme,
+};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{health, public, users, videos};
@@ -26,6 +28,8 @@ use crate::routes::{health, public, users, videos};
         videos::delete_video,
         videos::download_original,
         videos::download_processed,
+        videos::download_original_alias,
+        videos::download_processed_alias,
         public::public_videos,
         public::vote,
         public::rankings,
@@ -53,6 +57,14 @@ impl Modify for BearerAuth {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        // The same tokens, as OAuth2 password-flow clients (and the docs page) obtain them.
+        components.add_security_scheme(
+            "password",
+            SecurityScheme::OAuth2(OAuth2::new([Flow::Password(Password::new(
+                "/api/auth/login",
+                Scopes::new(),
+            ))])),
         );
     }
 }

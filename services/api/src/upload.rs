@@ -12,8 +12,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::ApiError;
 
-/// Longest title accepted, in bytes.
-const MAX_TITLE_BYTES: usize = 500;
+/// Longest title accepted, in characters (as the OpenAPI document states).
+const MAX_TITLE_CHARS: usize = 500;
 
 const NOT_MULTIPART: &str =
     "Se esperaba un formulario multipart/form-data con los campos video_file y title.";
@@ -63,7 +63,8 @@ pub async fn receive(
                 staged = Some((path, size));
             }
             "title" => {
-                let text = read_small(field, MAX_TITLE_BYTES).await?;
+                // A character is at most 4 bytes in UTF-8.
+                let text = read_small(field, 4 * MAX_TITLE_CHARS).await?;
                 title = Some(text);
             }
             _ => {
@@ -82,10 +83,7 @@ pub async fn receive(
             }
         }
     }
-    let title = title.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-    let Some(title) = title else {
-        return Err(ApiError::bad_request("El título (title) es obligatorio."));
-    };
+    let title = crate::routes::text_field(title, "title", MAX_TITLE_CHARS)?;
     let Some((file, size)) = staged else {
         return Err(ApiError::bad_request(
             "Falta el archivo de video (video_file).",
@@ -141,7 +139,7 @@ async fn read_small(mut field: Field, limit: usize) -> Result<String, ApiError> 
         bytes.extend_from_slice(&chunk);
         if bytes.len() > limit {
             return Err(ApiError::bad_request(format!(
-                "El título admite como máximo {limit} bytes."
+                "El campo title admite como máximo {MAX_TITLE_CHARS} caracteres."
             )));
         }
     }

@@ -187,7 +187,7 @@ pub async fn find_video(pool: &PgPool, id: Uuid) -> Result<Option<Video>, sqlx::
 /// The owner's videos, newest first.
 pub async fn list_videos_of(pool: &PgPool, owner_id: Uuid) -> Result<Vec<Video>, sqlx::Error> {
     let records: Vec<VideoRecord> = sqlx::query_as(&format!(
-        "SELECT {VIDEO_COLUMNS} FROM videos WHERE owner_id = $1 ORDER BY uploaded_at DESC, id"
+        "SELECT {VIDEO_COLUMNS} FROM videos WHERE owner_id = $1 ORDER BY uploaded_at, id"
     ))
     .bind(owner_id)
     .fetch_all(pool)

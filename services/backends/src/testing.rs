@@ -19,11 +19,20 @@ use crate::settings::AwsSettings;
 /// The role `cargo xtask ci` creates on the machine's PostgreSQL cluster.
 pub const DEFAULT_ADMIN_URL: &str = "postgres://anb_test:anb_test@127.0.0.1:5432/postgres";
 
+/// The workspace of the crate under test, found at run time from the CARGO_MANIFEST_DIR
+/// that `cargo test` sets: clones sharing a target directory share test binaries, so a
+/// path compiled in could be another clone's.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root exists")
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .expect("tests are run by cargo, which sets CARGO_MANIFEST_DIR");
+    Path::new(&manifest_dir)
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|manifest| manifest.contains("[workspace]"))
+        })
+        .expect("the crate under test is in a workspace")
+        .to_path_buf()
 }
 
 pub fn admin_database_url() -> String {
@@ -102,6 +111,9 @@ pub struct Moto {
     pub endpoint: String,
     _child: Mutex<Child>,
 }
+
+/// The schemathesis version `cargo xtask ci` installs (the API's OpenAPI fuzzer).
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
 /// The moto version `cargo xtask ci` installs.
 pub const MOTO_VERSION: &str = "5.2.5";

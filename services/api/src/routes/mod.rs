@@ -7,9 +7,117 @@ pub mod videos;
 
 use std::str::FromStr;
 
+use actix_web::dev::ResourceDef;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
-use crate::error::{ApiError, INVALID_QUERY, VIDEO_NOT_FOUND};
+use crate::error::{detail_response, ApiError, INVALID_QUERY, VIDEO_NOT_FOUND};
+
+/// Every path the API serves, with its methods: the OpenAPI document's, plus the few
+/// routes it does not describe. Lets a request with the wrong method get 405 and `Allow`
+/// instead of the 404 of an unknown path.
+#[derive(Debug)]
+pub struct KnownPaths(Vec<(ResourceDef, Vec<&'static str>)>);
+
+impl KnownPaths {
+    pub fn of(doc: &utoipa::openapi::OpenApi) -> Self {
+        let mut known: Vec<(ResourceDef, Vec<&'static str>)> = doc
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| {
+                let methods = [
+                    ("GET", item.get.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(method, present)| present.then_some(method))
+                .collect();
+                (ResourceDef::new(path.as_str()), methods)
+            })
+            .collect();
+        for undocumented in ["/health", "/api/videos/", "/api/docs"] {
+            known.push((ResourceDef::new(undocumented), vec!["GET"]));
+        }
+        Self(known)
+    }
+
+    /// The methods `path` answers to; empty when no route has that path. A path spelled
+    /// out in full (`/api/videos/upload`) is that route alone, not also a value of a
+    /// pattern (`/api/videos/{video_id}`).
+    pub fn allowed(&self, path: &str) -> Vec<&'static str> {
+        let matching = || self.0.iter().filter(|(def, _)| def.is_match(path));
+        let exact: Vec<_> = matching()
+            .filter(|(def, _)| !def.is_prefix() && def.pattern() == Some(path))
+            .collect();
+        let chosen: Vec<_> = if exact.is_empty() {
+            matching().collect()
+        } else {
+            exact
+        };
+        let mut allowed: Vec<&'static str> = chosen
+            .into_iter()
+            .flat_map(|(_, methods)| methods.iter().copied())
+            .collect();
+        allowed.sort_unstable();
+        allowed.dedup();
+        allowed
+    }
+}
+
+/// What no route answered: 405 with `Allow` for a known path asked with another method,
+/// else 404. Both with the usual `{"detail"}` body.
+pub async fn no_route(req: HttpRequest, known: web::Data<KnownPaths>) -> HttpResponse {
+    let allowed = known.allowed(req.path());
+    if allowed.is_empty() {
+        return detail_response(StatusCode::NOT_FOUND, "Recurso no encontrado.");
+    }
+    let mut response = detail_response(StatusCode::METHOD_NOT_ALLOWED, "Método no permitido.");
+    response.headers_mut().insert(
+        header::ALLOW,
+        header::HeaderValue::from_str(&allowed.join(", ")).expect("method names are ASCII"),
+    );
+    response
+}
+
+/// JSON Schema pattern of a free-text field (names, city, country, title): some visible
+/// character and no control characters. Declared in the OpenAPI document (utoipa takes only
+/// literals there; a test checks they equal this) and enforced by [`text_field`].
+pub const TEXT_PATTERN: &str = r"^[^\u0000-\u001f]*[^\s\u0000-\u001f][^\u0000-\u001f]*$";
+
+/// Longest name, city or country accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// A required free-text field, trimmed: refused with a 400 when missing, blank, longer than
+/// `max_chars` characters, or holding control characters (PostgreSQL text cannot store NUL,
+/// and no name or title needs the others). Same rule as [`TEXT_PATTERN`].
+pub fn text_field(
+    value: Option<String>,
+    field: &str,
+    max_chars: usize,
+) -> Result<String, ApiError> {
+    let missing = || ApiError::bad_request(format!("El campo {field} es obligatorio."));
+    let value = value.ok_or_else(missing)?;
+    if value.chars().any(|c| c <= '\u{1f}') {
+        return Err(ApiError::bad_request(format!(
+            "El campo {field} contiene caracteres de control."
+        )));
+    }
+    if value.chars().count() > max_chars {
+        return Err(ApiError::bad_request(format!(
+            "El campo {field} admite como máximo {max_chars} caracteres."
+        )));
+    }
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(missing());
+    }
+    Ok(trimmed.to_owned())
+}
 
 /// Video ids are opaque to clients: one that does not parse is simply not found.
 pub fn parse_video_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -108,6 +216,17 @@ mod tests {
             let err = PageQuery::parse(bad, 10).unwrap_err();
             assert_eq!(err.to_string(), INVALID_QUERY, "{bad}");
         }
+    }
+
+    #[test]
+    fn text_fields_need_a_visible_character_and_no_control_characters() {
+        let field = |v: &str| text_field(Some(v.to_owned()), "city", 8);
+        assert_eq!(field("  Cali ").unwrap(), "Cali");
+        assert_eq!(field("\u{a0}é\u{3000}").unwrap(), "é");
+        for bad in ["", "   ", "\u{2003}", "a\0b", "a\tb", "Barranquilla"] {
+            assert!(field(bad).is_err(), "{bad:?}");
+        }
+        assert!(text_field(None, "city", 8).is_err());
     }
 
     #[test]

@@ -45,10 +45,14 @@ pub struct RankingEntry {
     tag = "public",
     params(
         ("city" = Option<String>, Query, description = "Only players from this city (case-insensitive)"),
-        ("limit" = Option<i64>, Query, description = "1–100, default 20"),
-        ("offset" = Option<i64>, Query, description = "≥ 0, default 0"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 9223372036854775807_i64, description = "≥ 0, default 0"),
     ),
-    responses((status = 200, body = [PublicVideo]), (status = 400, body = ErrorBody))
+    responses(
+        (status = 200, body = [PublicVideo]),
+        (status = 400, description = "Parámetro inválido en la consulta.", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+    )
 )]
 #[get("/api/public/videos")]
 pub async fn public_videos(
@@ -93,6 +97,7 @@ pub async fn public_videos(
         (status = 400, description = "Already voted for this video", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, description = "Unknown video, or not public yet", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[post("/api/public/videos/{video_id}/vote")]
@@ -118,12 +123,13 @@ pub async fn vote(
     tag = "public",
     params(
         ("city" = Option<String>, Query, description = "Only players from this city (case-insensitive); positions count within it"),
-        ("limit" = Option<i64>, Query, description = "1–100, default 10"),
-        ("offset" = Option<i64>, Query, description = "≥ 0, default 0"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1–100, default 10"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 9223372036854775807_i64, description = "≥ 0, default 0"),
     ),
     responses(
         (status = 200, body = [RankingEntry]),
         (status = 400, description = "Parámetro inválido en la consulta.", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[get("/api/public/rankings")]

@@ -9,27 +9,67 @@ use uuid::Uuid;
 
 use crate::auth::{hash_password, verify_password, TokenKeys};
 use crate::error::{ApiError, ErrorBody};
+use crate::routes::{text_field, MAX_NAME_CHARS};
 use crate::AppState;
 
 const BAD_CREDENTIALS: &str = "Credenciales inválidas.";
 const MIN_PASSWORD_CHARS: usize = 8;
+const MAX_PASSWORD_CHARS: usize = 128;
+const MAX_EMAIL_CHARS: usize = 254;
 
 /// Every field is required; they are optional here only so a missing one gets a clear 400.
+/// Names, city and country: 1–100 characters with a visible one, no control characters
+/// (surrounding spaces are trimmed). The password: 8–128 characters with a letter (a–z,
+/// A–Z) and a digit; `password2` repeats it.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SignupRequest {
-    #[schema(required = true, example = "Ana")]
+    #[schema(
+        required = true,
+        example = "Ana",
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f]*[^\s\u0000-\u001f][^\u0000-\u001f]*$"
+    )]
     first_name: Option<String>,
-    #[schema(required = true, example = "Ruiz")]
+    #[schema(
+        required = true,
+        example = "Ruiz",
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f]*[^\s\u0000-\u001f][^\u0000-\u001f]*$"
+    )]
     last_name: Option<String>,
-    #[schema(required = true, example = "ana@example.com")]
+    /// Compared without regard to case; must not be registered already.
+    #[schema(required = true, example = "ana@example.com", format = Email, max_length = 254)]
     email: Option<String>,
-    #[schema(required = true, example = "Canasta2026")]
+    #[schema(
+        required = true,
+        example = "Canasta2026",
+        min_length = 8,
+        max_length = 128,
+        pattern = r"[A-Za-z][\s\S]*[0-9]|[0-9][\s\S]*[A-Za-z]"
+    )]
     password1: Option<String>,
-    #[schema(required = true, example = "Canasta2026")]
+    /// Must equal `password1`.
+    #[schema(
+        required = true,
+        example = "Canasta2026",
+        min_length = 8,
+        max_length = 128,
+        pattern = r"[A-Za-z][\s\S]*[0-9]|[0-9][\s\S]*[A-Za-z]"
+    )]
     password2: Option<String>,
-    #[schema(required = true, example = "Bogotá")]
+    #[schema(
+        required = true,
+        example = "Bogotá",
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f]*[^\s\u0000-\u001f][^\u0000-\u001f]*$"
+    )]
     city: Option<String>,
-    #[schema(required = true, example = "Colombia")]
+    #[schema(
+        required = true,
+        example = "Colombia",
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f]*[^\s\u0000-\u001f][^\u0000-\u001f]*$"
+    )]
     country: Option<String>,
 }
 
@@ -45,20 +85,13 @@ pub struct SignupResponse {
     country: String,
 }
 
-fn required(value: Option<String>, field: &str) -> Result<String, ApiError> {
-    value
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| ApiError::bad_request(format!("El campo {field} es obligatorio.")))
-}
-
 /// A deliberately plain check: one `@`, something before it, a dotted domain after it.
 fn is_plausible_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;
     };
     !local.is_empty()
-        && email.len() <= 254
+        && email.chars().count() <= MAX_EMAIL_CHARS
         && !domain.contains('@')
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -66,9 +99,11 @@ fn is_plausible_email(email: &str) -> bool {
         && !email.chars().any(char::is_whitespace)
 }
 
+/// A letter (a–z, A–Z) and a digit, within the length bounds: the OpenAPI document's
+/// pattern and lengths for `password1` (a test checks they agree).
 fn is_strong_password(password: &str) -> bool {
-    password.chars().count() >= MIN_PASSWORD_CHARS
-        && password.chars().any(char::is_alphabetic)
+    (MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&password.chars().count())
+        && password.chars().any(|c| c.is_ascii_alphabetic())
         && password.chars().any(|c| c.is_ascii_digit())
 }
 
@@ -79,6 +114,7 @@ fn is_strong_password(password: &str) -> bool {
     responses(
         (status = 201, body = SignupResponse),
         (status = 400, description = "Missing field, malformed email, weak or mismatched passwords, or email already registered", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[post("/api/auth/signup")]
@@ -87,9 +123,9 @@ pub async fn signup(
     body: web::Json<SignupRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let first_name = required(body.first_name, "first_name")?;
-    let last_name = required(body.last_name, "last_name")?;
-    let email = required(body.email, "email")?;
+    let first_name = text_field(body.first_name, "first_name", MAX_NAME_CHARS)?;
+    let last_name = text_field(body.last_name, "last_name", MAX_NAME_CHARS)?;
+    let email = text_field(body.email, "email", MAX_EMAIL_CHARS)?;
     // Passwords are not trimmed: spaces may be part of them.
     let password1 = body
         .password1
@@ -99,8 +135,8 @@ pub async fn signup(
         .password2
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::bad_request("El campo password2 es obligatorio."))?;
-    let city = required(body.city, "city")?;
-    let country = required(body.country, "country")?;
+    let city = text_field(body.city, "city", MAX_NAME_CHARS)?;
+    let country = text_field(body.country, "country", MAX_NAME_CHARS)?;
     if !is_plausible_email(&email) {
         return Err(ApiError::bad_request("El email no es válido."));
     }
@@ -109,7 +145,7 @@ pub async fn signup(
     }
     if !is_strong_password(&password1) {
         return Err(ApiError::bad_request(format!(
-            "La contraseña debe tener al menos {MIN_PASSWORD_CHARS} caracteres e incluir letras y números."
+            "La contraseña debe tener entre {MIN_PASSWORD_CHARS} y {MAX_PASSWORD_CHARS} caracteres e incluir letras (a-z) y números."
         )));
     }
     let user = User {
@@ -143,9 +179,9 @@ pub async fn signup(
 /// JSON login body; form clients (OAuth2 password flow) send `username` instead of `email`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
-    #[schema(required = true, example = "ana@example.com")]
+    #[schema(required = true, example = "ana@example.com", pattern = r"\S")]
     email: Option<String>,
-    #[schema(required = true, example = "Canasta2026")]
+    #[schema(required = true, example = "Canasta2026", min_length = 1)]
     password: Option<String>,
 }
 
@@ -174,6 +210,7 @@ pub struct TokenResponse {
         (status = 200, body = TokenResponse),
         (status = 400, description = "Body missing or malformed", body = ErrorBody),
         (status = 401, description = "Wrong email or password (one message for both)", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[post("/api/auth/login")]
@@ -201,7 +238,13 @@ pub async fn login(
     let (Some(email), Some(password)) = (email.filter(|e| !e.trim().is_empty()), password) else {
         return Err(ApiError::bad_request("Se requieren email y contraseña."));
     };
-    let user = db::find_user_by_email(&state.pool, email.trim()).await?;
+    // PostgreSQL text cannot hold NUL, so no account has such an email.
+    let email = email.trim();
+    let user = if email.contains('\0') {
+        None
+    } else {
+        db::find_user_by_email(&state.pool, email).await?
+    };
     let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
     if !verify_password(password, stored_hash).await? {
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
@@ -235,7 +278,12 @@ async fn read_small_body(mut payload: web::Payload) -> Result<web::BytesMut, Api
 
 #[cfg(test)]
 mod tests {
+    use utoipa::OpenApi;
+
     use super::*;
+
+    /// The OpenAPI pattern of a password (a letter and a digit, in either order).
+    const PASSWORD_PATTERN: &str = r"[A-Za-z][\s\S]*[0-9]|[0-9][\s\S]*[A-Za-z]";
 
     #[test]
     fn email_check_accepts_ordinary_addresses_only() {
@@ -262,5 +310,28 @@ mod tests {
         assert!(!is_strong_password("short1"));
         assert!(!is_strong_password("onlyletters"));
         assert!(!is_strong_password("1234567890"));
+        assert!(!is_strong_password("ñandúñandú"));
+        assert!(!is_strong_password(&format!("a1{}", "x".repeat(127))));
+    }
+
+    #[test]
+    fn the_documented_patterns_are_the_enforced_rules() {
+        let doc = serde_json::to_value(crate::openapi::ApiDoc::openapi()).unwrap();
+        let fields = &doc["components"]["schemas"]["SignupRequest"]["properties"];
+        for field in ["first_name", "last_name", "city", "country"] {
+            assert_eq!(
+                fields[field]["pattern"],
+                crate::routes::TEXT_PATTERN,
+                "{field}"
+            );
+            assert_eq!(fields[field]["maxLength"], MAX_NAME_CHARS, "{field}");
+        }
+        for field in ["password1", "password2"] {
+            assert_eq!(fields[field]["pattern"], PASSWORD_PATTERN, "{field}");
+            assert_eq!(fields[field]["minLength"], MIN_PASSWORD_CHARS, "{field}");
+            assert_eq!(fields[field]["maxLength"], MAX_PASSWORD_CHARS, "{field}");
+        }
+        assert_eq!(fields["email"]["maxLength"], MAX_EMAIL_CHARS);
+        assert_eq!(fields["email"]["format"], "email");
     }
 }

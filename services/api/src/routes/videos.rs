@@ -39,6 +39,11 @@ pub struct UploadForm {
     /// The MP4 file, at most 100 MB.
     #[schema(value_type = String, format = Binary)]
     video_file: Vec<u8>,
+    /// 1–500 characters with a visible one, no control characters (trimmed).
+    #[schema(
+        max_length = 500,
+        pattern = r"^[^\u0000-\u001f]*[^\s\u0000-\u001f][^\u0000-\u001f]*$"
+    )]
     title: String,
 }
 
@@ -88,7 +93,7 @@ pub struct DeleteResponse {
         (status = 201, body = UploadResponse),
         (status = 400, description = "Not an MP4, corrupt, no video stream, over 100 MB, or title missing", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 503, description = "Storage, database or queue unavailable; nothing was kept", body = ErrorBody),
+        (status = 503, description = "Storage, database or queue unavailable; nothing was kept. Retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[post("/api/videos/upload")]
@@ -157,13 +162,17 @@ async fn undo_store(state: &AppState, key: &str) {
     }
 }
 
-/// The caller's videos, newest first.
+/// The caller's videos in upload order, oldest first (clients take the last as the newest).
 #[utoipa::path(
     get,
     path = "/api/videos",
     tag = "videos",
     security(("bearer" = [])),
-    responses((status = 200, body = [VideoSummary]), (status = 401, body = ErrorBody))
+    responses(
+        (status = 200, body = [VideoSummary]),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+    )
 )]
 pub async fn list_my_videos(
     req: HttpRequest,
@@ -209,6 +218,7 @@ async fn owned_video(state: &AppState, user: Uuid, raw_id: &str) -> Result<Video
         (status = 401, body = ErrorBody),
         (status = 403, description = "Someone else's video", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 503, description = "Database or storage unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[get("/api/videos/{video_id}")]
@@ -244,6 +254,7 @@ pub async fn video_detail(
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 503, description = "Database or storage unavailable; nothing was deleted. Retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[delete("/api/videos/{video_id}")]
@@ -281,15 +292,18 @@ pub async fn delete_video(
 
 /// Downloads the original upload: the owner always, anyone once the video is public.
 #[utoipa::path(
+    get,
+    path = "/api/videos/{video_id}/original",
     tag = "videos",
     params(("video_id" = String, Path)),
+    security((), ("bearer" = [])),
     responses(
         (status = 200, description = "The MP4", content_type = "video/mp4"),
         (status = 302, description = "Redirect to a presigned storage URL"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, description = "Database or storage unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
-#[get("/api/videos/{video_id}/original")]
 pub async fn download_original(
     req: HttpRequest,
     caller: Caller,
@@ -300,18 +314,46 @@ pub async fn download_original(
     serve(&req, &state, &original_key(video.id)).await
 }
 
+/// The same as `GET /api/videos/{video_id}/original`, at the path existing client
+/// collections use.
+#[utoipa::path(
+    get,
+    path = "/api/videos/original/{video_id}",
+    tag = "videos",
+    operation_id = "download_original_alias",
+    params(("video_id" = String, Path)),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The MP4", content_type = "video/mp4"),
+        (status = 302, description = "Redirect to a presigned storage URL"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, description = "Database or storage unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
+pub async fn download_original_alias(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    download_original(req, caller, path, state).await
+}
+
 /// Downloads the processed video: the owner always, anyone once the video is public.
 #[utoipa::path(
+    get,
+    path = "/api/videos/{video_id}/processed",
     tag = "videos",
     params(("video_id" = String, Path)),
+    security((), ("bearer" = [])),
     responses(
         (status = 200, description = "The MP4", content_type = "video/mp4"),
         (status = 302, description = "Redirect to a presigned storage URL"),
         (status = 400, description = "Not processed yet", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, description = "Database or storage unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
-#[get("/api/videos/{video_id}/processed")]
 pub async fn download_processed(
     req: HttpRequest,
     caller: Caller,
@@ -323,6 +365,32 @@ pub async fn download_processed(
         return Err(ApiError::bad_request("El video aún no ha sido procesado."));
     }
     serve(&req, &state, &processed_key(video.id)).await
+}
+
+/// The same as `GET /api/videos/{video_id}/processed`, at the path existing client
+/// collections use.
+#[utoipa::path(
+    get,
+    path = "/api/videos/processed/{video_id}",
+    tag = "videos",
+    operation_id = "download_processed_alias",
+    params(("video_id" = String, Path)),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The MP4", content_type = "video/mp4"),
+        (status = 302, description = "Redirect to a presigned storage URL"),
+        (status = 400, description = "Not processed yet", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, description = "Database or storage unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
+pub async fn download_processed_alias(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    download_processed(req, caller, path, state).await
 }
 
 async fn downloadable_video(

@@ -57,6 +57,8 @@ async fn openapi_document_lists_every_contract_route() {
         ("/api/videos/{video_id}", "delete"),
         ("/api/videos/{video_id}/original", "get"),
         ("/api/videos/{video_id}/processed", "get"),
+        ("/api/videos/original/{video_id}", "get"),
+        ("/api/videos/processed/{video_id}", "get"),
         ("/api/public/videos", "get"),
         ("/api/public/videos/{video_id}/vote", "post"),
         ("/api/public/rankings", "get"),
@@ -86,4 +88,86 @@ async fn unknown_routes_answer_404_with_a_detail() {
     let response = app.get("/api/nothing-here", None).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert!(!detail(response).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_known_path_asked_with_another_method_is_405_with_allow() {
+    let app = spawn_app().await;
+    let id = "6f1c4a52-8f5e-4b8e-9d8e-2f3c1a0b9c7d";
+    for (method, path, allow) in [
+        ("PUT", "/api/auth/signup".to_owned(), "POST"),
+        ("GET", "/api/auth/login".to_owned(), "POST"),
+        ("DELETE", "/api/videos".to_owned(), "GET"),
+        ("OPTIONS", "/api/videos/upload".to_owned(), "POST"),
+        ("PATCH", format!("/api/videos/{id}"), "DELETE, GET"),
+        ("POST", format!("/api/videos/{id}/processed"), "GET"),
+        ("POST", format!("/api/videos/original/{id}"), "GET"),
+        ("GET", format!("/api/public/videos/{id}/vote"), "POST"),
+        ("POST", "/api/public/rankings".to_owned(), "GET"),
+        ("POST", "/api/health".to_owned(), "GET"),
+        ("DELETE", "/health".to_owned(), "GET"),
+    ] {
+        let response = app
+            .client
+            .request(method.parse().unwrap(), app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+        assert_eq!(detail(response).await, "Método no permitido.");
+    }
+    // Unknown paths stay 404, whatever the method.
+    let unknown = app
+        .client
+        .post(app.url("/api/videos/a/b/c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_openapi_document_states_the_limits_the_handlers_enforce() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/api/openapi.json", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    for path in ["/api/public/videos", "/api/public/rankings"] {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{path}: no {name}"))["schema"]
+                .clone()
+        };
+        assert_eq!(param("limit")["minimum"], 1, "{path}");
+        assert_eq!(param("limit")["maximum"], 100, "{path}");
+        assert_eq!(param("offset")["minimum"], 0, "{path}");
+        // Each operation lists the 503 every database-backed route can answer.
+        assert!(doc["paths"][path]["get"]["responses"]["503"].is_object());
+    }
+    let signup = &doc["components"]["schemas"]["SignupRequest"]["properties"];
+    assert_eq!(signup["email"]["format"], "email");
+    assert_eq!(signup["password1"]["minLength"], 8);
+    // A request the document calls valid is accepted; one it calls invalid is refused.
+    let at_the_limits = app
+        .get(
+            "/api/public/rankings?limit=100&offset=9223372036854775807",
+            None,
+        )
+        .await;
+    assert_eq!(at_the_limits.status(), StatusCode::OK);
+    for (query, status) in [("limit=101", 400), ("offset=-1", 400), ("limit=0", 400)] {
+        let response = app.get(&format!("/api/public/videos?{query}"), None).await;
+        assert_eq!(response.status().as_u16(), status, "{query}");
+    }
 }

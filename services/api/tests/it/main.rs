@@ -6,6 +6,7 @@
 
 mod auth;
 mod docs_and_health;
+mod fuzz;
 mod helpers;
 mod public;
 mod s3_sqs;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::helpers::{detail, fixtures, spawn_app};
 
 #[tokio::test]
-async fn list_shows_only_my_videos_newest_first() {
+async fn list_shows_only_my_videos_in_upload_order() {
     let app = spawn_app().await;
     let ana = app.signup("Ana", "Ruiz", "Cali").await;
     let luis = app.signup("Luis", "Paz", "Cali").await;
@@ -21,7 +21,8 @@ async fn list_shows_only_my_videos_newest_first() {
         .iter()
         .map(|v| v["video_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [second.as_str(), first.as_str()]);
+    // Oldest first: existing client collections take the last element as the newest.
+    assert_eq!(ids, [first.as_str(), second.as_str()]);
     let item = list[0].as_object().unwrap();
     let mut keys: Vec<&str> = item.keys().map(String::as_str).collect();
     keys.sort_unstable();
@@ -218,6 +219,25 @@ async fn downloads_follow_ownership_until_the_video_is_public() {
     let not_yet = app.get(&processed, Some(&ana.token)).await;
     assert_eq!(not_yet.status(), StatusCode::BAD_REQUEST);
     assert!(detail(not_yet).await.contains("procesado"));
+    for alias in [
+        format!("/api/videos/original/{id}"),
+        format!("/api/videos/processed/{id}"),
+    ] {
+        assert_eq!(
+            app.get(&alias, Some(&luis.token)).await.status(),
+            StatusCode::FORBIDDEN,
+            "{alias}"
+        );
+        assert_eq!(
+            app.get(&alias, None).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{alias}"
+        );
+    }
+    let alias_not_yet = app
+        .get(&format!("/api/videos/processed/{id}"), Some(&ana.token))
+        .await;
+    assert_eq!(alias_not_yet.status(), StatusCode::BAD_REQUEST);
 
     let stale = app.get(&original, Some("not-a-valid-token")).await;
     assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
@@ -241,6 +261,20 @@ async fn downloads_follow_ownership_until_the_video_is_public() {
         .unwrap();
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(ranged.bytes().await.unwrap().as_ref(), b"processed");
+
+    // The paths existing client collections use answer the same, by the same rules.
+    let alias = app.get(&format!("/api/videos/processed/{id}"), None).await;
+    assert_eq!(alias.status(), StatusCode::OK);
+    assert_eq!(
+        alias.bytes().await.unwrap().as_ref(),
+        b"processed video bytes"
+    );
+    let alias = app.get(&format!("/api/videos/original/{id}"), None).await;
+    assert_eq!(alias.status(), StatusCode::OK);
+    assert_eq!(
+        alias.bytes().await.unwrap().as_ref(),
+        std::fs::read(&fixtures().await.sample).unwrap()
+    );
 
     let video: Value = app
         .get(&format!("/api/videos/{id}"), Some(&ana.token))
