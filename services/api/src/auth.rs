@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{ApiError, NOT_AUTHENTICATED};
+use crate::limits::HashingSlots;
 
 pub const INVALID_TOKEN: &str = "Token inválido o expirado.";
 
@@ -136,39 +137,40 @@ impl FromRequest for Caller {
     }
 }
 
-/// Hashes a password with argon2id and a random salt, off the async executor.
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    web::block(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("hash password: {e}")))
+/// Hashes a password with argon2id and a random salt, in one of the hashing slots.
+pub async fn hash_password(slots: &HashingSlots, password: String) -> Result<String, ApiError> {
+    slots
+        .run(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("hash password: {e}")))
 }
 
 /// Checks `password` against `stored_hash`; with no stored hash (unknown email) it checks a
 /// dummy hash anyway, so both failures take the same time.
 pub async fn verify_password(
+    slots: &HashingSlots,
     password: String,
     stored_hash: Option<String>,
 ) -> Result<bool, ApiError> {
-    web::block(move || {
-        let known = stored_hash.is_some();
-        let hash = stored_hash.unwrap_or_else(|| dummy_hash().to_owned());
-        let matches = PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false);
-        known && matches
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))
+    slots
+        .run(move || {
+            let known = stored_hash.is_some();
+            let hash = stored_hash.unwrap_or_else(|| dummy_hash().to_owned());
+            let matches = PasswordHash::new(&hash)
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false);
+            known && matches
+        })
+        .await
 }
 
 fn dummy_hash() -> &'static str {

@@ -34,6 +34,15 @@ pub enum ApiError {
         #[source]
         source: anyhow::Error,
     },
+    /// Too much work in flight here (password hashing): the client may retry shortly.
+    #[error("{0}")]
+    Busy(&'static str),
+    /// The client's allowance is spent; it may retry after `retry_after` seconds.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: &'static str,
+        retry_after: u64,
+    },
     #[error("Error interno del servidor.")]
     Internal(#[source] anyhow::Error),
 }
@@ -73,7 +82,8 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +105,12 @@ impl ResponseError for ApiError {
             }
             Self::Unavailable { .. } => {
                 response.insert_header((header::RETRY_AFTER, "5"));
+            }
+            Self::Busy(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            Self::TooManyRequests { retry_after, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             _ => {}
         }

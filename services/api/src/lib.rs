@@ -6,6 +6,8 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
+pub mod multipart_limits;
 pub mod openapi;
 pub mod routes;
 pub mod snapshot;
@@ -48,9 +50,19 @@ pub struct AppState {
     pub public_base_url: Option<String>,
     pub rankings: Snapshot<Vec<backends::db::PlayerScore>>,
     pub public_videos: Snapshot<Vec<backends::db::PublicVideo>>,
+    pub hashing: limits::HashingSlots,
+    pub auth_rate: limits::RateLimit,
+    pub vote_rate: limits::RateLimit,
+    pub uploads_in_flight: limits::UploadsInFlight,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl AppState {
+    /// The client's address, for its rate limits (see [`limits::client_address`]).
+    pub fn client_address(&self, req: &HttpRequest) -> std::net::IpAddr {
+        limits::client_address(req, &self.trusted_proxies)
+    }
+
     /// The base of URLs handed to clients: configured, or as the client reached us.
     pub fn base_url(&self, req: &HttpRequest) -> String {
         match &self.public_base_url {
@@ -139,6 +151,20 @@ impl Application {
             public_base_url: settings.server.public_base_url.clone(),
             rankings: Snapshot::new(settings.public.rankings_refresh),
             public_videos: Snapshot::new(settings.public.videos_refresh),
+            hashing: limits::HashingSlots::new(
+                settings.limits.hashing_concurrency,
+                settings.limits.hashing_wait,
+            ),
+            auth_rate: limits::RateLimit::per_minute(
+                settings.limits.auth_per_minute,
+                "Demasiados intentos de acceso desde esta dirección; espere un momento.",
+            ),
+            vote_rate: limits::RateLimit::per_minute(
+                settings.limits.votes_per_minute,
+                "Demasiados votos desde esta dirección; espere un momento.",
+            ),
+            uploads_in_flight: limits::UploadsInFlight::new(settings.upload.max_in_flight_per_user),
+            trusted_proxies: settings.server.trusted_proxies.clone(),
         });
         let keys = web::Data::new(TokenKeys::new(
             &settings.auth.jwt_secret,

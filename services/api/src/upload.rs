@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use actix_multipart::{Field, Multipart};
+use actix_multipart::{Field, Multipart, MultipartError};
+use actix_web::error::PayloadError;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
 use backends::media::{self, MediaError, Probe};
 use backends::settings::UploadSettings;
 use futures_util::TryStreamExt;
@@ -11,6 +14,9 @@ use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::ApiError;
+use crate::multipart_limits::{
+    boundary_of, FramingViolation, WatchedBody, MAX_FRAMING_RUN, MAX_PARTS,
+};
 
 /// Longest title accepted, in characters (as the OpenAPI document states).
 const MAX_TITLE_CHARS: usize = 500;
@@ -36,26 +42,82 @@ pub fn too_large(max_bytes: u64) -> ApiError {
 }
 
 /// Reads the form, writing `video_file` to a file in `staging_dir`. Stops reading and
-/// fails as soon as more than `max_bytes` have arrived.
+/// fails as soon as more than `max_bytes` have arrived, or the framing around the fields
+/// passes its bounds (see [`crate::multipart_limits`]).
 pub async fn receive(
-    mut form: Multipart,
+    req: &HttpRequest,
+    payload: web::Payload,
     staging_dir: &Path,
     max_bytes: u64,
 ) -> Result<StagedUpload, ApiError> {
+    let boundary = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.to_ascii_lowercase().starts_with("multipart/"))
+        .and_then(boundary_of)
+        .ok_or_else(|| ApiError::bad_request(NOT_MULTIPART))?;
+    let (body, watch) = WatchedBody::new(payload, &boundary);
+    let form = Multipart::new(req.headers(), body);
+    let refused = |e: MultipartError| {
+        let violation = watch.lock().unwrap_or_else(|e| e.into_inner()).violation();
+        match (e, violation) {
+            (
+                MultipartError::Payload(PayloadError::Overflow),
+                Some(FramingViolation::RunTooLong),
+            ) => ApiError::bad_request(format!(
+                "Los encabezados de una parte del formulario superan {} KiB.",
+                MAX_FRAMING_RUN / 1024
+            )),
+            (
+                MultipartError::Payload(PayloadError::Overflow),
+                Some(FramingViolation::TooManyParts),
+            ) => ApiError::bad_request(format!("El formulario tiene más de {MAX_PARTS} partes.")),
+            _ => ApiError::bad_request(NOT_MULTIPART),
+        }
+    };
+    read_form(form, staging_dir, max_bytes)
+        .await
+        .map_err(|e| match e {
+            FormError::Multipart(e) => refused(e),
+            FormError::Api(e) => e,
+        })
+}
+
+/// A failure while reading the form: the parser's (explained by the caller, who knows the
+/// framing watch), or an answer already decided.
+enum FormError {
+    Multipart(MultipartError),
+    Api(ApiError),
+}
+
+impl From<ApiError> for FormError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<MultipartError> for FormError {
+    fn from(e: MultipartError) -> Self {
+        Self::Multipart(e)
+    }
+}
+
+async fn read_form(
+    mut form: Multipart,
+    staging_dir: &Path,
+    max_bytes: u64,
+) -> Result<StagedUpload, FormError> {
     let mut title: Option<String> = None;
     let mut staged: Option<(TempPath, u64)> = None;
     let mut received_total = 0u64;
-    while let Some(field) = form
-        .try_next()
-        .await
-        .map_err(|_| ApiError::bad_request(NOT_MULTIPART))?
-    {
+    while let Some(field) = form.try_next().await? {
         match field.name().unwrap_or_default() {
             "video_file" => {
                 if staged.is_some() {
-                    return Err(ApiError::bad_request(
-                        "Envíe un solo archivo en video_file.",
-                    ));
+                    return Err(
+                        ApiError::bad_request("Envíe un solo archivo en video_file.").into(),
+                    );
                 }
                 let room = max_bytes.saturating_sub(received_total);
                 let (path, size) = stage_file(field, staging_dir, room, max_bytes).await?;
@@ -70,14 +132,10 @@ pub async fn receive(
             _ => {
                 // Unknown fields are read and dropped, but count towards the size limit.
                 let mut field = field;
-                while let Some(chunk) = field
-                    .try_next()
-                    .await
-                    .map_err(|_| ApiError::bad_request(NOT_MULTIPART))?
-                {
+                while let Some(chunk) = field.try_next().await? {
                     received_total += chunk.len() as u64;
                     if received_total > max_bytes {
-                        return Err(too_large(max_bytes));
+                        return Err(too_large(max_bytes).into());
                     }
                 }
             }
@@ -85,12 +143,10 @@ pub async fn receive(
     }
     let title = crate::routes::text_field(title, "title", MAX_TITLE_CHARS)?;
     let Some((file, size)) = staged else {
-        return Err(ApiError::bad_request(
-            "Falta el archivo de video (video_file).",
-        ));
+        return Err(ApiError::bad_request("Falta el archivo de video (video_file).").into());
     };
     if size == 0 {
-        return Err(ApiError::bad_request("El archivo de video está vacío."));
+        return Err(ApiError::bad_request("El archivo de video está vacío.").into());
     }
     Ok(StagedUpload { title, file, size })
 }
@@ -100,7 +156,7 @@ async fn stage_file(
     staging_dir: &Path,
     room: u64,
     max_bytes: u64,
-) -> Result<(TempPath, u64), ApiError> {
+) -> Result<(TempPath, u64), FormError> {
     let staging_failed =
         |e: std::io::Error| ApiError::unavailable("No se pudo guardar el archivo.", e);
     tokio::fs::create_dir_all(staging_dir)
@@ -114,14 +170,11 @@ async fn stage_file(
     let (file, path) = temp.into_parts();
     let mut file = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
     let mut size = 0u64;
-    while let Some(chunk) = field
-        .try_next()
-        .await
-        .map_err(|_| ApiError::bad_request(NOT_MULTIPART))?
-    {
+    while let Some(chunk) = field.try_next().await? {
         size += chunk.len() as u64;
         if size > room {
-            return Err(too_large(max_bytes)); // `path` is dropped: the partial file goes too
+            // `path` is dropped: the partial file goes too.
+            return Err(too_large(max_bytes).into());
         }
         file.write_all(&chunk).await.map_err(staging_failed)?;
     }
@@ -129,22 +182,19 @@ async fn stage_file(
     Ok((path, size))
 }
 
-async fn read_small(mut field: Field, limit: usize) -> Result<String, ApiError> {
+async fn read_small(mut field: Field, limit: usize) -> Result<String, FormError> {
     let mut bytes = Vec::new();
-    while let Some(chunk) = field
-        .try_next()
-        .await
-        .map_err(|_| ApiError::bad_request(NOT_MULTIPART))?
-    {
+    while let Some(chunk) = field.try_next().await? {
         bytes.extend_from_slice(&chunk);
         if bytes.len() > limit {
             return Err(ApiError::bad_request(format!(
                 "El campo title admite como máximo {MAX_TITLE_CHARS} caracteres."
-            )));
+            ))
+            .into());
         }
     }
     String::from_utf8(bytes)
-        .map_err(|_| ApiError::bad_request("El título no es texto UTF-8 válido."))
+        .map_err(|_| ApiError::bad_request("El título no es texto UTF-8 válido.").into())
 }
 
 /// Checks the staged file by content: a complete ISO-BMFF (MP4) file with a video stream
@@ -203,6 +253,29 @@ pub fn check_probe(probe: &Probe, settings: &UploadSettings) -> Result<(), ApiEr
             settings.max_duration.as_secs()
         )));
     }
+    // Bounds on what a worker will have to decode: a huge picture, a frame rate in the
+    // hundreds or a pile of streams is an attack on the worker tier, not a skill video.
+    if !settings.max_frame.admits(video.width, video.height) {
+        return Err(ApiError::bad_request(format!(
+            "La imagen del video ({}×{}) supera el máximo de {}×{}.",
+            video.width, video.height, settings.max_frame.width, settings.max_frame.height
+        )));
+    }
+    if video
+        .frame_rate
+        .is_some_and(|fps| fps > f64::from(settings.max_frame_rate))
+    {
+        return Err(ApiError::bad_request(format!(
+            "La velocidad del video supera el máximo de {} cuadros por segundo.",
+            settings.max_frame_rate
+        )));
+    }
+    if probe.streams > settings.max_streams {
+        return Err(ApiError::bad_request(format!(
+            "El archivo tiene más de {} pistas.",
+            settings.max_streams
+        )));
+    }
     // The shorter side, so a portrait 1080×1920 phone video counts as 1080p.
     if settings.check_resolution && video.width.min(video.height) < settings.min_height {
         return Err(ApiError::bad_request(format!(
@@ -234,9 +307,27 @@ mod tests {
                 width,
                 height,
                 pixel_format: None,
+                frame_rate: Some(30.0),
             }),
             has_audio: false,
+            streams: 1,
         }
+    }
+
+    #[test]
+    fn pictures_frame_rates_and_stream_counts_past_the_limits_are_refused() {
+        let rules = settings();
+        check_probe(&probe(10.0, 3840, 2160), &rules).unwrap();
+        check_probe(&probe(10.0, 2160, 3840), &rules).unwrap();
+        assert!(check_probe(&probe(10.0, 7680, 4320), &rules).is_err());
+        let mut fast = probe(10.0, 1280, 720);
+        fast.video.as_mut().unwrap().frame_rate = Some(1000.0);
+        assert!(check_probe(&fast, &rules).is_err());
+        fast.video.as_mut().unwrap().frame_rate = Some(120.0);
+        check_probe(&fast, &rules).unwrap();
+        let mut crowded = probe(10.0, 1280, 720);
+        crowded.streams = 9;
+        assert!(check_probe(&crowded, &rules).is_err());
     }
 
     #[test]

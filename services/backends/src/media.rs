@@ -1,5 +1,8 @@
 //! The one place that runs ffmpeg and ffprobe: argument lists (never a shell), no stdin,
-//! a timeout, killed when dropped, and the tail of stderr in every error.
+//! a timeout, killed when dropped, and the tail of stderr in every error. They parse
+//! untrusted files, so they get nothing they do not need: an empty environment (the
+//! services' hold the database URL and the token key), only the `file` protocol and the
+//! MP4/MOV demuxer for the upload (see [`UPLOAD_INPUT`]), and a cap on their memory.
 
 use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom};
@@ -11,6 +14,23 @@ use serde::Deserialize;
 
 /// How much of a failing tool's stderr goes into the error.
 const STDERR_TAIL_BYTES: usize = 600;
+
+/// Options placed before an uploaded file's `-i`: the MP4/MOV demuxer only (an HLS
+/// playlist or ffconcat list renamed `.mp4` is not followed), local files only, and no
+/// external data references.
+pub const UPLOAD_INPUT: [&str; 6] = [
+    "-f",
+    "mov",
+    "-protocol_whitelist",
+    "file",
+    "-enable_drefs",
+    "0",
+];
+
+/// Address space a tool may map (`prlimit --as`): far above what a 30 s job needs (see
+/// `cargo xtask bench worker`), far below what would push a 2 GiB instance into swap.
+const FFMPEG_ADDRESS_SPACE: u64 = 3 << 30;
+const FFPROBE_ADDRESS_SPACE: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -53,17 +73,32 @@ where
         .map(Into::into)
         .collect();
     full.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-    run("ffmpeg", &full, timeout).await.map(drop)
+    run("ffmpeg", FFMPEG_ADDRESS_SPACE, &full, timeout)
+        .await
+        .map(drop)
 }
 
 async fn run(
     program: &'static str,
+    address_space: u64,
     args: &[std::ffi::OsString],
     timeout: Duration,
 ) -> Result<Vec<u8>, MediaError> {
+    // prlimit (util-linux) sets the limit and then becomes the tool (it execs it), so the
+    // child killed on timeout is the tool itself; the workspace forbids the unsafe code a
+    // pre_exec setrlimit would take.
     #[allow(clippy::disallowed_methods)] // this module is where media tools are spawned
-    let child = tokio::process::Command::new(program)
+    let child = tokio::process::Command::new("prlimit")
+        .arg(format!("--as={address_space}"))
+        .arg("--")
+        .arg(program)
         .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        // glibc reserves 64 MiB of address space per malloc arena, up to 8 per core: on a
+        // large machine that alone would pass the cap.
+        .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -111,6 +146,8 @@ pub struct Probe {
     /// The first real video stream (cover art is not video).
     pub video: Option<VideoStream>,
     pub has_audio: bool,
+    /// Streams of every kind (video, audio, data, subtitles).
+    pub streams: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +156,8 @@ pub struct VideoStream {
     pub width: u32,
     pub height: u32,
     pub pixel_format: Option<String>,
+    /// Frames per second on average (frames over duration), when ffprobe can tell.
+    pub frame_rate: Option<f64>,
 }
 
 impl Probe {
@@ -138,12 +177,13 @@ pub async fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> 
         OsStr::new("json"),
         OsStr::new("-show_format"),
         OsStr::new("-show_streams"),
-        path.as_os_str(),
     ]
-    .iter()
+    .into_iter()
+    .chain(UPLOAD_INPUT.iter().map(OsStr::new))
+    .chain([OsStr::new("-i"), path.as_os_str()])
     .map(|a| a.to_os_string())
     .collect();
-    let stdout = run("ffprobe", &args, timeout).await?;
+    let stdout = run("ffprobe", FFPROBE_ADDRESS_SPACE, &args, timeout).await?;
     parse_probe(&stdout)
 }
 
@@ -161,8 +201,16 @@ struct RawStream {
     width: Option<u32>,
     height: Option<u32>,
     pix_fmt: Option<String>,
+    avg_frame_rate: Option<String>,
     #[serde(default)]
     disposition: std::collections::HashMap<String, i64>,
+}
+
+/// ffprobe's "30000/1001"; "0/0" (unknown) is none.
+fn ratio(text: &str) -> Option<f64> {
+    let (num, den) = text.split_once('/')?;
+    let (num, den): (f64, f64) = (num.parse().ok()?, den.parse().ok()?);
+    (den > 0.0 && num > 0.0).then(|| num / den)
 }
 
 #[derive(Deserialize)]
@@ -194,6 +242,7 @@ pub fn parse_probe(json: &[u8]) -> Result<Probe, MediaError> {
                 width: s.width?,
                 height: s.height?,
                 pixel_format: s.pix_fmt.clone(),
+                frame_rate: s.avg_frame_rate.as_deref().and_then(ratio),
             })
         });
     Ok(Probe {
@@ -204,6 +253,7 @@ pub fn parse_probe(json: &[u8]) -> Result<Probe, MediaError> {
             .streams
             .iter()
             .any(|s| s.codec_type.as_deref() == Some("audio")),
+        streams: raw.streams.len(),
     })
 }
 
@@ -288,11 +338,16 @@ mod tests {
         assert_eq!(probe.duration, Some(Duration::from_millis(12_500)));
 
         let json = br#"{"streams":[{"codec_type":"video","codec_name":"h264","width":1280,
-            "height":720,"pix_fmt":"yuv420p"}],"format":{"format_name":"matroska,webm"}}"#;
+            "height":720,"pix_fmt":"yuv420p","avg_frame_rate":"30000/1001"}],
+            "format":{"format_name":"matroska,webm"}}"#;
         let probe = parse_probe(json).unwrap();
         assert!(!probe.is_mp4_family());
         assert_eq!(probe.duration, None);
-        assert_eq!(probe.video.unwrap().height, 720);
+        assert_eq!(probe.streams, 1);
+        let video = probe.video.unwrap();
+        assert_eq!(video.height, 720);
+        assert!((video.frame_rate.unwrap() - 29.97).abs() < 0.01);
+        assert_eq!(ratio("0/0"), None);
     }
 
     #[test]

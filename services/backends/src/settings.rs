@@ -30,6 +30,7 @@ pub struct Settings {
     pub aws: AwsSettings,
     pub auth: AuthSettings,
     pub upload: UploadSettings,
+    pub limits: LimitSettings,
     pub public: PublicSettings,
     pub worker: WorkerSettings,
     pub processing: ProcessingSettings,
@@ -46,6 +47,8 @@ pub struct ServerSettings {
     pub workers: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    #[serde(deserialize_with = "address_list")]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +127,50 @@ pub struct UploadSettings {
     pub min_height: u32,
     #[serde(with = "humantime_serde")]
     pub probe_timeout: Duration,
+    pub max_frame: FrameSize,
+    pub max_frame_rate: u32,
+    pub max_streams: usize,
+    pub max_in_flight_per_user: usize,
+}
+
+/// A picture size written "WIDTHxHEIGHT"; as a limit it admits either orientation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl FrameSize {
+    /// Whether a `width`×`height` picture fits, turned either way.
+    pub fn admits(&self, width: u32, height: u32) -> bool {
+        let (long, short) = (width.max(height), width.min(height));
+        long <= self.width.max(self.height) && short <= self.width.min(self.height)
+    }
+}
+
+impl<'de> Deserialize<'de> for FrameSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let parsed = text
+            .split_once(['x', 'X', '×'])
+            .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+        match parsed {
+            Some((width, height)) if width > 0 && height > 0 => Ok(Self { width, height }),
+            _ => Err(serde::de::Error::custom(format!(
+                "\"{text}\" is not a frame size such as \"4096x2160\""
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub hashing_concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub hashing_wait: Duration,
+    pub auth_per_minute: u32,
+    pub votes_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +352,12 @@ impl Settings {
         if self.upload.min_duration > self.upload.max_duration {
             return invalid("upload.min_duration is longer than upload.max_duration");
         }
+        if self.upload.max_in_flight_per_user == 0 {
+            return invalid("upload.max_in_flight_per_user must be at least 1");
+        }
+        if self.upload.max_frame_rate == 0 || self.upload.max_streams == 0 {
+            return invalid("upload.max_frame_rate and upload.max_streams must be at least 1");
+        }
         Ok(())
     }
 }
@@ -323,6 +376,22 @@ fn overlay_file(
         )));
     }
     Ok(config::File::from(path).format(config::FileFormat::Toml))
+}
+
+/// A comma-separated list of IP addresses (one string, so an environment variable can set it).
+fn address_list<'de, D>(deserializer: D) -> Result<Vec<std::net::IpAddr>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    text.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .map_err(|_| serde::de::Error::custom(format!("\"{a}\" is not an IP address")))
+        })
+        .collect()
 }
 
 /// TOML has no null: an empty string stands for "not set".
@@ -344,6 +413,36 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn frame_limits_admit_either_orientation() {
+        let settings = Settings::load_from(&[], env(&[])).unwrap();
+        let max = settings.upload.max_frame;
+        assert_eq!((max.width, max.height), (4096, 2160));
+        assert!(max.admits(3840, 2160) && max.admits(2160, 3840) && max.admits(1280, 720));
+        assert!(!max.admits(7680, 4320) && !max.admits(4097, 100) && !max.admits(2200, 2200));
+        for bad in ["4096", "x2160", "0x10", "big"] {
+            let err = Settings::load_from(&[], env(&[("APP__UPLOAD__MAX_FRAME", bad)]));
+            assert!(err.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_a_list_of_addresses() {
+        let settings = Settings::load_from(&[], env(&[])).unwrap();
+        assert_eq!(
+            settings.server.trusted_proxies,
+            [
+                "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        let none = Settings::load_from(&[], env(&[("APP__SERVER__TRUSTED_PROXIES", "")])).unwrap();
+        assert!(none.server.trusted_proxies.is_empty());
+        assert!(
+            Settings::load_from(&[], env(&[("APP__SERVER__TRUSTED_PROXIES", "nginx")])).is_err()
+        );
     }
 
     #[test]

@@ -88,7 +88,9 @@ pub fn ffmpeg_args(
     let max_rate = settings.max_bitrate_kbps;
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-    push(&["-y", "-t", &seconds(MAX_MAIN), "-i"]);
+    push(&["-y", "-t", &seconds(MAX_MAIN)]);
+    push(&backends::media::UPLOAD_INPUT);
+    push(&["-i"]);
     args.push(input.as_os_str().to_owned());
     args.push("-i".into());
     args.push(logo.as_os_str().to_owned());
@@ -274,8 +276,10 @@ mod tests {
                 width,
                 height,
                 pixel_format: Some("yuv420p".into()),
+                frame_rate: Some(30.0),
             }),
             has_audio: audio,
+            streams: 1 + usize::from(audio),
         }
     }
 

@@ -97,15 +97,18 @@ pub async fn public_videos(
         (status = 400, description = "Already voted for this video", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, description = "Unknown video, or not public yet", body = ErrorBody),
+        (status = 429, description = "Too many votes from this address; retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[post("/api/public/videos/{video_id}/vote")]
 pub async fn vote(
+    req: HttpRequest,
     user: AuthUser,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.vote_rate.check(state.client_address(&req))?;
     let video_id = parse_video_id(&path)?;
     match db::cast_vote(&state.pool, video_id, user.0).await? {
         VoteOutcome::Counted => Ok(HttpResponse::Ok().json(VoteResponse {

@@ -114,14 +114,17 @@ fn is_strong_password(password: &str) -> bool {
     responses(
         (status = 201, body = SignupResponse),
         (status = 400, description = "Missing field, malformed email, weak or mismatched passwords, or email already registered", body = ErrorBody),
-        (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 429, description = "Too many signups and logins from this address; retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or too many logins at once; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[post("/api/auth/signup")]
 pub async fn signup(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<SignupRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    state.auth_rate.check(state.client_address(&req))?;
     let body = body.into_inner();
     let first_name = text_field(body.first_name, "first_name", MAX_NAME_CHARS)?;
     let last_name = text_field(body.last_name, "last_name", MAX_NAME_CHARS)?;
@@ -151,7 +154,7 @@ pub async fn signup(
     let user = User {
         id: Uuid::new_v4(),
         email,
-        password_hash: hash_password(password1).await?,
+        password_hash: hash_password(&state.hashing, password1).await?,
         first_name,
         last_name,
         city,
@@ -210,7 +213,8 @@ pub struct TokenResponse {
         (status = 200, body = TokenResponse),
         (status = 400, description = "Body missing or malformed", body = ErrorBody),
         (status = 401, description = "Wrong email or password (one message for both)", body = ErrorBody),
-        (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 429, description = "Too many signups and logins from this address; retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or too many logins at once; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[post("/api/auth/login")]
@@ -220,6 +224,7 @@ pub async fn login(
     state: web::Data<AppState>,
     keys: web::Data<TokenKeys>,
 ) -> Result<HttpResponse, ApiError> {
+    state.auth_rate.check(state.client_address(&req))?;
     let body = read_small_body(payload).await?;
     let is_form = req
         .headers()
@@ -246,7 +251,7 @@ pub async fn login(
         db::find_user_by_email(&state.pool, email).await?
     };
     let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !verify_password(password, stored_hash).await? {
+    if !verify_password(&state.hashing, password, stored_hash).await? {
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
     }
     let user = user.ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))?;

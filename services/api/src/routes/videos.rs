@@ -1,6 +1,5 @@
 //! A player's own videos: upload, list, detail, delete, and the two download routes.
 
-use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use backends::db::{self, Video, VideoStatus};
@@ -91,8 +90,9 @@ pub struct DeleteResponse {
     security(("bearer" = [])),
     responses(
         (status = 201, body = UploadResponse),
-        (status = 400, description = "Not an MP4, corrupt, no video stream, over 100 MB, or title missing", body = ErrorBody),
+        (status = 400, description = "Not an MP4, corrupt, no video stream, over 100 MB, over the picture size, frame rate or stream count limits, a malformed form, or title missing", body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 429, description = "The user has the most uploads in flight already (default 2); retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Storage, database or queue unavailable; nothing was kept. Retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
@@ -100,9 +100,11 @@ pub struct DeleteResponse {
 pub async fn upload_video(
     req: HttpRequest,
     user: AuthUser,
-    form: Multipart,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Held until the answer: the place is free again whatever happens.
+    let _place = state.uploads_in_flight.enter(user.0)?;
     let max = state.upload.max_bytes;
     let declared = req
         .headers()
@@ -112,7 +114,7 @@ pub async fn upload_video(
     if declared.is_some_and(|len| len > max + MULTIPART_OVERHEAD) {
         return Err(upload::too_large(max)); // refused before reading the body
     }
-    let staged = upload::receive(form, &state.staging_dir, max).await?;
+    let staged = upload::receive(&req, payload, &state.staging_dir, max).await?;
     upload::validate(&staged.file, &state.upload).await?;
     let video_id = store_record_enqueue(&state, user.0, staged).await?;
     tracing::info!(video.id = %video_id, user.id = %user.0, "video uploaded and queued");

@@ -47,6 +47,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("APP__PUBLIC__RANKINGS_REFRESH".into(), "0s".into()),
         ("APP__PUBLIC__VIDEOS_REFRESH".into(), "0s".into()),
         ("APP__LOG__FILTER".into(), "warn".into()),
+        // Every test client comes from 127.0.0.1: tests of the limits turn them back on.
+        ("APP__LIMITS__AUTH_PER_MINUTE".into(), "0".into()),
+        ("APP__LIMITS__VOTES_PER_MINUTE".into(), "0".into()),
     ];
     let backends = if options.on_aws_emulator {
         TestBackends::on_moto(5).await
