@@ -8,6 +8,7 @@ mod auth;
 mod docs_and_health;
 mod fuzz;
 mod helpers;
+mod hostile;
 mod public;
 mod s3_sqs;
 mod shutdown;
