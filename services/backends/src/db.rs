@@ -282,6 +282,32 @@ pub async fn fail_unfinished_video(
     Ok(updated.rows_affected() == 1)
 }
 
+/// Counts one more ffmpeg run that timed out or was killed on the video; returns the count.
+pub async fn record_media_failure(pool: &PgPool, id: Uuid) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE videos SET media_failures = media_failures + 1 WHERE id = $1
+         RETURNING media_failures",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map(|count| count.unwrap_or(0))
+}
+
+/// Puts an unfinished or failed video back to `uploaded`, its failures forgotten, for a
+/// job that an operator sends again. A processed video is left alone. Returns whether it
+/// changed.
+pub async fn requeue_video(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE videos SET status = 'uploaded', error = NULL, media_failures = 0
+         WHERE id = $1 AND status IN ('uploaded', 'processing', 'failed')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 /// A processed video as the public list shows it.
 #[derive(Debug, Clone, FromRow)]
 pub struct PublicVideo {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backends::db::{self, VideoStatus};
-use backends::job::{processed_key, VideoJob};
+use backends::job::{original_key, processed_key, VideoJob};
 use backends::media::{self, MediaError};
 use backends::queue::{Delivery, JobQueue};
 use backends::settings::{ProcessingSettings, Settings, WorkerSettings};
@@ -28,6 +28,14 @@ use uuid::Uuid;
 
 /// How long to wait before receiving again after the queue itself failed.
 const QUEUE_ERROR_PAUSE: Duration = Duration::from_secs(2);
+/// While the database or storage is down, the pause between checks doubles up to this.
+const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
+/// Longest one dependency check may take before the dependency counts as down.
+const DEPENDENCY_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A key no video has: asking storage whether it exists tells whether storage answers.
+const STORAGE_PROBE_KEY: &str = "health/worker-probe";
+/// ffmpeg runs that time out or are killed on the same video before it fails for good.
+const MAX_MEDIA_FAILURES: i32 = 2;
 
 /// What became of one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,12 +52,63 @@ pub enum Outcome {
     DeadLettered(String),
 }
 
+/// Why a video failed for good, as its owner reads it in `error`: a fixed sentence in
+/// Spanish and a short code to quote to support. The details (ffmpeg's stderr, error
+/// chains with paths and storage keys) go to the logs only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// ffmpeg cannot read the upload.
+    Unreadable,
+    /// The original upload is gone from storage.
+    MissingOriginal,
+    /// What ffmpeg produced is not the contract's video.
+    FailedCheck,
+    /// ffmpeg ran out of time, or was killed, on every try it was allowed.
+    TooSlow,
+    /// No try produced a result (workers stopped, storage or database kept failing).
+    GaveUp,
+}
+
+impl Failure {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Unreadable => "video-ilegible",
+            Self::MissingOriginal => "original-perdido",
+            Self::FailedCheck => "salida-invalida",
+            Self::TooSlow => "demasiado-lento",
+            Self::GaveUp => "sin-resultado",
+        }
+    }
+
+    /// The text stored in the video's `error`.
+    pub fn reason(self) -> String {
+        let sentence = match self {
+            Self::Unreadable => {
+                "No se pudo procesar el video: el archivo está dañado o usa un formato no compatible."
+            }
+            Self::MissingOriginal => {
+                "No se encontró el archivo original; suba el video de nuevo."
+            }
+            Self::FailedCheck => "El video procesado no pasó la verificación de calidad.",
+            Self::TooSlow => "El video tardó demasiado en procesarse y se descartó.",
+            Self::GaveUp => {
+                "El procesamiento no terminó tras varios intentos; suba el video de nuevo."
+            }
+        };
+        format!("{sentence} (código: {})", self.code())
+    }
+}
+
 /// Why a job did not finish.
 #[derive(Debug, thiserror::Error)]
 enum JobError {
-    /// Retrying cannot help (ffmpeg rejects the input): fail the video now.
-    #[error("{0}")]
-    Permanent(String),
+    /// Retrying cannot help (ffmpeg rejects the input): fail the video now. `detail` is
+    /// for the logs.
+    #[error("{detail}")]
+    Permanent { failure: Failure, detail: String },
+    /// The message names a video that never existed: a bad message.
+    #[error("job names an unknown video")]
+    UnknownVideo,
     /// Storage, database or a timeout: another try may succeed.
     #[error(transparent)]
     Retryable(#[from] anyhow::Error),
@@ -123,16 +182,18 @@ impl Worker {
         settings: WorkerSettings,
         processing: ProcessingSettings,
     ) -> anyhow::Result<Self> {
-        let scratch = match &settings.work_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                tempfile::Builder::new()
-                    .prefix("anb-worker-")
-                    .tempdir_in(dir)?
-            }
-            None => tempfile::Builder::new().prefix("anb-worker-").tempdir()?,
-        };
+        let parent = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        sweep_abandoned_scratch(&parent);
+        let scratch = tempfile::Builder::new()
+            .prefix(SCRATCH_PREFIX)
+            .tempdir_in(&parent)?;
+        std::fs::write(
+            scratch.path().join(OWNER_FILE),
+            std::process::id().to_string(),
+        )
+        .context("cannot write the scratch folder's owner")?;
         let logo = scratch.path().join("anb-logo.png");
         logo::write_png(&logo).context("cannot write the logo")?;
         Ok(Self {
@@ -176,6 +237,12 @@ impl Worker {
                 slot = slots.clone().acquire_owned() => slot?,
                 _ = shutdown.changed() => break,
             };
+            // A job taken while the database or storage is down would only fail, and each
+            // failure uses up one of its deliveries: an outage of a few minutes would
+            // dead-letter the whole backlog. So nothing is taken until both answer.
+            if !self.wait_for_dependencies(&mut shutdown).await {
+                break;
+            }
             // A receive in progress at shutdown is finished, not dropped: SQS may already
             // have handed out a message, which would otherwise stay hidden for the whole
             // visibility timeout. Whatever it returns is handed straight back.
@@ -229,6 +296,104 @@ impl Worker {
         Ok(())
     }
 
+    /// Whether the database and storage answer now; the error says which does not.
+    pub async fn check_dependencies(&self) -> Result<(), String> {
+        let database = tokio::time::timeout(DEPENDENCY_CHECK_TIMEOUT, db::ping(&self.pool)).await;
+        match database {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("database: {e}")),
+            Err(_) => return Err("database: no answer".to_owned()),
+        }
+        let storage = tokio::time::timeout(
+            DEPENDENCY_CHECK_TIMEOUT,
+            self.store.exists(STORAGE_PROBE_KEY),
+        )
+        .await;
+        match storage {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("storage: {e:#}")),
+            Err(_) => Err("storage: no answer".to_owned()),
+        }
+    }
+
+    /// Waits until the database and storage answer, checking less and less often (one
+    /// log line when they go down, one when they are back). False if shutdown came first.
+    async fn wait_for_dependencies(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut pause = Duration::from_secs(1);
+        let mut down_since: Option<Instant> = None;
+        loop {
+            match self.check_dependencies().await {
+                Ok(()) => {
+                    if let Some(since) = down_since {
+                        tracing::info!(
+                            down_s = since.elapsed().as_secs(),
+                            "database and storage are back: taking jobs again"
+                        );
+                    }
+                    return true;
+                }
+                Err(what) => {
+                    if down_since.is_none() {
+                        tracing::warn!(
+                            error = what,
+                            "a dependency is down: taking no jobs until it is back"
+                        );
+                        down_since = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => return false,
+                    }
+                    pause = (pause * 2).min(MAX_OUTAGE_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Moves every job in the dead-letter queue back to the queue and resets its video to
+    /// `uploaded`, for after an outage or a fix. Messages that are not jobs stay where they
+    /// are. Returns how many jobs were moved.
+    pub async fn redrive(&self) -> anyhow::Result<usize> {
+        let dead_letters = self
+            .queue
+            .dead_letter_queue()
+            .context("this queue has no dead-letter queue")?;
+        let mut moved = 0;
+        let mut kept = Vec::new();
+        loop {
+            // Hidden for a minute once seen, so one pass meets each message once.
+            let batch = dead_letters
+                .receive(10, Duration::ZERO, Duration::from_secs(60))
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            for delivery in batch {
+                let Ok(job) = VideoJob::from_body(&delivery.body) else {
+                    kept.push(delivery.receipt);
+                    continue;
+                };
+                let requeued = db::requeue_video(&self.pool, job.video_id).await?;
+                if requeued {
+                    self.queue
+                        .send(&VideoJob::new(job.video_id).to_body())
+                        .await?;
+                    moved += 1;
+                    tracing::info!(video.id = %job.video_id, "dead letter sent back to the queue");
+                } else {
+                    tracing::info!(video.id = %job.video_id, "dead letter dropped: its video is processed or deleted");
+                }
+                dead_letters.delete(&delivery.receipt).await?;
+            }
+        }
+        for receipt in kept {
+            dead_letters
+                .change_visibility(&receipt, Duration::ZERO)
+                .await?;
+        }
+        Ok(moved)
+    }
+
     /// Hands the messages of stopped jobs back to the queue at once.
     async fn release_unfinished(&self) {
         let unfinished: Vec<String> = self
@@ -274,7 +439,9 @@ impl Worker {
                 .iter()
                 .filter_map(|d| VideoJob::from_body(&d.body).ok())
             {
-                match db::fail_unfinished_video(&self.pool, job.video_id, GAVE_UP).await {
+                match db::fail_unfinished_video(&self.pool, job.video_id, &Failure::GaveUp.reason())
+                    .await
+                {
                     Ok(true) => {
                         marked += 1;
                         tracing::warn!(video.id = %job.video_id, "video failed: its job was dead-lettered unfinished");
@@ -362,7 +529,7 @@ impl Worker {
         match db::find_video(&self.pool, job.video_id).await? {
             // Deleted by its owner while queued: nothing to do. Never existed: a bad message.
             None if db::was_deleted(&self.pool, job.video_id).await? => return Ok(false),
-            None => return Err(JobError::Permanent(UNKNOWN_VIDEO.to_owned())),
+            None => return Err(JobError::UnknownVideo),
             Some(video) if matches!(video.status, VideoStatus::Processed | VideoStatus::Failed) => {
                 return Ok(false)
             }
@@ -379,12 +546,19 @@ impl Worker {
         let output = scratch.path().join("processed.mp4");
 
         let step = Instant::now();
-        match self.store.get_to_file(&job.original_key, &input).await {
+        // The key comes from the video id, not from the message: a message cannot point
+        // the worker at another object.
+        match self
+            .store
+            .get_to_file(&original_key(job.video_id), &input)
+            .await
+        {
             Ok(()) => {}
             Err(StorageError::NotFound { .. }) => {
-                return Err(JobError::Permanent(
-                    "the original upload is missing from storage".to_owned(),
-                ))
+                return Err(JobError::Permanent {
+                    failure: Failure::MissingOriginal,
+                    detail: "the original upload is missing from storage".to_owned(),
+                })
             }
             Err(e) => {
                 return Err(JobError::Retryable(
@@ -399,9 +573,22 @@ impl Worker {
         match media::run_ffmpeg(&args, self.settings.ffmpeg_timeout).await {
             Ok(()) => {}
             Err(MediaError::Failed { stderr_tail, .. }) => {
-                return Err(JobError::Permanent(format!(
-                    "ffmpeg could not process the video: {stderr_tail}"
-                )))
+                return Err(JobError::Permanent {
+                    failure: Failure::Unreadable,
+                    detail: format!("ffmpeg could not process the video: {stderr_tail}"),
+                })
+            }
+            // Out of time or killed: maybe a busy machine, maybe an input built to be
+            // slow. Once more is fair; a second time is the input.
+            Err(e @ (MediaError::Timeout { .. } | MediaError::Killed { .. })) => {
+                let failures = db::record_media_failure(&self.pool, job.video_id).await?;
+                if failures >= MAX_MEDIA_FAILURES {
+                    return Err(JobError::Permanent {
+                        failure: Failure::TooSlow,
+                        detail: format!("{e} ({failures} times on this video)"),
+                    });
+                }
+                return Err(JobError::Retryable(anyhow::Error::new(e).context("ffmpeg")));
             }
             Err(e) => return Err(JobError::Retryable(anyhow::Error::new(e).context("ffmpeg"))),
         }
@@ -414,8 +601,9 @@ impl Worker {
             .map_err(retryable("output size"))?
             .len();
         pipeline::check_output(&probe, bytes, self.processing.max_bitrate_kbps).map_err(
-            |problem| {
-                JobError::Permanent(format!("the processed video failed its check: {problem}"))
+            |problem| JobError::Permanent {
+                failure: Failure::FailedCheck,
+                detail: format!("the processed video failed its check: {problem}"),
             },
         )?;
 
@@ -450,18 +638,20 @@ impl Worker {
         match result {
             Ok(true) => self.delete(delivery, Outcome::Processed).await,
             Ok(false) => self.delete(delivery, Outcome::AlreadyDone).await,
-            Err(JobError::Permanent(reason)) if reason == UNKNOWN_VIDEO => {
-                self.dead_letter(delivery, None, format!("{UNKNOWN_VIDEO} {}", job.video_id))
-                    .await
+            Err(JobError::UnknownVideo) => {
+                let reason = format!("job names an unknown video {}", job.video_id);
+                self.dead_letter(delivery, None, reason).await
             }
-            Err(JobError::Permanent(reason)) => {
-                tracing::warn!(video.id = %job.video_id, reason, "video failed");
-                if let Err(e) = db::fail_unfinished_video(&self.pool, job.video_id, &reason).await {
+            Err(JobError::Permanent { failure, detail }) => {
+                tracing::warn!(video.id = %job.video_id, code = failure.code(), detail, "video failed");
+                let recorded =
+                    db::fail_unfinished_video(&self.pool, job.video_id, &failure.reason()).await;
+                if let Err(e) = recorded {
                     return self
                         .retry(delivery, format!("could not record the failure: {e}"))
                         .await;
                 }
-                self.delete(delivery, Outcome::Failed(reason)).await
+                self.delete(delivery, Outcome::Failed(detail)).await
             }
             Err(JobError::Retryable(error)) => {
                 let reason = format!("{error:#}");
@@ -469,7 +659,9 @@ impl Worker {
                     .queue
                     .max_receives()
                     .is_some_and(|max| delivery.receive_count >= max);
-                if out_of_tries {
+                // A failure during an outage says nothing about the job: it is not
+                // given up on while the database or storage is down.
+                if out_of_tries && self.check_dependencies().await.is_ok() {
                     let failure = format!(
                         "gave up after {} attempts: {reason}",
                         delivery.receive_count
@@ -506,7 +698,8 @@ impl Worker {
         Outcome::Retry(reason)
     }
 
-    /// Moves the message to the dead-letter queue; marks the video failed when there is one.
+    /// Moves the message to the dead-letter queue; marks the video failed (gave up) when
+    /// there is one. `reason` is for the logs.
     async fn dead_letter(
         &self,
         delivery: &Delivery,
@@ -519,7 +712,8 @@ impl Worker {
             "dead-lettering job"
         );
         if let Some(id) = video {
-            if let Err(e) = db::fail_unfinished_video(&self.pool, id, &reason).await {
+            let failed = db::fail_unfinished_video(&self.pool, id, &Failure::GaveUp.reason()).await;
+            if let Err(e) = failed {
                 return self
                     .retry(delivery, format!("could not record the failure: {e}"))
                     .await;
@@ -535,9 +729,38 @@ impl Worker {
     }
 }
 
-const UNKNOWN_VIDEO: &str = "job names an unknown video";
-const GAVE_UP: &str = "processing gave up: every attempt ended without a result (the worker \
-                       stopped or ran out of time); upload the video again";
+/// Scratch folders are named so, and hold the id of the process that made them.
+const SCRATCH_PREFIX: &str = "anb-worker-";
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes the scratch folders of workers that are gone (killed, crashed: a clean stop
+/// removes its own), so their downloads and half-written outputs do not fill the disk.
+/// A folder whose process still runs is left alone.
+fn sweep_abandoned_scratch(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        let alive = match owner {
+            Some(pid) => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            // Made before owner files existed, or cut off while being made: gone if old.
+            None => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(3600))),
+        };
+        if !alive && std::fs::remove_dir_all(entry.path()).is_ok() {
+            tracing::info!(folder = %entry.path().display(), "removed the scratch folder of a worker that is gone");
+        }
+    }
+}
 /// How long a dead letter stays hidden after a sweep looked at it.
 /// Just long enough to page through the queue in one sweep; operators see the dead letters
 /// again a second later.

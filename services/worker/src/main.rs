@@ -33,6 +33,10 @@ struct Cli {
 enum Command {
     /// Take and process jobs until stopped (what runs with no subcommand).
     Run,
+    /// Send every job of the dead-letter queue back to the queue, its video reset to
+    /// `uploaded` (after an outage, or once a bug is fixed), print how many, and exit.
+    /// Messages that are not jobs stay in the dead-letter queue.
+    Redrive,
     /// Print, one per line, the ffmpeg arguments the worker would use for INPUT → OUTPUT
     /// with the current settings, writing the logo to LOGO: to run or time ffmpeg by hand.
     FfmpegArgs {
@@ -79,6 +83,18 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Redrive) = cli.command {
+        return match worker.redrive().await {
+            Ok(moved) => {
+                println!("{moved} job(s) sent back to the queue");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("worker: redrive failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_stop_signal().await;

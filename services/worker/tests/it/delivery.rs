@@ -26,9 +26,10 @@ async fn a_corrupt_input_fails_the_video_with_a_reason_and_is_not_retried() {
     );
     let (status, error) = h.status(id).await;
     assert_eq!(status, VideoStatus::Failed);
-    assert!(error
-        .unwrap()
-        .contains("ffmpeg could not process the video"));
+    // The owner reads a fixed reason and its code; ffmpeg's words stay in the logs.
+    let error = error.unwrap();
+    assert!(error.contains("(código: video-ilegible)"), "{error}");
+    assert!(!error.contains("ffmpeg") && !error.contains('/'), "{error}");
     assert!(
         h.queue_is_empty().await,
         "a permanent failure must not come back"
@@ -105,7 +106,12 @@ async fn transient_failures_are_retried_then_dead_lettered_with_the_video_failed
     );
     let (status, error) = h.status(id).await;
     assert_eq!(status, VideoStatus::Failed);
-    assert!(error.unwrap().contains("download original"));
+    let error = error.unwrap();
+    assert!(error.contains("(código: sin-resultado)"), "{error}");
+    assert!(
+        !error.contains("download"),
+        "internals shown to the owner: {error}"
+    );
     assert_eq!(h.dead_letters().await.len(), 1);
     assert!(h.queue_is_empty().await);
 }
@@ -212,7 +218,7 @@ async fn a_video_whose_workers_all_died_is_failed_by_the_dead_letter_sweep() {
     assert_eq!(h.worker.sweep_dead_letters().await.unwrap(), 1);
     let (status, error) = h.status(id).await;
     assert_eq!(status, VideoStatus::Failed);
-    assert!(error.unwrap().contains("gave up"));
+    assert!(error.unwrap().contains("(código: sin-resultado)"));
     // The dead letter stays for operators, and a second sweep changes nothing.
     let kept: i64 =
         sqlx::query_scalar("SELECT count(*) FROM queue_messages WHERE queue LIKE '%-dlq'")
