@@ -228,3 +228,72 @@ async fn a_video_whose_workers_all_died_is_failed_by_the_dead_letter_sweep() {
     assert_eq!(kept, 1);
     assert_eq!(h.worker.sweep_dead_letters().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn an_ffmpeg_run_out_of_time_twice_fails_the_video_for_good() {
+    // Too little time for any real run: each try ends in a timeout.
+    let h = Harness::build(false, &[("APP__WORKER__FFMPEG_TIMEOUT", "20ms")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "slow.mp4",
+        "testsrc2=size=1280x720:rate=30:duration=3",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    let first = h.worker.handle(h.receive().await).await;
+    assert!(matches!(first, Outcome::Retry(_)), "{first:?}");
+    let second = h.worker.handle(h.receive().await).await;
+    assert!(
+        matches!(&second, Outcome::Failed(d) if d.contains("2 times")),
+        "{second:?}"
+    );
+    let (status, error) = h.status(id).await;
+    assert_eq!(status, VideoStatus::Failed);
+    assert!(error.unwrap().contains("(código: demasiado-lento)"));
+    assert!(
+        h.queue_is_empty().await,
+        "a permanent failure must not come back"
+    );
+    assert!(h.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn redrive_sends_dead_letters_back_and_their_videos_get_processed() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "ok.mp4",
+        "testsrc2=size=640x360:rate=30:duration=2",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    // The original cannot be read (its path is a directory) on every try: dead-lettered.
+    let root = h.storage_dir.as_ref().unwrap().path();
+    let original = root.join(original_key(id));
+    std::fs::remove_file(&original).unwrap();
+    std::fs::create_dir(&original).unwrap();
+    for _ in 0..MAX_RECEIVES {
+        h.worker.handle(h.receive().await).await;
+    }
+    assert_eq!(h.status(id).await.0, VideoStatus::Failed);
+    assert_eq!(h.dead_letters().await.len(), 1);
+    h.queue.send("not a job").await.unwrap();
+    let poison = h.receive().await;
+    h.queue.dead_letter(&poison).await.unwrap();
+
+    // Fixed: the operator sends the dead letters back.
+    std::fs::remove_dir(&original).unwrap();
+    std::fs::copy(&input, &original).unwrap();
+    assert_eq!(h.worker.redrive().await.unwrap(), 1);
+    let (status, error) = h.status(id).await;
+    assert_eq!((status, error), (VideoStatus::Uploaded, None));
+    // Only what is not a job stays behind.
+    assert_eq!(h.dead_letters().await, ["not a job"]);
+    let outcome = h.worker.handle(h.receive().await).await;
+    assert_eq!(outcome, Outcome::Processed);
+    assert_eq!(h.status(id).await.0, VideoStatus::Processed);
+}

@@ -136,12 +136,18 @@ impl Harness {
         (path, probe)
     }
 
+    /// The bodies in the dead-letter queue, which stay there, visible.
     pub async fn dead_letters(&self) -> Vec<String> {
         let dlq = self.queue.dead_letter_queue().unwrap();
         let got = dlq
             .receive(10, Duration::from_secs(2), Duration::from_secs(60))
             .await
             .unwrap();
+        for delivery in &got {
+            dlq.change_visibility(&delivery.receipt, Duration::ZERO)
+                .await
+                .unwrap();
+        }
         got.into_iter().map(|d| d.body).collect()
     }
 
