@@ -20,8 +20,13 @@ use settings::{AwsSettings, LogFormat, LogSettings};
 /// The AWS SDK configuration shared by the S3 and SQS clients: the standard credential
 /// chain, the configured region, and the endpoint override for emulators.
 pub async fn aws_sdk_config(aws: &AwsSettings) -> aws_config::SdkConfig {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(aws.connect_timeout)
+        .read_timeout(aws.read_timeout)
+        .build();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(aws.region.clone()));
+        .region(aws_config::Region::new(aws.region.clone()))
+        .timeout_config(timeouts);
     if let Some(endpoint) = &aws.endpoint_url {
         loader = loader.endpoint_url(endpoint);
     }

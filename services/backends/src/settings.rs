@@ -102,6 +102,10 @@ pub struct AwsSettings {
     pub region: String,
     #[serde(deserialize_with = "empty_as_none")]
     pub endpoint_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +289,9 @@ impl Settings {
         }
         if worker.wait_time > Duration::from_secs(20) {
             return invalid("worker.wait_time must be at most 20s (the SQS limit)");
+        }
+        if self.aws.read_timeout <= worker.wait_time {
+            return invalid("aws.read_timeout must be longer than worker.wait_time (a long poll waits that long for its answer)");
         }
         let processing = &self.processing;
         if processing.intro + processing.outro > MAX_BUMPERS {

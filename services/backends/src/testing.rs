@@ -48,6 +48,41 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// An outage of this database: new connections are refused and every open one is
+    /// ended, as when its server stops. (The machine's cluster is shared by tests running
+    /// in parallel, so the test's own database goes down, not the whole server.)
+    pub async fn refuse_connections(&self) {
+        let mut admin = PgConnection::connect(&admin_database_url())
+            .await
+            .expect("connect as the test admin");
+        for statement in [
+            format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", self.name),
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                self.name
+            ),
+        ] {
+            sqlx::query(&statement)
+                .execute(&mut admin)
+                .await
+                .expect("take the test database down");
+        }
+    }
+
+    /// The end of [`TestDatabase::refuse_connections`]'s outage.
+    pub async fn accept_connections(&self) {
+        let mut admin = PgConnection::connect(&admin_database_url())
+            .await
+            .expect("connect as the test admin");
+        sqlx::query(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("bring the test database back");
+    }
+
     pub async fn create() -> Self {
         let admin_url = admin_database_url();
         let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
@@ -104,12 +139,13 @@ impl Drop for TestDatabase {
     }
 }
 
-/// A moto server on a free loopback port, shared by every test of the process; it exits
-/// when the test process does (it watches its stdin, which only this process holds).
+/// A moto server on a free loopback port. [`moto()`] is the one every test of the process
+/// shares; [`Moto::start`] gives a test one of its own (to stop it, say). It exits with the
+/// test process (it watches its stdin, which only this process holds), or when dropped.
 #[derive(Debug)]
 pub struct Moto {
     pub endpoint: String,
-    _child: Mutex<Child>,
+    child: Mutex<Child>,
 }
 
 /// The schemathesis version `cargo xtask ci` installs (the API's OpenAPI fuzzer).
@@ -136,9 +172,15 @@ from moto.server import main
 main(["-H", "127.0.0.1", "-p", sys.argv[1]])
 "#;
 
+/// The moto server shared by the tests of this process.
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
-    MOTO.get_or_init(|| {
+    MOTO.get_or_init(Moto::start)
+}
+
+impl Moto {
+    /// Starts a moto server of its own, stopped when the value is dropped.
+    pub fn start() -> Self {
         // The SDK's credential chain needs something; moto accepts anything.
         for (key, value) in [
             ("AWS_ACCESS_KEY_ID", "testing"),
@@ -168,9 +210,22 @@ pub fn moto() -> &'static Moto {
         wait_for_port(address, Duration::from_secs(60));
         Moto {
             endpoint: format!("http://{address}"),
-            _child: Mutex::new(child),
+            child: Mutex::new(child),
         }
-    })
+    }
+
+    /// The server's process id (to stop and continue it, as an outage would).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 impl Moto {
@@ -178,6 +233,8 @@ impl Moto {
         AwsSettings {
             region: "us-east-1".to_owned(),
             endpoint_url: Some(self.endpoint.clone()),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
         }
     }
 
@@ -263,9 +320,13 @@ impl TestBackends {
         }
     }
 
-    /// A new bucket and queue (dead-lettering after `max_receives`) on moto.
+    /// A new bucket and queue (dead-lettering after `max_receives`) on the shared moto.
     pub async fn on_moto(max_receives: u32) -> Self {
-        let moto = moto();
+        Self::on(moto(), max_receives).await
+    }
+
+    /// A new bucket and queue (dead-lettering after `max_receives`) on `moto`.
+    pub async fn on(moto: &Moto, max_receives: u32) -> Self {
         let bucket = moto.create_bucket().await;
         let queue_url = moto.create_queue(max_receives).await;
         let aws = moto.aws_settings();

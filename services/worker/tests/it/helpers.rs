@@ -27,6 +27,16 @@ pub struct Harness {
     pub owner: Uuid,
 }
 
+/// Where storage and the queue live.
+pub enum Topology<'a> {
+    /// A folder, and the PostgreSQL queue.
+    Local,
+    /// S3 and SQS on the moto server every test shares.
+    SharedMoto,
+    /// S3 and SQS on a moto server of the test's own.
+    Moto(&'a backends::testing::Moto),
+}
+
 pub fn base_env(db: &TestDatabase) -> Vec<(String, String)> {
     vec![
         ("APP__DATABASE__URL".into(), db.url.clone()),
@@ -49,12 +59,21 @@ impl Harness {
     }
 
     pub async fn build(aws: bool, extra: &[(&str, &str)]) -> Self {
+        let topology = if aws {
+            Topology::SharedMoto
+        } else {
+            Topology::Local
+        };
+        Self::build_on(topology, extra).await
+    }
+
+    pub async fn build_on(topology: Topology<'_>, extra: &[(&str, &str)]) -> Self {
         let db = TestDatabase::create().await;
         let mut env = base_env(&db);
-        let backends = if aws {
-            TestBackends::on_moto(MAX_RECEIVES).await
-        } else {
-            TestBackends::local(&db, MAX_RECEIVES)
+        let backends = match topology {
+            Topology::Local => TestBackends::local(&db, MAX_RECEIVES),
+            Topology::SharedMoto => TestBackends::on_moto(MAX_RECEIVES).await,
+            Topology::Moto(moto) => TestBackends::on(moto, MAX_RECEIVES).await,
         };
         env.extend(backends.env.iter().cloned());
         let TestBackends {

@@ -8,4 +8,5 @@ mod delivery;
 mod end_to_end;
 mod helpers;
 mod inputs;
+mod outages;
 mod signals;

@@ -9,7 +9,7 @@ use backends::testing::eventually;
 use crate::helpers::{make_video, Harness};
 
 /// Starts the worker binary in its own process group with the harness's settings.
-fn start_worker_binary(h: &Harness, extra: &[(&str, &str)]) -> tokio::process::Child {
+pub fn start_worker_binary(h: &Harness, extra: &[(&str, &str)]) -> tokio::process::Child {
     #[allow(clippy::disallowed_methods)] // the test runs the real binary
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"));
     command.envs(h.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -21,7 +21,7 @@ fn start_worker_binary(h: &Harness, extra: &[(&str, &str)]) -> tokio::process::C
     command.spawn().unwrap()
 }
 
-fn signal(target: &str, name: &str) {
+pub fn signal(target: &str, name: &str) {
     #[allow(clippy::disallowed_methods)] // delivering a signal to the process under test
     let status = std::process::Command::new("kill")
         .args([&format!("-{name}"), "--", target])
