@@ -248,7 +248,8 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
 }
 
 /// The ALB in the public subnets, forwarding HTTP to the web tier's target group, which
-/// checks `/api/health` every 30 s.
+/// checks `/api/health/live` every 30 s: liveness only, so a database failover does not
+/// make the web group replace every instance (`/api/health` stays for monitoring).
 fn load_balancing(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> {
     let (lb, targets) = (load_balancer_name(&n.stack), target_group_name(&n.stack));
     let mut out = vec![
@@ -259,7 +260,7 @@ fn load_balancing(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> {
                 ("vpc", vpc.to_owned()),
                 ("protocol", "HTTP".into()),
                 ("port", "80".into()),
-                ("health_check_path", "/api/health".into()),
+                ("health_check_path", "/api/health/live".into()),
                 ("health_check_interval", "30".into()),
             ],
         ),

@@ -252,7 +252,8 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
         .await
         .unwrap();
     let target_group = &target_group.target_groups()[0];
-    assert_eq!(target_group.health_check_path(), Some("/api/health"));
+    // Liveness only: a database outage must not make the group replace every instance.
+    assert_eq!(target_group.health_check_path(), Some("/api/health/live"));
     assert_eq!(target_group.health_check_interval_seconds(), Some(30));
     let balancer = elb
         .describe_load_balancers()

@@ -263,6 +263,7 @@ fn remove_abandoned_uploads(staging_dir: &std::path::Path) {
 fn routes(cfg: &mut web::ServiceConfig) {
     use routes::{health, public, users, videos};
     cfg.service(health::api_health)
+        .service(health::live)
         .service(health::root_health)
         .service(users::signup)
         .service(users::login)

@@ -20,6 +20,7 @@ use crate::routes::{health, public, users, videos};
     ),
     paths(
         health::api_health,
+        health::live,
         users::signup,
         users::login,
         videos::upload_video,

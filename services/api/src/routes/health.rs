@@ -1,4 +1,6 @@
-//! Liveness with a database check, for the load balancer and operators.
+//! Health: `/api/health` checks the database (for monitoring and operators), and
+//! `/api/health/live` only that the process serves requests (for the load balancer, so a
+//! database failover does not get every web instance replaced).
 
 use std::time::Duration;
 
@@ -29,6 +31,16 @@ pub struct Health {
 #[get("/api/health")]
 pub async fn api_health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     check(&state).await
+}
+
+/// Liveness: 200 whenever the process serves requests; touches no dependency.
+#[utoipa::path(
+    tag = "health",
+    responses((status = 200, body = Health))
+)]
+#[get("/api/health/live")]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// Same as `/api/health`, at the root path some load balancers expect.

@@ -35,6 +35,9 @@ async fn health_is_503_when_the_database_is_unreachable() {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
         assert!(detail(response).await.contains("Base de datos"));
     }
+    // The liveness route the load balancer checks does not depend on the database.
+    let live = app.get("/api/health/live", None).await;
+    assert_eq!(live.status(), StatusCode::OK);
     // Other routes say so too, rather than failing with a 500.
     let rankings = app.get("/api/public/rankings", None).await;
     assert_eq!(rankings.status(), StatusCode::SERVICE_UNAVAILABLE);
