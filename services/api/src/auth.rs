@@ -8,16 +8,15 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+    rand_core::OsRng, Output, ParamsString, PasswordHash, Salt, SaltString,
 };
-use argon2::Argon2;
+use argon2::{Argon2, Block, Params, Version};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{ApiError, NOT_AUTHENTICATED};
-use crate::limits::HashingSlots;
 
 pub const INVALID_TOKEN: &str = "Token inválido o expirado.";
 
@@ -137,17 +136,133 @@ impl FromRequest for Caller {
     }
 }
 
-/// Hashes a password with argon2id and a random salt, in one of the hashing slots.
+const HASHING_BUSY: &str =
+    "El servidor está atendiendo demasiados inicios de sesión; intente de nuevo en unos segundos.";
+
+/// Slots for argon2 work, each with its own working memory. A hash needs 19 MiB and most of
+/// a core for tens of milliseconds. Unbounded, on the blocking pool (up to 512 threads), a
+/// few hundred parallel logins took gigabytes; and even bounded, memory allocated afresh
+/// for each hash stays with the allocator's per-thread arenas (measured: 850 MiB after 40
+/// logins). So the memory is allocated once per slot and reused: the API's hashing memory
+/// is the slot count × 19 MiB, whatever the load. Past a short wait for a slot the caller
+/// gets 503.
+#[derive(Debug)]
+pub struct HashingSlots {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    memories: std::sync::Arc<std::sync::Mutex<Vec<Vec<Block>>>>,
+    wait: Duration,
+}
+
+impl HashingSlots {
+    /// `concurrency` 0 means one slot per CPU core.
+    pub fn new(concurrency: usize, wait: Duration) -> Self {
+        let concurrency = match concurrency {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
+        Self {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            // Filled lazily: a slot's memory is allocated the first time it is used.
+            memories: std::sync::Arc::new(std::sync::Mutex::new(vec![Vec::new(); concurrency])),
+            wait,
+        }
+    }
+
+    /// Runs `work` with a slot's memory on the blocking pool, once a slot is free.
+    async fn run<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+    {
+        let permit = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| ApiError::Busy(HASHING_BUSY))?
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let memories = self.memories.clone();
+        web::block(move || {
+            let _permit = permit;
+            // There are as many memories as permits, so one is always free here.
+            let mut memory = memories
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or_default();
+            let result = work(&mut memory);
+            memories
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(memory);
+            result
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))
+    }
+}
+
+/// The argon2 output of `password` and `salt` with `argon`'s parameters, computed in
+/// `memory` (sized to them the first time).
+fn argon2_output(
+    argon: &Argon2,
+    password: &[u8],
+    salt: Salt,
+    memory: &mut Vec<Block>,
+    output_len: usize,
+) -> argon2::password_hash::Result<Output> {
+    let mut salt_bytes = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_bytes)?;
+    memory.resize(argon.params().block_count(), Block::default());
+    Output::init_with(output_len, |out| {
+        Ok(argon.hash_password_into_with_memory(password, salt, out, &mut memory[..])?)
+    })
+}
+
+/// Hashes a password with argon2id (the crate's default parameters: m = 19 MiB, t = 2,
+/// p = 1) and a random salt, in one of the hashing slots; returns the PHC string.
 pub async fn hash_password(slots: &HashingSlots, password: String) -> Result<String, ApiError> {
     slots
-        .run(move || {
+        .run(move |memory| {
+            let argon = Argon2::default();
             let salt = SaltString::generate(&mut OsRng);
-            Argon2::default()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
+            let output = argon2_output(
+                &argon,
+                password.as_bytes(),
+                salt.as_salt(),
+                memory,
+                Params::DEFAULT_OUTPUT_LEN,
+            )?;
+            Ok::<_, argon2::password_hash::Error>(
+                PasswordHash {
+                    algorithm: argon2::Algorithm::Argon2id.ident(),
+                    version: Some(Version::V0x13.into()),
+                    params: ParamsString::try_from(argon.params())?,
+                    salt: Some(salt.as_salt()),
+                    hash: Some(output),
+                }
+                .to_string(),
+            )
         })
         .await?
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("hash password: {e}")))
+}
+
+/// Whether `password` matches the PHC string `hash` (argon2, any parameters).
+fn matches(password: &[u8], hash: &str, memory: &mut Vec<Block>) -> bool {
+    let mut check = || -> argon2::password_hash::Result<bool> {
+        let parsed = PasswordHash::new(hash)?;
+        let algorithm = argon2::Algorithm::try_from(parsed.algorithm)?;
+        let version = parsed
+            .version
+            .map(Version::try_from)
+            .transpose()?
+            .unwrap_or_default();
+        let argon = Argon2::new(algorithm, version, Params::try_from(&parsed)?);
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return Ok(false);
+        };
+        let output = argon2_output(&argon, password, salt, memory, expected.len())?;
+        Ok(output == expected) // `Output` compares in constant time
+    };
+    check().unwrap_or(false)
 }
 
 /// Checks `password` against `stored_hash`; with no stored hash (unknown email) it checks a
@@ -158,24 +273,20 @@ pub async fn verify_password(
     stored_hash: Option<String>,
 ) -> Result<bool, ApiError> {
     slots
-        .run(move || {
+        .run(move |memory| {
             let known = stored_hash.is_some();
             let hash = stored_hash.unwrap_or_else(|| dummy_hash().to_owned());
-            let matches = PasswordHash::new(&hash)
-                .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false);
+            let matches = matches(password.as_bytes(), &hash, memory);
             known && matches
         })
         .await
 }
 
+/// A hash of no one's password, made once with the same parameters as real ones.
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
+        use argon2::password_hash::PasswordHasher;
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(b"not a real password", &salt)
@@ -212,6 +323,47 @@ mod tests {
             keys.verify(&parts.join(".")).is_err(),
             "tampered payload accepted"
         );
+    }
+
+    #[test]
+    fn passwords_hashed_with_reused_memory_verify_like_the_crates_own_hashes() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let slots = HashingSlots::new(1, Duration::from_secs(5));
+        runtime.block_on(async {
+            let ours = hash_password(&slots, "Canasta2026".into()).await.unwrap();
+            assert!(
+                ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+                "{ours}"
+            );
+            // The crate's own verifier accepts our hash, and ours accepts the crate's.
+            let parsed = PasswordHash::new(&ours).unwrap();
+            assert!(Argon2::default()
+                .verify_password(b"Canasta2026", &parsed)
+                .is_ok());
+            let salt = SaltString::generate(&mut OsRng);
+            let theirs = Argon2::default()
+                .hash_password(b"Canasta2026", &salt)
+                .unwrap()
+                .to_string();
+            for hash in [ours, theirs] {
+                assert!(
+                    verify_password(&slots, "Canasta2026".into(), Some(hash.clone()))
+                        .await
+                        .unwrap()
+                );
+                assert!(!verify_password(&slots, "canasta2026".into(), Some(hash))
+                    .await
+                    .unwrap());
+            }
+            assert!(!verify_password(&slots, "x".into(), None).await.unwrap());
+            assert!(!verify_password(&slots, "x".into(), Some("garbage".into()))
+                .await
+                .unwrap());
+        });
     }
 
     #[test]

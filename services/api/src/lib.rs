@@ -50,7 +50,7 @@ pub struct AppState {
     pub public_base_url: Option<String>,
     pub rankings: Snapshot<Vec<backends::db::PlayerScore>>,
     pub public_videos: Snapshot<Vec<backends::db::PublicVideo>>,
-    pub hashing: limits::HashingSlots,
+    pub hashing: auth::HashingSlots,
     pub auth_rate: limits::RateLimit,
     pub vote_rate: limits::RateLimit,
     pub uploads_in_flight: limits::UploadsInFlight,
@@ -141,6 +141,11 @@ impl Application {
             format!("cannot create staging directory {}", staging_dir.display())
         })?;
         remove_abandoned_uploads(&staging_dir);
+        sweep_abandoned_videos_forever(
+            pool.clone(),
+            store.clone(),
+            settings.upload.abandoned_after,
+        );
         let state = web::Data::new(AppState {
             pool,
             store,
@@ -151,7 +156,7 @@ impl Application {
             public_base_url: settings.server.public_base_url.clone(),
             rankings: Snapshot::new(settings.public.rankings_refresh),
             public_videos: Snapshot::new(settings.public.videos_refresh),
-            hashing: limits::HashingSlots::new(
+            hashing: auth::HashingSlots::new(
                 settings.limits.hashing_concurrency,
                 settings.limits.hashing_wait,
             ),
@@ -258,6 +263,46 @@ fn remove_abandoned_uploads(staging_dir: &std::path::Path) {
             tracing::info!(file = %entry.path().display(), "removed an abandoned upload");
         }
     }
+}
+
+/// Removes, at start and then every minute (or sooner, when `abandoned_after` is shorter),
+/// the videos whose upload was cut off between recording and queueing: their stored file,
+/// then their row (a tombstone makes the worker skip a job one of them may have queued).
+fn sweep_abandoned_videos_forever(
+    pool: PgPool,
+    store: Arc<dyn ObjectStore>,
+    abandoned_after: Duration,
+) {
+    let every = abandoned_after.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = sweep_abandoned_videos(&pool, store.as_ref(), abandoned_after).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot sweep abandoned uploads; will try again"
+                );
+            }
+        }
+    });
+}
+
+/// One pass of [`sweep_abandoned_videos_forever`]; returns how many were removed.
+pub async fn sweep_abandoned_videos(
+    pool: &PgPool,
+    store: &dyn ObjectStore,
+    abandoned_after: Duration,
+) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for id in backends::db::abandoned_uploads(pool, abandoned_after).await? {
+        store.delete(&original_key(id)).await?;
+        if backends::db::remove_abandoned_upload(pool, id).await? {
+            removed += 1;
+            tracing::info!(video.id = %id, "removed an upload cut off before it was queued");
+        }
+    }
+    Ok(removed)
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {

@@ -1,63 +1,18 @@
-//! What keeps one client, or a flood of them, from taking the API down: bounded password
-//! hashing, per-address rate limits, and a cap on each user's uploads in flight.
+//! What keeps one client, or a flood of them, from taking the API down: per-address rate
+//! limits and a cap on each user's uploads in flight (password hashing is bounded in
+//! [`crate::auth::HashingSlots`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use actix_web::{web, HttpRequest};
+use actix_web::HttpRequest;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-
-const HASHING_BUSY: &str =
-    "El servidor está atendiendo demasiados inicios de sesión; intente de nuevo en unos segundos.";
-
-/// Slots for argon2 work. Each hash holds 19 MiB and most of a core for tens of
-/// milliseconds, on the blocking pool (up to 512 threads): unbounded, a few hundred
-/// parallel logins take gigabytes. Past a short wait the caller gets 503.
-#[derive(Debug)]
-pub struct HashingSlots {
-    slots: Arc<Semaphore>,
-    wait: Duration,
-}
-
-impl HashingSlots {
-    /// `concurrency` 0 means one slot per CPU core.
-    pub fn new(concurrency: usize, wait: Duration) -> Self {
-        let concurrency = match concurrency {
-            0 => std::thread::available_parallelism().map_or(2, usize::from),
-            n => n,
-        };
-        Self {
-            slots: Arc::new(Semaphore::new(concurrency)),
-            wait,
-        }
-    }
-
-    /// Runs `work` on the blocking pool once a slot is free.
-    pub async fn run<T, F>(&self, work: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        let permit = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| ApiError::Busy(HASHING_BUSY))?
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        web::block(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))
-    }
-}
 
 /// Requests per minute per client address, for one kind of request.
 #[derive(Debug)]

@@ -128,6 +128,7 @@ struct VideoRecord {
     uploaded_at: DateTime<Utc>,
     processed_at: Option<DateTime<Utc>>,
     vote_count: i64,
+    queued: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +141,8 @@ pub struct Video {
     pub uploaded_at: DateTime<Utc>,
     pub processed_at: Option<DateTime<Utc>>,
     pub votes: i64,
+    /// False while its upload is still being stored and queued (or was cut off doing so).
+    pub queued: bool,
 }
 
 impl From<VideoRecord> for Video {
@@ -153,26 +156,72 @@ impl From<VideoRecord> for Video {
             uploaded_at: r.uploaded_at,
             processed_at: r.processed_at,
             votes: r.vote_count,
+            queued: r.queued,
         }
     }
 }
 
-const VIDEO_COLUMNS: &str =
-    "id, owner_id, title, status, error, uploaded_at, processed_at, vote_count";
+const VIDEO_COLUMNS: &str = "id, owner_id, title, status, error, uploaded_at, processed_at, \
+                             vote_count, queued_at IS NOT NULL AS queued";
 
-pub async fn insert_video(
+/// Records an upload's video before its file is stored and its job queued: until
+/// [`mark_queued`], it is pending (listed nowhere, swept if the upload never finishes).
+pub async fn insert_pending_video(
     pool: &PgPool,
     id: Uuid,
     owner_id: Uuid,
     title: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO videos (id, owner_id, title) VALUES ($1, $2, $3)")
+    sqlx::query("INSERT INTO videos (id, owner_id, title, queued_at) VALUES ($1, $2, $3, NULL)")
         .bind(id)
         .bind(owner_id)
         .bind(title)
         .execute(pool)
         .await
         .map(drop)
+}
+
+/// The upload's file is stored and its job queued: the video is the owner's to see.
+pub async fn mark_queued(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE videos SET queued_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Videos whose upload was cut off (the process died between recording and queueing):
+/// still pending `older_than` after they were recorded.
+pub async fn abandoned_uploads(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM videos WHERE queued_at IS NULL
+         AND uploaded_at < now() - make_interval(secs => $1)",
+    )
+    .bind(older_than.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// Removes an abandoned upload's row, leaving a tombstone so a job it may have queued is
+/// skipped. Only while it is still pending; returns whether it was removed.
+pub async fn remove_abandoned_upload(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let deleted = sqlx::query("DELETE FROM videos WHERE id = $1 AND queued_at IS NULL")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if deleted.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query("INSERT INTO deleted_videos (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 pub async fn find_video(pool: &PgPool, id: Uuid) -> Result<Option<Video>, sqlx::Error> {
@@ -184,10 +233,11 @@ pub async fn find_video(pool: &PgPool, id: Uuid) -> Result<Option<Video>, sqlx::
     Ok(record.map(Video::from))
 }
 
-/// The owner's videos, newest first.
+/// The owner's videos in upload order, oldest first (pending uploads left out).
 pub async fn list_videos_of(pool: &PgPool, owner_id: Uuid) -> Result<Vec<Video>, sqlx::Error> {
     let records: Vec<VideoRecord> = sqlx::query_as(&format!(
-        "SELECT {VIDEO_COLUMNS} FROM videos WHERE owner_id = $1 ORDER BY uploaded_at, id"
+        "SELECT {VIDEO_COLUMNS} FROM videos WHERE owner_id = $1 AND queued_at IS NOT NULL
+         ORDER BY uploaded_at, id"
     ))
     .bind(owner_id)
     .fetch_all(pool)
@@ -204,29 +254,42 @@ pub async fn delete_video(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
         .map(drop)
 }
 
-/// Deletes the owner's video unless it is public (processed). The row stays locked in the
-/// returned transaction until the caller has removed the stored objects and commits, so a
-/// failure there rolls the delete back.
-pub async fn begin_delete_unpublished_video(
+/// First step of deleting the owner's video: unless it is public (processed), marks it
+/// `failed` with `reason`, so no worker can publish it any more (a worker only publishes a
+/// video still `processing`). Returns whether it was claimed. Then the caller removes the
+/// stored files, then [`delete_claimed_video`]: no transaction stays open across storage
+/// calls, and a failure in between leaves a failed video its owner can delete again.
+pub async fn claim_for_deletion(
     pool: &PgPool,
     id: Uuid,
     owner_id: Uuid,
-) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, sqlx::Error> {
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "UPDATE videos SET status = 'failed', error = $3
+         WHERE id = $1 AND owner_id = $2 AND status <> 'processed'",
+    )
+    .bind(id)
+    .bind(owner_id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// Last step of a deletion: the row goes, and a tombstone stays so a worker that later
+/// receives its job knows it was deleted on purpose.
+pub async fn delete_claimed_video(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let deleted =
-        sqlx::query("DELETE FROM videos WHERE id = $1 AND owner_id = $2 AND status <> 'processed'")
-            .bind(id)
-            .bind(owner_id)
-            .execute(&mut *tx)
-            .await?;
-    if deleted.rows_affected() != 1 {
-        return Ok(None);
-    }
+    sqlx::query("DELETE FROM videos WHERE id = $1 AND status = 'failed'")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("INSERT INTO deleted_videos (id) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    Ok(Some(tx))
+    tx.commit().await
 }
 
 /// Whether the video was deleted by its owner (as opposed to never having existed).

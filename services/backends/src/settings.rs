@@ -135,6 +135,8 @@ pub struct UploadSettings {
     pub max_frame_rate: u32,
     pub max_streams: usize,
     pub max_in_flight_per_user: usize,
+    #[serde(with = "humantime_serde")]
+    pub abandoned_after: Duration,
 }
 
 /// A picture size written "WIDTHxHEIGHT"; as a limit it admits either orientation.

@@ -533,6 +533,13 @@ impl Worker {
             Some(video) if matches!(video.status, VideoStatus::Processed | VideoStatus::Failed) => {
                 return Ok(false)
             }
+            // The upload is still being stored and queued, or was cut off doing so (then
+            // it is swept, and the next try finds it deleted).
+            Some(video) if !video.queued => {
+                return Err(JobError::Retryable(anyhow::anyhow!(
+                    "the upload of this video is not complete yet"
+                )))
+            }
             Some(_) => {}
         }
         if !db::start_processing(&self.pool, job.video_id).await? {

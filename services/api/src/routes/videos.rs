@@ -18,6 +18,9 @@ use crate::AppState;
 
 const NOT_YOURS: &str = "No tienes permiso sobre este video.";
 const STORAGE_DOWN: &str = "El almacenamiento de videos no está disponible; intente de nuevo.";
+/// What a video whose deletion was cut short shows until it is deleted again.
+const DELETE_UNFINISHED: &str =
+    "El borrado de este video no terminó; vuelva a borrarlo (código: borrado-pendiente).";
 const QUEUE_DOWN: &str = "La cola de procesamiento no está disponible; intente de nuevo.";
 
 /// Room for the multipart framing and the title around the file itself.
@@ -124,7 +127,9 @@ pub async fn upload_video(
     }))
 }
 
-/// Store → insert → enqueue, undoing the earlier steps when a later one fails.
+/// Record (pending) → store → enqueue → mark queued, undoing the earlier steps when a later
+/// one fails. The row comes first so that a crash at any point leaves something findable:
+/// a pending row, which the sweep of abandoned uploads removes with its file.
 async fn store_record_enqueue(
     state: &AppState,
     owner: Uuid,
@@ -133,23 +138,26 @@ async fn store_record_enqueue(
     let video_id = Uuid::new_v4();
     let key = original_key(video_id);
     let StagedUpload { title, file, size } = staged;
-    state
-        .store
-        .put_file(&key, &file)
-        .await
-        .map_err(|e| ApiError::unavailable(STORAGE_DOWN, e))?;
-    drop(file); // the staging file was moved or copied into storage
-    if let Err(e) = db::insert_video(&state.pool, video_id, owner, &title).await {
-        undo_store(state, &key).await;
-        return Err(e.into());
-    }
-    if let Err(e) = state.queue.send(&VideoJob::new(video_id).to_body()).await {
+    db::insert_pending_video(&state.pool, video_id, owner, &title).await?;
+    let undo_row = || async {
         if let Err(undo) = db::delete_video(&state.pool, video_id).await {
-            tracing::error!(video.id = %video_id, error = %undo, "could not remove the row of an upload that failed to queue");
+            tracing::error!(video.id = %video_id, error = %undo, "could not remove the row of a failed upload; the sweep of abandoned uploads will");
         }
+    };
+    if let Err(e) = state.store.put_file(&key, &file).await {
+        undo_row().await;
+        return Err(ApiError::unavailable(STORAGE_DOWN, e));
+    }
+    drop(file); // the staging file was moved or copied into storage
+    if let Err(e) = state.queue.send(&VideoJob::new(video_id).to_body()).await {
         undo_store(state, &key).await;
+        undo_row().await;
         return Err(ApiError::unavailable(QUEUE_DOWN, e));
     }
+    // If this last step fails the client gets 503, as for any other step: the row stays
+    // pending, so the sweep of abandoned uploads removes it and its file, and the worker
+    // skips the job it finds (pending, then deleted).
+    db::mark_queued(&state.pool, video_id).await?;
     tracing::debug!(video.id = %video_id, bytes = size, "upload stored");
     Ok(video_id)
 }
@@ -271,12 +279,12 @@ pub async fn delete_video(
     if video.status == VideoStatus::Processed {
         return Err(published());
     }
-    // The row stays locked until the files are gone, so a failure there changes nothing.
-    let Some(tx) = db::begin_delete_unpublished_video(&state.pool, video.id, user.0).await? else {
+    // Claimed first (marked failed), so the worker can no longer publish it; then the
+    // files; then the row. A storage failure in between leaves a failed video that its
+    // owner can delete again, never a public video whose file is gone.
+    if !db::claim_for_deletion(&state.pool, video.id, user.0, DELETE_UNFINISHED).await? {
         return Err(published()); // the worker published it in the meantime
-    };
-    // Processed first: if the original went first and then a failure rolled the row back,
-    // the video would be left without its source.
+    }
     for key in [processed_key(video.id), original_key(video.id)] {
         state
             .store
@@ -284,7 +292,7 @@ pub async fn delete_video(
             .await
             .map_err(|e| ApiError::unavailable(STORAGE_DOWN, e))?;
     }
-    tx.commit().await?;
+    db::delete_claimed_video(&state.pool, video.id).await?;
     tracing::info!(video.id = %video.id, "video deleted");
     Ok(HttpResponse::Ok().json(DeleteResponse {
         message: "El video ha sido eliminado exitosamente.",

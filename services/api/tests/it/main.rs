@@ -6,6 +6,7 @@
 
 mod auth;
 mod docs_and_health;
+mod faults;
 mod fuzz;
 mod helpers;
 mod hostile;

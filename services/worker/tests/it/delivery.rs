@@ -167,13 +167,16 @@ async fn a_video_deleted_while_queued_is_skipped_without_leftovers() {
     )
     .await;
     let id = h.enqueue(&input).await;
-    // What the API's delete does: row gone (remembered as deleted), files removed.
-    let tx = backends::db::begin_delete_unpublished_video(&h.db.pool, id, h.owner)
-        .await
-        .unwrap()
-        .unwrap();
+    // What the API's delete does: claimed, files removed, row gone (remembered as deleted).
+    assert!(
+        backends::db::claim_for_deletion(&h.db.pool, id, h.owner, "borrando")
+            .await
+            .unwrap()
+    );
     h.store.delete(&original_key(id)).await.unwrap();
-    tx.commit().await.unwrap();
+    backends::db::delete_claimed_video(&h.db.pool, id)
+        .await
+        .unwrap();
     assert_eq!(
         h.worker.handle(h.receive().await).await,
         Outcome::AlreadyDone
@@ -296,4 +299,34 @@ async fn redrive_sends_dead_letters_back_and_their_videos_get_processed() {
     let outcome = h.worker.handle(h.receive().await).await;
     assert_eq!(outcome, Outcome::Processed);
     assert_eq!(h.status(id).await.0, VideoStatus::Processed);
+}
+
+#[tokio::test]
+async fn a_video_claimed_for_deletion_mid_job_is_never_published() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "ok.mp4",
+        "testsrc2=size=640x360:rate=30:duration=2",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    assert!(backends::db::start_processing(&h.db.pool, id)
+        .await
+        .unwrap());
+    // The owner deletes while the worker runs; storage then fails, so the row stays.
+    assert!(
+        backends::db::claim_for_deletion(&h.db.pool, id, h.owner, "borrado pendiente")
+            .await
+            .unwrap()
+    );
+    // The worker finishes: it cannot publish a claimed video.
+    assert!(!backends::db::finish_processing(&h.db.pool, id)
+        .await
+        .unwrap());
+    let (status, error) = h.status(id).await;
+    assert_eq!(status, VideoStatus::Failed);
+    assert_eq!(error.as_deref(), Some("borrado pendiente"));
 }
