@@ -54,6 +54,7 @@ pub struct AppState {
     pub auth_rate: limits::RateLimit,
     pub vote_rate: limits::RateLimit,
     pub uploads_in_flight: limits::UploadsInFlight,
+    pub max_public_videos: i64,
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
@@ -169,6 +170,7 @@ impl Application {
                 "Demasiados votos desde esta dirección; espere un momento.",
             ),
             uploads_in_flight: limits::UploadsInFlight::new(settings.upload.max_in_flight_per_user),
+            max_public_videos: i64::from(settings.public.max_public_videos),
             trusted_proxies: settings.server.trusted_proxies.clone(),
         });
         let keys = web::Data::new(TokenKeys::new(

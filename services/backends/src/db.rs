@@ -234,12 +234,20 @@ pub async fn find_video(pool: &PgPool, id: Uuid) -> Result<Option<Video>, sqlx::
 }
 
 /// The owner's videos in upload order, oldest first (pending uploads left out).
-pub async fn list_videos_of(pool: &PgPool, owner_id: Uuid) -> Result<Vec<Video>, sqlx::Error> {
+/// `limit` `None` lists them all.
+pub async fn list_videos_of(
+    pool: &PgPool,
+    owner_id: Uuid,
+    limit: Option<i64>,
+    offset: i64,
+) -> Result<Vec<Video>, sqlx::Error> {
     let records: Vec<VideoRecord> = sqlx::query_as(&format!(
         "SELECT {VIDEO_COLUMNS} FROM videos WHERE owner_id = $1 AND queued_at IS NOT NULL
-         ORDER BY uploaded_at, id"
+         ORDER BY uploaded_at, id LIMIT $2 OFFSET $3"
     ))
     .bind(owner_id)
+    .bind(limit)
+    .bind(offset)
     .fetch_all(pool)
     .await?;
     Ok(records.into_iter().map(Video::from).collect())
@@ -385,15 +393,17 @@ pub struct PublicVideo {
     pub processed_at: Option<DateTime<Utc>>,
 }
 
-/// Every processed video, most recently processed first.
-pub async fn public_videos(pool: &PgPool) -> Result<Vec<PublicVideo>, sqlx::Error> {
+/// The `newest` most recently processed videos, most recent first.
+pub async fn public_videos(pool: &PgPool, newest: i64) -> Result<Vec<PublicVideo>, sqlx::Error> {
     sqlx::query_as(
         "SELECT v.id, v.title, u.first_name || ' ' || u.last_name AS username, u.city,
                 lower(u.city) AS city_key, v.vote_count, v.processed_at
          FROM videos v JOIN users u ON u.id = v.owner_id
          WHERE v.status = 'processed'
-         ORDER BY v.processed_at DESC, v.id",
+         ORDER BY v.processed_at DESC, v.id
+         LIMIT $1",
     )
+    .bind(newest)
     .fetch_all(pool)
     .await
 }

@@ -186,6 +186,7 @@ pub struct PublicSettings {
     pub rankings_refresh: Duration,
     #[serde(with = "humantime_serde")]
     pub videos_refresh: Duration,
+    pub max_public_videos: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

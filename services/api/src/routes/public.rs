@@ -38,8 +38,8 @@ pub struct RankingEntry {
     votes: i64,
 }
 
-/// Videos open for voting (processed), most recently processed first. A token is accepted
-/// but not needed. Served from a snapshot reloaded at most every `public.videos_refresh`
+/// Videos open for voting (processed), most recently processed first: the newest
+/// `public.max_public_videos` (default 1000). A token is accepted but not needed. Served from a snapshot reloaded at most every `public.videos_refresh`
 /// (default 5 s), so a new video or vote can take that long to show here.
 #[utoipa::path(
     tag = "public",
@@ -62,7 +62,7 @@ pub async fn public_videos(
     let page = PageQuery::parse(req.query_string(), 20)?;
     let videos = state
         .public_videos
-        .get(|| db::public_videos(&state.pool))
+        .get(|| db::public_videos(&state.pool, state.max_public_videos))
         .await?;
     let (limit, offset) = page.bounds();
     let base = state.base_url(&req);

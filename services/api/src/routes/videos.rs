@@ -12,7 +12,10 @@ use uuid::Uuid;
 
 use crate::auth::{AuthUser, Caller};
 use crate::error::{ApiError, ErrorBody, NOT_AUTHENTICATED, VIDEO_NOT_FOUND};
-use crate::routes::parse_video_id;
+use crate::routes::{parse_video_id, PageQuery};
+
+/// The `limit` of a list request that gave none: every video (never a valid limit).
+const ALL: i64 = 0;
 use crate::upload::{self, StagedUpload};
 use crate::AppState;
 
@@ -172,14 +175,20 @@ async fn undo_store(state: &AppState, key: &str) {
     }
 }
 
-/// The caller's videos in upload order, oldest first (clients take the last as the newest).
+/// The caller's videos in upload order, oldest first (clients take the last as the newest):
+/// all of them, or a page with `limit` and `offset`.
 #[utoipa::path(
     get,
     path = "/api/videos",
     tag = "videos",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1–100; without it, every video"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 9223372036854775807_i64, description = "≥ 0, default 0"),
+    ),
     security(("bearer" = [])),
     responses(
         (status = 200, body = [VideoSummary]),
+        (status = 400, description = "Parámetro inválido en la consulta.", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 503, description = "Database unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
@@ -189,7 +198,9 @@ pub async fn list_my_videos(
     user: AuthUser,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let videos = db::list_videos_of(&state.pool, user.0).await?;
+    let page = PageQuery::parse(req.query_string(), ALL)?;
+    let limit = (page.limit != ALL).then_some(page.limit);
+    let videos = db::list_videos_of(&state.pool, user.0, limit, page.offset).await?;
     let base = state.base_url(&req);
     let mut items = Vec::with_capacity(videos.len());
     for video in videos {

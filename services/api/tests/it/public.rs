@@ -352,3 +352,34 @@ async fn rankings_and_public_list_are_served_from_snapshots_between_refreshes() 
         .unwrap();
     assert_eq!(detail["votes"], 1);
 }
+
+#[tokio::test]
+async fn the_public_list_holds_only_the_newest_videos_and_older_ones_stay_votable() {
+    let app = spawn_app_with(Options {
+        extra_env: vec![("APP__PUBLIC__MAX_PUBLIC_VIDEOS", "2".into())],
+        ..Options::default()
+    })
+    .await;
+    let ana = app.signup("Ana", "Ruiz", "Cali").await;
+    let mut ids = Vec::new();
+    for title in ["primera", "segunda", "tercera"] {
+        let id = app.upload_sample(&ana.token, title).await;
+        app.publish(&id).await;
+        ids.push(id);
+    }
+    let list: Vec<Value> = app
+        .get("/api/public/videos", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = list
+        .iter()
+        .map(|v| v["video_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()]);
+    assert_eq!(
+        vote(&app, &ana.token, &ids[0]).await.status(),
+        StatusCode::OK
+    );
+}

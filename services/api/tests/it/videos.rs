@@ -40,6 +40,22 @@ async fn list_shows_only_my_videos_in_upload_order() {
     assert_eq!(item["status"], "uploaded");
     assert!(item["processed_at"].is_null() && item["processed_url"].is_null());
 
+    // A page of it, on request; a bad page is the contract's 400.
+    let page: Vec<Value> = app
+        .get("/api/videos?limit=1&offset=1", Some(&ana.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0]["video_id"], second.as_str());
+    for bad in ["limit=0", "limit=101", "offset=-1", "limit=x"] {
+        let response = app
+            .get(&format!("/api/videos?{bad}"), Some(&ana.token))
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+
     // The trailing-slash spelling some clients use lists the same.
     let slash: Vec<Value> = app
         .get("/api/videos/", Some(&luis.token))
