@@ -134,6 +134,19 @@ PrivateTmp=true
 NoNewPrivileges=true
 ProtectSystem=strict
 ProtectHome=true
+PrivateDevices=true
+ProtectKernelTunables=true
+ProtectKernelModules=true
+ProtectControlGroups=true
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=true
+LockPersonality=true
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+# A t3.small has 2 GiB: what the service and its ffmpeg/ffprobe children may use, so a
+# runaway never takes the instance (and its agent and sshd) with it.
+MemoryMax=1536M
+TasksMax=512
 $extra
 
 [Install]

@@ -418,4 +418,78 @@ mod nginx {
             "{answer}"
         );
     }
+
+    /// Sends one request through nginx; returns nginx's answer, and what the API received.
+    fn through(nginx: &Nginx, api: &TcpListener, request: &str) -> (String, Option<String>) {
+        let mut client = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+        client.write_all(request.as_bytes()).unwrap();
+        api.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut received = None;
+        while Instant::now() < deadline {
+            if let Ok((upstream, _)) = api.accept() {
+                upstream.set_nonblocking(false).unwrap();
+                let mut upstream = BufReader::new(upstream);
+                let mut head = String::new();
+                let mut line = String::new();
+                while upstream.read_line(&mut line).unwrap() > 2 {
+                    head.push_str(&line);
+                    line.clear();
+                }
+                upstream
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                received = Some(head);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (response(&mut client), received)
+    }
+
+    #[test]
+    fn the_web_tiers_nginx_limits_logins_per_client_address() {
+        let api = TcpListener::bind("127.0.0.1:0").unwrap();
+        let nginx = start(api.local_addr().unwrap().port());
+        let login = |forwarded_for: &str| {
+            format!(
+                "POST /api/auth/login HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {forwarded_for}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        };
+        // The load balancer puts the client last: that address is the one limited, and
+        // the only one the API is told (what a client put before it is dropped).
+        let (answer, received) = through(&nginx, &api, &login("10.9.9.9, 198.51.100.7"));
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        let received = received.expect("the login reached the API");
+        assert!(
+            received.contains("X-Forwarded-For: 198.51.100.7\r\n"),
+            "{received}"
+        );
+        // A burst from one address: past 10 more, nginx answers for the API.
+        let answers: Vec<String> = (0..14)
+            .map(|_| through(&nginx, &api, &login("198.51.100.7")).0)
+            .collect();
+        let limited = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 429"))
+            .count();
+        assert!(
+            (3..=4).contains(&limited),
+            "{limited} limited of 14: {answers:?}"
+        );
+        let refusal = answers
+            .iter()
+            .find(|a| a.starts_with("HTTP/1.1 429"))
+            .unwrap();
+        assert!(refusal.contains("application/json") && refusal.contains("Retry-After: 60"));
+        assert!(
+            refusal.contains(r#"{"detail":"Demasiadas solicitudes"#),
+            "{refusal}"
+        );
+        // Another address is not affected.
+        let (other, _) = through(&nginx, &api, &login("203.0.113.9"));
+        assert!(other.starts_with("HTTP/1.1 401"), "{other}");
+    }
 }

@@ -134,6 +134,8 @@ pub struct UploadSettings {
     pub max_frame: FrameSize,
     pub max_frame_rate: u32,
     pub max_streams: usize,
+    #[serde(with = "humantime_serde")]
+    pub receive_timeout: Duration,
     pub max_in_flight_per_user: usize,
     #[serde(with = "humantime_serde")]
     pub abandoned_after: Duration,

@@ -120,7 +120,15 @@ pub async fn upload_video(
     if declared.is_some_and(|len| len > max + MULTIPART_OVERHEAD) {
         return Err(upload::too_large(max)); // refused before reading the body
     }
-    let staged = upload::receive(&req, payload, &state.staging_dir, max).await?;
+    let receiving = upload::receive(&req, payload, &state.staging_dir, max);
+    let staged = tokio::time::timeout(state.upload.receive_timeout, receiving)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "La subida tardó más de {} segundos; inténtelo de nuevo con una mejor conexión.",
+                state.upload.receive_timeout.as_secs()
+            ))
+        })??;
     upload::validate(&staged.file, &state.upload).await?;
     let video_id = store_record_enqueue(&state, user.0, staged).await?;
     tracing::info!(video.id = %video_id, user.id = %user.0, "video uploaded and queued");

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use tokio::sync::mpsc;
 
@@ -295,4 +296,41 @@ async fn signups_logins_and_votes_are_rate_limited_per_address() {
         vote().await.unwrap().status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+#[tokio::test]
+async fn an_upload_that_trickles_in_is_cut_off_and_leaves_nothing() {
+    let app = spawn_app_with(Options {
+        extra_env: vec![("APP__UPLOAD__RECEIVE_TIMEOUT", "2s".into())],
+        ..Options::default()
+    })
+    .await;
+    let player = app.signup("Ana", "Ruiz", "Cali").await;
+    // A byte every half second: never idle long enough for a read timeout.
+    let mut opening = (part_header("title", None) + "goteo\r\n").into_bytes();
+    opening.extend(part_header("video_file", Some("clip.mp4")).as_bytes());
+    let trickle = futures_util::stream::iter(
+        std::iter::once(opening).chain(std::iter::repeat_n(vec![0u8], 40)),
+    )
+    .then(|chunk| async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let started = std::time::Instant::now();
+    let response = app
+        .client
+        .post(app.url("/api/videos/upload"))
+        .bearer_auth(&player.token)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(detail(response).await.contains("tardó más de 2 segundos"));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    app.assert_nothing_left_behind().await;
 }
