@@ -97,6 +97,8 @@ fn bench_api(args: ApiBench) -> anyhow::Result<()> {
             "benchmark-secret-benchmark-secret-0123",
         )
         .env("APP__LOG__FILTER", "warn")
+        // The 8 upload clients share one account: each may have its upload in flight.
+        .env("APP__UPLOAD__MAX_IN_FLIGHT_PER_USER", "8")
         .stdin(Stdio::null())
         .spawn()
         .context("cannot start the API")?;
