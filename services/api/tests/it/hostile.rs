@@ -204,17 +204,17 @@ async fn a_user_gets_429_past_their_uploads_in_flight_and_the_place_frees_when_o
             .send();
         holds.push((send, tokio::spawn(request)));
     }
-    let refused = backends::testing::eventually(
-        "a third upload refused",
-        Duration::from_secs(10),
-        || async {
-            let response = app
-                .upload(&player.token, &fixtures().await.sample, "tercera")
-                .await;
-            (response.status() == StatusCode::TOO_MANY_REQUESTS).then_some(response)
-        },
-    )
+    // Both are in the API once their files are being staged.
+    let staging = app.storage_dir.as_ref().unwrap().path().join(".incoming");
+    backends::testing::eventually("two uploads staging", Duration::from_secs(60), || async {
+        let staged = std::fs::read_dir(&staging).map_or(0, |entries| entries.count());
+        (staged == 2).then_some(())
+    })
     .await;
+    let refused = app
+        .upload(&player.token, &fixtures().await.sample, "tercera")
+        .await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.headers().contains_key("retry-after"));
     assert!(detail(refused).await.contains("subidas en curso"));
     // Another user is not affected.
@@ -226,7 +226,7 @@ async fn a_user_gets_429_past_their_uploads_in_flight_and_the_place_frees_when_o
         drop(send);
         let _ = request.await;
     }
-    backends::testing::eventually("the places freed", Duration::from_secs(10), || async {
+    backends::testing::eventually("the places freed", Duration::from_secs(60), || async {
         let response = app
             .upload(&player.token, &fixtures().await.sample, "cuarta")
             .await;
