@@ -1,6 +1,5 @@
 //! Launch templates, auto-scaling groups and their scaling policies.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,7 +17,7 @@ use aws_sdk_ec2::types::{
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
-use crate::aws::{Aws, DeleteError, STACK_TAG};
+use crate::aws::{Aws, DeleteError, Ids, NamesById, STACK_TAG};
 use crate::model::{Kind, Observed, Props, Resource};
 
 /// Group metrics collected: in-service instances feed the backlog-per-worker target; the
@@ -68,11 +67,7 @@ impl Aws {
             .context("no Debian 12 image found: set instances.ami in the configuration")
     }
 
-    pub(crate) async fn observe_compute(
-        &self,
-        names: &HashMap<String, String>,
-    ) -> anyhow::Result<Vec<Observed>> {
-        let named = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
+    pub(crate) async fn observe_compute(&self, names: &NamesById) -> anyhow::Result<Vec<Observed>> {
         let mut out = Vec::new();
         let templates = self
             .ec2
@@ -133,7 +128,7 @@ impl Aws {
                             "security_group",
                             data.security_group_ids()
                                 .first()
-                                .map(|g| named(g))
+                                .map(|g| names.name_of(g))
                                 .unwrap_or_default(),
                         ),
                         (
@@ -157,7 +152,7 @@ impl Aws {
         // as an orphan.
         let desired_groups: Vec<String> = ["web", "worker"]
             .iter()
-            .map(|t| crate::desired::asg_name(&self.stack, t))
+            .map(|t| crate::names::asg_name(&self.stack, t))
             .collect();
         let found = self
             .autoscaling
@@ -178,10 +173,14 @@ impl Aws {
                 .unwrap_or_default()
                 .split(',')
                 .filter(|s| !s.is_empty())
-                .map(named)
+                .map(|id| names.name_of(id))
                 .collect();
             subnets.sort();
-            let mut targets: Vec<String> = g.target_group_arns().iter().map(|a| named(a)).collect();
+            let mut targets: Vec<String> = g
+                .target_group_arns()
+                .iter()
+                .map(|a| names.name_of(a))
+                .collect();
             targets.sort();
             out.push(Observed {
                 // Desired capacity belongs to the autoscaler: it is not a property here.
@@ -265,13 +264,8 @@ impl Aws {
         name: &str,
         id: Option<&str>,
         p: &Props,
-        ids: &HashMap<String, String>,
+        ids: &Ids,
     ) -> anyhow::Result<String> {
-        let id_of = |name: &str| {
-            ids.get(name)
-                .cloned()
-                .with_context(|| format!("{name} does not exist yet"))
-        };
         match kind {
             Kind::LaunchTemplate => {
                 let instance_tags =
@@ -295,7 +289,7 @@ impl Aws {
                             .name(&p["instance_profile"])
                             .build(),
                     )
-                    .security_group_ids(id_of(&p["security_group"])?)
+                    .security_group_ids(ids.id_of(&p["security_group"])?)
                     // IMDSv2 only: credentials cannot be read by a forged request.
                     .metadata_options(
                         LaunchTemplateInstanceMetadataOptionsRequest::builder()
@@ -346,12 +340,12 @@ impl Aws {
                     .build();
                 let subnets: Vec<String> = p["subnets"]
                     .split(',')
-                    .map(id_of)
+                    .map(|name| ids.id_of(name))
                     .collect::<anyhow::Result<_>>()?;
                 let targets: Vec<String> = p["target_groups"]
                     .split(',')
                     .filter(|t| !t.is_empty())
-                    .map(id_of)
+                    .map(|name| ids.id_of(name))
                     .collect::<anyhow::Result<_>>()?;
                 if id.is_none() {
                     self.autoscaling
@@ -490,7 +484,7 @@ impl Aws {
     /// A refresh that cannot start is reported, not fatal: the stack itself converged.
     pub async fn roll_outdated_instances(&self, changed: &[String]) -> anyhow::Result<()> {
         for tier in ["web", "worker"] {
-            let group = crate::desired::asg_name(&self.stack, tier);
+            let group = crate::names::asg_name(&self.stack, tier);
             let found = self
                 .autoscaling
                 .describe_auto_scaling_groups()

@@ -1,12 +1,11 @@
 //! RDS: the DB subnet group and the PostgreSQL instance.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aws_sdk_rds::types::Tag;
 
-use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, STACK_TAG};
+use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, Ids, NamesById, STACK_TAG};
 use crate::model::{Kind, Observed, Props, Resource};
 
 /// How often a wait on RDS asks again.
@@ -22,11 +21,10 @@ impl Aws {
 
     pub(crate) async fn observe_database(
         &self,
-        names: &HashMap<String, String>,
+        names: &NamesById,
     ) -> anyhow::Result<Vec<Observed>> {
-        let named = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
         let mut out = Vec::new();
-        let group_name = format!("{}-db-subnets", self.stack);
+        let group_name = crate::names::db_subnet_group_name(&self.stack);
         match self
             .rds
             .describe_db_subnet_groups()
@@ -40,7 +38,7 @@ impl Aws {
                         .subnets()
                         .iter()
                         .filter_map(|s| s.subnet_identifier())
-                        .map(named)
+                        .map(|id| names.name_of(id))
                         .collect();
                     subnets.sort();
                     out.push(Observed {
@@ -80,7 +78,7 @@ impl Aws {
                         .vpc_security_groups()
                         .iter()
                         .filter_map(|g| g.vpc_security_group_id())
-                        .map(named)
+                        .map(|id| names.name_of(id))
                         .collect();
                     groups.sort();
                     out.push(Observed {
@@ -140,13 +138,8 @@ impl Aws {
         kind: Kind,
         name: &str,
         p: &Props,
-        ids: &HashMap<String, String>,
+        ids: &Ids,
     ) -> anyhow::Result<String> {
-        let id_of = |name: &str| {
-            ids.get(name)
-                .cloned()
-                .with_context(|| format!("{name} does not exist yet"))
-        };
         let [stack_tag, name_tag] = self.rds_tags(name);
         match kind {
             Kind::DbSubnetGroup => {
@@ -158,7 +151,7 @@ impl Aws {
                     .tags(stack_tag)
                     .tags(name_tag);
                 for subnet in p["subnets"].split(',') {
-                    create = create.subnet_ids(id_of(subnet)?);
+                    create = create.subnet_ids(ids.id_of(subnet)?);
                 }
                 create.send().await?;
             }
@@ -173,7 +166,7 @@ impl Aws {
                     .storage_encrypted(p["encrypted"] == "true")
                     .publicly_accessible(p["public"] == "true")
                     .db_subnet_group_name(&p["subnet_group"])
-                    .vpc_security_group_ids(id_of(&p["security_groups"])?)
+                    .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
                     .db_name(&p["database_name"])
                     .master_username(&p["master_username"])
                     // AWS generates the password and keeps it in Secrets Manager.
@@ -231,18 +224,13 @@ impl Aws {
         kind: Kind,
         id: &str,
         p: &Props,
-        ids: &HashMap<String, String>,
+        ids: &Ids,
     ) -> anyhow::Result<()> {
-        let id_of = |name: &str| {
-            ids.get(name)
-                .cloned()
-                .with_context(|| format!("{name} does not exist"))
-        };
         match kind {
             Kind::DbSubnetGroup => {
                 let subnets: Vec<String> = p["subnets"]
                     .split(',')
-                    .map(id_of)
+                    .map(|name| ids.id_of(name))
                     .collect::<anyhow::Result<_>>()?;
                 self.rds
                     .modify_db_subnet_group()
@@ -259,7 +247,7 @@ impl Aws {
                     .allocated_storage(p["allocated_storage"].parse()?)
                     .multi_az(p["multi_az"] == "true")
                     .publicly_accessible(p["public"] == "true")
-                    .vpc_security_group_ids(id_of(&p["security_groups"])?)
+                    .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
                     .manage_master_user_password(p["managed_password"] == "true")
                     .apply_immediately(true)
                     .send()

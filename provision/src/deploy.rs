@@ -143,7 +143,7 @@ impl Aws {
 
     /// The load balancer's DNS name, once it exists.
     pub async fn load_balancer_dns(&self) -> anyhow::Result<Option<String>> {
-        let name = crate::desired::load_balancer_name(&self.stack);
+        let name = crate::names::load_balancer_name(&self.stack);
         match self.elb.describe_load_balancers().names(&name).send().await {
             Ok(found) => Ok(found
                 .load_balancers()
@@ -162,7 +162,7 @@ impl Aws {
         wanted: usize,
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let name = crate::desired::target_group_name(&self.stack);
+        let name = crate::names::target_group_name(&self.stack);
         let groups = self
             .elb
             .describe_target_groups()

@@ -3,7 +3,11 @@
 
 use crate::config::{Config, InstanceSubnets};
 use crate::model::{Kind, Resource};
-use crate::userdata::{self, Tier};
+use crate::names::{
+    asg_name, bucket_name, database_name, db_subnet_group_name, dead_letter_queue_name,
+    load_balancer_name, queue_name, target_group_name, token_secret_name, Names, Tier,
+};
+use crate::userdata;
 
 /// Security-group rules as one comparable string: sorted `proto:port from source`, where
 /// the source is a CIDR or another group's logical name.
@@ -14,52 +18,6 @@ pub fn rules(rules: &[(u16, &str)]) -> String {
         .collect();
     rules.sort();
     rules.join(";")
-}
-
-pub struct Names {
-    pub stack: String,
-}
-
-impl Names {
-    pub fn of(&self, what: &str) -> String {
-        format!("{}-{what}", self.stack)
-    }
-}
-
-/// Load-balancing names are looked up by name (they carry tags, but the API filters only
-/// by name or ARN). Named apart from the security groups: names are references, so they
-/// must be unique.
-pub fn load_balancer_name(stack: &str) -> String {
-    format!("{stack}-lb")
-}
-
-/// Not "<stack>-db": that is the database's security group.
-pub fn database_name(stack: &str) -> String {
-    format!("{stack}-postgres")
-}
-
-/// The video-processing queue (its dead-letter queue is this plus "-dlq").
-pub fn queue_name(stack: &str) -> String {
-    format!("{stack}-video-processing")
-}
-
-/// The Secrets Manager secret holding the key the API signs access tokens with.
-pub fn token_secret_name(stack: &str) -> String {
-    format!("{stack}-jwt-key")
-}
-
-pub fn target_group_name(stack: &str) -> String {
-    format!("{stack}-web-targets")
-}
-
-pub fn bucket_name(config: &Config, account_id: &str) -> String {
-    format!("{}-videos-{account_id}", config.stack.name)
-}
-
-/// The auto-scaling group of a tier ("web" or "worker"); not "<stack>-web", the group's
-/// security group.
-pub fn asg_name(stack: &str, tier: &str) -> String {
-    format!("{stack}-{tier}-asg")
 }
 
 /// The worker's target-tracking metric, as the policy's `metrics` property: `id=` metric
@@ -206,7 +164,7 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
             ("tls_only", over_tls.to_string()),
         ],
     ));
-    let dlq = format!("{}-dlq", queue_name(&n.stack));
+    let dlq = dead_letter_queue_name(&n.stack);
     out.push(Resource::new(
         Kind::Queue,
         &dlq,
@@ -446,7 +404,7 @@ fn compute(
 /// RDS PostgreSQL in the private subnets, reachable only from the web and worker groups.
 fn database(n: &Names, config: &Config) -> Vec<Resource> {
     let db = &config.database;
-    let subnets = n.of("db-subnets");
+    let subnets = db_subnet_group_name(&n.stack);
     vec![
         Resource::new(
             Kind::DbSubnetGroup,
@@ -480,7 +438,7 @@ fn database(n: &Names, config: &Config) -> Vec<Resource> {
 /// one dashboard over SQS, the tiers' instances and the load balancer.
 fn monitoring(n: &Names, config: &Config) -> Vec<Resource> {
     let queue = queue_name(&n.stack);
-    let dlq = format!("{}-dlq", queue_name(&n.stack));
+    let dlq = dead_letter_queue_name(&n.stack);
     let alarm = |metric_queue: &str, threshold: &str, description: &str| {
         [
             ("namespace", "AWS/SQS".to_owned()),

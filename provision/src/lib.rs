@@ -20,6 +20,7 @@ pub mod deploy;
 pub mod desired;
 mod load_balancing;
 pub mod model;
+pub mod names;
 mod nat;
 mod secrets;
 pub mod userdata;
@@ -81,7 +82,7 @@ impl Stack {
     }
 
     pub fn bucket(&self) -> String {
-        desired::bucket_name(&self.config, &self.account_id)
+        names::bucket_name(&self.config, &self.account_id)
     }
 
     /// Desired versus observed, in creation order, orphans last.
@@ -261,7 +262,7 @@ impl Stack {
     /// Deletes everything carrying the stack tag, dependents first. Goes on past failures
     /// and returns what is left (empty when clean); running it again continues.
     pub async fn down(&self) -> anyhow::Result<Vec<String>> {
-        let bucket = desired::bucket_name(&self.config, &self.account_id);
+        let bucket = names::bucket_name(&self.config, &self.account_id);
         let observed = self.aws.observe(&bucket).await?;
         if observed.is_empty() {
             eprintln!(

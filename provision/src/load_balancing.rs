@@ -8,7 +8,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
     ProtocolEnum, Tag, TargetTypeEnum,
 };
 
-use crate::aws::{Aws, STACK_TAG};
+use crate::aws::{Aws, Ids, NamesById, STACK_TAG};
 use crate::model::{Kind, Observed, Props, Resource};
 
 impl Aws {
@@ -51,9 +51,8 @@ impl Aws {
     /// the ids of already observed resources (subnets, groups, VPC) to their names.
     pub(crate) async fn observe_load_balancing(
         &self,
-        names: &HashMap<String, String>,
+        names: &NamesById,
     ) -> anyhow::Result<Vec<Observed>> {
-        let named = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
         let mut out = Vec::new();
         // Everything with the stack tag (these calls cannot filter by tag), so what the
         // configuration no longer names shows up as an orphan.
@@ -87,7 +86,7 @@ impl Aws {
                     Kind::TargetGroup,
                     g.target_group_name().unwrap_or_default(),
                     &[
-                        ("vpc", named(g.vpc_id().unwrap_or_default())),
+                        ("vpc", names.name_of(g.vpc_id().unwrap_or_default())),
                         (
                             "protocol",
                             g.protocol()
@@ -110,7 +109,7 @@ impl Aws {
                 id: arn,
             });
         }
-        let balancer_name = crate::desired::load_balancer_name(&self.stack);
+        let balancer_name = crate::names::load_balancer_name(&self.stack);
         let all_balancers: Vec<_> = self
             .elb
             .describe_load_balancers()
@@ -135,10 +134,14 @@ impl Aws {
                 .availability_zones()
                 .iter()
                 .filter_map(|z| z.subnet_id())
-                .map(named)
+                .map(|id| names.name_of(id))
                 .collect();
             subnets.sort();
-            let mut groups: Vec<String> = lb.security_groups().iter().map(|g| named(g)).collect();
+            let mut groups: Vec<String> = lb
+                .security_groups()
+                .iter()
+                .map(|g| names.name_of(g))
+                .collect();
             groups.sort();
             out.push(Observed {
                 resource: Resource::new(
@@ -220,13 +223,8 @@ impl Aws {
         kind: Kind,
         name: &str,
         p: &Props,
-        ids: &HashMap<String, String>,
+        ids: &Ids,
     ) -> anyhow::Result<String> {
-        let id_of = |name: &str| {
-            ids.get(name)
-                .cloned()
-                .with_context(|| format!("{name} does not exist yet"))
-        };
         match kind {
             Kind::TargetGroup => {
                 let [stack_tag, name_tag] = self.elb_tags(name);
@@ -236,7 +234,7 @@ impl Aws {
                     .name(name)
                     .protocol(ProtocolEnum::from(p["protocol"].as_str()))
                     .port(p["port"].parse()?)
-                    .vpc_id(id_of(&p["vpc"])?)
+                    .vpc_id(ids.id_of(&p["vpc"])?)
                     .target_type(TargetTypeEnum::Instance)
                     .health_check_path(&p["health_check_path"])
                     .health_check_interval_seconds(p["health_check_interval"].parse()?)
@@ -262,10 +260,10 @@ impl Aws {
                     .tags(stack_tag)
                     .tags(name_tag);
                 for subnet in p["subnets"].split(',') {
-                    create = create.subnets(id_of(subnet)?);
+                    create = create.subnets(ids.id_of(subnet)?);
                 }
                 for group in p["security_groups"].split(',') {
-                    create = create.security_groups(id_of(group)?);
+                    create = create.security_groups(ids.id_of(group)?);
                 }
                 let created = create.send().await?;
                 created
@@ -279,10 +277,10 @@ impl Aws {
                 let created = self
                     .elb
                     .create_listener()
-                    .load_balancer_arn(id_of(&p["load_balancer"])?)
+                    .load_balancer_arn(ids.id_of(&p["load_balancer"])?)
                     .protocol(ProtocolEnum::from(p["protocol"].as_str()))
                     .port(p["port"].parse()?)
-                    .default_actions(default_action(p, &id_of)?)
+                    .default_actions(default_action(p, ids)?)
                     .set_certificates(certificates(p))
                     .send()
                     .await?;
@@ -302,13 +300,8 @@ impl Aws {
         kind: Kind,
         id: &str,
         p: &Props,
-        ids: &HashMap<String, String>,
+        ids: &Ids,
     ) -> anyhow::Result<()> {
-        let id_of = |name: &str| {
-            ids.get(name)
-                .cloned()
-                .with_context(|| format!("{name} does not exist"))
-        };
         match kind {
             Kind::TargetGroup => {
                 self.elb
@@ -322,11 +315,11 @@ impl Aws {
             Kind::LoadBalancer => {
                 let subnets: Vec<String> = p["subnets"]
                     .split(',')
-                    .map(id_of)
+                    .map(|name| ids.id_of(name))
                     .collect::<anyhow::Result<_>>()?;
                 let groups: Vec<String> = p["security_groups"]
                     .split(',')
-                    .map(id_of)
+                    .map(|name| ids.id_of(name))
                     .collect::<anyhow::Result<_>>()?;
                 self.elb
                     .set_subnets()
@@ -345,7 +338,7 @@ impl Aws {
                 self.elb
                     .modify_listener()
                     .listener_arn(id)
-                    .default_actions(default_action(p, &id_of)?)
+                    .default_actions(default_action(p, ids)?)
                     .set_certificates(certificates(p))
                     .send()
                     .await?;
@@ -394,10 +387,7 @@ impl Aws {
 }
 
 /// Forward to the target group, or redirect ("HTTPS:443") when HTTPS is configured.
-fn default_action(
-    p: &Props,
-    id_of: &impl Fn(&str) -> anyhow::Result<String>,
-) -> anyhow::Result<ListenerAction> {
+fn default_action(p: &Props, ids: &Ids) -> anyhow::Result<ListenerAction> {
     if let Some(redirect) = p.get("redirect_to") {
         let (protocol, port) = redirect.split_once(':').context("bad redirect")?;
         let config = aws_sdk_elasticloadbalancingv2::types::RedirectActionConfig::builder()
@@ -412,7 +402,7 @@ fn default_action(
             .redirect_config(config)
             .build());
     }
-    Ok(forward(&id_of(&p["forward_to"])?))
+    Ok(forward(&ids.id_of(&p["forward_to"])?))
 }
 
 fn certificates(p: &Props) -> Option<Vec<aws_sdk_elasticloadbalancingv2::types::Certificate>> {

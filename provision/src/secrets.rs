@@ -10,7 +10,7 @@ use crate::model::{Kind, Observed, Props, Resource};
 
 impl Aws {
     pub(crate) async fn observe_secrets(&self) -> anyhow::Result<Vec<Observed>> {
-        let name = crate::desired::token_secret_name(&self.stack);
+        let name = crate::names::token_secret_name(&self.stack);
         match self.secrets.describe_secret().secret_id(&name).send().await {
             // A secret scheduled for deletion (deleted by hand) is as good as gone.
             Ok(found) if found.deleted_date().is_none() => Ok(vec![Observed {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-use crate::desired;
+use crate::names::{self, Tier};
 
 const COMMON: &str = include_str!("../../userdata/common.sh");
 const WEB: &str = include_str!("../../userdata/web.sh");
@@ -17,21 +17,6 @@ const WORKER: &str = include_str!("../../userdata/worker.sh");
 
 /// EC2's limit on user data, before base64.
 pub const MAX_BYTES: usize = 16 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Web,
-    Worker,
-}
-
-impl Tier {
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Web => "web",
-            Tier::Worker => "worker",
-        }
-    }
-}
 
 /// What a release name may contain: it is an S3 key segment and a shell word.
 pub fn valid_release(release: &str) -> bool {
@@ -56,11 +41,11 @@ pub fn values(
         ("stack", stack.clone()),
         ("region", config.stack.region.clone()),
         ("release", release.to_owned()),
-        ("bucket", desired::bucket_name(config, account_id)),
-        ("queue", desired::queue_name(stack)),
-        ("database", desired::database_name(stack)),
+        ("bucket", names::bucket_name(config, account_id)),
+        ("queue", names::queue_name(stack)),
+        ("database", names::database_name(stack)),
         ("database_name", config.database.database_name.clone()),
-        ("token_secret", desired::token_secret_name(stack)),
+        ("token_secret", names::token_secret_name(stack)),
         ("cloudwatch_agent", config.logs.cloudwatch_agent.to_string()),
         ("log_retention_days", config.logs.retention_days.to_string()),
     ]

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, Filter, IpPermission, IpRange, ResourceType, Tag, TagSpecification,
     UserIdGroupPair,
@@ -15,39 +14,15 @@ use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::model::{Action, Change, Kind, Observed, Props, Resource};
 
+mod error;
+mod ids;
+
+pub(crate) use error::DeleteError;
+pub use error::{error_kind, ErrorKind};
+pub use ids::{Ids, NamesById};
+
 /// The tag every resource of a stack carries.
 pub const STACK_TAG: &str = "anb:stack";
-
-/// What an AWS error means for the caller, decided before the error is wrapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    NotFound,
-    Duplicate,
-    DependencyViolation,
-    Throttled,
-    Other,
-}
-
-pub fn error_kind(err: &impl ProvideErrorMetadata) -> ErrorKind {
-    let code = err.code().unwrap_or_default();
-    if code.contains("NotFound") || code.starts_with("NoSuch") || code.contains("NonExistent") {
-        ErrorKind::NotFound
-    } else if code.contains("Duplicate")
-        || code.contains("AlreadyExists")
-        || code == "BucketAlreadyOwnedByYou"
-    {
-        ErrorKind::Duplicate
-    } else if code == "DependencyViolation"
-        || code == "ResourceInUse"
-        || code.starts_with("Invalid") && code.ends_with("StateFault")
-    {
-        ErrorKind::DependencyViolation
-    } else if code.contains("Throttl") || code == "RequestLimitExceeded" || code == "SlowDown" {
-        ErrorKind::Throttled
-    } else {
-        ErrorKind::Other
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Aws {
@@ -138,7 +113,7 @@ impl Aws {
             Box::pin(self.observe_monitoring()),
             Box::pin(self.observe_secrets()),
         )?;
-        let mut names: HashMap<String, String> = network
+        let mut names: NamesById = network
             .iter()
             .map(|o| (o.id.clone(), o.resource.name.clone()))
             .collect();
@@ -253,7 +228,7 @@ impl Aws {
             })
             .collect();
         // Ids → logical names, so references compare with the desired state.
-        let mut names: HashMap<String, String> = HashMap::new();
+        let mut names = NamesById::default();
         let name_of = |tags: &[Tag]| {
             tags.iter()
                 .find(|t| t.key() == Some("Name"))
@@ -288,10 +263,7 @@ impl Aws {
                 name_of(a.tags()),
             );
         }
-        let named = |id: Option<&str>| {
-            id.map(|id| names.get(id).cloned().unwrap_or_else(|| id.to_owned()))
-                .unwrap_or_default()
-        };
+        let named = |id: Option<&str>| id.map(|id| names.name_of(id)).unwrap_or_default();
         let mut out = Vec::new();
         for v in vpcs.vpcs() {
             let id = v.vpc_id().unwrap_or_default().to_owned();
@@ -687,7 +659,7 @@ impl Aws {
         kind: Kind,
         name: &str,
         p: &Props,
-        ids: &HashMap<String, String>,
+        ids: &Ids,
     ) -> anyhow::Result<()> {
         use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
         if kind == Kind::Dashboard {
@@ -709,10 +681,7 @@ impl Aws {
             .namespace(&p["namespace"])
             .metric_name(&p["metric"])
             .set_alarm_actions(match p.get("action") {
-                Some(policy) => Some(vec![ids
-                    .get(policy)
-                    .cloned()
-                    .with_context(|| format!("{policy} does not exist yet"))?]),
+                Some(policy) => Some(vec![ids.id_of(policy)?]),
                 None => None,
             })
             .dimensions(Dimension::builder().name(dimension).value(value).build())
@@ -737,7 +706,7 @@ impl Aws {
     /// Carries out `changes`, as many at once as their references allow (a resource waits
     /// for those its properties name). Orphans are left alone; `down` removes them.
     pub async fn apply(&self, changes: &[Change]) -> anyhow::Result<()> {
-        let mut ids: HashMap<String, String> = changes
+        let mut ids: Ids = changes
             .iter()
             .filter_map(|c| c.id.clone().map(|id| (c.name.clone(), id)))
             .collect();
@@ -777,11 +746,7 @@ impl Aws {
     }
 
     /// One change; returns the new id when it created something.
-    async fn apply_one(
-        &self,
-        change: &Change,
-        ids: &HashMap<String, String>,
-    ) -> anyhow::Result<Option<String>> {
+    async fn apply_one(&self, change: &Change, ids: &Ids) -> anyhow::Result<Option<String>> {
         let what = format!("{} {}", change.kind, change.name);
         let started = std::time::Instant::now();
         let result = match &change.action {
@@ -795,7 +760,7 @@ impl Aws {
             }
             Action::Update(_) => {
                 eprintln!("  updating {what}");
-                let id = ids.get(&change.name).cloned().unwrap_or_default();
+                let id = ids.get(&change.name).unwrap_or_default().to_owned();
                 self.update(change, &id, ids)
                     .await
                     .with_context(|| format!("update {what}"))
@@ -803,7 +768,7 @@ impl Aws {
             }
             Action::Replace(_) => {
                 eprintln!("  replacing {what} (delete, then create)");
-                let id = ids.get(&change.name).cloned().unwrap_or_default();
+                let id = ids.get(&change.name).unwrap_or_default().to_owned();
                 self.delete(change.kind, &change.name, &id)
                     .await
                     .with_context(|| format!("delete {what}"))?;
@@ -819,18 +784,10 @@ impl Aws {
         result
     }
 
-    async fn create(
-        &self,
-        change: &Change,
-        ids: &HashMap<String, String>,
-    ) -> anyhow::Result<String> {
+    async fn create(&self, change: &Change, ids: &Ids) -> anyhow::Result<String> {
         let p = &change.desired;
-        let id_of = |field: &str| -> anyhow::Result<String> {
-            let name = p.get(field).cloned().unwrap_or_default();
-            ids.get(&name)
-                .cloned()
-                .with_context(|| format!("{name} does not exist yet"))
-        };
+        // The id of the resource a property names.
+        let id_of = |field: &str| ids.id_of(p.get(field).map_or("", String::as_str));
         let name = change.name.as_str();
         match change.kind {
             Kind::Vpc => {
@@ -988,18 +945,13 @@ impl Aws {
         }
     }
 
-    async fn update(
-        &self,
-        change: &Change,
-        id: &str,
-        ids: &HashMap<String, String>,
-    ) -> anyhow::Result<()> {
+    async fn update(&self, change: &Change, id: &str, ids: &Ids) -> anyhow::Result<()> {
         let p = &change.desired;
         match change.kind {
             Kind::Vpc => self.set_vpc_dns(id, p).await,
             Kind::Subnet => self.set_public_ip(id, p).await,
             Kind::InternetGateway => {
-                let vpc = ids.get(&p["vpc"]).context("the VPC does not exist")?;
+                let vpc = ids.id_of(&p["vpc"])?;
                 self.ec2
                     .attach_internet_gateway()
                     .internet_gateway_id(id)
@@ -1143,11 +1095,7 @@ impl Aws {
         Ok(())
     }
 
-    fn permission(
-        &self,
-        rule: &str,
-        ids: &HashMap<String, String>,
-    ) -> anyhow::Result<IpPermission> {
+    fn permission(&self, rule: &str, ids: &Ids) -> anyhow::Result<IpPermission> {
         // "tcp:80 from 0.0.0.0/0" or "tcp:5432 from anb-web"
         let (proto_port, source) = rule
             .split_once(" from ")
@@ -1167,22 +1115,14 @@ impl Aws {
                 .ip_ranges(IpRange::builder().cidr_ip(source).build())
                 .build()
         } else {
-            let group = ids
-                .get(source)
-                .cloned()
-                .unwrap_or_else(|| source.to_owned());
+            let group = ids.get(source).unwrap_or(source);
             builder
                 .user_id_group_pairs(UserIdGroupPair::builder().group_id(group).build())
                 .build()
         })
     }
 
-    async fn authorize(
-        &self,
-        group: &str,
-        rules: &[&str],
-        ids: &HashMap<String, String>,
-    ) -> anyhow::Result<()> {
+    async fn authorize(&self, group: &str, rules: &[&str], ids: &Ids) -> anyhow::Result<()> {
         for rule in rules {
             let result = self
                 .ec2
@@ -1200,12 +1140,7 @@ impl Aws {
         Ok(())
     }
 
-    async fn revoke(
-        &self,
-        group: &str,
-        rules: &[&str],
-        ids: &HashMap<String, String>,
-    ) -> anyhow::Result<()> {
+    async fn revoke(&self, group: &str, rules: &[&str], ids: &Ids) -> anyhow::Result<()> {
         for rule in rules {
             let result = self
                 .ec2
@@ -1352,11 +1287,10 @@ impl Aws {
         for attempt in 1..=6 {
             match self.delete_once(kind, id).await {
                 Ok(()) => return Ok(()),
-                Err(DeleteError::Kind(ErrorKind::NotFound, _)) => return Ok(()),
-                Err(DeleteError::Kind(
-                    ErrorKind::DependencyViolation | ErrorKind::Throttled,
-                    e,
-                )) if attempt < 6 => {
+                Err(DeleteError::Aws(ErrorKind::NotFound, _)) => return Ok(()),
+                Err(DeleteError::Aws(ErrorKind::DependencyViolation | ErrorKind::Throttled, e))
+                    if attempt < 6 =>
+                {
                     eprintln!(
                         "  waiting {}s for what depends on {kind} {name} to go ({e})",
                         wait.as_secs()
@@ -1364,7 +1298,7 @@ impl Aws {
                     tokio::time::sleep(wait).await;
                     wait *= 2;
                 }
-                Err(DeleteError::Kind(_, e)) => bail!("{e}"),
+                Err(DeleteError::Aws(_, e)) => return Err(e),
                 Err(DeleteError::Other(e)) => return Err(e),
             }
         }
@@ -1585,22 +1519,6 @@ fn references(change: &Change) -> impl Iterator<Item = &str> {
         .map(|(_, value)| value)
         .flat_map(|v| v.split([',', ';', ' ']))
         .filter(|token| !token.is_empty())
-}
-
-pub(crate) enum DeleteError {
-    Kind(ErrorKind, String),
-    Other(anyhow::Error),
-}
-
-impl DeleteError {
-    pub(crate) fn from_sdk<E: ProvideErrorMetadata + std::fmt::Debug>(e: E) -> Self {
-        let message = format!(
-            "{}: {}",
-            e.code().unwrap_or("error"),
-            e.message().unwrap_or_default()
-        );
-        DeleteError::Kind(error_kind(&e), message)
-    }
 }
 
 fn observed(kind: Kind, name: String, id: String, props: &[(&str, String)]) -> Observed {

@@ -1,0 +1,78 @@
+//! Every name the stack gives its resources, and the two tiers. Names are the contract
+//! between the desired state and the observed one (resources are found again by name or
+//! tag), so both sides take them from here and nowhere else.
+
+use crate::config::Config;
+
+/// The two kinds of instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Web,
+    Worker,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Web => "web",
+            Tier::Worker => "worker",
+        }
+    }
+}
+
+/// Logical names of the stack's own resources: `<stack>-<what>`.
+pub struct Names {
+    pub stack: String,
+}
+
+impl Names {
+    pub fn of(&self, what: &str) -> String {
+        format!("{}-{what}", self.stack)
+    }
+}
+
+/// Load-balancing names are looked up by name (they carry tags, but the API filters only
+/// by name or ARN). Named apart from the security groups: names are references, so they
+/// must be unique.
+pub fn load_balancer_name(stack: &str) -> String {
+    format!("{stack}-lb")
+}
+
+/// Not "<stack>-db": that is the database's security group.
+pub fn database_name(stack: &str) -> String {
+    format!("{stack}-postgres")
+}
+
+/// The video-processing queue (its dead-letter queue is this plus "-dlq").
+pub fn queue_name(stack: &str) -> String {
+    format!("{stack}-video-processing")
+}
+
+/// The Secrets Manager secret holding the key the API signs access tokens with.
+pub fn token_secret_name(stack: &str) -> String {
+    format!("{stack}-jwt-key")
+}
+
+pub fn target_group_name(stack: &str) -> String {
+    format!("{stack}-web-targets")
+}
+
+pub fn bucket_name(config: &Config, account_id: &str) -> String {
+    format!("{}-videos-{account_id}", config.stack.name)
+}
+
+/// The auto-scaling group of a tier ("web" or "worker"); not "<stack>-web", the group's
+/// security group.
+pub fn asg_name(stack: &str, tier: &str) -> String {
+    format!("{stack}-{tier}-asg")
+}
+
+/// The dead-letter queue of the video-processing queue.
+pub fn dead_letter_queue_name(stack: &str) -> String {
+    format!("{}-dlq", queue_name(stack))
+}
+
+/// The RDS DB subnet group (over the private subnets).
+pub fn db_subnet_group_name(stack: &str) -> String {
+    format!("{stack}-db-subnets")
+}
