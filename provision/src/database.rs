@@ -276,7 +276,7 @@ impl Aws {
                     .delete_db_instance()
                     .db_instance_identifier(id)
                     .delete_automated_backups(true);
-                delete = match &self.final_snapshot {
+                delete = match self.final_snapshot() {
                     Some(snapshot) => delete.final_db_snapshot_identifier(snapshot),
                     None => delete.skip_final_snapshot(true),
                 };

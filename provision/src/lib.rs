@@ -22,7 +22,7 @@ mod load_balancing;
 pub mod model;
 pub mod names;
 mod nat;
-mod secrets;
+mod resources;
 pub mod userdata;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -48,23 +48,47 @@ pub enum Sync {
     Drift,
 }
 
-pub struct Stack {
-    pub config: Config,
-    pub aws: Aws,
-    account_id: String,
-    ami: String,
+/// How a command runs, decided before the stack is opened and fixed after.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// An AWS endpoint override (an emulator such as moto).
+    pub endpoint: Option<String>,
     /// Show AWS ids next to names (`-v`).
     pub verbose: bool,
     /// The services' release the instances run; `None`: whatever the launch templates
     /// already name.
     pub release: Option<String>,
+    /// `down`: snapshot the database under this name before deleting it.
+    pub final_snapshot: Option<String>,
+}
+
+pub struct Stack {
+    pub config: Config,
+    pub aws: Aws,
+    account_id: String,
+    ami: String,
+    verbose: bool,
+    release: Option<String>,
     /// False for an emulator on plain HTTP (see `desired::Inputs`).
     over_tls: bool,
 }
 
 impl Stack {
-    pub async fn open(config: Config, endpoint: Option<&str>) -> anyhow::Result<Self> {
-        let aws = Aws::connect(&config.stack.name, &config.stack.region, endpoint).await;
+    pub async fn open(config: Config, options: StackOptions) -> anyhow::Result<Self> {
+        let StackOptions {
+            endpoint,
+            verbose,
+            release,
+            final_snapshot,
+        } = options;
+        let endpoint = endpoint.as_deref();
+        let aws = Aws::connect(
+            &config.stack.name,
+            &config.stack.region,
+            endpoint,
+            final_snapshot,
+        )
+        .await;
         let account_id = aws.account_id().await?;
         let ami = match config.instances.ami.as_str() {
             "" => aws.latest_debian_ami().await?,
@@ -75,8 +99,8 @@ impl Stack {
             aws,
             account_id,
             ami,
-            verbose: false,
-            release: None,
+            verbose,
+            release,
             over_tls: !endpoint.is_some_and(|e| e.starts_with("http://")),
         })
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use provision::{Output, Stack, Sync};
+use provision::{Output, Stack, StackOptions, Sync};
 
 /// Converges the ANB Rising Stars AWS stack to config/aws.toml, idempotently.
 ///
@@ -91,9 +91,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(region) = cli.region {
         config.stack.region = region;
     }
-    let mut stack = Stack::open(config, cli.endpoint_url.as_deref()).await?;
-    stack.verbose = cli.verbose;
-    stack.release = cli.release.clone();
+    let final_snapshot = match &cli.command {
+        Command::Down { final_snapshot, .. } => final_snapshot.clone(),
+        _ => None,
+    };
+    let options = StackOptions {
+        endpoint: cli.endpoint_url.clone(),
+        verbose: cli.verbose,
+        release: cli.release.clone(),
+        final_snapshot,
+    };
+    let stack = Stack::open(config, options).await?;
     Ok(match cli.command {
         Command::Plan => {
             stack.plan(cli.output).await?;
@@ -132,11 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Sync::InSync => ExitCode::SUCCESS,
             Sync::Drift => ExitCode::from(2),
         },
-        Command::Down {
-            yes,
-            final_snapshot,
-        } => {
-            stack.aws.final_snapshot = final_snapshot;
+        Command::Down { yes, .. } => {
             if !yes && !provision::confirm_down(&stack.config.stack.name)? {
                 eprintln!("Not confirmed: nothing deleted.");
                 return Ok(ExitCode::FAILURE);

@@ -10,7 +10,6 @@ use aws_sdk_ec2::types::{
     AttributeBooleanValue, Filter, IpPermission, IpRange, ResourceType, Tag, TagSpecification,
     UserIdGroupPair,
 };
-use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::model::{Action, Change, Kind, Observed, Props, Resource};
 
@@ -35,14 +34,19 @@ pub struct Aws {
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     /// `down`: snapshot the database under this name before deleting it.
-    pub final_snapshot: Option<String>,
+    final_snapshot: Option<String>,
     sts: aws_sdk_sts::Client,
     pub stack: String,
     pub region: String,
 }
 
 impl Aws {
-    pub async fn connect(stack: &str, region: &str, endpoint: Option<&str>) -> Self {
+    pub async fn connect(
+        stack: &str,
+        region: &str,
+        endpoint: Option<&str>,
+        final_snapshot: Option<String>,
+    ) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_owned()));
         if let Some(endpoint) = endpoint {
@@ -61,7 +65,7 @@ impl Aws {
             rds: aws_sdk_rds::Client::new(&shared),
             autoscaling: aws_sdk_autoscaling::Client::new(&shared),
             secrets: aws_sdk_secretsmanager::Client::new(&shared),
-            final_snapshot: None,
+            final_snapshot,
             sts: aws_sdk_sts::Client::new(&shared),
             stack: stack.to_owned(),
             region: region.to_owned(),
@@ -78,6 +82,11 @@ impl Aws {
         me.account()
             .map(str::to_owned)
             .context("STS returned no account id")
+    }
+
+    /// `down`'s final snapshot of the database, if one was asked for.
+    pub(crate) fn final_snapshot(&self) -> Option<&str> {
+        self.final_snapshot.as_deref()
     }
 
     /// Whether a tag (of any service's tag type) is this stack's.
@@ -108,10 +117,10 @@ impl Aws {
         // test thread's stack in debug builds.
         let (network, queues, bucket, mut monitoring, secrets) = tokio::try_join!(
             Box::pin(self.observe_network()),
-            Box::pin(self.observe_queues()),
+            Box::pin(crate::resources::queue::observe(self)),
             Box::pin(self.observe_bucket(bucket)),
-            Box::pin(self.observe_monitoring()),
-            Box::pin(self.observe_secrets()),
+            Box::pin(crate::resources::monitoring::observe(self)),
+            Box::pin(crate::resources::secret::observe(self)),
         )?;
         let mut names: NamesById = network
             .iter()
@@ -417,77 +426,6 @@ impl Aws {
         Ok(value.and_then(|v| v.value()).unwrap_or(false))
     }
 
-    async fn observe_queues(&self) -> anyhow::Result<Vec<Observed>> {
-        let listed = self
-            .sqs
-            .list_queues()
-            .queue_name_prefix(format!("{}-", self.stack))
-            .send()
-            .await
-            .context("list queues")?;
-        let mut out = Vec::new();
-        for url in listed.queue_urls() {
-            let tags = match self.sqs.list_queue_tags().queue_url(url).send().await {
-                Ok(tags) => tags,
-                Err(e) if error_kind(&e) == ErrorKind::NotFound => continue, // deleted meanwhile
-                Err(e) => return Err(e).context("list queue tags"),
-            };
-            if tags
-                .tags()
-                .and_then(|t| t.get(STACK_TAG))
-                .map(String::as_str)
-                != Some(self.stack.as_str())
-            {
-                continue;
-            }
-            let attributes = self
-                .sqs
-                .get_queue_attributes()
-                .queue_url(url)
-                .attribute_names(QueueAttributeName::All)
-                .send()
-                .await
-                .context("get queue attributes")?;
-            let get = |name: QueueAttributeName| {
-                attributes
-                    .attributes()
-                    .and_then(|a| a.get(&name))
-                    .cloned()
-                    .unwrap_or_default()
-            };
-            let mut props = vec![
-                (
-                    "visibility_timeout",
-                    get(QueueAttributeName::VisibilityTimeout),
-                ),
-                (
-                    "receive_wait",
-                    get(QueueAttributeName::ReceiveMessageWaitTimeSeconds),
-                ),
-                (
-                    "message_retention",
-                    get(QueueAttributeName::MessageRetentionPeriod),
-                ),
-            ];
-            let policy = get(QueueAttributeName::RedrivePolicy);
-            if let Ok(policy) = serde_json::from_str::<serde_json::Value>(&policy) {
-                let arn = policy["deadLetterTargetArn"].as_str().unwrap_or_default();
-                props.push((
-                    "dead_letter",
-                    arn.rsplit(':').next().unwrap_or_default().to_owned(),
-                ));
-                let max = match &policy["maxReceiveCount"] {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                props.push(("max_receives", max));
-            }
-            let name = url.rsplit('/').next().unwrap_or_default().to_owned();
-            out.push(observed(Kind::Queue, name, url.clone(), &props));
-        }
-        Ok(out)
-    }
-
     pub(crate) async fn observe_bucket(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
         match self.s3.head_bucket().bucket(bucket).send().await {
             Ok(_) => {}
@@ -547,158 +485,6 @@ impl Aws {
                 ),
             ],
         )])
-    }
-
-    /// The stack's alarms and dashboard, found by name prefix (dashboards carry no tags).
-    /// Alarms that target tracking creates are named `TargetTracking-…`, so they never match.
-    async fn observe_monitoring(&self) -> anyhow::Result<Vec<Observed>> {
-        let prefix = format!("{}-", self.stack);
-        let (alarms, dashboards) = tokio::try_join!(
-            Box::pin(async {
-                self.cloudwatch
-                    .describe_alarms()
-                    .alarm_name_prefix(&prefix)
-                    .send()
-                    .await
-                    .context("describe alarms")
-            }),
-            Box::pin(async {
-                self.cloudwatch
-                    .list_dashboards()
-                    .dashboard_name_prefix(&prefix)
-                    .send()
-                    .await
-                    .context("list dashboards")
-            }),
-        )?;
-        let mut out = Vec::new();
-        for alarm in alarms.metric_alarms() {
-            let dimension = alarm
-                .dimensions()
-                .first()
-                .map(|d| {
-                    format!(
-                        "{}={}",
-                        d.name().unwrap_or_default(),
-                        d.value().unwrap_or_default()
-                    )
-                })
-                .unwrap_or_default();
-            let name = alarm.alarm_name().unwrap_or_default().to_owned();
-            out.push(observed(
-                Kind::Alarm,
-                name.clone(),
-                name,
-                &[
-                    ("namespace", alarm.namespace().unwrap_or_default().into()),
-                    ("metric", alarm.metric_name().unwrap_or_default().into()),
-                    ("dimension", dimension),
-                    (
-                        "statistic",
-                        alarm
-                            .statistic()
-                            .map(|s| s.as_str().to_owned())
-                            .unwrap_or_default(),
-                    ),
-                    ("period", alarm.period().unwrap_or_default().to_string()),
-                    (
-                        "evaluation_periods",
-                        alarm.evaluation_periods().unwrap_or_default().to_string(),
-                    ),
-                    (
-                        "comparison",
-                        alarm
-                            .comparison_operator()
-                            .map(|c| c.as_str().to_owned())
-                            .unwrap_or_default(),
-                    ),
-                    (
-                        "threshold",
-                        alarm.threshold().unwrap_or_default().to_string(),
-                    ),
-                    (
-                        "description",
-                        alarm.alarm_description().unwrap_or_default().into(),
-                    ),
-                ],
-            ));
-            if let (Some(action), Some(last)) = (alarm.alarm_actions().first(), out.last_mut()) {
-                // An ARN for now; `observe` turns it into the policy's name.
-                last.resource.props.insert("action".into(), action.clone());
-            }
-        }
-        for entry in dashboards.dashboard_entries() {
-            let name = entry.dashboard_name().unwrap_or_default().to_owned();
-            let body = match self
-                .cloudwatch
-                .get_dashboard()
-                .dashboard_name(&name)
-                .send()
-                .await
-            {
-                Ok(found) => found.dashboard_body().unwrap_or_default().to_owned(),
-                Err(e) if error_kind(&e) == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).context("get dashboard"),
-            };
-            // Canonical form (sorted keys, no spacing), as the desired body is written.
-            let body = serde_json::from_str::<serde_json::Value>(&body)
-                .map(|v| v.to_string())
-                .unwrap_or(body);
-            out.push(observed(
-                Kind::Dashboard,
-                name.clone(),
-                name,
-                &[("body", body)],
-            ));
-        }
-        Ok(out)
-    }
-
-    async fn put_monitoring(
-        &self,
-        kind: Kind,
-        name: &str,
-        p: &Props,
-        ids: &Ids,
-    ) -> anyhow::Result<()> {
-        use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
-        if kind == Kind::Dashboard {
-            self.cloudwatch
-                .put_dashboard()
-                .dashboard_name(name)
-                .dashboard_body(&p["body"])
-                .send()
-                .await?;
-            return Ok(());
-        }
-        let (dimension, value) = p["dimension"]
-            .split_once('=')
-            .context("bad alarm dimension")?;
-        self.cloudwatch
-            .put_metric_alarm()
-            .alarm_name(name)
-            .alarm_description(&p["description"])
-            .namespace(&p["namespace"])
-            .metric_name(&p["metric"])
-            .set_alarm_actions(match p.get("action") {
-                Some(policy) => Some(vec![ids.id_of(policy)?]),
-                None => None,
-            })
-            .dimensions(Dimension::builder().name(dimension).value(value).build())
-            .statistic(Statistic::from(p["statistic"].as_str()))
-            .period(p["period"].parse()?)
-            .evaluation_periods(p["evaluation_periods"].parse()?)
-            .comparison_operator(ComparisonOperator::from(p["comparison"].as_str()))
-            .threshold(p["threshold"].parse()?)
-            .tags(
-                aws_sdk_cloudwatch::types::Tag::builder()
-                    .key(STACK_TAG)
-                    .value(&self.stack)
-                    .build(),
-            )
-            .send()
-            .await?;
-        Ok(())
     }
 
     // -------------------------------------------------------------------------- apply
@@ -919,29 +705,17 @@ impl Aws {
             Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
                 self.put_compute(change.kind, name, None, p, ids).await
             }
-            Kind::Secret => self.create_secret(name, p).await,
+            Kind::Secret => crate::resources::secret::create(self, name, p).await,
             Kind::ElasticIp => self.create_address(name).await,
             Kind::NatGateway => {
                 self.create_nat_gateway(name, &id_of("subnet")?, &id_of("address")?)
                     .await
             }
             Kind::Alarm | Kind::Dashboard => {
-                self.put_monitoring(change.kind, name, p, ids).await?;
+                crate::resources::monitoring::put(self, change.kind, name, p, ids).await?;
                 Ok(name.to_owned())
             }
-            Kind::Queue => {
-                let mut create = self
-                    .sqs
-                    .create_queue()
-                    .queue_name(name)
-                    .tags(STACK_TAG, &self.stack)
-                    .tags("Name", name);
-                for (attribute, value) in self.queue_attributes(p).await? {
-                    create = create.attributes(attribute, value);
-                }
-                let created = create.send().await?;
-                Ok(created.queue_url().context("no queue url")?.to_owned())
-            }
+            Kind::Queue => crate::resources::queue::create(self, name, p).await,
         }
     }
 
@@ -1044,20 +818,13 @@ impl Aws {
                 .await
                 .map(drop),
             Kind::Alarm | Kind::Dashboard => {
-                self.put_monitoring(change.kind, &change.name, p, ids).await
+                crate::resources::monitoring::put(self, change.kind, &change.name, p, ids).await
             }
             Kind::Bucket => self.secure_bucket(id, p["tls_only"] == "true").await,
-            Kind::Secret => self.update_secret(id, p).await,
+            Kind::Secret => crate::resources::secret::update(self, id, p).await,
             // Every property of these is replace-only.
             Kind::ElasticIp | Kind::NatGateway => Ok(()),
-            Kind::Queue => {
-                let mut set = self.sqs.set_queue_attributes().queue_url(id);
-                for (attribute, value) in self.queue_attributes(p).await? {
-                    set = set.attributes(attribute, value);
-                }
-                set.send().await?;
-                Ok(())
-            }
+            Kind::Queue => crate::resources::queue::update(self, id, p).await,
         }
     }
 
@@ -1234,51 +1001,6 @@ impl Aws {
         Ok(())
     }
 
-    async fn queue_attributes(
-        &self,
-        p: &Props,
-    ) -> anyhow::Result<Vec<(QueueAttributeName, String)>> {
-        let mut out = Vec::new();
-        for (field, attribute) in [
-            ("visibility_timeout", QueueAttributeName::VisibilityTimeout),
-            (
-                "receive_wait",
-                QueueAttributeName::ReceiveMessageWaitTimeSeconds,
-            ),
-            (
-                "message_retention",
-                QueueAttributeName::MessageRetentionPeriod,
-            ),
-        ] {
-            if let Some(value) = p.get(field) {
-                out.push((attribute, value.clone()));
-            }
-        }
-        if let Some(dlq) = p.get("dead_letter") {
-            let url = self
-                .sqs
-                .get_queue_url()
-                .queue_name(dlq)
-                .send()
-                .await
-                .context("find the dead-letter queue")?;
-            let arn = self
-                .sqs
-                .get_queue_attributes()
-                .queue_url(url.queue_url().unwrap_or_default())
-                .attribute_names(QueueAttributeName::QueueArn)
-                .send()
-                .await?
-                .attributes()
-                .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-                .cloned()
-                .context("no queue arn")?;
-            let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": p.get("max_receives").cloned().unwrap_or_else(|| "5".into())});
-            out.push((QueueAttributeName::RedrivePolicy, policy.to_string()));
-        }
-        Ok(out)
-    }
-
     // ------------------------------------------------------------------------- delete
 
     /// Deletes one resource, retrying while AWS says something still depends on it.
@@ -1390,14 +1112,7 @@ impl Aws {
                 .await
                 .map(drop)
                 .map_err(DeleteError::from_sdk),
-            Kind::Queue => self
-                .sqs
-                .delete_queue()
-                .queue_url(id)
-                .send()
-                .await
-                .map(drop)
-                .map_err(DeleteError::from_sdk),
+            Kind::Queue => crate::resources::queue::delete(self, id).await,
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 self.delete_load_balancing(kind, id).await
             }
@@ -1405,25 +1120,12 @@ impl Aws {
             Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
                 self.delete_compute(kind, id, id).await
             }
-            Kind::Secret => self.delete_secret(id).await,
+            Kind::Secret => crate::resources::secret::delete(self, id).await,
             Kind::ElasticIp => self.release_address(id).await,
             Kind::NatGateway => self.delete_nat_gateway(id).await,
-            Kind::Alarm => self
-                .cloudwatch
-                .delete_alarms()
-                .alarm_names(id)
-                .send()
-                .await
-                .map(drop)
-                .map_err(DeleteError::from_sdk),
-            Kind::Dashboard => self
-                .cloudwatch
-                .delete_dashboards()
-                .dashboard_names(id)
-                .send()
-                .await
-                .map(drop)
-                .map_err(DeleteError::from_sdk),
+            Kind::Alarm | Kind::Dashboard => {
+                crate::resources::monitoring::delete(self, kind, id).await
+            }
             Kind::Bucket => self
                 .empty_and_delete_bucket(id)
                 .await
@@ -1521,7 +1223,7 @@ fn references(change: &Change) -> impl Iterator<Item = &str> {
         .filter(|token| !token.is_empty())
 }
 
-fn observed(kind: Kind, name: String, id: String, props: &[(&str, String)]) -> Observed {
+pub(crate) fn observed(kind: Kind, name: String, id: String, props: &[(&str, String)]) -> Observed {
     Observed {
         resource: Resource::new(kind, name, props),
         id,

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use provision::Stack;
+use provision::{Stack, StackOptions};
 
 fn xtask(args: &[&str], stack: &str, endpoint: &str, config: &Path) -> Output {
     let root = backends::testing::workspace_root();
@@ -61,7 +61,11 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
         .unwrap_or_else(|| panic!("no release in:\n{stdout}"))
         .to_owned();
 
-    let stack = Stack::open(super::config_for(&name), Some(&moto.endpoint))
+    let options = StackOptions {
+        endpoint: Some(moto.endpoint.clone()),
+        ..StackOptions::default()
+    };
+    let stack = Stack::open(super::config_for(&name), options)
         .await
         .unwrap();
     // The binaries and their checksums are in the bucket, under the release.

@@ -11,7 +11,16 @@ use aws_sdk_ec2::types::Filter;
 use provision::aws::STACK_TAG;
 use provision::config::Config;
 use provision::model::{Action, Kind};
-use provision::{Output, Stack, Sync};
+use provision::{Output, Stack, StackOptions, Sync};
+
+/// Options naming the stand-in release "r1", against `endpoint`.
+fn release_r1(endpoint: &str) -> StackOptions {
+    StackOptions {
+        endpoint: Some(endpoint.to_owned()),
+        release: Some("r1".into()),
+        ..StackOptions::default()
+    }
+}
 
 fn config_for(stack: &str) -> Config {
     let mut config = Config::load(None).unwrap();
@@ -93,10 +102,9 @@ async fn publish_stand_ins(stack: &Stack, release: &str) {
 async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() {
     let moto = backends::testing::moto();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut stack = Stack::open(config_for(&name), Some(&moto.endpoint))
+    let stack = Stack::open(config_for(&name), release_r1(&moto.endpoint))
         .await
         .unwrap();
-    stack.release = Some("r1".into());
 
     // An empty account: everything is to be created.
     let plan = stack.plan(Output::Text).await.unwrap();
@@ -664,10 +672,9 @@ async fn an_up_killed_halfway_converges_when_run_again() {
     let moto = backends::testing::moto();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let config = config_file();
-    let mut stack = Stack::open(config_for(&name), Some(&moto.endpoint))
+    let stack = Stack::open(config_for(&name), release_r1(&moto.endpoint))
         .await
         .unwrap();
-    stack.release = Some("r1".into());
     publish_stand_ins(&stack, "r1").await;
     #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
     let mut up = Command::new(env!("CARGO_BIN_EXE_provision"))
@@ -744,8 +751,9 @@ async fn private_mode_routes_the_instances_through_a_nat_gateway_and_down_remove
     let name = format!("p{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut config = config_for(&name);
     config.network.instances = provision::config::InstanceSubnets::Private;
-    let mut stack = Stack::open(config, Some(&moto.endpoint)).await.unwrap();
-    stack.release = Some("r1".into());
+    let stack = Stack::open(config, release_r1(&moto.endpoint))
+        .await
+        .unwrap();
     publish_stand_ins(&stack, "r1").await;
     stack.up(Output::Text).await.unwrap();
     assert_eq!(stack.status(Output::Text).await.unwrap(), Sync::InSync);

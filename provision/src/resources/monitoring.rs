@@ -1,0 +1,316 @@
+//! CloudWatch alarms (a backlog over 5, anything in the dead-letter queue) and the
+//! stack's dashboard.
+
+use anyhow::Context;
+
+use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, STACK_TAG};
+use crate::config::Config;
+use crate::model::{Kind, Observed, Props, Resource};
+use crate::names::{asg_name, dead_letter_queue_name, load_balancer_name, queue_name, Names};
+
+/// The seed's CloudWatch alarms (a backlog over 5, anything in the dead-letter queue) and
+/// one dashboard over SQS, the tiers' instances and the load balancer.
+pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
+    let queue = queue_name(&n.stack);
+    let dlq = dead_letter_queue_name(&n.stack);
+    let alarm = |metric_queue: &str, threshold: &str, description: &str| {
+        [
+            ("namespace", "AWS/SQS".to_owned()),
+            ("metric", "ApproximateNumberOfMessagesVisible".to_owned()),
+            ("dimension", format!("QueueName={metric_queue}")),
+            ("statistic", "Maximum".to_owned()),
+            ("period", "60".to_owned()),
+            ("evaluation_periods", "1".to_owned()),
+            ("comparison", "GreaterThanThreshold".to_owned()),
+            ("threshold", threshold.to_owned()),
+            ("description", description.to_owned()),
+        ]
+    };
+    vec![
+        Resource::new(
+            Kind::Alarm,
+            n.of("queue-backlog"),
+            &alarm(&queue, "5", "more than 5 videos waiting for a worker"),
+        ),
+        Resource::new(
+            Kind::Alarm,
+            n.of("dead-letters"),
+            &alarm(&dlq, "0", "a video job landed in the dead-letter queue"),
+        ),
+        Resource::new(
+            Kind::Dashboard,
+            n.of("overview"),
+            &[("body", dashboard_body(n, config))],
+        ),
+    ]
+}
+
+/// The dashboard's JSON, in a canonical form (sorted keys) so it compares as a string.
+fn dashboard_body(n: &Names, config: &Config) -> String {
+    let region = &config.stack.region;
+    let queue = queue_name(&n.stack);
+    let (web, worker, lb) = (
+        asg_name(&n.stack, "web"),
+        asg_name(&n.stack, "worker"),
+        load_balancer_name(&n.stack),
+    );
+    // The ALB's metric dimension is its ARN suffix ("app/<name>/<id>"), unknown until it
+    // exists; a SEARCH on the name keeps the desired state a pure function of config.
+    let alb_metric = |metric: &str, stat: &str, id: &str| {
+        serde_json::json!([{
+            "expression": format!("SEARCH('{{AWS/ApplicationELB,LoadBalancer}} MetricName=\"{metric}\" {lb}', '{stat}', 60)"),
+            "id": id,
+        }])
+    };
+    let widget = |title: &str, metrics: serde_json::Value, y: u32, x: u32| {
+        serde_json::json!({
+            "type": "metric", "x": x, "y": y, "width": 12, "height": 6,
+            "properties": {"title": title, "region": region, "stat": "Average", "period": 60, "metrics": metrics},
+        })
+    };
+    let body = serde_json::json!({"widgets": [
+        widget("SQS: videos waiting and oldest wait (s)", serde_json::json!([
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", queue],
+            ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", queue],
+        ]), 0, 0),
+        widget("Backlog per worker", serde_json::json!([
+            [{"expression": "m1 / m2", "label": "videos per worker", "id": "e1"}],
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", queue, {"id": "m1", "visible": false}],
+            ["AWS/AutoScaling", "GroupInServiceInstances", "AutoScalingGroupName", worker, {"id": "m2", "visible": false}],
+        ]), 0, 12),
+        widget("Instances in service", serde_json::json!([
+            ["AWS/AutoScaling", "GroupInServiceInstances", "AutoScalingGroupName", web],
+            ["AWS/AutoScaling", "GroupInServiceInstances", "AutoScalingGroupName", worker],
+        ]), 6, 0),
+        widget("CPU %", serde_json::json!([
+            ["AWS/EC2", "CPUUtilization", "AutoScalingGroupName", web],
+            ["AWS/EC2", "CPUUtilization", "AutoScalingGroupName", worker],
+        ]), 6, 12),
+        widget("Load balancer: requests, 5xx, latency, healthy hosts", serde_json::json!([
+            alb_metric("RequestCount", "Sum", "requests"),
+            alb_metric("HTTPCode_Target_5XX_Count", "Sum", "errors"),
+            alb_metric("TargetResponseTime", "Average", "latency"),
+            [{
+                "expression": format!("SEARCH('{{AWS/ApplicationELB,LoadBalancer,TargetGroup}} MetricName=\"HealthyHostCount\" {lb}', 'Minimum', 60)"),
+                "id": "healthy",
+            }],
+        ]), 12, 0),
+    ]});
+    body.to_string()
+}
+
+/// The stack's alarms and dashboard, found by name prefix (dashboards carry no tags).
+/// Alarms that target tracking creates are named `TargetTracking-…`, so they never match.
+pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
+    let prefix = format!("{}-", aws.stack);
+    let (alarms, dashboards) = tokio::try_join!(
+        Box::pin(async {
+            aws.cloudwatch
+                .describe_alarms()
+                .alarm_name_prefix(&prefix)
+                .send()
+                .await
+                .context("describe alarms")
+        }),
+        Box::pin(async {
+            aws.cloudwatch
+                .list_dashboards()
+                .dashboard_name_prefix(&prefix)
+                .send()
+                .await
+                .context("list dashboards")
+        }),
+    )?;
+    let mut out = Vec::new();
+    for alarm in alarms.metric_alarms() {
+        let dimension = alarm
+            .dimensions()
+            .first()
+            .map(|d| {
+                format!(
+                    "{}={}",
+                    d.name().unwrap_or_default(),
+                    d.value().unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        let name = alarm.alarm_name().unwrap_or_default().to_owned();
+        out.push(observed(
+            Kind::Alarm,
+            name.clone(),
+            name,
+            &[
+                ("namespace", alarm.namespace().unwrap_or_default().into()),
+                ("metric", alarm.metric_name().unwrap_or_default().into()),
+                ("dimension", dimension),
+                (
+                    "statistic",
+                    alarm
+                        .statistic()
+                        .map(|s| s.as_str().to_owned())
+                        .unwrap_or_default(),
+                ),
+                ("period", alarm.period().unwrap_or_default().to_string()),
+                (
+                    "evaluation_periods",
+                    alarm.evaluation_periods().unwrap_or_default().to_string(),
+                ),
+                (
+                    "comparison",
+                    alarm
+                        .comparison_operator()
+                        .map(|c| c.as_str().to_owned())
+                        .unwrap_or_default(),
+                ),
+                (
+                    "threshold",
+                    alarm.threshold().unwrap_or_default().to_string(),
+                ),
+                (
+                    "description",
+                    alarm.alarm_description().unwrap_or_default().into(),
+                ),
+            ],
+        ));
+        if let (Some(action), Some(last)) = (alarm.alarm_actions().first(), out.last_mut()) {
+            // An ARN for now; `observe` turns it into the policy's name.
+            last.resource.props.insert("action".into(), action.clone());
+        }
+    }
+    for entry in dashboards.dashboard_entries() {
+        let name = entry.dashboard_name().unwrap_or_default().to_owned();
+        let body = match aws
+            .cloudwatch
+            .get_dashboard()
+            .dashboard_name(&name)
+            .send()
+            .await
+        {
+            Ok(found) => found.dashboard_body().unwrap_or_default().to_owned(),
+            Err(e) if error_kind(&e) == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).context("get dashboard"),
+        };
+        // Canonical form (sorted keys, no spacing), as the desired body is written.
+        let body = serde_json::from_str::<serde_json::Value>(&body)
+            .map(|v| v.to_string())
+            .unwrap_or(body);
+        out.push(observed(
+            Kind::Dashboard,
+            name.clone(),
+            name,
+            &[("body", body)],
+        ));
+    }
+    Ok(out)
+}
+
+/// Creates or replaces an alarm or the dashboard (CloudWatch's calls do both).
+pub(crate) async fn put(
+    aws: &Aws,
+    kind: Kind,
+    name: &str,
+    p: &Props,
+    ids: &Ids,
+) -> anyhow::Result<()> {
+    use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
+    if kind == Kind::Dashboard {
+        aws.cloudwatch
+            .put_dashboard()
+            .dashboard_name(name)
+            .dashboard_body(&p["body"])
+            .send()
+            .await?;
+        return Ok(());
+    }
+    let (dimension, value) = p["dimension"]
+        .split_once('=')
+        .context("bad alarm dimension")?;
+    aws.cloudwatch
+        .put_metric_alarm()
+        .alarm_name(name)
+        .alarm_description(&p["description"])
+        .namespace(&p["namespace"])
+        .metric_name(&p["metric"])
+        .set_alarm_actions(match p.get("action") {
+            Some(policy) => Some(vec![ids.id_of(policy)?]),
+            None => None,
+        })
+        .dimensions(Dimension::builder().name(dimension).value(value).build())
+        .statistic(Statistic::from(p["statistic"].as_str()))
+        .period(p["period"].parse()?)
+        .evaluation_periods(p["evaluation_periods"].parse()?)
+        .comparison_operator(ComparisonOperator::from(p["comparison"].as_str()))
+        .threshold(p["threshold"].parse()?)
+        .tags(
+            aws_sdk_cloudwatch::types::Tag::builder()
+                .key(STACK_TAG)
+                .value(&aws.stack)
+                .build(),
+        )
+        .send()
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {
+    if kind == Kind::Dashboard {
+        return aws
+            .cloudwatch
+            .delete_dashboards()
+            .dashboard_names(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(DeleteError::from_sdk);
+    }
+    aws.cloudwatch
+        .delete_alarms()
+        .alarm_names(id)
+        .send()
+        .await
+        .map(drop)
+        .map_err(DeleteError::from_sdk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(all: &'a [Resource], name: &str) -> &'a Resource {
+        all.iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn alarms_watch_the_backlog_and_the_dead_letters() {
+        let n = Names {
+            stack: "anb".into(),
+        };
+        let all = desired(&n, &Config::load(None).unwrap());
+        let backlog = find(&all, "anb-queue-backlog");
+        assert_eq!(backlog.props["dimension"], "QueueName=anb-video-processing");
+        assert_eq!(
+            (
+                backlog.props["comparison"].as_str(),
+                backlog.props["threshold"].as_str()
+            ),
+            ("GreaterThanThreshold", "5")
+        );
+        assert_eq!(
+            find(&all, "anb-dead-letters").props["dimension"],
+            "QueueName=anb-video-processing-dlq"
+        );
+        let body = &find(&all, "anb-overview").props["body"];
+        for metric in [
+            "ApproximateAgeOfOldestMessage",
+            "GroupInServiceInstances",
+            "CPUUtilization",
+            "HTTPCode_Target_5XX_Count",
+            "HealthyHostCount",
+            "m1 / m2",
+        ] {
+            assert!(body.contains(metric), "dashboard lacks {metric}");
+        }
+    }
+}
