@@ -7,7 +7,7 @@ use crate::names::{
     asg_name, bucket_name, database_name, db_subnet_group_name, load_balancer_name, queue_name,
     target_group_name, token_secret_name, Names, Tier,
 };
-use crate::resources::{monitoring, queue, secret};
+use crate::resources::{bucket, monitoring, queue, secret};
 use crate::userdata;
 
 /// Security-group rules as one comparable string: sorted `proto:port from source`, where
@@ -156,15 +156,7 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
             ],
         ));
     }
-    out.push(Resource::new(
-        Kind::Bucket,
-        bucket_name(config, account_id),
-        &[
-            ("block_public_access", "true".into()),
-            ("encryption", "AES256".into()),
-            ("tls_only", over_tls.to_string()),
-        ],
-    ));
+    out.push(bucket::desired(bucket_name(config, account_id), over_tls));
     out.push(queue::desired_dead_letter_queue(&n));
     out.extend(monitoring::desired(&n, config));
     out.extend(load_balancing(

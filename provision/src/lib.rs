@@ -22,7 +22,7 @@ mod load_balancing;
 pub mod model;
 pub mod names;
 mod nat;
-mod resources;
+pub(crate) mod resources;
 pub mod userdata;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -225,7 +225,7 @@ impl Stack {
             .into_iter()
             .filter(|r| r.kind == model::Kind::Bucket)
             .collect();
-        let observed = self.aws.observe_bucket(&self.bucket()).await?;
+        let observed = resources::bucket::observe(&self.aws, &self.bucket()).await?;
         let bucket: Vec<Change> = model::diff(&desired, &observed)
             .into_iter()
             .filter(Change::is_change)

@@ -118,7 +118,7 @@ impl Aws {
         let (network, queues, bucket, mut monitoring, secrets) = tokio::try_join!(
             Box::pin(self.observe_network()),
             Box::pin(crate::resources::queue::observe(self)),
-            Box::pin(self.observe_bucket(bucket)),
+            Box::pin(crate::resources::bucket::observe(self, bucket)),
             Box::pin(crate::resources::monitoring::observe(self)),
             Box::pin(crate::resources::secret::observe(self)),
         )?;
@@ -426,67 +426,6 @@ impl Aws {
         Ok(value.and_then(|v| v.value()).unwrap_or(false))
     }
 
-    pub(crate) async fn observe_bucket(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
-        match self.s3.head_bucket().bucket(bucket).send().await {
-            Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
-                return Ok(Vec::new())
-            }
-            Err(e) => return Err(e).context("head bucket"),
-        }
-        let block = self
-            .s3
-            .get_public_access_block()
-            .bucket(bucket)
-            .send()
-            .await
-            .ok()
-            .and_then(|r| r.public_access_block_configuration().cloned());
-        let blocked = block.is_some_and(|b| {
-            b.block_public_acls() == Some(true)
-                && b.ignore_public_acls() == Some(true)
-                && b.block_public_policy() == Some(true)
-                && b.restrict_public_buckets() == Some(true)
-        });
-        let encryption = self
-            .s3
-            .get_bucket_encryption()
-            .bucket(bucket)
-            .send()
-            .await
-            .ok()
-            .and_then(|r| r.server_side_encryption_configuration().cloned())
-            .and_then(|c| {
-                c.rules()
-                    .first()
-                    .and_then(|r| r.apply_server_side_encryption_by_default())
-                    .map(|d| d.sse_algorithm().as_str().to_owned())
-            })
-            .unwrap_or_default();
-        let policy = self
-            .s3
-            .get_bucket_policy()
-            .bucket(bucket)
-            .send()
-            .await
-            .ok()
-            .and_then(|r| r.policy().map(str::to_owned))
-            .unwrap_or_default();
-        Ok(vec![observed(
-            Kind::Bucket,
-            bucket.to_owned(),
-            bucket.to_owned(),
-            &[
-                ("block_public_access", blocked.to_string()),
-                ("encryption", encryption),
-                (
-                    "tls_only",
-                    policy.contains("aws:SecureTransport").to_string(),
-                ),
-            ],
-        )])
-    }
-
     // -------------------------------------------------------------------------- apply
 
     /// Carries out `changes`, as many at once as their references allow (a resource waits
@@ -681,21 +620,7 @@ impl Aws {
                 self.authorize(&id, &rules, ids).await?;
                 Ok(id)
             }
-            Kind::Bucket => {
-                let mut create = self.s3.create_bucket().bucket(name);
-                if self.region != "us-east-1" {
-                    create = create.create_bucket_configuration(
-                        aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
-                                self.region.as_str(),
-                            ))
-                            .build(),
-                    );
-                }
-                create.send().await?;
-                self.secure_bucket(name, p["tls_only"] == "true").await?;
-                Ok(name.to_owned())
-            }
+            Kind::Bucket => crate::resources::bucket::create(self, name, p).await,
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 self.create_load_balancing(change.kind, name, p, ids).await
             }
@@ -820,7 +745,7 @@ impl Aws {
             Kind::Alarm | Kind::Dashboard => {
                 crate::resources::monitoring::put(self, change.kind, &change.name, p, ids).await
             }
-            Kind::Bucket => self.secure_bucket(id, p["tls_only"] == "true").await,
+            Kind::Bucket => crate::resources::bucket::update(self, id, p).await,
             Kind::Secret => crate::resources::secret::update(self, id, p).await,
             // Every property of these is replace-only.
             Kind::ElasticIp | Kind::NatGateway => Ok(()),
@@ -922,82 +847,6 @@ impl Aws {
                 Err(e) => return Err(e).with_context(|| format!("revoke {rule}")),
             }
         }
-        Ok(())
-    }
-
-    async fn secure_bucket(&self, bucket: &str, tls_only: bool) -> anyhow::Result<()> {
-        use aws_sdk_s3::types::{
-            PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
-            ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
-        };
-        self.s3
-            .put_public_access_block()
-            .bucket(bucket)
-            .public_access_block_configuration(
-                PublicAccessBlockConfiguration::builder()
-                    .block_public_acls(true)
-                    .ignore_public_acls(true)
-                    .block_public_policy(true)
-                    .restrict_public_buckets(true)
-                    .build(),
-            )
-            .send()
-            .await?;
-        let default = ServerSideEncryptionByDefault::builder()
-            .sse_algorithm(ServerSideEncryption::Aes256)
-            .build()?;
-        let rule = ServerSideEncryptionRule::builder()
-            .apply_server_side_encryption_by_default(default)
-            .build();
-        self.s3
-            .put_bucket_encryption()
-            .bucket(bucket)
-            .server_side_encryption_configuration(
-                ServerSideEncryptionConfiguration::builder()
-                    .rules(rule)
-                    .build()?,
-            )
-            .send()
-            .await?;
-        if !tls_only {
-            self.s3.delete_bucket_policy().bucket(bucket).send().await?;
-            return self.tag_bucket(bucket).await;
-        }
-        let policy = serde_json::json!({
-            "Version": "2012-10-17",
-            "Statement": [{
-                "Sid": "DenyInsecureTransport",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            }],
-        });
-        self.s3
-            .put_bucket_policy()
-            .bucket(bucket)
-            .policy(policy.to_string())
-            .send()
-            .await?;
-        self.tag_bucket(bucket).await
-    }
-
-    async fn tag_bucket(&self, bucket: &str) -> anyhow::Result<()> {
-        let tagging = aws_sdk_s3::types::Tagging::builder()
-            .tag_set(
-                aws_sdk_s3::types::Tag::builder()
-                    .key(STACK_TAG)
-                    .value(&self.stack)
-                    .build()?,
-            )
-            .build()?;
-        self.s3
-            .put_bucket_tagging()
-            .bucket(bucket)
-            .tagging(tagging)
-            .send()
-            .await?;
         Ok(())
     }
 
@@ -1126,47 +975,8 @@ impl Aws {
             Kind::Alarm | Kind::Dashboard => {
                 crate::resources::monitoring::delete(self, kind, id).await
             }
-            Kind::Bucket => self
-                .empty_and_delete_bucket(id)
-                .await
-                .map_err(DeleteError::Other),
+            Kind::Bucket => crate::resources::bucket::delete(self, id).await,
         }
-    }
-
-    /// Removes every object version and delete marker, then the bucket.
-    async fn empty_and_delete_bucket(&self, bucket: &str) -> anyhow::Result<()> {
-        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
-        loop {
-            let listed = self.s3.list_object_versions().bucket(bucket).send().await?;
-            let mut objects: Vec<ObjectIdentifier> = Vec::new();
-            for v in listed.versions() {
-                objects.push(
-                    ObjectIdentifier::builder()
-                        .key(v.key().unwrap_or_default())
-                        .set_version_id(v.version_id().map(str::to_owned))
-                        .build()?,
-                );
-            }
-            for m in listed.delete_markers() {
-                objects.push(
-                    ObjectIdentifier::builder()
-                        .key(m.key().unwrap_or_default())
-                        .set_version_id(m.version_id().map(str::to_owned))
-                        .build()?,
-                );
-            }
-            if objects.is_empty() {
-                break;
-            }
-            self.s3
-                .delete_objects()
-                .bucket(bucket)
-                .delete(Delete::builder().set_objects(Some(objects)).build()?)
-                .send()
-                .await?;
-        }
-        self.s3.delete_bucket().bucket(bucket).send().await?;
-        Ok(())
     }
 
     /// Removes every ingress rule of the stack's security groups that names another

@@ -2,9 +2,10 @@
 //! resources should be (`desired…`), what they are (`observe`), and `create`, `update`
 //! and `delete`. The engine in `aws` dispatches to them by `Kind`.
 //!
-//! Moved in so far: monitoring, queue, secret. The other families still live in `aws`,
+//! Moved in so far: bucket, monitoring, queue, secret. The other families still live in `aws`,
 //! `compute`, `database`, `load_balancing` and `nat`.
 
+pub(crate) mod bucket;
 pub(crate) mod monitoring;
 pub(crate) mod queue;
 pub(crate) mod secret;
