@@ -4,10 +4,10 @@
 use crate::config::{Config, InstanceSubnets};
 use crate::model::{Kind, Resource};
 use crate::names::{
-    asg_name, bucket_name, database_name, db_subnet_group_name, load_balancer_name, queue_name,
-    target_group_name, token_secret_name, Names, Tier,
+    asg_name, bucket_name, database_name, queue_name, target_group_name, token_secret_name, Names,
+    Tier,
 };
-use crate::resources::{bucket, monitoring, queue, secret};
+use crate::resources::{bucket, database, load_balancing, monitoring, queue, secret};
 use crate::userdata;
 
 /// Security-group rules as one comparable string: sorted `proto:port from source`, where
@@ -159,76 +159,15 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
     out.push(bucket::desired(bucket_name(config, account_id), over_tls));
     out.push(queue::desired_dead_letter_queue(&n));
     out.extend(monitoring::desired(&n, config));
-    out.extend(load_balancing(
+    out.extend(load_balancing::desired(
         &n,
         &vpc,
         &config.load_balancer.certificate_arn,
     ));
-    out.extend(database(&n, config));
+    out.extend(database::desired(&n, config));
     out.push(secret::desired(&n));
     out.extend(compute(&n, config, account_id, ami, release));
     out.push(queue::desired_queue(&n, config));
-    out
-}
-
-/// The ALB in the public subnets, forwarding HTTP to the web tier's target group, which
-/// checks `/api/health/live` every 30 s: liveness only, so a database failover does not
-/// make the web group replace every instance (`/api/health` stays for monitoring).
-fn load_balancing(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> {
-    let (lb, targets) = (load_balancer_name(&n.stack), target_group_name(&n.stack));
-    let mut out = vec![
-        Resource::new(
-            Kind::TargetGroup,
-            &targets,
-            &[
-                ("vpc", vpc.to_owned()),
-                ("protocol", "HTTP".into()),
-                ("port", "80".into()),
-                ("health_check_path", "/api/health/live".into()),
-                ("health_check_interval", "30".into()),
-            ],
-        ),
-        Resource::new(
-            Kind::LoadBalancer,
-            &lb,
-            &[
-                ("scheme", "internet-facing".into()),
-                (
-                    "subnets",
-                    format!("{},{}", n.of("public-a"), n.of("public-b")),
-                ),
-                ("security_groups", n.of("alb")),
-            ],
-        ),
-    ];
-    let http = |action: (&str, String)| {
-        Resource::new(
-            Kind::Listener,
-            n.of("http-80"),
-            &[
-                ("load_balancer", lb.clone()),
-                ("protocol", "HTTP".into()),
-                ("port", "80".into()),
-                action,
-            ],
-        )
-    };
-    if certificate.is_empty() {
-        out.push(http(("forward_to", targets)));
-    } else {
-        out.push(http(("redirect_to", "HTTPS:443".into())));
-        out.push(Resource::new(
-            Kind::Listener,
-            n.of("https-443"),
-            &[
-                ("load_balancer", lb.clone()),
-                ("protocol", "HTTPS".into()),
-                ("port", "443".into()),
-                ("certificate", certificate.to_owned()),
-                ("forward_to", targets),
-            ],
-        ));
-    }
     out
 }
 
@@ -365,39 +304,6 @@ fn compute(
         ));
     }
     out
-}
-
-/// RDS PostgreSQL in the private subnets, reachable only from the web and worker groups.
-fn database(n: &Names, config: &Config) -> Vec<Resource> {
-    let db = &config.database;
-    let subnets = db_subnet_group_name(&n.stack);
-    vec![
-        Resource::new(
-            Kind::DbSubnetGroup,
-            &subnets,
-            &[(
-                "subnets",
-                format!("{},{}", n.of("private-a"), n.of("private-b")),
-            )],
-        ),
-        Resource::new(
-            Kind::Database,
-            database_name(&n.stack),
-            &[
-                ("engine", "postgres".into()),
-                ("instance_class", db.instance_class.clone()),
-                ("allocated_storage", db.allocated_storage_gb.to_string()),
-                ("multi_az", db.multi_az.to_string()),
-                ("encrypted", "true".into()),
-                ("public", "false".into()),
-                ("subnet_group", subnets),
-                ("security_groups", n.of("db")),
-                ("managed_password", "true".into()),
-                ("database_name", db.database_name.clone()),
-                ("master_username", db.master_username.clone()),
-            ],
-        ),
-    ]
 }
 
 #[cfg(test)]

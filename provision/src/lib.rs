@@ -15,10 +15,8 @@
 pub mod aws;
 mod compute;
 pub mod config;
-mod database;
 pub mod deploy;
 pub mod desired;
-mod load_balancing;
 pub mod model;
 pub mod names;
 mod nat;

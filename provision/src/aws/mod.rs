@@ -127,8 +127,8 @@ impl Aws {
             .map(|o| (o.id.clone(), o.resource.name.clone()))
             .collect();
         let (load_balancing, database) = tokio::try_join!(
-            Box::pin(self.observe_load_balancing(&names)),
-            Box::pin(self.observe_database(&names)),
+            Box::pin(crate::resources::load_balancing::observe(self, &names)),
+            Box::pin(crate::resources::database::observe(self, &names)),
         )?;
         names.extend(
             load_balancing
@@ -622,10 +622,10 @@ impl Aws {
             }
             Kind::Bucket => crate::resources::bucket::create(self, name, p).await,
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
-                self.create_load_balancing(change.kind, name, p, ids).await
+                crate::resources::load_balancing::create(self, change.kind, name, p, ids).await
             }
             Kind::DbSubnetGroup | Kind::Database => {
-                self.create_database(change.kind, name, p, ids).await
+                crate::resources::database::create(self, change.kind, name, p, ids).await
             }
             Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
                 self.put_compute(change.kind, name, None, p, ids).await
@@ -733,10 +733,10 @@ impl Aws {
                 self.revoke(id, &extra, ids).await
             }
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
-                self.update_load_balancing(change.kind, id, p, ids).await
+                crate::resources::load_balancing::update(self, change.kind, id, p, ids).await
             }
             Kind::DbSubnetGroup | Kind::Database => {
-                self.update_database(change.kind, id, p, ids).await
+                crate::resources::database::update(self, change.kind, id, p, ids).await
             }
             Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => self
                 .put_compute(change.kind, &change.name, Some(id), p, ids)
@@ -963,9 +963,11 @@ impl Aws {
                 .map_err(DeleteError::from_sdk),
             Kind::Queue => crate::resources::queue::delete(self, id).await,
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
-                self.delete_load_balancing(kind, id).await
+                crate::resources::load_balancing::delete(self, kind, id).await
             }
-            Kind::DbSubnetGroup | Kind::Database => self.delete_database(kind, id).await,
+            Kind::DbSubnetGroup | Kind::Database => {
+                crate::resources::database::delete(self, kind, id).await
+            }
             Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
                 self.delete_compute(kind, id, id).await
             }

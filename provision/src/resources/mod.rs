@@ -2,10 +2,12 @@
 //! resources should be (`desired…`), what they are (`observe`), and `create`, `update`
 //! and `delete`. The engine in `aws` dispatches to them by `Kind`.
 //!
-//! Moved in so far: bucket, monitoring, queue, secret. The other families still live in `aws`,
-//! `compute`, `database`, `load_balancing` and `nat`.
+//! Moved in so far: bucket, database, load_balancing, monitoring, queue, secret. The other
+//! families still live in `aws` (network, security groups), `compute` and `nat`.
 
 pub(crate) mod bucket;
+pub(crate) mod database;
+pub(crate) mod load_balancing;
 pub(crate) mod monitoring;
 pub(crate) mod queue;
 pub(crate) mod secret;

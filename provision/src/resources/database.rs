@@ -1,0 +1,340 @@
+//! RDS: the DB subnet group and the PostgreSQL instance.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_rds::types::Tag;
+
+use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, Ids, NamesById, STACK_TAG};
+use crate::config::Config;
+use crate::model::{Kind, Observed, Props, Resource};
+use crate::names::{database_name, db_subnet_group_name, Names};
+
+/// How often a wait on RDS asks again.
+const POLL: Duration = Duration::from_secs(10);
+
+/// RDS PostgreSQL in the private subnets, reachable only from the web and worker groups.
+pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
+    let db = &config.database;
+    let subnets = db_subnet_group_name(&n.stack);
+    vec![
+        Resource::new(
+            Kind::DbSubnetGroup,
+            &subnets,
+            &[(
+                "subnets",
+                format!("{},{}", n.of("private-a"), n.of("private-b")),
+            )],
+        ),
+        Resource::new(
+            Kind::Database,
+            database_name(&n.stack),
+            &[
+                ("engine", "postgres".into()),
+                ("instance_class", db.instance_class.clone()),
+                ("allocated_storage", db.allocated_storage_gb.to_string()),
+                ("multi_az", db.multi_az.to_string()),
+                ("encrypted", "true".into()),
+                ("public", "false".into()),
+                ("subnet_group", subnets),
+                ("security_groups", n.of("db")),
+                ("managed_password", "true".into()),
+                ("database_name", db.database_name.clone()),
+                ("master_username", db.master_username.clone()),
+            ],
+        ),
+    ]
+}
+
+fn rds_tags(aws: &Aws, name: &str) -> [Tag; 2] {
+    [
+        Tag::builder().key(STACK_TAG).value(&aws.stack).build(),
+        Tag::builder().key("Name").value(name).build(),
+    ]
+}
+
+pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<Observed>> {
+    let mut out = Vec::new();
+    let group_name = db_subnet_group_name(&aws.stack);
+    match aws
+        .rds
+        .describe_db_subnet_groups()
+        .db_subnet_group_name(&group_name)
+        .send()
+        .await
+    {
+        Ok(found) => {
+            for g in found.db_subnet_groups() {
+                let mut subnets: Vec<String> = g
+                    .subnets()
+                    .iter()
+                    .filter_map(|s| s.subnet_identifier())
+                    .map(|id| names.name_of(id))
+                    .collect();
+                subnets.sort();
+                out.push(Observed {
+                    resource: Resource::new(
+                        Kind::DbSubnetGroup,
+                        g.db_subnet_group_name().unwrap_or_default(),
+                        &[("subnets", subnets.join(","))],
+                    ),
+                    id: g.db_subnet_group_name().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+        Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("describe DB subnet groups"),
+    }
+    // Every instance with the stack tag (RDS cannot filter by tag), so one the
+    // configuration no longer names shows up as an orphan.
+    let pages: Result<Vec<_>, _> = aws
+        .rds
+        .describe_db_instances()
+        .into_paginator()
+        .send()
+        .collect()
+        .await;
+    match pages {
+        Ok(pages) => {
+            let tagged = pages.iter().flat_map(|p| p.db_instances()).filter(|db| {
+                db.tag_list()
+                    .iter()
+                    .any(|t| aws.is_stack_tag(t.key(), t.value()))
+            });
+            for db in tagged {
+                if db.db_instance_status() == Some("deleting") {
+                    continue; // on its way out: `up` waits for nothing it will replace
+                }
+                let mut groups: Vec<String> = db
+                    .vpc_security_groups()
+                    .iter()
+                    .filter_map(|g| g.vpc_security_group_id())
+                    .map(|id| names.name_of(id))
+                    .collect();
+                groups.sort();
+                out.push(Observed {
+                    resource: Resource::new(
+                        Kind::Database,
+                        db.db_instance_identifier().unwrap_or_default(),
+                        &[
+                            ("engine", db.engine().unwrap_or_default().into()),
+                            (
+                                "instance_class",
+                                db.db_instance_class().unwrap_or_default().into(),
+                            ),
+                            (
+                                "allocated_storage",
+                                db.allocated_storage().unwrap_or_default().to_string(),
+                            ),
+                            ("multi_az", db.multi_az().unwrap_or(false).to_string()),
+                            (
+                                "encrypted",
+                                db.storage_encrypted().unwrap_or(false).to_string(),
+                            ),
+                            (
+                                "public",
+                                db.publicly_accessible().unwrap_or(false).to_string(),
+                            ),
+                            (
+                                "subnet_group",
+                                db.db_subnet_group()
+                                    .and_then(|g| g.db_subnet_group_name())
+                                    .unwrap_or_default()
+                                    .into(),
+                            ),
+                            ("security_groups", groups.join(",")),
+                            (
+                                "managed_password",
+                                db.master_user_secret().is_some().to_string(),
+                            ),
+                            ("database_name", db.db_name().unwrap_or_default().into()),
+                            (
+                                "master_username",
+                                db.master_username().unwrap_or_default().into(),
+                            ),
+                        ],
+                    ),
+                    id: db.db_instance_identifier().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+        Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("describe DB instances"),
+    }
+    Ok(out)
+}
+
+pub(crate) async fn create(
+    aws: &Aws,
+    kind: Kind,
+    name: &str,
+    p: &Props,
+    ids: &Ids,
+) -> anyhow::Result<String> {
+    let [stack_tag, name_tag] = rds_tags(aws, name);
+    match kind {
+        Kind::DbSubnetGroup => {
+            let mut create = aws
+                .rds
+                .create_db_subnet_group()
+                .db_subnet_group_name(name)
+                .db_subnet_group_description(format!("private subnets of stack {}", aws.stack))
+                .tags(stack_tag)
+                .tags(name_tag);
+            for subnet in p["subnets"].split(',') {
+                create = create.subnet_ids(ids.id_of(subnet)?);
+            }
+            create.send().await?;
+        }
+        Kind::Database => {
+            aws.rds
+                .create_db_instance()
+                .db_instance_identifier(name)
+                .engine(&p["engine"])
+                .db_instance_class(&p["instance_class"])
+                .allocated_storage(p["allocated_storage"].parse()?)
+                .multi_az(p["multi_az"] == "true")
+                .storage_encrypted(p["encrypted"] == "true")
+                .publicly_accessible(p["public"] == "true")
+                .db_subnet_group_name(&p["subnet_group"])
+                .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
+                .db_name(&p["database_name"])
+                .master_username(&p["master_username"])
+                // AWS generates the password and keeps it in Secrets Manager.
+                .manage_master_user_password(p["managed_password"] == "true")
+                .backup_retention_period(7)
+                .tags(stack_tag)
+                .tags(name_tag)
+                .send()
+                .await?;
+            wait_until_available(aws, name).await?;
+        }
+        other => anyhow::bail!("{other} is not a database resource"),
+    }
+    Ok(name.to_owned())
+}
+
+/// The launch templates wait for the database (they name it), so instances boot into
+/// a stack whose database answers instead of failing health checks for a quarter hour.
+async fn wait_until_available(aws: &Aws, name: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let found = aws
+            .rds
+            .describe_db_instances()
+            .db_instance_identifier(name)
+            .send()
+            .await
+            .context("describe DB instances")?;
+        let status = found
+            .db_instances()
+            .first()
+            .and_then(|db| db.db_instance_status())
+            .unwrap_or("unknown")
+            .to_owned();
+        if status == "available" {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !matches!(
+                status.as_str(),
+                "failed" | "incompatible-parameters" | "storage-full"
+            ),
+            "database {name} is {status}"
+        );
+        eprintln!(
+            "  waiting for RDS to create {name} (status {status}, {:.0} s so far; Multi-AZ takes 10–20 min)",
+            started.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(POLL * 3).await;
+    }
+}
+
+pub(crate) async fn update(
+    aws: &Aws,
+    kind: Kind,
+    id: &str,
+    p: &Props,
+    ids: &Ids,
+) -> anyhow::Result<()> {
+    match kind {
+        Kind::DbSubnetGroup => {
+            let subnets: Vec<String> = p["subnets"]
+                .split(',')
+                .map(|name| ids.id_of(name))
+                .collect::<anyhow::Result<_>>()?;
+            aws.rds
+                .modify_db_subnet_group()
+                .db_subnet_group_name(id)
+                .set_subnet_ids(Some(subnets))
+                .send()
+                .await?;
+        }
+        Kind::Database => {
+            aws.rds
+                .modify_db_instance()
+                .db_instance_identifier(id)
+                .db_instance_class(&p["instance_class"])
+                .allocated_storage(p["allocated_storage"].parse()?)
+                .multi_az(p["multi_az"] == "true")
+                .publicly_accessible(p["public"] == "true")
+                .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
+                .manage_master_user_password(p["managed_password"] == "true")
+                .apply_immediately(true)
+                .send()
+                .await?;
+        }
+        other => anyhow::bail!("{other} is not a database resource"),
+    }
+    Ok(())
+}
+
+/// Deletes the instance (with a final snapshot when asked) and waits until it is gone,
+/// saying what it waits for; then the subnet group can go.
+pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {
+    match kind {
+        Kind::DbSubnetGroup => aws
+            .rds
+            .delete_db_subnet_group()
+            .db_subnet_group_name(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(DeleteError::from_sdk),
+        Kind::Database => {
+            let mut delete = aws
+                .rds
+                .delete_db_instance()
+                .db_instance_identifier(id)
+                .delete_automated_backups(true);
+            delete = match aws.final_snapshot() {
+                Some(snapshot) => delete.final_db_snapshot_identifier(snapshot),
+                None => delete.skip_final_snapshot(true),
+            };
+            delete.send().await.map_err(DeleteError::from_sdk)?;
+            let started = Instant::now();
+            loop {
+                match aws
+                    .rds
+                    .describe_db_instances()
+                    .db_instance_identifier(id)
+                    .send()
+                    .await
+                {
+                    Err(e) if error_kind(&e) == ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(DeleteError::from_sdk(e)),
+                    Ok(_) => {
+                        eprintln!(
+                            "  waiting for RDS to delete {id} ({:.0} s so far)",
+                            started.elapsed().as_secs_f64()
+                        );
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+            }
+        }
+        other => Err(DeleteError::Other(anyhow::anyhow!(
+            "{other} is not a database resource"
+        ))),
+    }
+}

@@ -1,0 +1,475 @@
+//! The application load balancer, its target group and its HTTP listener.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use aws_sdk_elasticloadbalancingv2::types::{
+    Action as ListenerAction, ActionTypeEnum, LoadBalancerSchemeEnum, LoadBalancerTypeEnum,
+    ProtocolEnum, Tag, TargetTypeEnum,
+};
+
+use crate::aws::{Aws, Ids, NamesById, STACK_TAG};
+use crate::model::{Kind, Observed, Props, Resource};
+use crate::names::{load_balancer_name, target_group_name, Names};
+
+/// The ALB in the public subnets, forwarding HTTP to the web tier's target group, which
+/// checks `/api/health/live` every 30 s: liveness only, so a database failover does not
+/// make the web group replace every instance (`/api/health` stays for monitoring).
+pub(crate) fn desired(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> {
+    let (lb, targets) = (load_balancer_name(&n.stack), target_group_name(&n.stack));
+    let mut out = vec![
+        Resource::new(
+            Kind::TargetGroup,
+            &targets,
+            &[
+                ("vpc", vpc.to_owned()),
+                ("protocol", "HTTP".into()),
+                ("port", "80".into()),
+                ("health_check_path", "/api/health/live".into()),
+                ("health_check_interval", "30".into()),
+            ],
+        ),
+        Resource::new(
+            Kind::LoadBalancer,
+            &lb,
+            &[
+                ("scheme", "internet-facing".into()),
+                (
+                    "subnets",
+                    format!("{},{}", n.of("public-a"), n.of("public-b")),
+                ),
+                ("security_groups", n.of("alb")),
+            ],
+        ),
+    ];
+    let http = |action: (&str, String)| {
+        Resource::new(
+            Kind::Listener,
+            n.of("http-80"),
+            &[
+                ("load_balancer", lb.clone()),
+                ("protocol", "HTTP".into()),
+                ("port", "80".into()),
+                action,
+            ],
+        )
+    };
+    if certificate.is_empty() {
+        out.push(http(("forward_to", targets)));
+    } else {
+        out.push(http(("redirect_to", "HTTPS:443".into())));
+        out.push(Resource::new(
+            Kind::Listener,
+            n.of("https-443"),
+            &[
+                ("load_balancer", lb.clone()),
+                ("protocol", "HTTPS".into()),
+                ("port", "443".into()),
+                ("certificate", certificate.to_owned()),
+                ("forward_to", targets),
+            ],
+        ));
+    }
+    out
+}
+
+fn elb_tags(aws: &Aws, name: &str) -> [Tag; 2] {
+    [
+        Tag::builder().key(STACK_TAG).value(&aws.stack).build(),
+        Tag::builder().key("Name").value(name).build(),
+    ]
+}
+
+/// The ARNs among `arns` that carry the stack tag (20 per call, the API's limit).
+async fn with_stack_tag<'a>(
+    aws: &Aws,
+    arns: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<std::collections::HashSet<String>> {
+    let arns: Vec<&str> = arns.collect();
+    let mut tagged = std::collections::HashSet::new();
+    for chunk in arns.chunks(20) {
+        let described = aws
+            .elb
+            .describe_tags()
+            .set_resource_arns(Some(chunk.iter().map(|a| a.to_string()).collect()))
+            .send()
+            .await
+            .context("describe load-balancing tags")?;
+        for description in described.tag_descriptions() {
+            let ours = description
+                .tags()
+                .iter()
+                .any(|t| aws.is_stack_tag(t.key(), t.value()));
+            if ours {
+                tagged.extend(description.resource_arn().map(str::to_owned));
+            }
+        }
+    }
+    Ok(tagged)
+}
+
+/// The load balancer, target group and listener named after the stack. `names` maps
+/// the ids of already observed resources (subnets, groups, VPC) to their names.
+pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<Observed>> {
+    let mut out = Vec::new();
+    // Everything with the stack tag (these calls cannot filter by tag), so what the
+    // configuration no longer names shows up as an orphan.
+    let all_groups: Vec<_> = aws
+        .elb
+        .describe_target_groups()
+        .into_paginator()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .context("describe target groups")?
+        .iter()
+        .flat_map(|p| p.target_groups().to_vec())
+        .collect();
+    let tagged =
+        with_stack_tag(aws, all_groups.iter().filter_map(|g| g.target_group_arn())).await?;
+    let groups: Vec<_> = all_groups
+        .into_iter()
+        .filter(|g| tagged.contains(g.target_group_arn().unwrap_or_default()))
+        .collect();
+    let mut arn_names: HashMap<String, String> = HashMap::new();
+    for g in &groups {
+        let arn = g.target_group_arn().unwrap_or_default().to_owned();
+        arn_names.insert(
+            arn.clone(),
+            g.target_group_name().unwrap_or_default().to_owned(),
+        );
+        out.push(Observed {
+            resource: Resource::new(
+                Kind::TargetGroup,
+                g.target_group_name().unwrap_or_default(),
+                &[
+                    ("vpc", names.name_of(g.vpc_id().unwrap_or_default())),
+                    (
+                        "protocol",
+                        g.protocol()
+                            .map(|p| p.as_str().to_owned())
+                            .unwrap_or_default(),
+                    ),
+                    ("port", g.port().unwrap_or_default().to_string()),
+                    (
+                        "health_check_path",
+                        g.health_check_path().unwrap_or_default().to_owned(),
+                    ),
+                    (
+                        "health_check_interval",
+                        g.health_check_interval_seconds()
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
+                ],
+            ),
+            id: arn,
+        });
+    }
+    let balancer_name = load_balancer_name(&aws.stack);
+    let all_balancers: Vec<_> = aws
+        .elb
+        .describe_load_balancers()
+        .into_paginator()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .context("describe load balancers")?
+        .iter()
+        .flat_map(|p| p.load_balancers().to_vec())
+        .collect();
+    let tagged = with_stack_tag(
+        aws,
+        all_balancers.iter().filter_map(|lb| lb.load_balancer_arn()),
+    )
+    .await?;
+    let balancers: Vec<_> = all_balancers
+        .into_iter()
+        .filter(|lb| tagged.contains(lb.load_balancer_arn().unwrap_or_default()))
+        .collect();
+    for lb in &balancers {
+        let arn = lb.load_balancer_arn().unwrap_or_default().to_owned();
+        let mut subnets: Vec<String> = lb
+            .availability_zones()
+            .iter()
+            .filter_map(|z| z.subnet_id())
+            .map(|id| names.name_of(id))
+            .collect();
+        subnets.sort();
+        let mut groups: Vec<String> = lb
+            .security_groups()
+            .iter()
+            .map(|g| names.name_of(g))
+            .collect();
+        groups.sort();
+        out.push(Observed {
+            resource: Resource::new(
+                Kind::LoadBalancer,
+                lb.load_balancer_name().unwrap_or_default(),
+                &[
+                    (
+                        "scheme",
+                        lb.scheme()
+                            .map(|s| s.as_str().to_owned())
+                            .unwrap_or_default(),
+                    ),
+                    ("subnets", subnets.join(",")),
+                    ("security_groups", groups.join(",")),
+                ],
+            ),
+            id: arn.clone(),
+        });
+        if lb.load_balancer_name() != Some(&balancer_name) {
+            continue; // an orphan: its listeners go with it
+        }
+        let listeners = aws
+            .elb
+            .describe_listeners()
+            .load_balancer_arn(&arn)
+            .send()
+            .await
+            .context("describe listeners")?;
+        for l in listeners.listeners() {
+            let forward = l
+                .default_actions()
+                .iter()
+                .find_map(|a| a.target_group_arn())
+                .map(|a| arn_names.get(a).cloned().unwrap_or_else(|| a.to_owned()))
+                .unwrap_or_default();
+            let port = l.port().unwrap_or_default();
+            let mut props = vec![
+                ("load_balancer", balancer_name.clone()),
+                (
+                    "protocol",
+                    l.protocol()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default(),
+                ),
+                ("port", port.to_string()),
+            ];
+            let redirect = l.default_actions().iter().find_map(|a| a.redirect_config());
+            match redirect {
+                Some(r) => props.push((
+                    "redirect_to",
+                    format!(
+                        "{}:{}",
+                        r.protocol().unwrap_or_default(),
+                        r.port().unwrap_or_default()
+                    ),
+                )),
+                None => props.push(("forward_to", forward)),
+            }
+            if let Some(certificate) = l.certificates().first().and_then(|c| c.certificate_arn()) {
+                props.push(("certificate", certificate.to_owned()));
+            }
+            let name = match port {
+                443 => format!("{}-https-443", aws.stack),
+                _ => format!("{}-http-{port}", aws.stack),
+            };
+            out.push(Observed {
+                resource: Resource::new(Kind::Listener, name, &props),
+                id: l.listener_arn().unwrap_or_default().to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn create(
+    aws: &Aws,
+    kind: Kind,
+    name: &str,
+    p: &Props,
+    ids: &Ids,
+) -> anyhow::Result<String> {
+    match kind {
+        Kind::TargetGroup => {
+            let [stack_tag, name_tag] = elb_tags(aws, name);
+            let created = aws
+                .elb
+                .create_target_group()
+                .name(name)
+                .protocol(ProtocolEnum::from(p["protocol"].as_str()))
+                .port(p["port"].parse()?)
+                .vpc_id(ids.id_of(&p["vpc"])?)
+                .target_type(TargetTypeEnum::Instance)
+                .health_check_path(&p["health_check_path"])
+                .health_check_interval_seconds(p["health_check_interval"].parse()?)
+                .tags(stack_tag)
+                .tags(name_tag)
+                .send()
+                .await?;
+            created
+                .target_groups()
+                .first()
+                .and_then(|g| g.target_group_arn())
+                .map(str::to_owned)
+                .context("no target group arn")
+        }
+        Kind::LoadBalancer => {
+            let [stack_tag, name_tag] = elb_tags(aws, name);
+            let mut create = aws
+                .elb
+                .create_load_balancer()
+                .name(name)
+                .r#type(LoadBalancerTypeEnum::Application)
+                .scheme(LoadBalancerSchemeEnum::from(p["scheme"].as_str()))
+                .tags(stack_tag)
+                .tags(name_tag);
+            for subnet in p["subnets"].split(',') {
+                create = create.subnets(ids.id_of(subnet)?);
+            }
+            for group in p["security_groups"].split(',') {
+                create = create.security_groups(ids.id_of(group)?);
+            }
+            let created = create.send().await?;
+            created
+                .load_balancers()
+                .first()
+                .and_then(|l| l.load_balancer_arn())
+                .map(str::to_owned)
+                .context("no load balancer arn")
+        }
+        Kind::Listener => {
+            let created = aws
+                .elb
+                .create_listener()
+                .load_balancer_arn(ids.id_of(&p["load_balancer"])?)
+                .protocol(ProtocolEnum::from(p["protocol"].as_str()))
+                .port(p["port"].parse()?)
+                .default_actions(default_action(p, ids)?)
+                .set_certificates(certificates(p))
+                .send()
+                .await?;
+            created
+                .listeners()
+                .first()
+                .and_then(|l| l.listener_arn())
+                .map(str::to_owned)
+                .context("no listener arn")
+        }
+        other => anyhow::bail!("{other} is not a load-balancing resource"),
+    }
+}
+
+pub(crate) async fn update(
+    aws: &Aws,
+    kind: Kind,
+    id: &str,
+    p: &Props,
+    ids: &Ids,
+) -> anyhow::Result<()> {
+    match kind {
+        Kind::TargetGroup => {
+            aws.elb
+                .modify_target_group()
+                .target_group_arn(id)
+                .health_check_path(&p["health_check_path"])
+                .health_check_interval_seconds(p["health_check_interval"].parse()?)
+                .send()
+                .await?;
+        }
+        Kind::LoadBalancer => {
+            let subnets: Vec<String> = p["subnets"]
+                .split(',')
+                .map(|name| ids.id_of(name))
+                .collect::<anyhow::Result<_>>()?;
+            let groups: Vec<String> = p["security_groups"]
+                .split(',')
+                .map(|name| ids.id_of(name))
+                .collect::<anyhow::Result<_>>()?;
+            aws.elb
+                .set_subnets()
+                .load_balancer_arn(id)
+                .set_subnets(Some(subnets))
+                .send()
+                .await?;
+            aws.elb
+                .set_security_groups()
+                .load_balancer_arn(id)
+                .set_security_groups(Some(groups))
+                .send()
+                .await?;
+        }
+        Kind::Listener => {
+            aws.elb
+                .modify_listener()
+                .listener_arn(id)
+                .default_actions(default_action(p, ids)?)
+                .set_certificates(certificates(p))
+                .send()
+                .await?;
+        }
+        other => anyhow::bail!("{other} is not a load-balancing resource"),
+    }
+    Ok(())
+}
+
+pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), crate::aws::DeleteError> {
+    use crate::aws::DeleteError;
+    match kind {
+        Kind::Listener => aws
+            .elb
+            .delete_listener()
+            .listener_arn(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(DeleteError::from_sdk),
+        Kind::LoadBalancer => aws
+            .elb
+            .delete_load_balancer()
+            .load_balancer_arn(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(DeleteError::from_sdk),
+        Kind::TargetGroup => aws
+            .elb
+            .delete_target_group()
+            .target_group_arn(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(DeleteError::from_sdk),
+        other => Err(DeleteError::Other(anyhow::anyhow!(
+            "{other} is not a load-balancing resource"
+        ))),
+    }
+}
+
+/// Forward to the target group, or redirect ("HTTPS:443") when HTTPS is configured.
+fn default_action(p: &Props, ids: &Ids) -> anyhow::Result<ListenerAction> {
+    if let Some(redirect) = p.get("redirect_to") {
+        let (protocol, port) = redirect.split_once(':').context("bad redirect")?;
+        let config = aws_sdk_elasticloadbalancingv2::types::RedirectActionConfig::builder()
+            .protocol(protocol)
+            .port(port)
+            .status_code(
+                aws_sdk_elasticloadbalancingv2::types::RedirectActionStatusCodeEnum::Http301,
+            )
+            .build();
+        return Ok(ListenerAction::builder()
+            .r#type(ActionTypeEnum::Redirect)
+            .redirect_config(config)
+            .build());
+    }
+    Ok(forward(&ids.id_of(&p["forward_to"])?))
+}
+
+fn certificates(p: &Props) -> Option<Vec<aws_sdk_elasticloadbalancingv2::types::Certificate>> {
+    p.get("certificate").map(|arn| {
+        vec![
+            aws_sdk_elasticloadbalancingv2::types::Certificate::builder()
+                .certificate_arn(arn)
+                .build(),
+        ]
+    })
+}
+
+fn forward(target_group_arn: &str) -> ListenerAction {
+    ListenerAction::builder()
+        .r#type(ActionTypeEnum::Forward)
+        .target_group_arn(target_group_arn)
+        .build()
+}
