@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 use sha2::{Digest, Sha256};
 
 use crate::aws::{error_kind, Aws, ErrorKind};
@@ -216,6 +217,115 @@ impl Aws {
     }
 }
 
+impl Aws {
+    /// Starts an instance refresh on each group whose instances run an older version of
+    /// its launch template than the latest (a new release or settings), replacing them a
+    /// few at a time: new instances first, old ones once the new are healthy. Asks AWS
+    /// what runs, so an interrupted `up` still rolls; `changed` names the templates this
+    /// run updated, whose groups are rolled even when AWS reports no version numbers.
+    /// A refresh that cannot start is reported, not fatal: the stack itself converged.
+    pub async fn roll_outdated_instances(&self, changed: &[String]) -> anyhow::Result<()> {
+        for tier in ["web", "worker"] {
+            let group = crate::names::asg_name(&self.stack, tier);
+            let found = self
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .auto_scaling_group_names(&group)
+                .send()
+                .await
+                .context("describe auto-scaling groups")?;
+            let Some(asg) = found.auto_scaling_groups().first() else {
+                continue;
+            };
+            let Some(template) = asg.launch_template().and_then(|t| t.launch_template_name())
+            else {
+                continue;
+            };
+            let templates = self
+                .ec2
+                .describe_launch_templates()
+                .launch_template_names(template)
+                .send()
+                .await
+                .context("describe launch templates")?;
+            let Some(latest) = templates
+                .launch_templates()
+                .first()
+                .and_then(|t| t.latest_version_number())
+            else {
+                continue;
+            };
+            let versions: Vec<Option<&str>> = asg
+                .instances()
+                .iter()
+                .map(|i| i.launch_template().and_then(|t| t.version()))
+                .collect();
+            let outdated = if changed.iter().any(|t| t == template) {
+                versions.len()
+            } else {
+                outdated_instances(&versions, latest)
+            };
+            if outdated == 0 {
+                continue;
+            }
+            let refreshes = self
+                .autoscaling
+                .describe_instance_refreshes()
+                .auto_scaling_group_name(&group)
+                .send()
+                .await;
+            let running = match refreshes {
+                Ok(refreshes) => refreshes.instance_refreshes().iter().any(|r| {
+                    matches!(
+                        r.status().map(|s| s.as_str()),
+                        Some("Pending" | "InProgress")
+                    )
+                }),
+                // Not knowing is no reason to stop: starting one says why it cannot.
+                Err(_) => false,
+            };
+            if running {
+                eprintln!("  {group}: {outdated} instance(s) on an older template; a refresh is already rolling them");
+                continue;
+            }
+            let started = self
+                .autoscaling
+                .start_instance_refresh()
+                .auto_scaling_group_name(&group)
+                .preferences(
+                    aws_sdk_autoscaling::types::RefreshPreferences::builder()
+                        .min_healthy_percentage(100)
+                        .max_healthy_percentage(200)
+                        .instance_warmup(120)
+                        .skip_matching(true)
+                        .build(),
+                )
+                .send()
+                .await;
+            match started {
+                Ok(_) => eprintln!("  {group}: replacing {outdated} instance(s) with template version {latest}, new ones first (instance refresh)"),
+                Err(e) => eprintln!(
+                    "  {group}: could not start an instance refresh ({}); its {outdated} instance(s) keep the old template until replaced: run `provision up` again",
+                    e.message().or(e.code()).unwrap_or("no reason given")
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Instances launched from a numbered template version older than `latest`. Versions
+/// that are not numbers (an emulator reporting "$Latest") cannot be compared: left alone.
+fn outdated_instances(versions: &[Option<&str>], latest: i64) -> usize {
+    versions
+        .iter()
+        .filter(|v| {
+            v.and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < latest)
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +346,14 @@ mod tests {
             "two spaces: what `sha256sum --check` reads"
         );
         assert_eq!(artifact_key("r1", "api"), "artifacts/r1/api");
+    }
+
+    #[test]
+    fn only_instances_on_older_numbered_versions_are_rolled() {
+        assert_eq!(
+            outdated_instances(&[Some("1"), Some("2"), Some("3"), None, Some("$Latest")], 3),
+            2
+        );
+        assert_eq!(outdated_instances(&[Some("3")], 3), 0);
     }
 }

@@ -3,12 +3,8 @@
 
 use crate::config::{Config, InstanceSubnets};
 use crate::model::{Kind, Resource};
-use crate::names::{
-    asg_name, bucket_name, database_name, queue_name, target_group_name, token_secret_name, Names,
-    Tier,
-};
-use crate::resources::{bucket, database, load_balancing, monitoring, queue, secret};
-use crate::userdata;
+use crate::names::{bucket_name, Names};
+use crate::resources::{bucket, compute, database, load_balancing, monitoring, queue, secret};
 
 /// Security-group rules as one comparable string: sorted `proto:port from source`, where
 /// the source is a CIDR or another group's logical name.
@@ -19,16 +15,6 @@ pub fn rules(rules: &[(u16, &str)]) -> String {
         .collect();
     rules.sort();
     rules.join(";")
-}
-
-/// The worker's target-tracking metric, as the policy's `metrics` property: `id=` metric
-/// (namespace:name:dimension=value:stat) or expression, `;`-separated, the expression last.
-pub fn backlog_metrics(queue: &str, worker_group: &str) -> String {
-    format!(
-        "m1=AWS/SQS:ApproximateNumberOfMessagesVisible:QueueName={queue}:Sum;\
-         m2=AWS/AutoScaling:GroupInServiceInstances:AutoScalingGroupName={worker_group}:Average;\
-         e1=m1 / m2"
-    )
 }
 
 /// What the desired state depends on besides the configuration.
@@ -166,143 +152,8 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
     ));
     out.extend(database::desired(&n, config));
     out.push(secret::desired(&n));
-    out.extend(compute(&n, config, account_id, ami, release));
+    out.extend(compute::desired(&n, config, account_id, ami, release));
     out.push(queue::desired_queue(&n, config));
-    out
-}
-
-/// Launch templates, the two auto-scaling groups, and their scaling: target tracking on
-/// the backlog per worker, and the seed's CPU steps for the web tier.
-fn compute(
-    n: &Names,
-    config: &Config,
-    account_id: &str,
-    ami: &str,
-    release: &str,
-) -> Vec<Resource> {
-    let subnets = match config.network.instances {
-        InstanceSubnets::Public => format!("{},{}", n.of("public-a"), n.of("public-b")),
-        InstanceSubnets::Private => format!("{},{}", n.of("private-a"), n.of("private-b")),
-    };
-    let mut out = Vec::new();
-    for (user_data_tier, instance_type, min, max) in [
-        (
-            Tier::Web,
-            &config.web.instance_type,
-            config.web.min_size,
-            config.web.max_size,
-        ),
-        (
-            Tier::Worker,
-            &config.worker.instance_type,
-            config.worker.min_size,
-            config.worker.max_size,
-        ),
-    ] {
-        let tier = user_data_tier.name();
-        let template = n.of(&format!("{tier}-template"));
-        let user_data = userdata::render(user_data_tier, config, account_id, release);
-        out.push(Resource::new(
-            Kind::LaunchTemplate,
-            &template,
-            &[
-                ("image", ami.to_owned()),
-                ("instance_type", instance_type.clone()),
-                (
-                    "instance_profile",
-                    config.instances.instance_profile.clone(),
-                ),
-                ("security_group", n.of(tier)),
-                ("imds_tokens", "required".into()),
-                // Read back from the user data's header; named here so that a plan says
-                // which release changes, and so the template waits for what it names.
-                ("release", release.to_owned()),
-                ("database", database_name(&n.stack)),
-                ("queue", queue_name(&n.stack)),
-                ("token_secret", token_secret_name(&n.stack)),
-                ("user_data", user_data),
-            ],
-        ));
-        let web = tier == "web";
-        out.push(Resource::new(
-            Kind::AutoScalingGroup,
-            asg_name(&n.stack, tier),
-            &[
-                ("launch_template", template),
-                ("min_size", min.to_string()),
-                ("max_size", max.to_string()),
-                ("subnets", subnets.clone()),
-                ("health_check", if web { "ELB" } else { "EC2" }.into()),
-                (
-                    "target_groups",
-                    if web {
-                        target_group_name(&n.stack)
-                    } else {
-                        String::new()
-                    },
-                ),
-                ("metrics_collection", "true".into()),
-            ],
-        ));
-    }
-    let (web, worker) = (asg_name(&n.stack, "web"), asg_name(&n.stack, "worker"));
-    out.push(Resource::new(
-        Kind::ScalingPolicy,
-        n.of("worker-backlog"),
-        &[
-            ("group", worker.clone()),
-            ("policy_type", "TargetTrackingScaling".into()),
-            ("target", config.worker.backlog_per_instance.to_string()),
-            ("metrics", backlog_metrics(&queue_name(&n.stack), &worker)),
-        ],
-    ));
-    for (name, adjustment, cooldown) in
-        [("web-scale-out", "1", "300"), ("web-scale-in", "-1", "600")]
-    {
-        out.push(Resource::new(
-            Kind::ScalingPolicy,
-            n.of(name),
-            &[
-                ("group", web.clone()),
-                ("policy_type", "SimpleScaling".into()),
-                ("adjustment", adjustment.into()),
-                ("cooldown", cooldown.into()),
-            ],
-        ));
-    }
-    for (name, periods, comparison, threshold, action) in [
-        (
-            "web-cpu-high",
-            "2",
-            "GreaterThanThreshold",
-            config.web.scale_out_cpu_percent,
-            "web-scale-out",
-        ),
-        (
-            "web-cpu-low",
-            "5",
-            "LessThanThreshold",
-            config.web.scale_in_cpu_percent,
-            "web-scale-in",
-        ),
-    ] {
-        out.push(Resource::new(
-            Kind::Alarm,
-            n.of(name),
-            &[
-                ("namespace", "AWS/EC2".into()),
-                ("metric", "CPUUtilization".into()),
-                ("dimension", format!("AutoScalingGroupName={web}")),
-                ("statistic", "Average".into()),
-                ("period", "60".into()),
-                ("evaluation_periods", periods.into()),
-                ("comparison", comparison.into()),
-                ("threshold", threshold.to_string()),
-                ("description", format!("web tier CPU: {action}")),
-                ("action", n.of(action)),
-            ],
-        ));
-    }
     out
 }
 

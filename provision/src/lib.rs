@@ -13,7 +13,6 @@
 //! auto-scaling groups with their scaling policies.
 
 pub mod aws;
-mod compute;
 pub mod config;
 pub mod deploy;
 pub mod desired;
@@ -89,7 +88,7 @@ impl Stack {
         .await;
         let account_id = aws.account_id().await?;
         let ami = match config.instances.ami.as_str() {
-            "" => aws.latest_debian_ami().await?,
+            "" => resources::compute::latest_debian_ami(&aws).await?,
             ami => ami.to_owned(),
         };
         Ok(Self {

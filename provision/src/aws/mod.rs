@@ -135,7 +135,7 @@ impl Aws {
                 .iter()
                 .map(|o| (o.id.clone(), o.resource.name.clone())),
         );
-        let compute = Box::pin(self.observe_compute(&names)).await?;
+        let compute = Box::pin(crate::resources::compute::observe(self, &names)).await?;
         // Alarm actions are policy ARNs; compare them by the policies' names.
         let policies: HashMap<&str, &str> = compute
             .iter()
@@ -628,7 +628,7 @@ impl Aws {
                 crate::resources::database::create(self, change.kind, name, p, ids).await
             }
             Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
-                self.put_compute(change.kind, name, None, p, ids).await
+                crate::resources::compute::put(self, change.kind, name, None, p, ids).await
             }
             Kind::Secret => crate::resources::secret::create(self, name, p).await,
             Kind::ElasticIp => self.create_address(name).await,
@@ -738,10 +738,11 @@ impl Aws {
             Kind::DbSubnetGroup | Kind::Database => {
                 crate::resources::database::update(self, change.kind, id, p, ids).await
             }
-            Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => self
-                .put_compute(change.kind, &change.name, Some(id), p, ids)
-                .await
-                .map(drop),
+            Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
+                crate::resources::compute::put(self, change.kind, &change.name, Some(id), p, ids)
+                    .await
+                    .map(drop)
+            }
             Kind::Alarm | Kind::Dashboard => {
                 crate::resources::monitoring::put(self, change.kind, &change.name, p, ids).await
             }
@@ -969,7 +970,7 @@ impl Aws {
                 crate::resources::database::delete(self, kind, id).await
             }
             Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
-                self.delete_compute(kind, id, id).await
+                crate::resources::compute::delete(self, kind, id, id).await
             }
             Kind::Secret => crate::resources::secret::delete(self, id).await,
             Kind::ElasticIp => self.release_address(id).await,

@@ -2,10 +2,11 @@
 //! resources should be (`desired…`), what they are (`observe`), and `create`, `update`
 //! and `delete`. The engine in `aws` dispatches to them by `Kind`.
 //!
-//! Moved in so far: bucket, database, load_balancing, monitoring, queue, secret. The other
-//! families still live in `aws` (network, security groups), `compute` and `nat`.
+//! Moved in so far: bucket, compute, database, load_balancing, monitoring, queue, secret.
+//! The network and security-group families still live in `aws` and `nat`.
 
 pub(crate) mod bucket;
+pub(crate) mod compute;
 pub(crate) mod database;
 pub(crate) mod load_balancing;
 pub(crate) mod monitoring;
