@@ -18,7 +18,6 @@ pub mod deploy;
 pub mod desired;
 pub mod model;
 pub mod names;
-mod nat;
 pub(crate) mod resources;
 pub mod userdata;
 
@@ -292,7 +291,7 @@ impl Stack {
             );
             return Ok(Vec::new());
         }
-        if let Err(e) = self.aws.revoke_cross_references().await {
+        if let Err(e) = resources::network::revoke_cross_references(&self.aws).await {
             eprintln!("  could not revoke security-group cross-references: {e:#}");
         }
         // Dependents first (see `Kind::teardown_rank`); within a level, everything at once,

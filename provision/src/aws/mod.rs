@@ -6,12 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use aws_sdk_ec2::types::{
-    AttributeBooleanValue, Filter, IpPermission, IpRange, ResourceType, Tag, TagSpecification,
-    UserIdGroupPair,
-};
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
-use crate::model::{Action, Change, Kind, Observed, Props, Resource};
+use crate::model::{Action, Change, Kind, Observed, Resource};
 
 mod error;
 mod ids;
@@ -94,7 +91,7 @@ impl Aws {
         key == Some(STACK_TAG) && value == Some(self.stack.as_str())
     }
 
-    fn stack_filter(&self) -> Filter {
+    pub(crate) fn stack_filter(&self) -> Filter {
         Filter::builder()
             .name(format!("tag:{STACK_TAG}"))
             .values(&self.stack)
@@ -116,7 +113,7 @@ impl Aws {
         // Boxed: the SDK's futures are large, and four of them side by side overflow a
         // test thread's stack in debug builds.
         let (network, queues, bucket, mut monitoring, secrets) = tokio::try_join!(
-            Box::pin(self.observe_network()),
+            Box::pin(crate::resources::network::observe(self)),
             Box::pin(crate::resources::queue::observe(self)),
             Box::pin(crate::resources::bucket::observe(self, bucket)),
             Box::pin(crate::resources::monitoring::observe(self)),
@@ -159,271 +156,6 @@ impl Aws {
             .chain(compute)
             .chain(secrets)
             .collect())
-    }
-
-    async fn observe_network(&self) -> anyhow::Result<Vec<Observed>> {
-        let filter = self.stack_filter();
-        let (vpcs, subnets, gateways, tables, groups, nats, addresses) = tokio::try_join!(
-            Box::pin(async {
-                self.ec2
-                    .describe_vpcs()
-                    .filters(filter.clone())
-                    .send()
-                    .await
-                    .context("describe VPCs")
-            }),
-            Box::pin(async {
-                self.ec2
-                    .describe_subnets()
-                    .filters(filter.clone())
-                    .send()
-                    .await
-                    .context("describe subnets")
-            }),
-            Box::pin(async {
-                self.ec2
-                    .describe_internet_gateways()
-                    .filters(filter.clone())
-                    .send()
-                    .await
-                    .context("describe internet gateways")
-            }),
-            Box::pin(async {
-                self.ec2
-                    .describe_route_tables()
-                    .filters(filter.clone())
-                    .send()
-                    .await
-                    .context("describe route tables")
-            }),
-            Box::pin(async {
-                self.ec2
-                    .describe_security_groups()
-                    .filters(filter.clone())
-                    .send()
-                    .await
-                    .context("describe security groups")
-            }),
-            Box::pin(async {
-                self.ec2
-                    .describe_nat_gateways()
-                    .filter(filter.clone())
-                    .send()
-                    .await
-                    .context("describe NAT gateways")
-            }),
-            Box::pin(async {
-                self.ec2
-                    .describe_addresses()
-                    .filters(filter.clone())
-                    .send()
-                    .await
-                    .context("describe Elastic IPs")
-            }),
-        )?;
-        // A NAT gateway stays listed for a while after it is deleted. The tag is checked
-        // here too: some emulators ignore the tag filter of this call.
-        let nats: Vec<&aws_sdk_ec2::types::NatGateway> = nats
-            .nat_gateways()
-            .iter()
-            .filter(|g| {
-                !matches!(
-                    g.state().map(|s| s.as_str()),
-                    Some("deleted" | "deleting" | "failed")
-                ) && g
-                    .tags()
-                    .iter()
-                    .any(|t| self.is_stack_tag(t.key(), t.value()))
-            })
-            .collect();
-        // Ids → logical names, so references compare with the desired state.
-        let mut names = NamesById::default();
-        let name_of = |tags: &[Tag]| {
-            tags.iter()
-                .find(|t| t.key() == Some("Name"))
-                .and_then(|t| t.value())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        for v in vpcs.vpcs() {
-            names.insert(v.vpc_id().unwrap_or_default().into(), name_of(v.tags()));
-        }
-        for s in subnets.subnets() {
-            names.insert(s.subnet_id().unwrap_or_default().into(), name_of(s.tags()));
-        }
-        for g in gateways.internet_gateways() {
-            names.insert(
-                g.internet_gateway_id().unwrap_or_default().into(),
-                name_of(g.tags()),
-            );
-        }
-        for g in groups.security_groups() {
-            names.insert(g.group_id().unwrap_or_default().into(), name_of(g.tags()));
-        }
-        for g in &nats {
-            names.insert(
-                g.nat_gateway_id().unwrap_or_default().into(),
-                name_of(g.tags()),
-            );
-        }
-        for a in addresses.addresses() {
-            names.insert(
-                a.allocation_id().unwrap_or_default().into(),
-                name_of(a.tags()),
-            );
-        }
-        let named = |id: Option<&str>| id.map(|id| names.name_of(id)).unwrap_or_default();
-        let mut out = Vec::new();
-        for v in vpcs.vpcs() {
-            let id = v.vpc_id().unwrap_or_default().to_owned();
-            let (hostnames, support) = tokio::try_join!(
-                self.vpc_attribute(
-                    &id,
-                    aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames
-                ),
-                self.vpc_attribute(&id, aws_sdk_ec2::types::VpcAttributeName::EnableDnsSupport),
-            )?;
-            out.push(observed(
-                Kind::Vpc,
-                name_of(v.tags()),
-                id,
-                &[
-                    ("cidr", v.cidr_block().unwrap_or_default().into()),
-                    ("dns_hostnames", hostnames.to_string()),
-                    ("dns_support", support.to_string()),
-                ],
-            ));
-        }
-        for s in subnets.subnets() {
-            out.push(observed(
-                Kind::Subnet,
-                name_of(s.tags()),
-                s.subnet_id().unwrap_or_default().into(),
-                &[
-                    ("cidr", s.cidr_block().unwrap_or_default().into()),
-                    ("zone", s.availability_zone().unwrap_or_default().into()),
-                    ("vpc", named(s.vpc_id())),
-                    (
-                        "public_ip_on_launch",
-                        s.map_public_ip_on_launch().unwrap_or(false).to_string(),
-                    ),
-                ],
-            ));
-        }
-        for g in gateways.internet_gateways() {
-            let vpc = g.attachments().first().and_then(|a| a.vpc_id());
-            out.push(observed(
-                Kind::InternetGateway,
-                name_of(g.tags()),
-                g.internet_gateway_id().unwrap_or_default().into(),
-                &[("vpc", named(vpc))],
-            ));
-        }
-        for a in addresses.addresses() {
-            out.push(observed(
-                Kind::ElasticIp,
-                name_of(a.tags()),
-                a.allocation_id().unwrap_or_default().into(),
-                &[(
-                    "domain",
-                    a.domain()
-                        .map(|d| d.as_str().to_owned())
-                        .unwrap_or_default(),
-                )],
-            ));
-        }
-        for g in &nats {
-            out.push(observed(
-                Kind::NatGateway,
-                name_of(g.tags()),
-                g.nat_gateway_id().unwrap_or_default().into(),
-                &[
-                    ("subnet", named(g.subnet_id())),
-                    (
-                        "address",
-                        named(
-                            g.nat_gateway_addresses()
-                                .first()
-                                .and_then(|a| a.allocation_id()),
-                        ),
-                    ),
-                ],
-            ));
-        }
-        for t in tables.route_tables() {
-            let default_route = t
-                .routes()
-                .iter()
-                .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
-                .and_then(|r| r.gateway_id().or(r.nat_gateway_id()));
-            let mut subnets: Vec<String> = t
-                .associations()
-                .iter()
-                .filter_map(|a| a.subnet_id())
-                .map(|id| named(Some(id)))
-                .collect();
-            subnets.sort();
-            out.push(observed(
-                Kind::RouteTable,
-                name_of(t.tags()),
-                t.route_table_id().unwrap_or_default().into(),
-                &[
-                    ("vpc", named(t.vpc_id())),
-                    ("default_route", named(default_route)),
-                    ("subnets", subnets.join(",")),
-                ],
-            ));
-        }
-        for g in groups.security_groups() {
-            let mut rules = Vec::new();
-            for p in g.ip_permissions() {
-                let port = p.from_port().unwrap_or(-1);
-                let proto = p.ip_protocol().unwrap_or_default();
-                for range in p.ip_ranges() {
-                    rules.push(format!(
-                        "{proto}:{port} from {}",
-                        range.cidr_ip().unwrap_or_default()
-                    ));
-                }
-                for pair in p.user_id_group_pairs() {
-                    rules.push(format!("{proto}:{port} from {}", named(pair.group_id())));
-                }
-            }
-            rules.sort();
-            out.push(observed(
-                Kind::SecurityGroup,
-                name_of(g.tags()),
-                g.group_id().unwrap_or_default().into(),
-                &[
-                    ("vpc", named(g.vpc_id())),
-                    ("description", g.description().unwrap_or_default().into()),
-                    ("ingress", rules.join(";")),
-                ],
-            ));
-        }
-        Ok(out)
-    }
-
-    async fn vpc_attribute(
-        &self,
-        id: &str,
-        attribute: aws_sdk_ec2::types::VpcAttributeName,
-    ) -> anyhow::Result<bool> {
-        let found = self
-            .ec2
-            .describe_vpc_attribute()
-            .vpc_id(id)
-            .attribute(attribute.clone())
-            .send()
-            .await
-            .context("describe VPC attribute")?;
-        let value = match attribute {
-            aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames => {
-                found.enable_dns_hostnames()
-            }
-            _ => found.enable_dns_support(),
-        };
-        Ok(value.and_then(|v| v.value()).unwrap_or(false))
     }
 
     // -------------------------------------------------------------------------- apply
@@ -511,115 +243,15 @@ impl Aws {
 
     async fn create(&self, change: &Change, ids: &Ids) -> anyhow::Result<String> {
         let p = &change.desired;
-        // The id of the resource a property names.
-        let id_of = |field: &str| ids.id_of(p.get(field).map_or("", String::as_str));
         let name = change.name.as_str();
         match change.kind {
-            Kind::Vpc => {
-                let vpc = self
-                    .ec2
-                    .create_vpc()
-                    .cidr_block(&p["cidr"])
-                    .tag_specifications(self.tags(ResourceType::Vpc, name))
-                    .send()
-                    .await?;
-                let id = vpc
-                    .vpc()
-                    .and_then(|v| v.vpc_id())
-                    .context("no VPC id")?
-                    .to_owned();
-                self.set_vpc_dns(&id, p).await?;
-                Ok(id)
-            }
-            Kind::Subnet => {
-                let subnet = self
-                    .ec2
-                    .create_subnet()
-                    .vpc_id(id_of("vpc")?)
-                    .cidr_block(&p["cidr"])
-                    .availability_zone(&p["zone"])
-                    .tag_specifications(self.tags(ResourceType::Subnet, name))
-                    .send()
-                    .await?;
-                let id = subnet
-                    .subnet()
-                    .and_then(|s| s.subnet_id())
-                    .context("no subnet id")?
-                    .to_owned();
-                self.set_public_ip(&id, p).await?;
-                Ok(id)
-            }
-            Kind::InternetGateway => {
-                let gateway = self
-                    .ec2
-                    .create_internet_gateway()
-                    .tag_specifications(self.tags(ResourceType::InternetGateway, name))
-                    .send()
-                    .await?;
-                let id = gateway
-                    .internet_gateway()
-                    .and_then(|g| g.internet_gateway_id())
-                    .context("no gateway id")?
-                    .to_owned();
-                self.ec2
-                    .attach_internet_gateway()
-                    .internet_gateway_id(&id)
-                    .vpc_id(id_of("vpc")?)
-                    .send()
-                    .await?;
-                Ok(id)
-            }
-            Kind::RouteTable => {
-                let table = self
-                    .ec2
-                    .create_route_table()
-                    .vpc_id(id_of("vpc")?)
-                    .tag_specifications(self.tags(ResourceType::RouteTable, name))
-                    .send()
-                    .await?;
-                let id = table
-                    .route_table()
-                    .and_then(|t| t.route_table_id())
-                    .context("no route table id")?
-                    .to_owned();
-                let target = id_of("default_route")?;
-                with_route_target(
-                    self.ec2
-                        .create_route()
-                        .route_table_id(&id)
-                        .destination_cidr_block("0.0.0.0/0"),
-                    &target,
-                )
-                .send()
-                .await?;
-                for subnet in p["subnets"].split(',').filter(|s| !s.is_empty()) {
-                    let subnet_id = ids
-                        .get(subnet)
-                        .with_context(|| format!("{subnet} does not exist yet"))?;
-                    self.ec2
-                        .associate_route_table()
-                        .route_table_id(&id)
-                        .subnet_id(subnet_id)
-                        .send()
-                        .await?;
-                }
-                Ok(id)
-            }
-            Kind::SecurityGroup => {
-                let group = self
-                    .ec2
-                    .create_security_group()
-                    .group_name(name)
-                    .description(&p["description"])
-                    .vpc_id(id_of("vpc")?)
-                    .tag_specifications(self.tags(ResourceType::SecurityGroup, name))
-                    .send()
-                    .await?;
-                let id = group.group_id().context("no group id")?.to_owned();
-                let rules: Vec<&str> = p["ingress"].split(';').filter(|r| !r.is_empty()).collect();
-                self.authorize(&id, &rules, ids).await?;
-                Ok(id)
-            }
+            Kind::Vpc
+            | Kind::Subnet
+            | Kind::InternetGateway
+            | Kind::RouteTable
+            | Kind::SecurityGroup
+            | Kind::ElasticIp
+            | Kind::NatGateway => crate::resources::network::create(self, change, ids).await,
             Kind::Bucket => crate::resources::bucket::create(self, name, p).await,
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 crate::resources::load_balancing::create(self, change.kind, name, p, ids).await
@@ -631,11 +263,6 @@ impl Aws {
                 crate::resources::compute::put(self, change.kind, name, None, p, ids).await
             }
             Kind::Secret => crate::resources::secret::create(self, name, p).await,
-            Kind::ElasticIp => self.create_address(name).await,
-            Kind::NatGateway => {
-                self.create_nat_gateway(name, &id_of("subnet")?, &id_of("address")?)
-                    .await
-            }
             Kind::Alarm | Kind::Dashboard => {
                 crate::resources::monitoring::put(self, change.kind, name, p, ids).await?;
                 Ok(name.to_owned())
@@ -647,91 +274,13 @@ impl Aws {
     async fn update(&self, change: &Change, id: &str, ids: &Ids) -> anyhow::Result<()> {
         let p = &change.desired;
         match change.kind {
-            Kind::Vpc => self.set_vpc_dns(id, p).await,
-            Kind::Subnet => self.set_public_ip(id, p).await,
-            Kind::InternetGateway => {
-                let vpc = ids.id_of(&p["vpc"])?;
-                self.ec2
-                    .attach_internet_gateway()
-                    .internet_gateway_id(id)
-                    .vpc_id(vpc)
-                    .send()
-                    .await?;
-                Ok(())
-            }
-            Kind::RouteTable => {
-                let gateway = ids
-                    .get(&p["default_route"])
-                    .context("the gateway does not exist")?;
-                let replaced = {
-                    let replace = self
-                        .ec2
-                        .replace_route()
-                        .route_table_id(id)
-                        .destination_cidr_block("0.0.0.0/0");
-                    if gateway.starts_with("nat-") {
-                        replace.nat_gateway_id(gateway)
-                    } else {
-                        replace.gateway_id(gateway)
-                    }
-                }
-                .send()
-                .await;
-                if let Err(e) = replaced {
-                    if error_kind(&e) != ErrorKind::Other && error_kind(&e) != ErrorKind::NotFound {
-                        return Err(e.into());
-                    }
-                    with_route_target(
-                        self.ec2
-                            .create_route()
-                            .route_table_id(id)
-                            .destination_cidr_block("0.0.0.0/0"),
-                        gateway,
-                    )
-                    .send()
-                    .await?;
-                }
-                for subnet in p["subnets"].split(',').filter(|s| !s.is_empty()) {
-                    let subnet_id = ids
-                        .get(subnet)
-                        .with_context(|| format!("{subnet} does not exist"))?;
-                    let _ = self
-                        .ec2
-                        .associate_route_table()
-                        .route_table_id(id)
-                        .subnet_id(subnet_id)
-                        .send()
-                        .await;
-                }
-                Ok(())
-            }
-            Kind::SecurityGroup => {
-                let Action::Update(fields) = &change.action else {
-                    return Ok(());
-                };
-                let Some(ingress) = fields.iter().find(|f| f.field == "ingress") else {
-                    return Ok(());
-                };
-                let want: Vec<&str> = ingress
-                    .new
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split(';')
-                    .filter(|r| !r.is_empty())
-                    .collect();
-                let have: Vec<&str> = ingress
-                    .old
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split(';')
-                    .filter(|r| !r.is_empty())
-                    .collect();
-                let missing: Vec<&str> =
-                    want.iter().copied().filter(|r| !have.contains(r)).collect();
-                let extra: Vec<&str> = have.iter().copied().filter(|r| !want.contains(r)).collect();
-                self.authorize(id, &missing, ids).await?;
-                self.revoke(id, &extra, ids).await
-            }
+            Kind::Vpc
+            | Kind::Subnet
+            | Kind::InternetGateway
+            | Kind::RouteTable
+            | Kind::SecurityGroup
+            | Kind::ElasticIp
+            | Kind::NatGateway => crate::resources::network::update(self, change, id, ids).await,
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 crate::resources::load_balancing::update(self, change.kind, id, p, ids).await
             }
@@ -748,107 +297,8 @@ impl Aws {
             }
             Kind::Bucket => crate::resources::bucket::update(self, id, p).await,
             Kind::Secret => crate::resources::secret::update(self, id, p).await,
-            // Every property of these is replace-only.
-            Kind::ElasticIp | Kind::NatGateway => Ok(()),
             Kind::Queue => crate::resources::queue::update(self, id, p).await,
         }
-    }
-
-    async fn set_vpc_dns(&self, id: &str, p: &Props) -> anyhow::Result<()> {
-        let on = |field: &str| {
-            AttributeBooleanValue::builder()
-                .value(p[field] == "true")
-                .build()
-        };
-        self.ec2
-            .modify_vpc_attribute()
-            .vpc_id(id)
-            .enable_dns_support(on("dns_support"))
-            .send()
-            .await?;
-        self.ec2
-            .modify_vpc_attribute()
-            .vpc_id(id)
-            .enable_dns_hostnames(on("dns_hostnames"))
-            .send()
-            .await?;
-        Ok(())
-    }
-
-    async fn set_public_ip(&self, id: &str, p: &Props) -> anyhow::Result<()> {
-        let value = AttributeBooleanValue::builder()
-            .value(p["public_ip_on_launch"] == "true")
-            .build();
-        self.ec2
-            .modify_subnet_attribute()
-            .subnet_id(id)
-            .map_public_ip_on_launch(value)
-            .send()
-            .await?;
-        Ok(())
-    }
-
-    fn permission(&self, rule: &str, ids: &Ids) -> anyhow::Result<IpPermission> {
-        // "tcp:80 from 0.0.0.0/0" or "tcp:5432 from anb-web"
-        let (proto_port, source) = rule
-            .split_once(" from ")
-            .with_context(|| format!("bad rule {rule}"))?;
-        let (proto, port) = proto_port
-            .split_once(':')
-            .with_context(|| format!("bad rule {rule}"))?;
-        let port: i32 = port
-            .parse()
-            .with_context(|| format!("bad port in {rule}"))?;
-        let builder = IpPermission::builder()
-            .ip_protocol(proto)
-            .from_port(port)
-            .to_port(port);
-        Ok(if source.contains('/') {
-            builder
-                .ip_ranges(IpRange::builder().cidr_ip(source).build())
-                .build()
-        } else {
-            let group = ids.get(source).unwrap_or(source);
-            builder
-                .user_id_group_pairs(UserIdGroupPair::builder().group_id(group).build())
-                .build()
-        })
-    }
-
-    async fn authorize(&self, group: &str, rules: &[&str], ids: &Ids) -> anyhow::Result<()> {
-        for rule in rules {
-            let result = self
-                .ec2
-                .authorize_security_group_ingress()
-                .group_id(group)
-                .ip_permissions(self.permission(rule, ids)?)
-                .send()
-                .await;
-            match result {
-                Ok(_) => {}
-                Err(e) if error_kind(&e) == ErrorKind::Duplicate => {} // already there
-                Err(e) => return Err(e).with_context(|| format!("authorize {rule}")),
-            }
-        }
-        Ok(())
-    }
-
-    async fn revoke(&self, group: &str, rules: &[&str], ids: &Ids) -> anyhow::Result<()> {
-        for rule in rules {
-            let result = self
-                .ec2
-                .revoke_security_group_ingress()
-                .group_id(group)
-                .ip_permissions(self.permission(rule, ids)?)
-                .send()
-                .await;
-            match result {
-                Ok(_) => {}
-                Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("revoke {rule}")),
-            }
-        }
-        Ok(())
     }
 
     // ------------------------------------------------------------------------- delete
@@ -879,89 +329,13 @@ impl Aws {
 
     async fn delete_once(&self, kind: Kind, id: &str) -> Result<(), DeleteError> {
         match kind {
-            Kind::Vpc => self
-                .ec2
-                .delete_vpc()
-                .vpc_id(id)
-                .send()
-                .await
-                .map(drop)
-                .map_err(DeleteError::from_sdk),
-            Kind::Subnet => self
-                .ec2
-                .delete_subnet()
-                .subnet_id(id)
-                .send()
-                .await
-                .map(drop)
-                .map_err(DeleteError::from_sdk),
-            Kind::InternetGateway => {
-                let found = self
-                    .ec2
-                    .describe_internet_gateways()
-                    .internet_gateway_ids(id)
-                    .send()
-                    .await
-                    .map_err(DeleteError::from_sdk)?;
-                for attachment in found
-                    .internet_gateways()
-                    .iter()
-                    .flat_map(|g| g.attachments())
-                {
-                    if let Some(vpc) = attachment.vpc_id() {
-                        self.ec2
-                            .detach_internet_gateway()
-                            .internet_gateway_id(id)
-                            .vpc_id(vpc)
-                            .send()
-                            .await
-                            .map_err(DeleteError::from_sdk)?;
-                    }
-                }
-                self.ec2
-                    .delete_internet_gateway()
-                    .internet_gateway_id(id)
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(DeleteError::from_sdk)
-            }
-            Kind::RouteTable => {
-                let found = self
-                    .ec2
-                    .describe_route_tables()
-                    .route_table_ids(id)
-                    .send()
-                    .await
-                    .map_err(DeleteError::from_sdk)?;
-                for association in found.route_tables().iter().flat_map(|t| t.associations()) {
-                    if association.main() != Some(true) {
-                        if let Some(association_id) = association.route_table_association_id() {
-                            self.ec2
-                                .disassociate_route_table()
-                                .association_id(association_id)
-                                .send()
-                                .await
-                                .map_err(DeleteError::from_sdk)?;
-                        }
-                    }
-                }
-                self.ec2
-                    .delete_route_table()
-                    .route_table_id(id)
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(DeleteError::from_sdk)
-            }
-            Kind::SecurityGroup => self
-                .ec2
-                .delete_security_group()
-                .group_id(id)
-                .send()
-                .await
-                .map(drop)
-                .map_err(DeleteError::from_sdk),
+            Kind::Vpc
+            | Kind::Subnet
+            | Kind::InternetGateway
+            | Kind::RouteTable
+            | Kind::SecurityGroup
+            | Kind::ElasticIp
+            | Kind::NatGateway => crate::resources::network::delete(self, kind, id).await,
             Kind::Queue => crate::resources::queue::delete(self, id).await,
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 crate::resources::load_balancing::delete(self, kind, id).await
@@ -973,54 +347,11 @@ impl Aws {
                 crate::resources::compute::delete(self, kind, id, id).await
             }
             Kind::Secret => crate::resources::secret::delete(self, id).await,
-            Kind::ElasticIp => self.release_address(id).await,
-            Kind::NatGateway => self.delete_nat_gateway(id).await,
             Kind::Alarm | Kind::Dashboard => {
                 crate::resources::monitoring::delete(self, kind, id).await
             }
             Kind::Bucket => crate::resources::bucket::delete(self, id).await,
         }
-    }
-
-    /// Removes every ingress rule of the stack's security groups that names another
-    /// group, so the groups can then be deleted in any order.
-    pub async fn revoke_cross_references(&self) -> anyhow::Result<()> {
-        let groups = self
-            .ec2
-            .describe_security_groups()
-            .filters(self.stack_filter())
-            .send()
-            .await?;
-        for group in groups.security_groups() {
-            let referencing: Vec<IpPermission> = group
-                .ip_permissions()
-                .iter()
-                .filter(|p| !p.user_id_group_pairs().is_empty())
-                .cloned()
-                .collect();
-            if referencing.is_empty() {
-                continue;
-            }
-            self.ec2
-                .revoke_security_group_ingress()
-                .group_id(group.group_id().unwrap_or_default())
-                .set_ip_permissions(Some(referencing))
-                .send()
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-/// A default route goes to an internet gateway ("igw-…") or a NAT gateway ("nat-…").
-fn with_route_target(
-    route: aws_sdk_ec2::operation::create_route::builders::CreateRouteFluentBuilder,
-    target: &str,
-) -> aws_sdk_ec2::operation::create_route::builders::CreateRouteFluentBuilder {
-    if target.starts_with("nat-") {
-        route.nat_gateway_id(target)
-    } else {
-        route.gateway_id(target)
     }
 }
 

@@ -1,0 +1,831 @@
+//! The network: the VPC, its subnets, the internet gateway and route tables, the NAT
+//! gateway with its Elastic IP (private network mode), and the security groups (their
+//! rules as one comparable string, `proto:port from source`, encoded in `desired` and
+//! read back here). The desired side is still built in `desired.rs`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, DomainType, IpPermission, IpRange, NatGatewayState, ResourceType, Tag,
+    UserIdGroupPair,
+};
+
+use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, NamesById};
+use crate::model::{Action, Change, Kind, Observed, Props};
+
+/// How often a wait on a NAT gateway asks again.
+const POLL: Duration = Duration::from_secs(10);
+
+pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<String> {
+    let p = &change.desired;
+    // The id of the resource a property names.
+    let id_of = |field: &str| ids.id_of(p.get(field).map_or("", String::as_str));
+    let name = change.name.as_str();
+    match change.kind {
+        Kind::Vpc => {
+            let vpc = aws
+                .ec2
+                .create_vpc()
+                .cidr_block(&p["cidr"])
+                .tag_specifications(aws.tags(ResourceType::Vpc, name))
+                .send()
+                .await?;
+            let id = vpc
+                .vpc()
+                .and_then(|v| v.vpc_id())
+                .context("no VPC id")?
+                .to_owned();
+            set_vpc_dns(aws, &id, p).await?;
+            Ok(id)
+        }
+        Kind::Subnet => {
+            let subnet = aws
+                .ec2
+                .create_subnet()
+                .vpc_id(id_of("vpc")?)
+                .cidr_block(&p["cidr"])
+                .availability_zone(&p["zone"])
+                .tag_specifications(aws.tags(ResourceType::Subnet, name))
+                .send()
+                .await?;
+            let id = subnet
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .context("no subnet id")?
+                .to_owned();
+            set_public_ip(aws, &id, p).await?;
+            Ok(id)
+        }
+        Kind::InternetGateway => {
+            let gateway = aws
+                .ec2
+                .create_internet_gateway()
+                .tag_specifications(aws.tags(ResourceType::InternetGateway, name))
+                .send()
+                .await?;
+            let id = gateway
+                .internet_gateway()
+                .and_then(|g| g.internet_gateway_id())
+                .context("no gateway id")?
+                .to_owned();
+            aws.ec2
+                .attach_internet_gateway()
+                .internet_gateway_id(&id)
+                .vpc_id(id_of("vpc")?)
+                .send()
+                .await?;
+            Ok(id)
+        }
+        Kind::RouteTable => {
+            let table = aws
+                .ec2
+                .create_route_table()
+                .vpc_id(id_of("vpc")?)
+                .tag_specifications(aws.tags(ResourceType::RouteTable, name))
+                .send()
+                .await?;
+            let id = table
+                .route_table()
+                .and_then(|t| t.route_table_id())
+                .context("no route table id")?
+                .to_owned();
+            let target = id_of("default_route")?;
+            with_route_target(
+                aws.ec2
+                    .create_route()
+                    .route_table_id(&id)
+                    .destination_cidr_block("0.0.0.0/0"),
+                &target,
+            )
+            .send()
+            .await?;
+            for subnet in p["subnets"].split(',').filter(|s| !s.is_empty()) {
+                let subnet_id = ids
+                    .get(subnet)
+                    .with_context(|| format!("{subnet} does not exist yet"))?;
+                aws.ec2
+                    .associate_route_table()
+                    .route_table_id(&id)
+                    .subnet_id(subnet_id)
+                    .send()
+                    .await?;
+            }
+            Ok(id)
+        }
+        Kind::SecurityGroup => {
+            let group = aws
+                .ec2
+                .create_security_group()
+                .group_name(name)
+                .description(&p["description"])
+                .vpc_id(id_of("vpc")?)
+                .tag_specifications(aws.tags(ResourceType::SecurityGroup, name))
+                .send()
+                .await?;
+            let id = group.group_id().context("no group id")?.to_owned();
+            let rules: Vec<&str> = p["ingress"].split(';').filter(|r| !r.is_empty()).collect();
+            authorize(aws, &id, &rules, ids).await?;
+            Ok(id)
+        }
+        Kind::ElasticIp => create_address(aws, name).await,
+        Kind::NatGateway => {
+            create_nat_gateway(aws, name, &id_of("subnet")?, &id_of("address")?).await
+        }
+        other => anyhow::bail!("{other:?} is not a network resource"),
+    }
+}
+
+pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> anyhow::Result<()> {
+    let p = &change.desired;
+    match change.kind {
+        Kind::Vpc => set_vpc_dns(aws, id, p).await,
+        Kind::Subnet => set_public_ip(aws, id, p).await,
+        Kind::InternetGateway => {
+            let vpc = ids.id_of(&p["vpc"])?;
+            aws.ec2
+                .attach_internet_gateway()
+                .internet_gateway_id(id)
+                .vpc_id(vpc)
+                .send()
+                .await?;
+            Ok(())
+        }
+        Kind::RouteTable => {
+            let gateway = ids
+                .get(&p["default_route"])
+                .context("the gateway does not exist")?;
+            let replaced = {
+                let replace = aws
+                    .ec2
+                    .replace_route()
+                    .route_table_id(id)
+                    .destination_cidr_block("0.0.0.0/0");
+                if gateway.starts_with("nat-") {
+                    replace.nat_gateway_id(gateway)
+                } else {
+                    replace.gateway_id(gateway)
+                }
+            }
+            .send()
+            .await;
+            if let Err(e) = replaced {
+                if error_kind(&e) != ErrorKind::Other && error_kind(&e) != ErrorKind::NotFound {
+                    return Err(e.into());
+                }
+                with_route_target(
+                    aws.ec2
+                        .create_route()
+                        .route_table_id(id)
+                        .destination_cidr_block("0.0.0.0/0"),
+                    gateway,
+                )
+                .send()
+                .await?;
+            }
+            for subnet in p["subnets"].split(',').filter(|s| !s.is_empty()) {
+                let subnet_id = ids
+                    .get(subnet)
+                    .with_context(|| format!("{subnet} does not exist"))?;
+                let _ = aws
+                    .ec2
+                    .associate_route_table()
+                    .route_table_id(id)
+                    .subnet_id(subnet_id)
+                    .send()
+                    .await;
+            }
+            Ok(())
+        }
+        Kind::SecurityGroup => {
+            let Action::Update(fields) = &change.action else {
+                return Ok(());
+            };
+            let Some(ingress) = fields.iter().find(|f| f.field == "ingress") else {
+                return Ok(());
+            };
+            let want: Vec<&str> = ingress
+                .new
+                .as_deref()
+                .unwrap_or_default()
+                .split(';')
+                .filter(|r| !r.is_empty())
+                .collect();
+            let have: Vec<&str> = ingress
+                .old
+                .as_deref()
+                .unwrap_or_default()
+                .split(';')
+                .filter(|r| !r.is_empty())
+                .collect();
+            let missing: Vec<&str> = want.iter().copied().filter(|r| !have.contains(r)).collect();
+            let extra: Vec<&str> = have.iter().copied().filter(|r| !want.contains(r)).collect();
+            authorize(aws, id, &missing, ids).await?;
+            revoke(aws, id, &extra, ids).await
+        }
+        Kind::ElasticIp | Kind::NatGateway => Ok(()),
+        other => anyhow::bail!("{other:?} is not a network resource"),
+    }
+}
+
+pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {
+    match kind {
+        Kind::Vpc => aws
+            .ec2
+            .delete_vpc()
+            .vpc_id(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(DeleteError::from_sdk),
+        Kind::Subnet => aws
+            .ec2
+            .delete_subnet()
+            .subnet_id(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(DeleteError::from_sdk),
+        Kind::InternetGateway => {
+            let found = aws
+                .ec2
+                .describe_internet_gateways()
+                .internet_gateway_ids(id)
+                .send()
+                .await
+                .map_err(DeleteError::from_sdk)?;
+            for attachment in found
+                .internet_gateways()
+                .iter()
+                .flat_map(|g| g.attachments())
+            {
+                if let Some(vpc) = attachment.vpc_id() {
+                    aws.ec2
+                        .detach_internet_gateway()
+                        .internet_gateway_id(id)
+                        .vpc_id(vpc)
+                        .send()
+                        .await
+                        .map_err(DeleteError::from_sdk)?;
+                }
+            }
+            aws.ec2
+                .delete_internet_gateway()
+                .internet_gateway_id(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk)
+        }
+        Kind::RouteTable => {
+            let found = aws
+                .ec2
+                .describe_route_tables()
+                .route_table_ids(id)
+                .send()
+                .await
+                .map_err(DeleteError::from_sdk)?;
+            for association in found.route_tables().iter().flat_map(|t| t.associations()) {
+                if association.main() != Some(true) {
+                    if let Some(association_id) = association.route_table_association_id() {
+                        aws.ec2
+                            .disassociate_route_table()
+                            .association_id(association_id)
+                            .send()
+                            .await
+                            .map_err(DeleteError::from_sdk)?;
+                    }
+                }
+            }
+            aws.ec2
+                .delete_route_table()
+                .route_table_id(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk)
+        }
+        Kind::SecurityGroup => aws
+            .ec2
+            .delete_security_group()
+            .group_id(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(DeleteError::from_sdk),
+        Kind::ElasticIp => release_address(aws, id).await,
+        Kind::NatGateway => delete_nat_gateway(aws, id).await,
+        other => Err(DeleteError::Other(anyhow::anyhow!(
+            "{other:?} is not a network resource"
+        ))),
+    }
+}
+
+pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
+    let filter = aws.stack_filter();
+    let (vpcs, subnets, gateways, tables, groups, nats, addresses) = tokio::try_join!(
+        Box::pin(async {
+            aws.ec2
+                .describe_vpcs()
+                .filters(filter.clone())
+                .send()
+                .await
+                .context("describe VPCs")
+        }),
+        Box::pin(async {
+            aws.ec2
+                .describe_subnets()
+                .filters(filter.clone())
+                .send()
+                .await
+                .context("describe subnets")
+        }),
+        Box::pin(async {
+            aws.ec2
+                .describe_internet_gateways()
+                .filters(filter.clone())
+                .send()
+                .await
+                .context("describe internet gateways")
+        }),
+        Box::pin(async {
+            aws.ec2
+                .describe_route_tables()
+                .filters(filter.clone())
+                .send()
+                .await
+                .context("describe route tables")
+        }),
+        Box::pin(async {
+            aws.ec2
+                .describe_security_groups()
+                .filters(filter.clone())
+                .send()
+                .await
+                .context("describe security groups")
+        }),
+        Box::pin(async {
+            aws.ec2
+                .describe_nat_gateways()
+                .filter(filter.clone())
+                .send()
+                .await
+                .context("describe NAT gateways")
+        }),
+        Box::pin(async {
+            aws.ec2
+                .describe_addresses()
+                .filters(filter.clone())
+                .send()
+                .await
+                .context("describe Elastic IPs")
+        }),
+    )?;
+    // A NAT gateway stays listed for a while after it is deleted. The tag is checked
+    // here too: some emulators ignore the tag filter of this call.
+    let nats: Vec<&aws_sdk_ec2::types::NatGateway> = nats
+        .nat_gateways()
+        .iter()
+        .filter(|g| {
+            !matches!(
+                g.state().map(|s| s.as_str()),
+                Some("deleted" | "deleting" | "failed")
+            ) && g
+                .tags()
+                .iter()
+                .any(|t| aws.is_stack_tag(t.key(), t.value()))
+        })
+        .collect();
+    // Ids → logical names, so references compare with the desired state.
+    let mut names = NamesById::default();
+    let name_of = |tags: &[Tag]| {
+        tags.iter()
+            .find(|t| t.key() == Some("Name"))
+            .and_then(|t| t.value())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for v in vpcs.vpcs() {
+        names.insert(v.vpc_id().unwrap_or_default().into(), name_of(v.tags()));
+    }
+    for s in subnets.subnets() {
+        names.insert(s.subnet_id().unwrap_or_default().into(), name_of(s.tags()));
+    }
+    for g in gateways.internet_gateways() {
+        names.insert(
+            g.internet_gateway_id().unwrap_or_default().into(),
+            name_of(g.tags()),
+        );
+    }
+    for g in groups.security_groups() {
+        names.insert(g.group_id().unwrap_or_default().into(), name_of(g.tags()));
+    }
+    for g in &nats {
+        names.insert(
+            g.nat_gateway_id().unwrap_or_default().into(),
+            name_of(g.tags()),
+        );
+    }
+    for a in addresses.addresses() {
+        names.insert(
+            a.allocation_id().unwrap_or_default().into(),
+            name_of(a.tags()),
+        );
+    }
+    let named = |id: Option<&str>| id.map(|id| names.name_of(id)).unwrap_or_default();
+    let mut out = Vec::new();
+    for v in vpcs.vpcs() {
+        let id = v.vpc_id().unwrap_or_default().to_owned();
+        let (hostnames, support) = tokio::try_join!(
+            vpc_attribute(
+                aws,
+                &id,
+                aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames
+            ),
+            vpc_attribute(
+                aws,
+                &id,
+                aws_sdk_ec2::types::VpcAttributeName::EnableDnsSupport
+            ),
+        )?;
+        out.push(observed(
+            Kind::Vpc,
+            name_of(v.tags()),
+            id,
+            &[
+                ("cidr", v.cidr_block().unwrap_or_default().into()),
+                ("dns_hostnames", hostnames.to_string()),
+                ("dns_support", support.to_string()),
+            ],
+        ));
+    }
+    for s in subnets.subnets() {
+        out.push(observed(
+            Kind::Subnet,
+            name_of(s.tags()),
+            s.subnet_id().unwrap_or_default().into(),
+            &[
+                ("cidr", s.cidr_block().unwrap_or_default().into()),
+                ("zone", s.availability_zone().unwrap_or_default().into()),
+                ("vpc", named(s.vpc_id())),
+                (
+                    "public_ip_on_launch",
+                    s.map_public_ip_on_launch().unwrap_or(false).to_string(),
+                ),
+            ],
+        ));
+    }
+    for g in gateways.internet_gateways() {
+        let vpc = g.attachments().first().and_then(|a| a.vpc_id());
+        out.push(observed(
+            Kind::InternetGateway,
+            name_of(g.tags()),
+            g.internet_gateway_id().unwrap_or_default().into(),
+            &[("vpc", named(vpc))],
+        ));
+    }
+    for a in addresses.addresses() {
+        out.push(observed(
+            Kind::ElasticIp,
+            name_of(a.tags()),
+            a.allocation_id().unwrap_or_default().into(),
+            &[(
+                "domain",
+                a.domain()
+                    .map(|d| d.as_str().to_owned())
+                    .unwrap_or_default(),
+            )],
+        ));
+    }
+    for g in &nats {
+        out.push(observed(
+            Kind::NatGateway,
+            name_of(g.tags()),
+            g.nat_gateway_id().unwrap_or_default().into(),
+            &[
+                ("subnet", named(g.subnet_id())),
+                (
+                    "address",
+                    named(
+                        g.nat_gateway_addresses()
+                            .first()
+                            .and_then(|a| a.allocation_id()),
+                    ),
+                ),
+            ],
+        ));
+    }
+    for t in tables.route_tables() {
+        let default_route = t
+            .routes()
+            .iter()
+            .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+            .and_then(|r| r.gateway_id().or(r.nat_gateway_id()));
+        let mut subnets: Vec<String> = t
+            .associations()
+            .iter()
+            .filter_map(|a| a.subnet_id())
+            .map(|id| named(Some(id)))
+            .collect();
+        subnets.sort();
+        out.push(observed(
+            Kind::RouteTable,
+            name_of(t.tags()),
+            t.route_table_id().unwrap_or_default().into(),
+            &[
+                ("vpc", named(t.vpc_id())),
+                ("default_route", named(default_route)),
+                ("subnets", subnets.join(",")),
+            ],
+        ));
+    }
+    for g in groups.security_groups() {
+        let mut rules = Vec::new();
+        for p in g.ip_permissions() {
+            let port = p.from_port().unwrap_or(-1);
+            let proto = p.ip_protocol().unwrap_or_default();
+            for range in p.ip_ranges() {
+                rules.push(format!(
+                    "{proto}:{port} from {}",
+                    range.cidr_ip().unwrap_or_default()
+                ));
+            }
+            for pair in p.user_id_group_pairs() {
+                rules.push(format!("{proto}:{port} from {}", named(pair.group_id())));
+            }
+        }
+        rules.sort();
+        out.push(observed(
+            Kind::SecurityGroup,
+            name_of(g.tags()),
+            g.group_id().unwrap_or_default().into(),
+            &[
+                ("vpc", named(g.vpc_id())),
+                ("description", g.description().unwrap_or_default().into()),
+                ("ingress", rules.join(";")),
+            ],
+        ));
+    }
+    Ok(out)
+}
+
+async fn vpc_attribute(
+    aws: &Aws,
+    id: &str,
+    attribute: aws_sdk_ec2::types::VpcAttributeName,
+) -> anyhow::Result<bool> {
+    let found = aws
+        .ec2
+        .describe_vpc_attribute()
+        .vpc_id(id)
+        .attribute(attribute.clone())
+        .send()
+        .await
+        .context("describe VPC attribute")?;
+    let value = match attribute {
+        aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames => found.enable_dns_hostnames(),
+        _ => found.enable_dns_support(),
+    };
+    Ok(value.and_then(|v| v.value()).unwrap_or(false))
+}
+
+async fn set_vpc_dns(aws: &Aws, id: &str, p: &Props) -> anyhow::Result<()> {
+    let on = |field: &str| {
+        AttributeBooleanValue::builder()
+            .value(p[field] == "true")
+            .build()
+    };
+    aws.ec2
+        .modify_vpc_attribute()
+        .vpc_id(id)
+        .enable_dns_support(on("dns_support"))
+        .send()
+        .await?;
+    aws.ec2
+        .modify_vpc_attribute()
+        .vpc_id(id)
+        .enable_dns_hostnames(on("dns_hostnames"))
+        .send()
+        .await?;
+    Ok(())
+}
+
+async fn set_public_ip(aws: &Aws, id: &str, p: &Props) -> anyhow::Result<()> {
+    let value = AttributeBooleanValue::builder()
+        .value(p["public_ip_on_launch"] == "true")
+        .build();
+    aws.ec2
+        .modify_subnet_attribute()
+        .subnet_id(id)
+        .map_public_ip_on_launch(value)
+        .send()
+        .await?;
+    Ok(())
+}
+
+fn permission(rule: &str, ids: &Ids) -> anyhow::Result<IpPermission> {
+    // "tcp:80 from 0.0.0.0/0" or "tcp:5432 from anb-web"
+    let (proto_port, source) = rule
+        .split_once(" from ")
+        .with_context(|| format!("bad rule {rule}"))?;
+    let (proto, port) = proto_port
+        .split_once(':')
+        .with_context(|| format!("bad rule {rule}"))?;
+    let port: i32 = port
+        .parse()
+        .with_context(|| format!("bad port in {rule}"))?;
+    let builder = IpPermission::builder()
+        .ip_protocol(proto)
+        .from_port(port)
+        .to_port(port);
+    Ok(if source.contains('/') {
+        builder
+            .ip_ranges(IpRange::builder().cidr_ip(source).build())
+            .build()
+    } else {
+        let group = ids.get(source).unwrap_or(source);
+        builder
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id(group).build())
+            .build()
+    })
+}
+
+async fn authorize(aws: &Aws, group: &str, rules: &[&str], ids: &Ids) -> anyhow::Result<()> {
+    for rule in rules {
+        let result = aws
+            .ec2
+            .authorize_security_group_ingress()
+            .group_id(group)
+            .ip_permissions(permission(rule, ids)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if error_kind(&e) == ErrorKind::Duplicate => {} // already there
+            Err(e) => return Err(e).with_context(|| format!("authorize {rule}")),
+        }
+    }
+    Ok(())
+}
+
+async fn revoke(aws: &Aws, group: &str, rules: &[&str], ids: &Ids) -> anyhow::Result<()> {
+    for rule in rules {
+        let result = aws
+            .ec2
+            .revoke_security_group_ingress()
+            .group_id(group)
+            .ip_permissions(permission(rule, ids)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("revoke {rule}")),
+        }
+    }
+    Ok(())
+}
+
+/// Removes every ingress rule of the stack's security groups that names another
+/// group, so the groups can then be deleted in any order.
+pub(crate) async fn revoke_cross_references(aws: &Aws) -> anyhow::Result<()> {
+    let groups = aws
+        .ec2
+        .describe_security_groups()
+        .filters(aws.stack_filter())
+        .send()
+        .await?;
+    for group in groups.security_groups() {
+        let referencing: Vec<IpPermission> = group
+            .ip_permissions()
+            .iter()
+            .filter(|p| !p.user_id_group_pairs().is_empty())
+            .cloned()
+            .collect();
+        if referencing.is_empty() {
+            continue;
+        }
+        aws.ec2
+            .revoke_security_group_ingress()
+            .group_id(group.group_id().unwrap_or_default())
+            .set_ip_permissions(Some(referencing))
+            .send()
+            .await?;
+    }
+    Ok(())
+}
+
+/// A default route goes to an internet gateway ("igw-…") or a NAT gateway ("nat-…").
+fn with_route_target(
+    route: aws_sdk_ec2::operation::create_route::builders::CreateRouteFluentBuilder,
+    target: &str,
+) -> aws_sdk_ec2::operation::create_route::builders::CreateRouteFluentBuilder {
+    if target.starts_with("nat-") {
+        route.nat_gateway_id(target)
+    } else {
+        route.gateway_id(target)
+    }
+}
+
+pub(crate) async fn create_address(aws: &Aws, name: &str) -> anyhow::Result<String> {
+    let address = aws
+        .ec2
+        .allocate_address()
+        .domain(DomainType::Vpc)
+        .tag_specifications(aws.tags(ResourceType::ElasticIp, name))
+        .send()
+        .await?;
+    address
+        .allocation_id()
+        .map(str::to_owned)
+        .context("no allocation id")
+}
+
+pub(crate) async fn release_address(aws: &Aws, id: &str) -> Result<(), DeleteError> {
+    aws.ec2
+        .release_address()
+        .allocation_id(id)
+        .send()
+        .await
+        .map(drop)
+        .map_err(DeleteError::from_sdk)
+}
+
+/// Creates the gateway and waits until it routes (a minute or two on AWS).
+pub(crate) async fn create_nat_gateway(
+    aws: &Aws,
+    name: &str,
+    subnet: &str,
+    allocation: &str,
+) -> anyhow::Result<String> {
+    let created = aws
+        .ec2
+        .create_nat_gateway()
+        .subnet_id(subnet)
+        .allocation_id(allocation)
+        .tag_specifications(aws.tags(ResourceType::Natgateway, name))
+        .send()
+        .await?;
+    let id = created
+        .nat_gateway()
+        .and_then(|g| g.nat_gateway_id())
+        .context("no NAT gateway id")?
+        .to_owned();
+    let started = Instant::now();
+    loop {
+        match nat_gateway_state(aws, &id).await? {
+            Some(NatGatewayState::Available) => return Ok(id),
+            Some(NatGatewayState::Failed) => anyhow::bail!("NAT gateway {name} failed"),
+            state => eprintln!(
+                "  waiting for NAT gateway {name} to become available ({}, {:.0} s so far)",
+                state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                started.elapsed().as_secs_f64()
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Deletes the gateway and waits until it is gone: its subnet and address can only go
+/// after.
+pub(crate) async fn delete_nat_gateway(aws: &Aws, id: &str) -> Result<(), DeleteError> {
+    aws.ec2
+        .delete_nat_gateway()
+        .nat_gateway_id(id)
+        .send()
+        .await
+        .map_err(DeleteError::from_sdk)?;
+    let started = Instant::now();
+    loop {
+        match nat_gateway_state(aws, id)
+            .await
+            .map_err(DeleteError::Other)?
+        {
+            None | Some(NatGatewayState::Deleted) => return Ok(()),
+            Some(state) => eprintln!(
+                "  waiting for NAT gateway {id} to be deleted ({}, {:.0} s so far)",
+                state.as_str(),
+                started.elapsed().as_secs_f64()
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn nat_gateway_state(aws: &Aws, id: &str) -> anyhow::Result<Option<NatGatewayState>> {
+    let found = aws
+        .ec2
+        .describe_nat_gateways()
+        .nat_gateway_ids(id)
+        .send()
+        .await;
+    match found {
+        Ok(found) => Ok(found
+            .nat_gateways()
+            .first()
+            .and_then(|g| g.state())
+            .cloned()),
+        Err(e) if crate::aws::error_kind(&e) == crate::aws::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).context("describe NAT gateways"),
+    }
+}
