@@ -4,18 +4,8 @@
 use crate::config::{Config, InstanceSubnets};
 use crate::model::{Kind, Resource};
 use crate::names::{bucket_name, Names};
+use crate::resources::security_group::rules;
 use crate::resources::{bucket, compute, database, load_balancing, monitoring, queue, secret};
-
-/// Security-group rules as one comparable string: sorted `proto:port from source`, where
-/// the source is a CIDR or another group's logical name.
-pub fn rules(rules: &[(u16, &str)]) -> String {
-    let mut rules: Vec<String> = rules
-        .iter()
-        .map(|(port, from)| format!("tcp:{port} from {from}"))
-        .collect();
-    rules.sort();
-    rules.join(";")
-}
 
 /// What the desired state depends on besides the configuration.
 #[derive(Debug, Clone, Copy)]

@@ -291,7 +291,7 @@ impl Stack {
             );
             return Ok(Vec::new());
         }
-        if let Err(e) = resources::network::revoke_cross_references(&self.aws).await {
+        if let Err(e) = resources::security_group::revoke_cross_references(&self.aws).await {
             eprintln!("  could not revoke security-group cross-references: {e:#}");
         }
         // Dependents first (see `Kind::teardown_rank`); within a level, everything at once,

@@ -249,9 +249,11 @@ impl Aws {
             | Kind::Subnet
             | Kind::InternetGateway
             | Kind::RouteTable
-            | Kind::SecurityGroup
             | Kind::ElasticIp
             | Kind::NatGateway => crate::resources::network::create(self, change, ids).await,
+            Kind::SecurityGroup => {
+                crate::resources::security_group::create(self, change, ids).await
+            }
             Kind::Bucket => crate::resources::bucket::create(self, name, p).await,
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 crate::resources::load_balancing::create(self, change.kind, name, p, ids).await
@@ -278,9 +280,11 @@ impl Aws {
             | Kind::Subnet
             | Kind::InternetGateway
             | Kind::RouteTable
-            | Kind::SecurityGroup
             | Kind::ElasticIp
             | Kind::NatGateway => crate::resources::network::update(self, change, id, ids).await,
+            Kind::SecurityGroup => {
+                crate::resources::security_group::update(self, change, id, ids).await
+            }
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 crate::resources::load_balancing::update(self, change.kind, id, p, ids).await
             }
@@ -333,9 +337,9 @@ impl Aws {
             | Kind::Subnet
             | Kind::InternetGateway
             | Kind::RouteTable
-            | Kind::SecurityGroup
             | Kind::ElasticIp
             | Kind::NatGateway => crate::resources::network::delete(self, kind, id).await,
+            Kind::SecurityGroup => crate::resources::security_group::delete(self, id).await,
             Kind::Queue => crate::resources::queue::delete(self, id).await,
             Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
                 crate::resources::load_balancing::delete(self, kind, id).await

@@ -2,8 +2,8 @@
 //! resources should be (`desired…`), what they are (`observe`), and `create`, `update`
 //! and `delete`. The engine in `aws` dispatches to them by `Kind`.
 //!
-//! Every family is here; the network's desired side is still built in `desired.rs`, and
-//! the security groups share `network` (a file of their own is next).
+//! Every family is here; the network's and the security groups' desired side is still
+//! built in `desired.rs`.
 
 pub(crate) mod bucket;
 pub(crate) mod compute;
@@ -13,3 +13,4 @@ pub(crate) mod monitoring;
 pub(crate) mod network;
 pub(crate) mod queue;
 pub(crate) mod secret;
+pub(crate) mod security_group;

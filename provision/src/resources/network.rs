@@ -1,18 +1,15 @@
-//! The network: the VPC, its subnets, the internet gateway and route tables, the NAT
-//! gateway with its Elastic IP (private network mode), and the security groups (their
-//! rules as one comparable string, `proto:port from source`, encoded in `desired` and
-//! read back here). The desired side is still built in `desired.rs`.
+//! The network: the VPC, its subnets, the internet gateway and route tables, and the NAT
+//! gateway with its Elastic IP (private network mode). It is observed together with the
+//! security groups, which need its names. The desired side is still built in `desired.rs`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aws_sdk_ec2::types::{
-    AttributeBooleanValue, DomainType, IpPermission, IpRange, NatGatewayState, ResourceType, Tag,
-    UserIdGroupPair,
-};
+use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, NatGatewayState, ResourceType, Tag};
 
 use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, NamesById};
-use crate::model::{Action, Change, Kind, Observed, Props};
+use crate::model::{Change, Kind, Observed, Props};
+use crate::resources::security_group;
 
 /// How often a wait on a NAT gateway asks again.
 const POLL: Duration = Duration::from_secs(10);
@@ -113,21 +110,6 @@ pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Res
             }
             Ok(id)
         }
-        Kind::SecurityGroup => {
-            let group = aws
-                .ec2
-                .create_security_group()
-                .group_name(name)
-                .description(&p["description"])
-                .vpc_id(id_of("vpc")?)
-                .tag_specifications(aws.tags(ResourceType::SecurityGroup, name))
-                .send()
-                .await?;
-            let id = group.group_id().context("no group id")?.to_owned();
-            let rules: Vec<&str> = p["ingress"].split(';').filter(|r| !r.is_empty()).collect();
-            authorize(aws, &id, &rules, ids).await?;
-            Ok(id)
-        }
         Kind::ElasticIp => create_address(aws, name).await,
         Kind::NatGateway => {
             create_nat_gateway(aws, name, &id_of("subnet")?, &id_of("address")?).await
@@ -196,32 +178,6 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
                     .await;
             }
             Ok(())
-        }
-        Kind::SecurityGroup => {
-            let Action::Update(fields) = &change.action else {
-                return Ok(());
-            };
-            let Some(ingress) = fields.iter().find(|f| f.field == "ingress") else {
-                return Ok(());
-            };
-            let want: Vec<&str> = ingress
-                .new
-                .as_deref()
-                .unwrap_or_default()
-                .split(';')
-                .filter(|r| !r.is_empty())
-                .collect();
-            let have: Vec<&str> = ingress
-                .old
-                .as_deref()
-                .unwrap_or_default()
-                .split(';')
-                .filter(|r| !r.is_empty())
-                .collect();
-            let missing: Vec<&str> = want.iter().copied().filter(|r| !have.contains(r)).collect();
-            let extra: Vec<&str> = have.iter().copied().filter(|r| !want.contains(r)).collect();
-            authorize(aws, id, &missing, ids).await?;
-            revoke(aws, id, &extra, ids).await
         }
         Kind::ElasticIp | Kind::NatGateway => Ok(()),
         other => anyhow::bail!("{other:?} is not a network resource"),
@@ -305,14 +261,6 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
                 .map(drop)
                 .map_err(DeleteError::from_sdk)
         }
-        Kind::SecurityGroup => aws
-            .ec2
-            .delete_security_group()
-            .group_id(id)
-            .send()
-            .await
-            .map(drop)
-            .map_err(DeleteError::from_sdk),
         Kind::ElasticIp => release_address(aws, id).await,
         Kind::NatGateway => delete_nat_gateway(aws, id).await,
         other => Err(DeleteError::Other(anyhow::anyhow!(
@@ -539,33 +487,7 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
             ],
         ));
     }
-    for g in groups.security_groups() {
-        let mut rules = Vec::new();
-        for p in g.ip_permissions() {
-            let port = p.from_port().unwrap_or(-1);
-            let proto = p.ip_protocol().unwrap_or_default();
-            for range in p.ip_ranges() {
-                rules.push(format!(
-                    "{proto}:{port} from {}",
-                    range.cidr_ip().unwrap_or_default()
-                ));
-            }
-            for pair in p.user_id_group_pairs() {
-                rules.push(format!("{proto}:{port} from {}", named(pair.group_id())));
-            }
-        }
-        rules.sort();
-        out.push(observed(
-            Kind::SecurityGroup,
-            name_of(g.tags()),
-            g.group_id().unwrap_or_default().into(),
-            &[
-                ("vpc", named(g.vpc_id())),
-                ("description", g.description().unwrap_or_default().into()),
-                ("ingress", rules.join(";")),
-            ],
-        ));
-    }
+    out.extend(security_group::observed(groups.security_groups(), &names));
     Ok(out)
 }
 
@@ -620,98 +542,6 @@ async fn set_public_ip(aws: &Aws, id: &str, p: &Props) -> anyhow::Result<()> {
         .map_public_ip_on_launch(value)
         .send()
         .await?;
-    Ok(())
-}
-
-fn permission(rule: &str, ids: &Ids) -> anyhow::Result<IpPermission> {
-    // "tcp:80 from 0.0.0.0/0" or "tcp:5432 from anb-web"
-    let (proto_port, source) = rule
-        .split_once(" from ")
-        .with_context(|| format!("bad rule {rule}"))?;
-    let (proto, port) = proto_port
-        .split_once(':')
-        .with_context(|| format!("bad rule {rule}"))?;
-    let port: i32 = port
-        .parse()
-        .with_context(|| format!("bad port in {rule}"))?;
-    let builder = IpPermission::builder()
-        .ip_protocol(proto)
-        .from_port(port)
-        .to_port(port);
-    Ok(if source.contains('/') {
-        builder
-            .ip_ranges(IpRange::builder().cidr_ip(source).build())
-            .build()
-    } else {
-        let group = ids.get(source).unwrap_or(source);
-        builder
-            .user_id_group_pairs(UserIdGroupPair::builder().group_id(group).build())
-            .build()
-    })
-}
-
-async fn authorize(aws: &Aws, group: &str, rules: &[&str], ids: &Ids) -> anyhow::Result<()> {
-    for rule in rules {
-        let result = aws
-            .ec2
-            .authorize_security_group_ingress()
-            .group_id(group)
-            .ip_permissions(permission(rule, ids)?)
-            .send()
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if error_kind(&e) == ErrorKind::Duplicate => {} // already there
-            Err(e) => return Err(e).with_context(|| format!("authorize {rule}")),
-        }
-    }
-    Ok(())
-}
-
-async fn revoke(aws: &Aws, group: &str, rules: &[&str], ids: &Ids) -> anyhow::Result<()> {
-    for rule in rules {
-        let result = aws
-            .ec2
-            .revoke_security_group_ingress()
-            .group_id(group)
-            .ip_permissions(permission(rule, ids)?)
-            .send()
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("revoke {rule}")),
-        }
-    }
-    Ok(())
-}
-
-/// Removes every ingress rule of the stack's security groups that names another
-/// group, so the groups can then be deleted in any order.
-pub(crate) async fn revoke_cross_references(aws: &Aws) -> anyhow::Result<()> {
-    let groups = aws
-        .ec2
-        .describe_security_groups()
-        .filters(aws.stack_filter())
-        .send()
-        .await?;
-    for group in groups.security_groups() {
-        let referencing: Vec<IpPermission> = group
-            .ip_permissions()
-            .iter()
-            .filter(|p| !p.user_id_group_pairs().is_empty())
-            .cloned()
-            .collect();
-        if referencing.is_empty() {
-            continue;
-        }
-        aws.ec2
-            .revoke_security_group_ingress()
-            .group_id(group.group_id().unwrap_or_default())
-            .set_ip_permissions(Some(referencing))
-            .send()
-            .await?;
-    }
     Ok(())
 }
 
