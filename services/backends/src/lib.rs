@@ -23,6 +23,8 @@ pub async fn aws_sdk_config(aws: &AwsSettings) -> aws_config::SdkConfig {
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(aws.connect_timeout)
         .read_timeout(aws.read_timeout)
+        .operation_attempt_timeout(aws.attempt_timeout)
+        .operation_timeout(aws.operation_timeout)
         .build();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(aws.region.clone()))

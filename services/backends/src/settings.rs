@@ -106,6 +106,10 @@ pub struct AwsSettings {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,8 +299,9 @@ impl Settings {
         if worker.wait_time > Duration::from_secs(20) {
             return invalid("worker.wait_time must be at most 20s (the SQS limit)");
         }
-        if self.aws.read_timeout <= worker.wait_time {
-            return invalid("aws.read_timeout must be longer than worker.wait_time (a long poll waits that long for its answer)");
+        if self.aws.read_timeout <= worker.wait_time || self.aws.attempt_timeout <= worker.wait_time
+        {
+            return invalid("aws.read_timeout and aws.attempt_timeout must be longer than worker.wait_time (a long poll waits that long for its answer)");
         }
         let processing = &self.processing;
         if processing.intro + processing.outro > MAX_BUMPERS {
@@ -521,6 +526,18 @@ mod tests {
         let preset =
             Settings::load_from(&[], env(&[("APP__PROCESSING__X264_PRESET", "warp")])).unwrap();
         assert!(preset.validate_for_worker().is_err());
+    }
+
+    #[test]
+    fn aws_timeouts_must_outlast_a_long_poll() {
+        for (key, value) in [
+            ("APP__AWS__READ_TIMEOUT", "20s"),
+            ("APP__AWS__ATTEMPT_TIMEOUT", "10s"),
+        ] {
+            let short = Settings::load_from(&[], env(&[(key, value)])).unwrap();
+            let err = short.validate_for_worker().unwrap_err().to_string();
+            assert!(err.contains("wait_time"), "{key}: {err}");
+        }
     }
 
     #[test]

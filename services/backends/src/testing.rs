@@ -235,6 +235,8 @@ impl Moto {
             endpoint_url: Some(self.endpoint.clone()),
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(120),
+            operation_timeout: Duration::from_secs(300),
         }
     }
 

@@ -330,3 +330,27 @@ async fn a_video_claimed_for_deletion_mid_job_is_never_published() {
     assert_eq!(status, VideoStatus::Failed);
     assert_eq!(error.as_deref(), Some("borrado pendiente"));
 }
+
+#[tokio::test]
+async fn scratch_folders_of_workers_that_are_gone_are_swept_at_start() {
+    let work = tempfile::tempdir().unwrap();
+    // A worker killed mid-job left its folder (its process id names no running process);
+    // another one still runs (this test's own process).
+    let abandoned = work.path().join("anb-worker-killed");
+    std::fs::create_dir_all(abandoned.join("job-1")).unwrap();
+    std::fs::write(abandoned.join("job-1/original.mp4"), vec![0u8; 1024]).unwrap();
+    std::fs::write(abandoned.join("owner.pid"), "4194304").unwrap(); // above pid_max
+    let running = work.path().join("anb-worker-running");
+    std::fs::create_dir_all(&running).unwrap();
+    std::fs::write(running.join("owner.pid"), std::process::id().to_string()).unwrap();
+    let unrelated = work.path().join("something-else");
+    std::fs::create_dir_all(&unrelated).unwrap();
+
+    let dir = work.path().display().to_string();
+    let _h = Harness::build(false, &[("APP__WORKER__WORK_DIR", dir.as_str())]).await;
+    assert!(
+        !abandoned.exists(),
+        "the dead worker's scratch folder is still there"
+    );
+    assert!(running.exists() && unrelated.exists());
+}
