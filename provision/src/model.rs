@@ -272,9 +272,8 @@ fn shown(value: &str) -> String {
     if !value.contains('\n') {
         return value.to_owned();
     }
-    let digest = sha2::Sha256::digest(value.as_bytes());
-    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}… ({} lines)", value.lines().count())
+    let hex = format!("{:x}", sha2::Sha256::digest(value.as_bytes()));
+    format!("sha256:{}… ({} lines)", &hex[..12], value.lines().count())
 }
 
 /// One line per resource: `create`, `update (field: old → new)`, `replace (…)`, `ok`,

@@ -141,10 +141,7 @@ fn release_name(binaries: &[&Path]) -> anyhow::Result<String> {
             std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
         hasher.update(&bytes);
     }
-    let digest: String = hasher.finalize()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = format!("{:x}", hasher.finalize())[..8].to_owned();
     let root = project_root();
     let commit =
         output(

@@ -106,11 +106,7 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
         "the api artifact is {} bytes",
         api.len()
     );
-    let digest: String =
-        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&api))
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    let digest = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&api));
     let checksum = read(format!("{prefix}api.sha256")).await;
     assert_eq!(
         String::from_utf8_lossy(&checksum),
