@@ -14,6 +14,8 @@ mod deploy;
 mod dev;
 mod postgres;
 mod system;
+#[cfg(test)]
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
