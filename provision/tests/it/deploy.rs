@@ -50,7 +50,7 @@ fn xtask(args: &[&str], stack: &str, endpoint: &str, config: &Path) -> Output {
 async fn xtask_up_publishes_deploys_and_down_removes_everything() {
     let moto = backends::testing::moto();
     let name = format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let config = super::config_file();
+    let config = crate::helpers::config_file();
 
     let first = xtask(&["up", "--debug"], &name, &moto.endpoint, config.path());
     let stdout = String::from_utf8_lossy(&first.stdout);
@@ -65,7 +65,7 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
         endpoint: Some(moto.endpoint.clone()),
         ..StackOptions::default()
     };
-    let stack = Stack::open(super::config_for(&name), options)
+    let stack = Stack::open(crate::helpers::config_for(&name), options)
         .await
         .unwrap();
     // The binaries and their checksums are in the bucket, under the release.
@@ -115,7 +115,8 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
     );
     // Both launch templates carry user data naming that release.
     for tier in ["web", "worker"] {
-        let text = super::user_data(&stack.aws.ec2, &format!("{name}-{tier}-template")).await;
+        let text =
+            crate::helpers::user_data(&stack.aws.ec2, &format!("{name}-{tier}-template")).await;
         assert!(text.contains(&format!("RELEASE='{release}'")), "{tier}");
     }
     // It reports the load balancer's URL and how to read the logs.
