@@ -16,6 +16,7 @@ pub mod aws;
 pub mod config;
 pub mod deploy;
 pub mod desired;
+mod engine;
 pub mod model;
 pub mod names;
 pub(crate) mod resources;
