@@ -19,6 +19,7 @@ pub mod desired;
 mod engine;
 pub mod model;
 pub mod names;
+pub mod plan;
 pub(crate) mod resources;
 pub mod userdata;
 
@@ -30,13 +31,8 @@ use serde_json::json;
 use crate::aws::Aws;
 use crate::config::Config;
 use crate::model::{Action, Change};
-
-/// How a command's output is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
+pub use crate::plan::Output;
+use crate::plan::{print_changes, report};
 
 /// What `status` found (and its exit code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,37 +333,6 @@ impl Stack {
             ),
             Ok(()) => {}
         }
-    }
-}
-
-fn print_changes(changes: &[Change], output: Output, verbose: bool) {
-    match output {
-        Output::Text => print!("{}", model::render_with(changes, verbose)),
-        Output::Json => {
-            let items: Vec<_> = changes
-                .iter()
-                .map(|c| {
-                    let (action, fields) = match &c.action {
-                        Action::Create => ("create", vec![]),
-                        Action::Ok => ("ok", vec![]),
-                        Action::Orphan => ("orphan", vec![]),
-                        Action::Update(f) => ("update", f.clone()),
-                        Action::Replace(f) => ("replace", f.clone()),
-                    };
-                    let fields: Vec<_> = fields.iter().map(|f| json!({"field": f.field, "old": f.old, "new": f.new})).collect();
-                    json!({"kind": c.kind.to_string(), "name": c.name, "id": c.id, "action": action, "fields": fields})
-                })
-                .collect();
-            let in_sync = !changes.iter().any(Change::is_change);
-            println!("{}", json!({"in_sync": in_sync, "resources": items}));
-        }
-    }
-}
-
-fn report(output: Output, command: &str, data: serde_json::Value, text: &str) {
-    match output {
-        Output::Text => println!("{text}"),
-        Output::Json => println!("{}", json!({"command": command, "result": data})),
     }
 }
 

@@ -276,61 +276,10 @@ fn shown(value: &str) -> String {
     format!("sha256:{}… ({} lines)", &hex[..12], value.lines().count())
 }
 
-/// One line per resource: `create`, `update (field: old → new)`, `replace (…)`, `ok`,
-/// `orphan`.
-pub fn render(changes: &[Change]) -> String {
-    render_with(changes, false)
-}
-
-/// [`render`], with each resource's AWS id after its name when `ids` is set (`-v`).
-pub fn render_with(changes: &[Change], ids: bool) -> String {
-    let mut out = String::new();
-    for change in changes {
-        let what = match &change.action {
-            Action::Create => "create".to_owned(),
-            Action::Ok => "ok".to_owned(),
-            Action::Orphan => "orphan (tagged with the stack, not desired)".to_owned(),
-            Action::Update(fields) => format!("update ({})", describe(fields)),
-            Action::Replace(fields) => {
-                format!("replace ({}; cannot change in place)", describe(fields))
-            }
-        };
-        let id = match (&change.id, ids) {
-            (Some(id), true) => format!(" [{id}]"),
-            _ => String::new(),
-        };
-        out.push_str(&format!(
-            "{:<16} {:<36} {what}{id}\n",
-            change.kind.to_string(),
-            change.name
-        ));
-    }
-    let pending = changes.iter().filter(|c| c.is_change()).count();
-    out.push_str(&match pending {
-        0 => "No changes: the stack matches the configuration.\n".to_owned(),
-        n => format!("{n} change(s).\n"),
-    });
-    out
-}
-
-fn describe(fields: &[FieldChange]) -> String {
-    fields
-        .iter()
-        .map(|f| {
-            format!(
-                "{}: {} → {}",
-                f.field,
-                f.old.as_deref().unwrap_or("(none)"),
-                f.new.as_deref().unwrap_or("(none)")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::render;
 
     fn vpc(cidr: &str, dns: &str) -> Resource {
         Resource::new(

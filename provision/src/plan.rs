@@ -1,0 +1,95 @@
+//! How plans and reports are shown: one line per resource in text, or JSON for scripts.
+
+use serde_json::json;
+
+use crate::model::{Action, Change, FieldChange};
+
+/// How a command's output is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// One line per resource: `create`, `update (field: old → new)`, `replace (…)`, `ok`,
+/// `orphan`.
+pub fn render(changes: &[Change]) -> String {
+    render_with(changes, false)
+}
+
+/// [`render`], with each resource's AWS id after its name when `ids` is set (`-v`).
+pub fn render_with(changes: &[Change], ids: bool) -> String {
+    let mut out = String::new();
+    for change in changes {
+        let what = match &change.action {
+            Action::Create => "create".to_owned(),
+            Action::Ok => "ok".to_owned(),
+            Action::Orphan => "orphan (tagged with the stack, not desired)".to_owned(),
+            Action::Update(fields) => format!("update ({})", describe(fields)),
+            Action::Replace(fields) => {
+                format!("replace ({}; cannot change in place)", describe(fields))
+            }
+        };
+        let id = match (&change.id, ids) {
+            (Some(id), true) => format!(" [{id}]"),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<16} {:<36} {what}{id}\n",
+            change.kind.to_string(),
+            change.name
+        ));
+    }
+    let pending = changes.iter().filter(|c| c.is_change()).count();
+    out.push_str(&match pending {
+        0 => "No changes: the stack matches the configuration.\n".to_owned(),
+        n => format!("{n} change(s).\n"),
+    });
+    out
+}
+
+fn describe(fields: &[FieldChange]) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {} → {}",
+                f.field,
+                f.old.as_deref().unwrap_or("(none)"),
+                f.new.as_deref().unwrap_or("(none)")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn print_changes(changes: &[Change], output: Output, verbose: bool) {
+    match output {
+        Output::Text => print!("{}", render_with(changes, verbose)),
+        Output::Json => {
+            let items: Vec<_> = changes
+                .iter()
+                .map(|c| {
+                    let (action, fields) = match &c.action {
+                        Action::Create => ("create", vec![]),
+                        Action::Ok => ("ok", vec![]),
+                        Action::Orphan => ("orphan", vec![]),
+                        Action::Update(f) => ("update", f.clone()),
+                        Action::Replace(f) => ("replace", f.clone()),
+                    };
+                    let fields: Vec<_> = fields.iter().map(|f| json!({"field": f.field, "old": f.old, "new": f.new})).collect();
+                    json!({"kind": c.kind.to_string(), "name": c.name, "id": c.id, "action": action, "fields": fields})
+                })
+                .collect();
+            let in_sync = !changes.iter().any(Change::is_change);
+            println!("{}", json!({"in_sync": in_sync, "resources": items}));
+        }
+    }
+}
+
+pub(crate) fn report(output: Output, command: &str, data: serde_json::Value, text: &str) {
+    match output {
+        Output::Text => println!("{text}"),
+        Output::Json => println!("{}", json!({"command": command, "result": data})),
+    }
+}
