@@ -279,7 +279,6 @@ fn shown(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::render;
 
     fn vpc(cidr: &str, dns: &str) -> Resource {
         Resource::new(
@@ -318,9 +317,14 @@ mod tests {
             }])
         );
         let cidr = diff(&desired, &[seen(vpc("10.9.0.0/16", "true"), "vpc-1")]);
-        assert!(matches!(cidr[0].action, Action::Replace(_)));
-        assert!(render(&cidr)
-            .contains("replace (cidr: 10.9.0.0/16 → 10.0.0.0/16; cannot change in place)"));
+        assert_eq!(
+            cidr[0].action,
+            Action::Replace(vec![FieldChange {
+                field: "cidr".into(),
+                old: Some("10.9.0.0/16".into()),
+                new: Some("10.0.0.0/16".into())
+            }])
+        );
     }
 
     #[test]
@@ -349,7 +353,6 @@ mod tests {
         let orphan = seen(Resource::new(Kind::SecurityGroup, "anb-old", &[]), "sg-9");
         let changes = diff(&[], &[orphan]);
         assert_eq!(changes[0].action, Action::Orphan);
-        assert!(render(&changes).contains("orphan"));
     }
 
     #[test]
@@ -383,20 +386,6 @@ mod tests {
         ] {
             before(kind, Kind::Vpc);
         }
-    }
-
-    #[test]
-    fn plan_lists_in_creation_order_and_counts_changes() {
-        let subnet = Resource::new(
-            Kind::Subnet,
-            "anb-public-a",
-            &[("cidr", "10.0.0.0/24".into())],
-        );
-        let changes = diff(&[subnet, vpc("10.0.0.0/16", "true")], &[]);
-        assert_eq!(changes[0].kind, Kind::Vpc);
-        let text = render(&changes);
-        assert!(text.ends_with("2 change(s).\n"), "{text}");
-        assert!(render(&[]).contains("No changes"));
     }
 
     #[test]

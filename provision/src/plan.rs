@@ -93,3 +93,41 @@ pub(crate) fn report(output: Output, command: &str, data: serde_json::Value, tex
         Output::Json => println!("{}", json!({"command": command, "result": data})),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{diff, Kind, Observed, Resource};
+
+    fn vpc(cidr: &str) -> Resource {
+        Resource::new(Kind::Vpc, "anb-vpc", &[("cidr", cidr.into())])
+    }
+
+    #[test]
+    fn plan_lists_in_creation_order_and_counts_changes() {
+        let subnet = Resource::new(
+            Kind::Subnet,
+            "anb-public-a",
+            &[("cidr", "10.0.0.0/24".into())],
+        );
+        let changes = diff(&[subnet, vpc("10.0.0.0/16")], &[]);
+        assert_eq!(changes[0].kind, Kind::Vpc);
+        let text = render(&changes);
+        assert!(text.ends_with("2 change(s).\n"), "{text}");
+        assert!(render(&[]).contains("No changes"));
+    }
+
+    #[test]
+    fn replacements_and_orphans_read_as_such() {
+        let seen = Observed {
+            resource: vpc("10.9.0.0/16"),
+            id: "vpc-1".into(),
+        };
+        let text = render(&diff(&[vpc("10.0.0.0/16")], &[seen.clone()]));
+        assert!(
+            text.contains("replace (cidr: 10.9.0.0/16 → 10.0.0.0/16; cannot change in place)"),
+            "{text}"
+        );
+        assert!(render(&diff(&[], &[seen])).contains("orphan"));
+    }
+}
