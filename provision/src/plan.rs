@@ -123,7 +123,7 @@ mod tests {
             resource: vpc("10.9.0.0/16"),
             id: "vpc-1".into(),
         };
-        let text = render(&diff(&[vpc("10.0.0.0/16")], &[seen.clone()]));
+        let text = render(&diff(&[vpc("10.0.0.0/16")], std::slice::from_ref(&seen)));
         assert!(
             text.contains("replace (cidr: 10.9.0.0/16 → 10.0.0.0/16; cannot change in place)"),
             "{text}"
