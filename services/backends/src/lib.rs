@@ -14,8 +14,37 @@ pub mod storage;
 pub mod testing;
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
-use settings::{AwsSettings, LogFormat, LogSettings};
+use anyhow::Context;
+use settings::{AwsSettings, LogFormat, LogSettings, Settings};
+
+/// What both services run on: the database (migrated first when `database.migrate`),
+/// object storage and the job queue, as configured.
+#[derive(Debug)]
+pub struct Backends {
+    pub pool: sqlx::PgPool,
+    pub store: Arc<dyn storage::ObjectStore>,
+    pub queue: Arc<dyn queue::JobQueue>,
+}
+
+impl Backends {
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let pool = db::connect_lazy(&settings.database).context("database url")?;
+        if settings.database.migrate {
+            db::migrate(&pool)
+                .await
+                .context("cannot apply database migrations (is PostgreSQL reachable?)")?;
+        }
+        let store = storage::from_settings(&settings.storage, &settings.aws)
+            .await
+            .context("object storage")?;
+        let queue = queue::from_settings(&settings.queue, &settings.aws, &pool)
+            .await
+            .context("job queue")?;
+        Ok(Self { pool, store, queue })
+    }
+}
 
 /// The AWS SDK configuration shared by the S3 and SQS clients: the standard credential
 /// chain, the configured region, and the endpoint override for emulators.

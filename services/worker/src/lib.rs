@@ -153,18 +153,8 @@ impl Worker {
     /// Validates the settings and connects the database, storage and queue.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         settings.validate_for_worker()?;
-        let pool = db::connect_lazy(&settings.database).context("database url")?;
-        if settings.database.migrate {
-            db::migrate(&pool)
-                .await
-                .context("cannot apply database migrations (is PostgreSQL reachable?)")?;
-        }
-        let store = backends::storage::from_settings(&settings.storage, &settings.aws)
-            .await
-            .context("object storage")?;
-        let queue = backends::queue::from_settings(&settings.queue, &settings.aws, &pool)
-            .await
-            .context("job queue")?;
+        let backends::Backends { pool, store, queue } =
+            backends::Backends::connect(settings).await?;
         Self::new(
             pool,
             store,
