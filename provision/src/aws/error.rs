@@ -20,6 +20,7 @@ pub fn error_kind(err: &impl ProvideErrorMetadata) -> ErrorKind {
     } else if code.contains("Duplicate")
         || code.contains("AlreadyExists")
         || code == "BucketAlreadyOwnedByYou"
+        || code.ends_with("AlreadyAssociated")
     {
         ErrorKind::Duplicate
     } else if code == "DependencyViolation"
@@ -53,5 +54,31 @@ impl DeleteError {
             kind,
             anyhow::Error::new(e).context(format!("{code}: {message}")),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::error::ErrorMetadata;
+
+    #[test]
+    fn errors_are_sorted_by_their_code() {
+        let kind = |code: &str| error_kind(&ErrorMetadata::builder().code(code).build());
+        for (code, expected) in [
+            ("InvalidVpcID.NotFound", ErrorKind::NotFound),
+            ("NoSuchBucketPolicy", ErrorKind::NotFound),
+            ("InvalidGroup.Duplicate", ErrorKind::Duplicate),
+            ("Resource.AlreadyAssociated", ErrorKind::Duplicate),
+            ("DependencyViolation", ErrorKind::DependencyViolation),
+            (
+                "InvalidDBInstanceStateFault",
+                ErrorKind::DependencyViolation,
+            ),
+            ("Throttling", ErrorKind::Throttled),
+            ("AccessDenied", ErrorKind::Other),
+        ] {
+            assert_eq!(kind(code), expected, "{code}");
+        }
     }
 }

@@ -151,9 +151,10 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
             }
             .send()
             .await;
+            // No default route yet (a table whose route was removed out of band): add it.
             if let Err(e) = replaced {
-                if error_kind(&e) != ErrorKind::Other && error_kind(&e) != ErrorKind::NotFound {
-                    return Err(e.into());
+                if error_kind(&e) != ErrorKind::NotFound {
+                    return Err(anyhow::Error::new(e).context("replace the default route"));
                 }
                 with_route_target(
                     aws.ec2
@@ -169,13 +170,22 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
                 let subnet_id = ids
                     .get(subnet)
                     .with_context(|| format!("{subnet} does not exist"))?;
-                let _ = aws
+                let associated = aws
                     .ec2
                     .associate_route_table()
                     .route_table_id(id)
                     .subnet_id(subnet_id)
                     .send()
                     .await;
+                match associated {
+                    Ok(_) => {}
+                    // Already this table's: nothing to do.
+                    Err(e) if error_kind(&e) == ErrorKind::Duplicate => {}
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("associate {subnet} with its route table")))
+                    }
+                }
             }
             Ok(())
         }
