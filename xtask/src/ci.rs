@@ -1,7 +1,6 @@
 //! `cargo xtask ci`: everything CI checks, with its own set-up, so that one command run on
 //! a fresh Debian machine is enough.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -10,11 +9,8 @@ use clap::Args;
 use crate::postgres::PrivateCluster;
 use crate::scratch_dir;
 use crate::system::{ensure_installed, install_packages, is_root, output, run_command, which};
+use crate::tools::{ensure_moto, ensure_schemathesis};
 
-/// Pinned: later versions may change what the emulator accepts.
-pub const MOTO_VERSION: &str = "5.2.5";
-/// Pinned, like moto: the fuzzer's checks change between versions.
-pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// The role the tests use to create a database per test (machine cluster only).
 const TEST_ROLE: &str = "anb_test";
 
@@ -138,78 +134,4 @@ fn start_machine_cluster() -> anyhow::Result<u16> {
     }
     port.parse()
         .with_context(|| format!("bad port in pg_lsclusters output: {line}"))
-}
-
-/// A Python with the pinned `moto[server]`, in a virtualenv under `target/tools`.
-pub fn ensure_moto() -> anyhow::Result<PathBuf> {
-    if let Some(python) = std::env::var_os("ANB_MOTO_PYTHON") {
-        return Ok(PathBuf::from(python));
-    }
-    let venv = python_tool(
-        &format!("moto-{MOTO_VERSION}"),
-        &format!("moto[server]=={MOTO_VERSION}"),
-        "moto.server",
-    )?;
-    Ok(venv.join("bin/python"))
-}
-
-/// The pinned schemathesis (the API's OpenAPI fuzzer), in its own virtualenv under
-/// `target/tools` (its dependencies and moto's need not agree).
-pub fn ensure_schemathesis() -> anyhow::Result<PathBuf> {
-    if let Some(program) = std::env::var_os("ANB_SCHEMATHESIS") {
-        return Ok(PathBuf::from(program));
-    }
-    let venv = python_tool(
-        &format!("schemathesis-{SCHEMATHESIS_VERSION}"),
-        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
-        "schemathesis",
-    )?;
-    Ok(venv.join("bin/schemathesis"))
-}
-
-/// A virtualenv `target/tools/<name>` with `requirement` installed (checked by importing
-/// `module`), created when missing or broken.
-fn python_tool(name: &str, requirement: &str, module: &str) -> anyhow::Result<PathBuf> {
-    let venv = scratch_dir().join("tools").join(name);
-    let python = venv.join("bin/python");
-    let ready = python.is_file()
-        && Command::new(&python)
-            .args(["-c", &format!("import {module}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if ready {
-        return Ok(venv);
-    }
-    let system_python = which("python3").context("python3 is needed for the test tools")?;
-    let _ = std::fs::remove_dir_all(&venv);
-    if run_command(
-        Command::new(&system_python)
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv),
-    )
-    .is_err()
-    {
-        // Debian splits venv support into its own package.
-        install_packages(&["python3-venv"])?;
-        run_command(
-            Command::new(&system_python)
-                .arg("-m")
-                .arg("venv")
-                .arg(&venv),
-        )?;
-    }
-    eprintln!("xtask: installing {requirement} into {}", venv.display());
-    run_command(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg(requirement),
-    )?;
-    Ok(venv)
 }

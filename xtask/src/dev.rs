@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::postgres::PrivateCluster;
 use crate::system::ensure_installed;
+use crate::system::{stop, wait_healthy};
 use crate::{project_root, scratch_dir};
 
 /// Port of the private development cluster (another free one is used if it is taken).
@@ -109,44 +110,6 @@ async fn supervise(
             }
         }
     }
-}
-
-/// Polls `/api/health` until it answers, failing early if the API process exits.
-pub async fn wait_healthy(api: &mut Child, base: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Some(status) = api.try_wait()? {
-            bail!("the API exited during start-up ({status}); its log is above");
-        }
-        let healthy = client
-            .get(format!("{base}/api/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if healthy {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the API did not become healthy at {base}/api/health within 30 s")
-}
-
-/// Asks the process to stop gracefully (SIGTERM), then waits for it.
-pub fn stop(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..100 {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn redact(url: &str) -> String {

@@ -7,8 +7,6 @@
 #![allow(clippy::disallowed_methods)]
 
 mod bench;
-mod bench_provision;
-mod bench_worker;
 mod ci;
 mod deploy;
 mod dev;
@@ -16,6 +14,7 @@ mod postgres;
 mod system;
 #[cfg(test)]
 mod tidy;
+mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -14,7 +14,7 @@ use crate::{project_root, scratch_dir};
 const GOAL_SECONDS: f64 = 2.0;
 
 pub fn run() -> anyhow::Result<()> {
-    let python = crate::ci::ensure_moto()?;
+    let python = crate::tools::ensure_moto()?;
     let provision = crate::system::build_binaries(&["provision"], false)?
         .remove("provision")
         .context("provision")?;

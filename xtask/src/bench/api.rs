@@ -1,73 +1,23 @@
-//! `cargo xtask bench …`: performance figures, each with a baseline measured in the same run.
+//! `cargo xtask bench api`: upload throughput and memory, then public read throughput and latency.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
 
-use crate::dev::stop;
+use super::{generate_once, percentile, verdict, ApiBench};
 use crate::postgres::PrivateCluster;
 use crate::scratch_dir;
-use crate::system::{ensure_installed, output, run_command};
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    target: BenchTarget,
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchTarget {
-    /// The API (release build, local storage, private PostgreSQL): upload throughput and
-    /// memory, then public read throughput and latency.
-    Api(ApiBench),
-    /// The worker (release build, local storage, private PostgreSQL): end-to-end time per
-    /// reference video against the bare ffmpeg floor and a decode-only run.
-    Worker(WorkerBench),
-    /// `provision` against moto: wall time and AWS calls of up, a no-op up, status, plan
-    /// and down.
-    Provision,
-}
-
-#[derive(Debug, Args)]
-struct WorkerBench {
-    /// Videos the worker processes in the measured run.
-    #[arg(long, default_value_t = 5)]
-    videos: usize,
-}
-
-#[derive(Debug, Args)]
-struct ApiBench {
-    /// Concurrent uploading clients.
-    #[arg(long, default_value_t = 8)]
-    clients: usize,
-    /// How long the upload phase runs, in seconds.
-    #[arg(long, default_value_t = 20)]
-    upload_seconds: u64,
-    /// Open connections in the read phase.
-    #[arg(long, default_value_t = 64)]
-    connections: u32,
-    /// How long each read measurement runs, in seconds.
-    #[arg(long, default_value_t = 15)]
-    read_seconds: u64,
-}
-
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.target {
-        BenchTarget::Api(api) => bench_api(api),
-        BenchTarget::Worker(worker) => crate::bench_worker::run(worker.videos),
-        BenchTarget::Provision => crate::bench_provision::run(),
-    }
-}
+use crate::system::stop;
+use crate::system::{ensure_installed, output};
 
 const UPLOAD_GOAL_MB_S: f64 = 200.0;
 const RSS_GOAL_MB: f64 = 150.0;
 const READ_GOAL_RPS: f64 = 5000.0;
 const READ_GOAL_P99_MS: f64 = 25.0;
 
-fn bench_api(args: ApiBench) -> anyhow::Result<()> {
+pub(super) fn bench_api(args: ApiBench) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
     ensure_installed(&["wrk"], "wrk")?;
     let api_bin = crate::system::build_binaries(&["api"], true)?
@@ -105,7 +55,7 @@ fn bench_api(args: ApiBench) -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{port}");
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
-        crate::dev::wait_healthy(&mut api, &base).await?;
+        crate::system::wait_healthy(&mut api, &base).await?;
         let rss_idle = peak_rss_mb(&api)?;
         let disk = disk_copy_baseline(&video, &work)?;
         let upload = upload_phase(&base, &video, video_bytes, &args).await?;
@@ -158,24 +108,6 @@ fn reference_upload(work: &Path) -> anyhow::Result<PathBuf> {
         ],
     )?;
     Ok(path)
-}
-
-/// Runs ffmpeg with `args` to make `path` unless it exists; writes to a partial file first
-/// so an interrupted run never leaves a half file under the final name.
-pub fn generate_once(path: &Path, what: &str, args: &[&str]) -> anyhow::Result<()> {
-    if path.is_file() {
-        return Ok(());
-    }
-    eprintln!("xtask: generating {what} (once)");
-    let partial = path.with_extension("partial.mp4");
-    run_command(
-        Command::new("ffmpeg")
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-            .args(args)
-            .arg(&partial),
-    )?;
-    std::fs::rename(&partial, path)?;
-    Ok(())
 }
 
 /// The process's peak resident set (VmHWM), in MB.
@@ -401,22 +333,6 @@ fn wrk_duration_ms(text: &str) -> Option<f64> {
         return None;
     };
     number.trim().parse::<f64>().ok().map(|n| n * factor)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "meets goal"
-    } else {
-        "BELOW GOAL"
-    }
 }
 
 fn report(

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::dev::stop;
+use super::verdict;
 use crate::postgres::PrivateCluster;
 use crate::scratch_dir;
+use crate::system::stop;
 use crate::system::{ensure_installed, output, run_command};
 
 const GOAL_VIDEOS_PER_MIN: f64 = 8.0;
@@ -129,19 +130,11 @@ pub fn run(videos: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "meets goal"
-    } else {
-        "BELOW GOAL"
-    }
-}
-
 /// 60 s of 1080p30 H.264 with noise (not trivially compressible) and an audio track,
 /// about 50 MB; made once.
 fn reference_input(work: &Path) -> anyhow::Result<PathBuf> {
     let path = work.join("reference-60s-1080p.mp4");
-    crate::bench::generate_once(
+    super::generate_once(
         &path,
         "the 60 s 1080p reference input",
         &[
