@@ -56,4 +56,11 @@ async fn the_api_keeps_every_promise_of_its_openapi_document() {
     );
     // It ran: every operation of the document was exercised.
     assert!(stdout.contains("passed"), "{stdout}");
+    if let Some(cases) = stdout
+        .lines()
+        .skip_while(|l| !l.contains("Test cases:"))
+        .nth(1)
+    {
+        eprintln!("schemathesis (seed {seed}): {}", cases.trim());
+    }
 }
