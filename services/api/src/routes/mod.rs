@@ -5,14 +5,11 @@ pub mod public;
 pub mod users;
 pub mod videos;
 
-use std::str::FromStr;
-
 use actix_web::dev::ResourceDef;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use uuid::Uuid;
 
-use crate::error::{detail_response, ApiError, INVALID_QUERY, VIDEO_NOT_FOUND};
+use crate::error::{detail_response, ApiError, INVALID_QUERY};
 
 /// Every path the API serves, with its methods: the OpenAPI document's, plus the few
 /// routes it does not describe. Lets a request with the wrong method get 405 and `Allow`
@@ -119,11 +116,6 @@ pub fn text_field(
     Ok(trimmed.to_owned())
 }
 
-/// Video ids are opaque to clients: one that does not parse is simply not found.
-pub fn parse_video_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::from_str(raw).map_err(|_| ApiError::NotFound(VIDEO_NOT_FOUND))
-}
-
 /// `?city=&limit=&offset=` as the public endpoints take them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageQuery {
@@ -227,11 +219,5 @@ mod tests {
             assert!(field(bad).is_err(), "{bad:?}");
         }
         assert!(text_field(None, "city", 8).is_err());
-    }
-
-    #[test]
-    fn unparseable_ids_are_not_found() {
-        assert!(matches!(parse_video_id("abc"), Err(ApiError::NotFound(_))));
-        assert!(parse_video_id("6f1c4a52-8f5e-4b8e-9d8e-2f3c1a0b9c7d").is_ok());
     }
 }

@@ -5,10 +5,11 @@ use backends::db::{self, VoteOutcome};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::routes::{parse_video_id, PageQuery};
+use crate::routes::PageQuery;
 use crate::snapshot::page as page_of;
 use crate::AppState;
 
@@ -105,11 +106,11 @@ pub async fn public_videos(
 pub async fn vote(
     req: HttpRequest,
     user: AuthUser,
-    path: web::Path<String>,
+    path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.vote_rate.check(state.client_address(&req))?;
-    let video_id = parse_video_id(&path)?;
+    let video_id = path.into_inner();
     match db::cast_vote(&state.pool, video_id, user.0).await? {
         VoteOutcome::Counted => Ok(HttpResponse::Ok().json(VoteResponse {
             message: "Voto registrado exitosamente.",

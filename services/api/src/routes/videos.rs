@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::auth::{AuthUser, Caller};
 use crate::error::{ApiError, ErrorBody, NOT_AUTHENTICATED, VIDEO_NOT_FOUND};
-use crate::routes::{parse_video_id, PageQuery};
+use crate::routes::PageQuery;
 
 /// The `limit` of a list request that gave none: every video (never a valid limit).
 const ALL: i64 = 0;
@@ -226,8 +226,7 @@ pub async fn list_my_videos(
 }
 
 /// Looks up a video the caller owns: 404 when unknown, 403 when someone else's.
-async fn owned_video(state: &AppState, user: Uuid, raw_id: &str) -> Result<Video, ApiError> {
-    let id = parse_video_id(raw_id)?;
+async fn owned_video(state: &AppState, user: Uuid, id: Uuid) -> Result<Video, ApiError> {
     let video = db::find_video(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound(VIDEO_NOT_FOUND))?;
@@ -254,10 +253,10 @@ async fn owned_video(state: &AppState, user: Uuid, raw_id: &str) -> Result<Video
 pub async fn video_detail(
     req: HttpRequest,
     user: AuthUser,
-    path: web::Path<String>,
+    path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let video = owned_video(&state, user.0, &path).await?;
+    let video = owned_video(&state, user.0, *path).await?;
     let base = state.base_url(&req);
     Ok(HttpResponse::Ok().json(VideoDetail {
         video_id: video.id.to_string(),
@@ -289,12 +288,12 @@ pub async fn video_detail(
 #[delete("/api/videos/{video_id}")]
 pub async fn delete_video(
     user: AuthUser,
-    path: web::Path<String>,
+    path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let published =
         || ApiError::bad_request("El video ya está publicado para votación y no puede eliminarse.");
-    let video = owned_video(&state, user.0, &path).await?;
+    let video = owned_video(&state, user.0, *path).await?;
     if video.status == VideoStatus::Processed {
         return Err(published());
     }
@@ -336,10 +335,10 @@ pub async fn delete_video(
 pub async fn download_original(
     req: HttpRequest,
     caller: Caller,
-    path: web::Path<String>,
+    path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let video = downloadable_video(&state, caller, &path).await?;
+    let video = downloadable_video(&state, caller, *path).await?;
     serve(&req, &state, &original_key(video.id)).await
 }
 
@@ -362,7 +361,7 @@ pub async fn download_original(
 pub async fn download_original_alias(
     req: HttpRequest,
     caller: Caller,
-    path: web::Path<String>,
+    path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     download_original(req, caller, path, state).await
@@ -386,10 +385,10 @@ pub async fn download_original_alias(
 pub async fn download_processed(
     req: HttpRequest,
     caller: Caller,
-    path: web::Path<String>,
+    path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let video = downloadable_video(&state, caller, &path).await?;
+    let video = downloadable_video(&state, caller, *path).await?;
     if video.status != VideoStatus::Processed {
         return Err(ApiError::bad_request("El video aún no ha sido procesado."));
     }
@@ -416,18 +415,13 @@ pub async fn download_processed(
 pub async fn download_processed_alias(
     req: HttpRequest,
     caller: Caller,
-    path: web::Path<String>,
+    path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     download_processed(req, caller, path, state).await
 }
 
-async fn downloadable_video(
-    state: &AppState,
-    caller: Caller,
-    raw_id: &str,
-) -> Result<Video, ApiError> {
-    let id = parse_video_id(raw_id)?;
+async fn downloadable_video(state: &AppState, caller: Caller, id: Uuid) -> Result<Video, ApiError> {
     let video = db::find_video(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound(VIDEO_NOT_FOUND))?;
