@@ -1,11 +1,12 @@
 //! The desired state: a pure function of the configuration (and the account id, which
 //! makes the bucket name globally unique).
 
-use crate::config::{Config, InstanceSubnets};
-use crate::model::{Kind, Resource};
+use crate::config::Config;
+use crate::model::Resource;
 use crate::names::{bucket_name, Names};
-use crate::resources::security_group::rules;
-use crate::resources::{bucket, compute, database, load_balancing, monitoring, queue, secret};
+use crate::resources::{
+    bucket, compute, database, load_balancing, monitoring, network, queue, secret, security_group,
+};
 
 /// What the desired state depends on besides the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -32,106 +33,8 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
         stack: config.stack.name.clone(),
     };
     let vpc = n.of("vpc");
-    let zones = config.availability_zones();
-    let mut out = vec![Resource::new(
-        Kind::Vpc,
-        &vpc,
-        &[
-            ("cidr", config.network.vpc_cidr.clone()),
-            ("dns_hostnames", "true".into()),
-            ("dns_support", "true".into()),
-        ],
-    )];
-    let (mut public_names, mut private_names) = (Vec::new(), Vec::new());
-    for (tier, cidrs, public) in [
-        ("public", &config.network.public_subnets, true),
-        ("private", &config.network.private_subnets, false),
-    ] {
-        for (i, (cidr, zone)) in cidrs.iter().zip(&zones).enumerate() {
-            let name = n.of(&format!("{tier}-{}", ['a', 'b'][i]));
-            if public {
-                public_names.push(name.clone());
-            } else {
-                private_names.push(name.clone());
-            }
-            out.push(Resource::new(
-                Kind::Subnet,
-                name,
-                &[
-                    ("cidr", cidr.clone()),
-                    ("zone", zone.clone()),
-                    ("vpc", vpc.clone()),
-                    ("public_ip_on_launch", public.to_string()),
-                ],
-            ));
-        }
-    }
-    out.push(Resource::new(
-        Kind::InternetGateway,
-        n.of("igw"),
-        &[("vpc", vpc.clone())],
-    ));
-    out.push(Resource::new(
-        Kind::RouteTable,
-        n.of("public"),
-        &[
-            ("vpc", vpc.clone()),
-            ("default_route", n.of("igw")),
-            ("subnets", public_names.join(",")),
-        ],
-    ));
-    if config.network.instances == InstanceSubnets::Private {
-        // One gateway, in the first zone: a zone failure cuts the private subnets' way
-        // out until it is back, which the README weighs against paying for two.
-        out.push(Resource::new(
-            Kind::ElasticIp,
-            n.of("nat-ip"),
-            &[("domain", "vpc".into())],
-        ));
-        out.push(Resource::new(
-            Kind::NatGateway,
-            n.of("nat"),
-            &[("subnet", n.of("public-a")), ("address", n.of("nat-ip"))],
-        ));
-        out.push(Resource::new(
-            Kind::RouteTable,
-            n.of("private"),
-            &[
-                ("vpc", vpc.clone()),
-                ("default_route", n.of("nat")),
-                ("subnets", private_names.join(",")),
-            ],
-        ));
-    }
-    let (alb, web, worker, db) = (n.of("alb"), n.of("web"), n.of("worker"), n.of("db"));
-    for (name, description, ingress) in [
-        (
-            &alb,
-            "load balancer: HTTP and HTTPS from anywhere",
-            rules(&[(80, "0.0.0.0/0"), (443, "0.0.0.0/0")]),
-        ),
-        (
-            &web,
-            "web tier: HTTP from the load balancer only",
-            rules(&[(80, &alb)]),
-        ),
-        (&worker, "worker tier: no inbound traffic", String::new()),
-        (
-            &db,
-            "database: PostgreSQL from the web and worker tiers",
-            rules(&[(5432, &web), (5432, &worker)]),
-        ),
-    ] {
-        out.push(Resource::new(
-            Kind::SecurityGroup,
-            name.clone(),
-            &[
-                ("vpc", vpc.clone()),
-                ("description", description.into()),
-                ("ingress", ingress),
-            ],
-        ));
-    }
+    let mut out = network::desired(&n, config);
+    out.extend(security_group::desired(&n));
     out.push(bucket::desired(bucket_name(config, account_id), over_tls));
     out.push(queue::desired_dead_letter_queue(&n));
     out.extend(monitoring::desired(&n, config));
@@ -150,6 +53,8 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::InstanceSubnets;
+    use crate::model::Kind;
 
     const SEED: Inputs = Inputs {
         account_id: "123456789012",

@@ -3,14 +3,14 @@
 //! and `delete`. The three functions below are the only dispatch by `Kind`; the engine
 //! calls them.
 //!
-//! Every family is here; the network's and the security groups' desired side is still
-//! built in `desired.rs`.
+//! Every family is here; `desired.rs` only puts their desired resources in order.
 
 pub(crate) mod bucket;
 pub(crate) mod compute;
 pub(crate) mod database;
 pub(crate) mod load_balancing;
 pub(crate) mod monitoring;
+pub(crate) mod nat;
 pub(crate) mod network;
 pub(crate) mod queue;
 pub(crate) mod secret;

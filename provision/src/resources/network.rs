@@ -2,17 +2,93 @@
 //! gateway with its Elastic IP (private network mode). It is observed together with the
 //! security groups, which need its names. The desired side is still built in `desired.rs`.
 
-use std::time::{Duration, Instant};
-
 use anyhow::Context;
-use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, NatGatewayState, ResourceType, Tag};
+use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, Tag};
 
 use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, NamesById};
-use crate::model::{Change, Kind, Observed, Props};
-use crate::resources::security_group;
+use crate::config::{Config, InstanceSubnets};
+use crate::model::{Change, Kind, Observed, Props, Resource};
+use crate::names::Names;
+use crate::resources::{nat, security_group};
 
-/// How often a wait on a NAT gateway asks again.
-const POLL: Duration = Duration::from_secs(10);
+/// The VPC with DNS, a public and a private subnet in each of two zones, the internet
+/// gateway and the public route table; in the private network mode also an Elastic IP, a
+/// NAT gateway in the first zone and the private route table.
+pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
+    let vpc = n.of("vpc");
+    let zones = config.availability_zones();
+    let mut out = vec![Resource::new(
+        Kind::Vpc,
+        &vpc,
+        &[
+            ("cidr", config.network.vpc_cidr.clone()),
+            ("dns_hostnames", "true".into()),
+            ("dns_support", "true".into()),
+        ],
+    )];
+    let (mut public_names, mut private_names) = (Vec::new(), Vec::new());
+    for (tier, cidrs, public) in [
+        ("public", &config.network.public_subnets, true),
+        ("private", &config.network.private_subnets, false),
+    ] {
+        for (i, (cidr, zone)) in cidrs.iter().zip(&zones).enumerate() {
+            let name = n.of(&format!("{tier}-{}", ['a', 'b'][i]));
+            if public {
+                public_names.push(name.clone());
+            } else {
+                private_names.push(name.clone());
+            }
+            out.push(Resource::new(
+                Kind::Subnet,
+                name,
+                &[
+                    ("cidr", cidr.clone()),
+                    ("zone", zone.clone()),
+                    ("vpc", vpc.clone()),
+                    ("public_ip_on_launch", public.to_string()),
+                ],
+            ));
+        }
+    }
+    out.push(Resource::new(
+        Kind::InternetGateway,
+        n.of("igw"),
+        &[("vpc", vpc.clone())],
+    ));
+    out.push(Resource::new(
+        Kind::RouteTable,
+        n.of("public"),
+        &[
+            ("vpc", vpc.clone()),
+            ("default_route", n.of("igw")),
+            ("subnets", public_names.join(",")),
+        ],
+    ));
+    if config.network.instances == InstanceSubnets::Private {
+        // One gateway, in the first zone: a zone failure cuts the private subnets' way
+        // out until it is back, which the README weighs against paying for two.
+        out.push(Resource::new(
+            Kind::ElasticIp,
+            n.of("nat-ip"),
+            &[("domain", "vpc".into())],
+        ));
+        out.push(Resource::new(
+            Kind::NatGateway,
+            n.of("nat"),
+            &[("subnet", n.of("public-a")), ("address", n.of("nat-ip"))],
+        ));
+        out.push(Resource::new(
+            Kind::RouteTable,
+            n.of("private"),
+            &[
+                ("vpc", vpc.clone()),
+                ("default_route", n.of("nat")),
+                ("subnets", private_names.join(",")),
+            ],
+        ));
+    }
+    out
+}
 
 pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<String> {
     let p = &change.desired;
@@ -110,9 +186,9 @@ pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Res
             }
             Ok(id)
         }
-        Kind::ElasticIp => create_address(aws, name).await,
+        Kind::ElasticIp => nat::create_address(aws, name).await,
         Kind::NatGateway => {
-            create_nat_gateway(aws, name, &id_of("subnet")?, &id_of("address")?).await
+            nat::create_nat_gateway(aws, name, &id_of("subnet")?, &id_of("address")?).await
         }
         other => anyhow::bail!("{other:?} is not a network resource"),
     }
@@ -271,8 +347,8 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
                 .map(drop)
                 .map_err(DeleteError::from_sdk)
         }
-        Kind::ElasticIp => release_address(aws, id).await,
-        Kind::NatGateway => delete_nat_gateway(aws, id).await,
+        Kind::ElasticIp => nat::release_address(aws, id).await,
+        Kind::NatGateway => nat::delete_nat_gateway(aws, id).await,
         other => Err(DeleteError::Other(anyhow::anyhow!(
             "{other:?} is not a network resource"
         ))),
@@ -564,108 +640,5 @@ fn with_route_target(
         route.nat_gateway_id(target)
     } else {
         route.gateway_id(target)
-    }
-}
-
-pub(crate) async fn create_address(aws: &Aws, name: &str) -> anyhow::Result<String> {
-    let address = aws
-        .ec2
-        .allocate_address()
-        .domain(DomainType::Vpc)
-        .tag_specifications(aws.tags(ResourceType::ElasticIp, name))
-        .send()
-        .await?;
-    address
-        .allocation_id()
-        .map(str::to_owned)
-        .context("no allocation id")
-}
-
-pub(crate) async fn release_address(aws: &Aws, id: &str) -> Result<(), DeleteError> {
-    aws.ec2
-        .release_address()
-        .allocation_id(id)
-        .send()
-        .await
-        .map(drop)
-        .map_err(DeleteError::from_sdk)
-}
-
-/// Creates the gateway and waits until it routes (a minute or two on AWS).
-pub(crate) async fn create_nat_gateway(
-    aws: &Aws,
-    name: &str,
-    subnet: &str,
-    allocation: &str,
-) -> anyhow::Result<String> {
-    let created = aws
-        .ec2
-        .create_nat_gateway()
-        .subnet_id(subnet)
-        .allocation_id(allocation)
-        .tag_specifications(aws.tags(ResourceType::Natgateway, name))
-        .send()
-        .await?;
-    let id = created
-        .nat_gateway()
-        .and_then(|g| g.nat_gateway_id())
-        .context("no NAT gateway id")?
-        .to_owned();
-    let started = Instant::now();
-    loop {
-        match nat_gateway_state(aws, &id).await? {
-            Some(NatGatewayState::Available) => return Ok(id),
-            Some(NatGatewayState::Failed) => anyhow::bail!("NAT gateway {name} failed"),
-            state => eprintln!(
-                "  waiting for NAT gateway {name} to become available ({}, {:.0} s so far)",
-                state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
-                started.elapsed().as_secs_f64()
-            ),
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Deletes the gateway and waits until it is gone: its subnet and address can only go
-/// after.
-pub(crate) async fn delete_nat_gateway(aws: &Aws, id: &str) -> Result<(), DeleteError> {
-    aws.ec2
-        .delete_nat_gateway()
-        .nat_gateway_id(id)
-        .send()
-        .await
-        .map_err(DeleteError::from_sdk)?;
-    let started = Instant::now();
-    loop {
-        match nat_gateway_state(aws, id)
-            .await
-            .map_err(DeleteError::Other)?
-        {
-            None | Some(NatGatewayState::Deleted) => return Ok(()),
-            Some(state) => eprintln!(
-                "  waiting for NAT gateway {id} to be deleted ({}, {:.0} s so far)",
-                state.as_str(),
-                started.elapsed().as_secs_f64()
-            ),
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-async fn nat_gateway_state(aws: &Aws, id: &str) -> anyhow::Result<Option<NatGatewayState>> {
-    let found = aws
-        .ec2
-        .describe_nat_gateways()
-        .nat_gateway_ids(id)
-        .send()
-        .await;
-    match found {
-        Ok(found) => Ok(found
-            .nat_gateways()
-            .first()
-            .and_then(|g| g.state())
-            .cloned()),
-        Err(e) if crate::aws::error_kind(&e) == crate::aws::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).context("describe NAT gateways"),
     }
 }

@@ -9,7 +9,8 @@ use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, SecurityGroup, Use
 use crate::aws::{
     error_kind, observed as observed_resource, Aws, DeleteError, ErrorKind, Ids, NamesById,
 };
-use crate::model::{Action, Change, Kind, Observed};
+use crate::model::{Action, Change, Kind, Observed, Resource};
+use crate::names::Names;
 
 /// Rules as one comparable string: sorted `proto:port from source`.
 pub fn rules(rules: &[(u16, &str)]) -> String {
@@ -19,6 +20,43 @@ pub fn rules(rules: &[(u16, &str)]) -> String {
         .collect();
     rules.sort();
     rules.join(";")
+}
+
+/// The seed's four groups: the load balancer open on 80/443, the web tier reachable only
+/// from it, the worker with no inbound rule, the database only from web and worker.
+pub(crate) fn desired(n: &Names) -> Vec<Resource> {
+    let vpc = n.of("vpc");
+    let mut out = Vec::new();
+    let (alb, web, worker, db) = (n.of("alb"), n.of("web"), n.of("worker"), n.of("db"));
+    for (name, description, ingress) in [
+        (
+            &alb,
+            "load balancer: HTTP and HTTPS from anywhere",
+            rules(&[(80, "0.0.0.0/0"), (443, "0.0.0.0/0")]),
+        ),
+        (
+            &web,
+            "web tier: HTTP from the load balancer only",
+            rules(&[(80, &alb)]),
+        ),
+        (&worker, "worker tier: no inbound traffic", String::new()),
+        (
+            &db,
+            "database: PostgreSQL from the web and worker tiers",
+            rules(&[(5432, &web), (5432, &worker)]),
+        ),
+    ] {
+        out.push(Resource::new(
+            Kind::SecurityGroup,
+            name.clone(),
+            &[
+                ("vpc", vpc.clone()),
+                ("description", description.into()),
+                ("ingress", ingress),
+            ],
+        ));
+    }
+    out
 }
 
 /// AWS's view of the stack's groups, in the desired state's terms (names, not ids).
