@@ -74,6 +74,9 @@ impl FramingWatch {
         if let Some(violation) = self.violation {
             return Err(violation);
         }
+        if self.skips_content(chunk) {
+            return Ok(());
+        }
         let mut data = std::mem::take(&mut self.carry);
         data.extend_from_slice(chunk);
         let mut at = 0;
@@ -150,6 +153,32 @@ impl FramingWatch {
             self.violation = Some(violation);
         }
         result
+    }
+}
+
+impl FramingWatch {
+    /// The common case, without copying the chunk: inside a part's content, a chunk in
+    /// which no delimiter starts (nor straddles the previous one) only moves the tail on.
+    fn skips_content(&mut self, chunk: &[u8]) -> bool {
+        if self.state != State::Content {
+            return false;
+        }
+        let keep = self.delimiter.len() - 1;
+        let mut seam = self.carry.clone();
+        seam.extend_from_slice(&chunk[..chunk.len().min(keep)]);
+        if memmem::find(&seam, &self.delimiter).is_some()
+            || memmem::find(chunk, &self.delimiter).is_some()
+        {
+            return false;
+        }
+        if chunk.len() >= keep {
+            self.carry = chunk[chunk.len() - keep..].to_vec();
+        } else {
+            self.carry.extend_from_slice(chunk);
+            let excess = self.carry.len().saturating_sub(keep);
+            self.carry.drain(..excess);
+        }
+        true
     }
 }
 

@@ -2,73 +2,17 @@
 //! of logins. What must survive: no orphan file, row or job; every upload that got its
 //! 201 processed; the process's memory bounded and its health answering.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backends::settings::Settings;
-use backends::testing::{eventually, free_port, TestBackends, TestDatabase};
+use backends::testing::{eventually, TestBackends, TestDatabase};
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{fixtures, spawn_app_with, Options, JWT_SECRET};
-
-/// The API binary on a free port with `env`, and its base URL once it answers.
-async fn start_api(env: &[(String, String)]) -> (tokio::process::Child, String) {
-    let port = free_port();
-    #[allow(clippy::disallowed_methods)] // the test runs the real binary
-    let server = tokio::process::Command::new(env!("CARGO_BIN_EXE_api"))
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("APP__SERVER__PORT", port.to_string())
-        .env("APP__AUTH__JWT_SECRET", JWT_SECRET)
-        .env("APP__LOG__FILTER", "warn")
-        .envs(
-            std::env::var("EXPERIMENT_ARENAS")
-                .ok()
-                .map(|v| ("MALLOC_ARENA_MAX".to_owned(), v)),
-        )
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    eventually("the API to come up", Duration::from_secs(30), || async {
-        client
-            .get(format!("{base}/api/health"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == StatusCode::OK)
-    })
-    .await;
-    (server, base)
-}
-
-async fn token_for(client: &reqwest::Client, base: &str) -> String {
-    let email = format!("ana.{}@example.com", uuid::Uuid::new_v4().simple());
-    let signup = json!({"first_name": "Ana", "last_name": "Ruiz", "email": email,
-        "password1": "Canasta2026", "password2": "Canasta2026", "city": "Cali", "country": "Colombia"});
-    let response = client
-        .post(format!("{base}/api/auth/signup"))
-        .json(&signup)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let login: serde_json::Value = client
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({"email": email, "password": "Canasta2026"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    login["access_token"].as_str().unwrap().to_owned()
-}
+use crate::helpers::{fixtures, spawn_app_with, start_api, token_for, Options};
 
 #[tokio::test]
 async fn an_upload_cut_off_between_recording_and_queueing_is_swept_away() {

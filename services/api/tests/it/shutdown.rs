@@ -1,68 +1,33 @@
 //! The server binary: starts from its settings and drains in-flight requests on SIGTERM.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use backends::testing::{eventually, free_port, TestDatabase};
+use backends::testing::TestDatabase;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 
-use crate::helpers::{fixtures, JWT_SECRET};
+use crate::helpers::{fixtures, start_api, token_for};
 
 #[tokio::test]
 async fn sigterm_lets_an_upload_in_flight_finish_then_exits_cleanly() {
     let db = TestDatabase::create().await;
     let storage = tempfile::tempdir().unwrap();
-    let port = free_port();
-    #[allow(clippy::disallowed_methods)] // the test runs the real binary
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_api"))
-        .env("APP__DATABASE__URL", &db.url)
-        .env("APP__SERVER__PORT", port.to_string())
-        .env("APP__SERVER__SHUTDOWN_TIMEOUT", "20s")
-        .env("APP__AUTH__JWT_SECRET", JWT_SECRET)
-        .env("APP__STORAGE__LOCAL_DIR", storage.path())
-        .env("APP__LOG__FILTER", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let env: Vec<(String, String)> = [
+        ("APP__DATABASE__URL", db.url.clone()),
+        ("APP__SERVER__SHUTDOWN_TIMEOUT", "20s".to_owned()),
+        (
+            "APP__STORAGE__LOCAL_DIR",
+            storage.path().display().to_string(),
+        ),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .to_vec();
+    let (mut server, base) = start_api(&env).await;
     let client = reqwest::Client::new();
-    eventually("the server to come up", Duration::from_secs(30), || async {
-        client
-            .get(format!("{base}/api/health"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == StatusCode::OK)
-    })
-    .await;
-
-    let email = format!("ana.{}@example.com", uuid::Uuid::new_v4().simple());
-    let signup = serde_json::json!({"first_name": "Ana", "last_name": "Ruiz", "email": email,
-        "password1": "Canasta2026", "password2": "Canasta2026", "city": "Cali", "country": "Colombia"});
-    assert_eq!(
-        client
-            .post(format!("{base}/api/auth/signup"))
-            .json(&signup)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::CREATED
-    );
-    let login: serde_json::Value = client
-        .post(format!("{base}/api/auth/login"))
-        .json(&serde_json::json!({"email": email, "password": "Canasta2026"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap().to_owned();
+    let token = token_for(&client, &base).await;
 
     // Send the video slowly, in ten pieces over about two seconds.
     let video = std::fs::read(&fixtures().await.sample).unwrap();
