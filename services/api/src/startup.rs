@@ -111,6 +111,7 @@ impl Application {
                             .into()
                         },
                     ))
+                    .app_data(web::QueryConfig::default().error_handler(routes::invalid_query))
                     .app_data(web::PathConfig::default().error_handler(|err, _| {
                         InternalError::from_response(
                             err,

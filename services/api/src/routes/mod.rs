@@ -116,79 +116,104 @@ pub fn text_field(
     Ok(trimmed.to_owned())
 }
 
-/// `?city=&limit=&offset=` as the public endpoints take them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `?city=&limit=&offset=` as the list endpoints take them, extracted with `web::Query`:
+/// a limit outside 1–100, a negative offset, or anything not a whole number fails
+/// extraction, and the `QueryConfig` error handler in `startup` answers the contract's 400.
+/// An empty `city` means no filter; unknown parameters are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct PageQuery {
-    pub city: Option<String>,
-    pub limit: i64,
-    pub offset: i64,
+    city: Option<String>,
+    limit: Option<Limit>,
+    #[serde(default)]
+    offset: Offset,
 }
 
 impl PageQuery {
-    /// `(limit, offset)` for slicing in memory.
-    pub fn bounds(&self) -> (usize, usize) {
-        (
-            usize::try_from(self.limit).unwrap_or(0),
-            usize::try_from(self.offset).unwrap_or(usize::MAX),
-        )
+    pub fn city(&self) -> Option<&str> {
+        self.city
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
     }
 
-    /// Parses the raw query string strictly: a limit outside 1–100, a negative offset, or
-    /// anything not a whole number is a 400. An empty `city` means no filter.
-    pub fn parse(query: &str, default_limit: i64) -> Result<Self, ApiError> {
-        let invalid = || ApiError::bad_request(INVALID_QUERY);
-        let mut page = PageQuery {
-            city: None,
-            limit: default_limit,
-            offset: 0,
-        };
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(query).map_err(|_| invalid())?;
-        for (key, value) in pairs {
-            match key.as_str() {
-                "city" => page.city = Some(value.trim().to_owned()).filter(|c| !c.is_empty()),
-                "limit" => {
-                    page.limit = value.trim().parse().map_err(|_| invalid())?;
-                    if !(1..=100).contains(&page.limit) {
-                        return Err(invalid());
-                    }
-                }
-                "offset" => {
-                    page.offset = value.trim().parse().map_err(|_| invalid())?;
-                    if page.offset < 0 {
-                        return Err(invalid());
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(page)
+    /// The requested limit, if any.
+    pub fn limit(&self) -> Option<i64> {
+        self.limit.map(|Limit(limit)| limit)
     }
+
+    pub fn offset(&self) -> i64 {
+        self.offset.0
+    }
+
+    /// `(limit, offset)` for slicing in memory, with the endpoint's default limit.
+    pub fn bounds(&self, default_limit: usize) -> (usize, usize) {
+        let limit = self.limit().map_or(default_limit, |l| l as usize);
+        (limit, usize::try_from(self.offset()).unwrap_or(usize::MAX))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "i64")]
+struct Limit(i64);
+
+impl TryFrom<i64> for Limit {
+    type Error = &'static str;
+    fn try_from(limit: i64) -> Result<Self, Self::Error> {
+        (1..=100)
+            .contains(&limit)
+            .then_some(Limit(limit))
+            .ok_or("limit must be 1-100")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "i64")]
+struct Offset(i64);
+
+impl TryFrom<i64> for Offset {
+    type Error = &'static str;
+    fn try_from(offset: i64) -> Result<Self, Self::Error> {
+        (offset >= 0)
+            .then_some(Offset(offset))
+            .ok_or("offset must be >= 0")
+    }
+}
+
+/// Answers a query string `PageQuery` (or any `web::Query`) cannot take with the
+/// contract's 400.
+pub fn invalid_query(
+    err: actix_web::error::QueryPayloadError,
+    _: &HttpRequest,
+) -> actix_web::Error {
+    actix_web::error::InternalError::from_response(
+        err,
+        detail_response(StatusCode::BAD_REQUEST, INVALID_QUERY),
+    )
+    .into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn page(query: &str) -> Result<PageQuery, serde_urlencoded::de::Error> {
+        serde_urlencoded::from_str(query)
+    }
+
     #[test]
     fn page_query_accepts_the_documented_ranges() {
-        let page = PageQuery::parse("city=Cali&limit=100&offset=0", 10).unwrap();
+        let cali = page("city=Cali&limit=100&offset=0&other=1").unwrap();
         assert_eq!(
-            page,
-            PageQuery {
-                city: Some("Cali".into()),
-                limit: 100,
-                offset: 0
-            }
+            (cali.city(), cali.limit(), cali.offset()),
+            (Some("Cali"), Some(100), 0)
         );
-        assert_eq!(PageQuery::parse("", 20).unwrap().limit, 20);
-        assert_eq!(PageQuery::parse("city=", 20).unwrap().city, None);
+        assert_eq!(page("").unwrap().bounds(20), (20, 0));
+        assert_eq!(page("limit=1&offset=7").unwrap().bounds(20), (1, 7));
+        assert_eq!(page("city=").unwrap().city(), None);
+        assert_eq!(page("city=%20").unwrap().city(), None);
         assert_eq!(
-            PageQuery::parse("city=San%20Andr%C3%A9s", 20)
-                .unwrap()
-                .city
-                .unwrap(),
-            "San Andrés"
+            page("city=San%20Andr%C3%A9s").unwrap().city(),
+            Some("San Andrés")
         );
     }
 
@@ -205,8 +230,7 @@ mod tests {
             "limit=1.5",
             "offset=99999999999999999999",
         ] {
-            let err = PageQuery::parse(bad, 10).unwrap_err();
-            assert_eq!(err.to_string(), INVALID_QUERY, "{bad}");
+            assert!(page(bad).is_err(), "{bad} was accepted");
         }
     }
 

@@ -58,23 +58,17 @@ pub struct RankingEntry {
 #[get("/api/public/videos")]
 pub async fn public_videos(
     req: HttpRequest,
+    page: web::Query<PageQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = PageQuery::parse(req.query_string(), 20)?;
     let videos = state
         .public_videos
         .get(|| db::public_videos(&state.pool, state.max_public_videos))
         .await?;
-    let (limit, offset) = page.bounds();
+    let (limit, offset) = page.bounds(20);
     let base = state.base_url(&req);
     let mut items = Vec::with_capacity(limit.min(videos.len()));
-    for (_, video) in page_of(
-        &videos,
-        |v| v.city_key.as_str(),
-        page.city.as_deref(),
-        limit,
-        offset,
-    ) {
+    for (_, video) in page_of(&videos, |v| v.city_key.as_str(), page.city(), limit, offset) {
         items.push(PublicVideo {
             video_id: video.id.to_string(),
             processed_url: Some(state.processed_url_of(&base, video.id).await?),
@@ -138,28 +132,22 @@ pub async fn vote(
 )]
 #[get("/api/public/rankings")]
 pub async fn rankings(
-    req: HttpRequest,
+    page: web::Query<PageQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = PageQuery::parse(req.query_string(), 10)?;
     let scores = state
         .rankings
         .get(|| db::player_scores(&state.pool))
         .await?;
-    let (limit, offset) = page.bounds();
-    let entries: Vec<RankingEntry> = page_of(
-        &scores,
-        |s| s.city_key.as_str(),
-        page.city.as_deref(),
-        limit,
-        offset,
-    )
-    .map(|(position, score)| RankingEntry {
-        position,
-        username: score.username.clone(),
-        city: score.city.clone(),
-        votes: score.votes,
-    })
-    .collect();
+    let (limit, offset) = page.bounds(10);
+    let entries: Vec<RankingEntry> =
+        page_of(&scores, |s| s.city_key.as_str(), page.city(), limit, offset)
+            .map(|(position, score)| RankingEntry {
+                position,
+                username: score.username.clone(),
+                city: score.city.clone(),
+                votes: score.votes,
+            })
+            .collect();
     Ok(HttpResponse::Ok().json(entries))
 }

@@ -14,8 +14,6 @@ use crate::auth::{AuthUser, Caller};
 use crate::error::{ApiError, ErrorBody, NOT_AUTHENTICATED, VIDEO_NOT_FOUND};
 use crate::routes::PageQuery;
 
-/// The `limit` of a list request that gave none: every video (never a valid limit).
-const ALL: i64 = 0;
 use crate::upload::{self, StagedUpload};
 use crate::AppState;
 
@@ -204,11 +202,10 @@ async fn undo_store(state: &AppState, key: &str) {
 pub async fn list_my_videos(
     req: HttpRequest,
     user: AuthUser,
+    page: web::Query<PageQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = PageQuery::parse(req.query_string(), ALL)?;
-    let limit = (page.limit != ALL).then_some(page.limit);
-    let videos = db::list_videos_of(&state.pool, user.0, limit, page.offset).await?;
+    let videos = db::list_videos_of(&state.pool, user.0, page.limit(), page.offset()).await?;
     let base = state.base_url(&req);
     let mut items = Vec::with_capacity(videos.len());
     for video in videos {
