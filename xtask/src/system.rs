@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+
 use std::time::Duration;
+use testkit::tools::is_set_by_cargo;
 
 use anyhow::{bail, Context};
 
@@ -168,33 +170,17 @@ pub fn build_binaries(
 }
 
 /// `cargo`, in the workspace root, without the variables `cargo run` set for xtask itself
-/// (CARGO_PKG_NAME, CARGO_MANIFEST_DIR…). Build scripts such as ring's declare them with
-/// `rerun-if-env-changed`, so passing them on would rebuild those crates, and everything
-/// above them (the AWS SDKs), each time a build alternates between xtask and a plain
-/// `cargo` (or between clones at different paths).
+/// (see [`is_set_by_cargo`]).
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(crate::project_root());
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if is_set_by_cargo_run(&name) {
+        if is_set_by_cargo(&name) {
             command.env_remove(name.as_ref());
         }
     }
     command
-}
-
-fn is_set_by_cargo_run(name: &str) -> bool {
-    ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
-        || [
-            "CARGO_CRATE_NAME",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "OUT_DIR",
-        ]
-        .contains(&name)
 }
 
 /// Polls `/api/health` until it answers, failing early if the API process exits.
@@ -233,30 +219,4 @@ pub fn stop(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_what_cargo_run_sets_is_dropped() {
-        for set in [
-            "CARGO_PKG_NAME",
-            "CARGO_MANIFEST_DIR",
-            "CARGO_BIN_EXE_api",
-            "OUT_DIR",
-        ] {
-            assert!(is_set_by_cargo_run(set), "{set}");
-        }
-        for kept in [
-            "CARGO_HOME",
-            "CARGO_TARGET_DIR",
-            "CARGO",
-            "CARGO_TERM_COLOR",
-            "PATH",
-        ] {
-            assert!(!is_set_by_cargo_run(kept), "{kept}");
-        }
-    }
 }

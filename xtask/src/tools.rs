@@ -5,15 +5,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Context;
+use testkit::tools::{moto_venv, schemathesis_venv, MOTO_VERSION, SCHEMATHESIS_VERSION};
 
 use crate::scratch_dir;
 use crate::system::{install_packages, run_command, which};
-
-/// Pinned: later versions may change what the emulator accepts. (The test harness,
-/// `backends::testing::MOTO_VERSION`, names the same version.)
-pub const MOTO_VERSION: &str = "5.2.5";
-/// Pinned, like moto: the fuzzer's checks change between versions.
-pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
 /// A Python with the pinned `moto[server]`, in a virtualenv under `target/tools`.
 pub fn ensure_moto() -> anyhow::Result<PathBuf> {
@@ -21,7 +16,7 @@ pub fn ensure_moto() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(python));
     }
     let venv = python_tool(
-        &format!("moto-{MOTO_VERSION}"),
+        moto_venv(&scratch_dir()),
         &format!("moto[server]=={MOTO_VERSION}"),
         "moto.server",
     )?;
@@ -35,17 +30,16 @@ pub fn ensure_schemathesis() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(program));
     }
     let venv = python_tool(
-        &format!("schemathesis-{SCHEMATHESIS_VERSION}"),
+        schemathesis_venv(&scratch_dir()),
         &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
         "schemathesis",
     )?;
     Ok(venv.join("bin/schemathesis"))
 }
 
-/// A virtualenv `target/tools/<name>` with `requirement` installed (checked by importing
-/// `module`), created when missing or broken.
-fn python_tool(name: &str, requirement: &str, module: &str) -> anyhow::Result<PathBuf> {
-    let venv = scratch_dir().join("tools").join(name);
+/// The virtualenv `venv` with `requirement` installed (checked by importing `module`),
+/// created when missing or broken.
+fn python_tool(venv: PathBuf, requirement: &str, module: &str) -> anyhow::Result<PathBuf> {
     let python = venv.join("bin/python");
     let ready = python.is_file()
         && Command::new(&python)

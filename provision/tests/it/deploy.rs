@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use provision::{Stack, StackOptions};
 
 fn xtask(args: &[&str], stack: &str, endpoint: &str, config: &Path) -> Output {
-    let root = backends::testing::workspace_root();
+    let root = testkit::workspace_root();
     #[allow(clippy::disallowed_methods)] // the README's command, run as a user would
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // As from a shell: without what `cargo test` sets for this test (CARGO_PKG_NAME…),
@@ -48,7 +48,7 @@ fn xtask(args: &[&str], stack: &str, endpoint: &str, config: &Path) -> Output {
 
 #[tokio::test]
 async fn xtask_up_publishes_deploys_and_down_removes_everything() {
-    let moto = backends::testing::moto();
+    let moto = testkit::moto();
     let name = format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let config = crate::helpers::config_file();
 

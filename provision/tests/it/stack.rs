@@ -12,7 +12,7 @@ use crate::helpers::{
 
 #[tokio::test]
 async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() {
-    let moto = backends::testing::moto();
+    let moto = testkit::moto();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let stack = Stack::open(config_for(&name), release_r1(&moto.endpoint))
         .await
@@ -581,7 +581,7 @@ fn cli_explains_itself() {
 #[tokio::test]
 async fn an_up_killed_halfway_converges_when_run_again() {
     use std::io::{BufRead, BufReader};
-    let moto = backends::testing::moto();
+    let moto = testkit::moto();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let config = config_file();
     let stack = Stack::open(config_for(&name), release_r1(&moto.endpoint))
@@ -636,7 +636,7 @@ async fn an_up_killed_halfway_converges_when_run_again() {
 
 #[test]
 fn down_without_yes_refuses_when_nobody_can_answer() {
-    let moto = backends::testing::moto();
+    let moto = testkit::moto();
     let config = config_file();
     #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
     let out = Command::new(env!("CARGO_BIN_EXE_provision"))
@@ -659,7 +659,7 @@ fn down_without_yes_refuses_when_nobody_can_answer() {
 
 #[tokio::test]
 async fn private_mode_routes_the_instances_through_a_nat_gateway_and_down_removes_it() {
-    let moto = backends::testing::moto();
+    let moto = testkit::moto();
     let name = format!("p{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut config = config_for(&name);
     config.network.instances = provision::config::InstanceSubnets::Private;

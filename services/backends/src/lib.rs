@@ -10,8 +10,6 @@ pub mod media;
 pub mod queue;
 pub mod settings;
 pub mod storage;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 use std::io::IsTerminal;
 use std::sync::Arc;

@@ -60,13 +60,8 @@ pub fn run() -> anyhow::Result<()> {
 
 /// moto, with every request it logs counted.
 fn start_moto(python: &Path, port: u16) -> anyhow::Result<(Child, Arc<AtomicUsize>)> {
-    let mut child = Command::new(python)
-        .args(["-c", "from moto.server import main; import sys; main(['-H', '127.0.0.1', '-p', sys.argv[1]])", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start moto")?;
+    let mut child =
+        testkit::tools::spawn_moto(python, port, Stdio::piped()).context("cannot start moto")?;
     let requests = Arc::new(AtomicUsize::new(0));
     let counter = requests.clone();
     let stderr = child.stderr.take().context("moto's stderr")?;

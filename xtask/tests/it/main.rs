@@ -53,16 +53,7 @@ fn copy_tree(to: &Path) {
 fn cargo_xtask(dir: &Path, args: &[&str]) -> Output {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     for (name, _) in std::env::vars() {
-        let set_by_cargo = [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_BIN_",
-            "CARGO_CRATE_",
-        ]
-        .iter()
-        .any(|p| name.starts_with(p))
-            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&name.as_str());
-        if set_by_cargo {
+        if testkit::tools::is_set_by_cargo(&name) {
             cargo.env_remove(name);
         }
     }

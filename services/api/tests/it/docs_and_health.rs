@@ -18,7 +18,7 @@ async fn health_is_ok_on_both_paths() {
 
 #[tokio::test]
 async fn health_is_503_when_the_database_is_unreachable() {
-    let closed_port = backends::testing::free_port();
+    let closed_port = testkit::free_port();
     let app = spawn_app_with(Options {
         extra_env: vec![
             (

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backends::settings::Settings;
-use backends::testing::{eventually, TestBackends, TestDatabase};
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::json;
+use testkit::{eventually, TestBackends, TestDatabase};
 
 use crate::helpers::{fixtures, spawn_app_with, start_api, token_for, Options};
 

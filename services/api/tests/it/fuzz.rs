@@ -13,10 +13,8 @@ fn schemathesis() -> PathBuf {
     std::env::var_os("ANB_SCHEMATHESIS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            backends::testing::workspace_root().join(format!(
-                "target/tools/schemathesis-{}/bin/schemathesis",
-                backends::testing::SCHEMATHESIS_VERSION
-            ))
+            testkit::tools::schemathesis_venv(&testkit::workspace_root().join("target"))
+                .join("bin/schemathesis")
         })
 }
 
@@ -24,7 +22,7 @@ fn schemathesis() -> PathBuf {
 async fn the_api_keeps_every_promise_of_its_openapi_document() {
     let app = spawn_app().await;
     let player = app.signup("Ana", "Ruiz", "Cali").await;
-    let config = backends::testing::workspace_root().join("services/api/tests/schemathesis.toml");
+    let config = testkit::workspace_root().join("services/api/tests/schemathesis.toml");
     // A fixed seed keeps CI repeatable; ANB_FUZZ_SEED explores others.
     let seed = std::env::var("ANB_FUZZ_SEED").unwrap_or_else(|_| "20261201".into());
     let program = schemathesis();

@@ -8,10 +8,10 @@ use std::time::Duration;
 use backends::queue::JobQueue;
 use backends::settings::Settings;
 use backends::storage::ObjectStore;
-use backends::testing::{eventually, free_port, videos, TestBackends, TestDatabase};
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use testkit::{eventually, free_port, videos, TestBackends, TestDatabase};
 use tokio::sync::OnceCell;
 
 pub const JWT_SECRET: &str = "integration-tests-secret-0123456789abcdef";

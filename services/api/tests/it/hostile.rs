@@ -206,7 +206,7 @@ async fn a_user_gets_429_past_their_uploads_in_flight_and_the_place_frees_when_o
     }
     // Both are in the API once their files are being staged.
     let staging = app.storage_dir.as_ref().unwrap().path().join(".incoming");
-    backends::testing::eventually("two uploads staging", Duration::from_secs(60), || async {
+    testkit::eventually("two uploads staging", Duration::from_secs(60), || async {
         let staged = std::fs::read_dir(&staging).map_or(0, |entries| entries.count());
         (staged == 2).then_some(())
     })
@@ -226,7 +226,7 @@ async fn a_user_gets_429_past_their_uploads_in_flight_and_the_place_frees_when_o
         drop(send);
         let _ = request.await;
     }
-    backends::testing::eventually("the places freed", Duration::from_secs(60), || async {
+    testkit::eventually("the places freed", Duration::from_secs(60), || async {
         let response = app
             .upload(&player.token, &fixtures().await.sample, "cuarta")
             .await;

@@ -3,11 +3,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use backends::testing::TestDatabase;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
+use testkit::TestDatabase;
 
 use crate::helpers::{fixtures, start_api, token_for};
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backends::queue::{JobQueue, PgQueue, QueueError, SqsQueue};
-use backends::testing::{moto, TestDatabase};
+use testkit::{moto, TestDatabase};
 
 const MAX_RECEIVES: u32 = 3;
 const NO_WAIT: Duration = Duration::ZERO;

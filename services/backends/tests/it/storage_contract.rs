@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backends::storage::{Download, LocalStore, ObjectStore, S3Store, StorageError};
-use backends::testing::moto;
+use testkit::moto;
 
 async fn check_store(store: Arc<dyn ObjectStore>) {
     let dir = tempfile::tempdir().unwrap();

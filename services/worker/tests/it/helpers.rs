@@ -11,7 +11,7 @@ use backends::media::{self, Probe};
 use backends::queue::{Delivery, JobQueue};
 use backends::settings::Settings;
 use backends::storage::ObjectStore;
-use backends::testing::{TestBackends, TestDatabase};
+use testkit::{TestBackends, TestDatabase};
 use uuid::Uuid;
 use worker::Worker;
 
@@ -34,7 +34,7 @@ pub enum Topology<'a> {
     /// S3 and SQS on the moto server every test shares.
     SharedMoto,
     /// S3 and SQS on a moto server of the test's own.
-    Moto(&'a backends::testing::Moto),
+    Moto(&'a testkit::Moto),
 }
 
 pub fn base_env(db: &TestDatabase) -> Vec<(String, String)> {
@@ -191,7 +191,7 @@ impl Harness {
     }
 
     pub async fn wait_for(&self, id: Uuid, wanted: VideoStatus, limit: Duration) {
-        backends::testing::eventually(
+        testkit::eventually(
             &format!("video {id} to be {}", wanted.as_str()),
             limit,
             || async { (self.status(id).await.0 == wanted).then_some(()) },

@@ -50,7 +50,7 @@ async fn backlog_under_way(h: &Harness) -> (Vec<Uuid>, tokio::process::Child) {
 async fn nothing_was_lost(h: &Harness, ids: &[Uuid], mut worker: tokio::process::Child) {
     let mut finished = Vec::new();
     for id in ids {
-        let status = backends::testing::eventually(
+        let status = testkit::eventually(
             &format!("video {id} to finish"),
             Duration::from_secs(240),
             || async {
@@ -82,7 +82,7 @@ async fn a_database_outage_longer_than_the_retry_budget_loses_no_video() {
 
 #[tokio::test]
 async fn an_emulator_outage_longer_than_the_retry_budget_loses_no_video() {
-    let moto = backends::testing::Moto::start();
+    let moto = testkit::Moto::start();
     let h = Harness::build_on(Topology::Moto(&moto), &[]).await;
     let (ids, worker) = backlog_under_way(&h).await;
     // The S3 and SQS emulator stops answering (its process is stopped, not killed: the

@@ -4,7 +4,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use backends::db::VideoStatus;
-use backends::testing::eventually;
+use testkit::eventually;
 
 use crate::helpers::{make_video, Harness};
 

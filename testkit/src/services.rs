@@ -1,5 +1,5 @@
-//! Test harness shared by the workspace's tests: a fresh PostgreSQL database per test, one
-//! moto server (S3 and SQS emulator) per test process, and generated test videos.
+//! The services' test harness: a fresh PostgreSQL database per test, one moto server (S3
+//! and SQS emulator) per test process, and generated test videos.
 //!
 //! `cargo xtask ci` provides both services; run alone, `cargo test` needs
 //! `ANB_TEST_DATABASE_URL` (a role that may create databases) and `ANB_MOTO_PYTHON` (a
@@ -8,13 +8,17 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::settings::AwsSettings;
+use backends::settings::AwsSettings;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::ConnectOptions;
+
+use crate::tools::{moto_venv, spawn_moto, MOTO_VERSION};
 
 /// The role `cargo xtask ci` creates on the machine's PostgreSQL cluster.
 pub const DEFAULT_ADMIN_URL: &str = "postgres://anb_test:anb_test@127.0.0.1:5432/postgres";
@@ -96,25 +100,16 @@ impl TestDatabase {
             .execute(&mut admin)
             .await
             .expect("create test database");
-        let url = replace_database(&admin_url, &name);
-        let pool = PgPool::connect(&url)
+        let options: PgConnectOptions = admin_url.parse().expect("a PostgreSQL URL");
+        let options = options.database(&name);
+        let url = options.to_url_lossy().to_string();
+        let pool = PgPool::connect_with(options)
             .await
             .expect("connect to test database");
-        crate::db::migrate(&pool)
+        backends::db::migrate(&pool)
             .await
             .expect("migrate test database");
         Self { pool, url, name }
-    }
-}
-
-fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let base = base.rsplit_once('/').map_or(base, |(prefix, _)| prefix);
-    match query {
-        Some(q) => format!("{base}/{database}?{q}"),
-        None => format!("{base}/{database}"),
     }
 }
 
@@ -148,29 +143,11 @@ pub struct Moto {
     child: Mutex<Child>,
 }
 
-/// The schemathesis version `cargo xtask ci` installs (the API's OpenAPI fuzzer).
-pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
-
-/// The moto version `cargo xtask ci` installs.
-pub const MOTO_VERSION: &str = "5.2.5";
-
 fn moto_python() -> PathBuf {
     std::env::var_os("ANB_MOTO_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            workspace_root().join(format!("target/tools/moto-{MOTO_VERSION}/bin/python"))
-        })
+        .unwrap_or_else(|| moto_venv(&workspace_root().join("target")).join("bin/python"))
 }
-
-const MOTO_LAUNCHER: &str = r#"
-import os, sys, threading
-def exit_with_parent():
-    sys.stdin.read()
-    os._exit(0)
-threading.Thread(target=exit_with_parent, daemon=True).start()
-from moto.server import main
-main(["-H", "127.0.0.1", "-p", sys.argv[1]])
-"#;
 
 /// The moto server shared by the tests of this process.
 pub fn moto() -> &'static Moto {
@@ -192,20 +169,13 @@ impl Moto {
         }
         let python = moto_python();
         let port = free_port();
-        #[allow(clippy::disallowed_methods)] // the harness starts the emulator
-        let child = Command::new(&python)
-            .args(["-c", MOTO_LAUNCHER, &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start moto with {} ({e}); run `cargo xtask ci` once, or set \
+        let child = spawn_moto(&python, port, Stdio::null()).unwrap_or_else(|e| {
+            panic!(
+                "cannot start moto with {} ({e}); run `cargo xtask ci` once, or set \
                      ANB_MOTO_PYTHON to a python with moto[server]=={MOTO_VERSION}",
-                    python.display()
-                )
-            });
+                python.display()
+            )
+        });
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for_port(address, Duration::from_secs(60));
         Moto {
@@ -243,7 +213,7 @@ impl Moto {
     /// A new, uniquely named bucket.
     pub async fn create_bucket(&self) -> String {
         let bucket = format!("anb-test-{}", uuid::Uuid::new_v4().simple());
-        let client = crate::storage::s3_client(&self.aws_settings()).await;
+        let client = backends::storage::s3_client(&self.aws_settings()).await;
         client
             .create_bucket()
             .bucket(&bucket)
@@ -256,7 +226,7 @@ impl Moto {
     /// A new queue with a dead-letter queue after `max_receives`; returns the queue URL.
     pub async fn create_queue(&self, max_receives: u32) -> String {
         use aws_sdk_sqs::types::QueueAttributeName;
-        let client = crate::queue::sqs_client(&self.aws_settings()).await;
+        let client = backends::queue::sqs_client(&self.aws_settings()).await;
         let name = format!("anb-test-{}", uuid::Uuid::new_v4().simple());
         let dlq_url = client
             .create_queue()
@@ -296,8 +266,8 @@ impl Moto {
 /// service at the same ones.
 #[derive(Debug)]
 pub struct TestBackends {
-    pub store: std::sync::Arc<dyn crate::storage::ObjectStore>,
-    pub queue: std::sync::Arc<dyn crate::queue::JobQueue>,
+    pub store: std::sync::Arc<dyn backends::storage::ObjectStore>,
+    pub queue: std::sync::Arc<dyn backends::queue::JobQueue>,
     pub env: Vec<(String, String)>,
     /// The local storage root, when storage is local.
     pub storage_dir: Option<tempfile::TempDir>,
@@ -308,8 +278,8 @@ impl TestBackends {
     pub fn local(db: &TestDatabase, max_receives: u32) -> Self {
         let dir = tempfile::tempdir().expect("temporary storage directory");
         Self {
-            store: std::sync::Arc::new(crate::storage::LocalStore::new(dir.path())),
-            queue: std::sync::Arc::new(crate::queue::PgQueue::new(
+            store: std::sync::Arc::new(backends::storage::LocalStore::new(dir.path())),
+            queue: std::sync::Arc::new(backends::queue::PgQueue::new(
                 db.pool.clone(),
                 "video-processing",
                 max_receives,
@@ -332,15 +302,15 @@ impl TestBackends {
         let bucket = moto.create_bucket().await;
         let queue_url = moto.create_queue(max_receives).await;
         let aws = moto.aws_settings();
-        let sqs = crate::queue::SqsQueue::connect(
-            crate::queue::sqs_client(&aws).await,
+        let sqs = backends::queue::SqsQueue::connect(
+            backends::queue::sqs_client(&aws).await,
             queue_url.clone(),
         )
         .await
         .expect("open the test queue");
         Self {
-            store: std::sync::Arc::new(crate::storage::S3Store::new(
-                crate::storage::s3_client(&aws).await,
+            store: std::sync::Arc::new(backends::storage::S3Store::new(
+                backends::storage::s3_client(&aws).await,
                 bucket.clone(),
             )),
             queue: std::sync::Arc::new(sqs),
@@ -426,7 +396,7 @@ pub mod videos {
         }
         args.extend(["-movflags", "+faststart"].map(String::from));
         args.push(path.display().to_string());
-        crate::media::run_ffmpeg(&args, Duration::from_secs(120))
+        backends::media::run_ffmpeg(&args, Duration::from_secs(120))
             .await
             .expect("generate test video");
     }
@@ -443,7 +413,7 @@ pub mod videos {
             "aac".to_owned(),
             path.display().to_string(),
         ];
-        crate::media::run_ffmpeg(&args, Duration::from_secs(60))
+        backends::media::run_ffmpeg(&args, Duration::from_secs(60))
             .await
             .expect("generate audio");
     }
@@ -459,22 +429,5 @@ pub mod videos {
             file.write_all(&chunk[..n]).expect("write junk");
             left -= n;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_name_is_swapped_in_urls() {
-        assert_eq!(
-            replace_database("postgres://u:p@h:5432/postgres", "t1"),
-            "postgres://u:p@h:5432/t1"
-        );
-        assert_eq!(
-            replace_database("postgres://u@h/postgres?sslmode=disable", "t1"),
-            "postgres://u@h/t1?sslmode=disable"
-        );
     }
 }
