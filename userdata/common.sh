@@ -8,7 +8,9 @@ set -euo pipefail
 
 STACK='{{stack}}'
 REGION='{{region}}'
+ACCOUNT_ID='{{account_id}}'
 RELEASE='{{release}}'
+BINARY_SHA256='{{binary_sha256}}'
 BUCKET='{{bucket}}'
 QUEUE='{{queue}}'
 DATABASE='{{database}}'
@@ -42,14 +44,20 @@ install_packages() {
     retry apt-get install -y -q --no-install-recommends awscli python3 ca-certificates curl "$@"
 }
 
-# Downloads artifacts/<release>/<name> from the stack's bucket, checks it against the
-# SHA-256 published next to it, and installs it as /usr/local/bin/anb-<name>.
+# Downloads artifacts/<release>/<name> from the stack's bucket (only if this account owns
+# it), checks it against the SHA-256 that `provision up` pinned in this script (not a
+# checksum from the same bucket, which whoever could swap the binary could swap too), and
+# installs it as /usr/local/bin/anb-<name>.
 install_release() {
     local name=$1 dir
+    if [ -z "$BINARY_SHA256" ]; then
+        say "no SHA-256 pinned for release $RELEASE: refusing to install it"
+        return 1
+    fi
     dir=$(mktemp -d)
-    retry aws s3 cp --only-show-errors "s3://$BUCKET/artifacts/$RELEASE/$name" "$dir/$name"
-    retry aws s3 cp --only-show-errors "s3://$BUCKET/artifacts/$RELEASE/$name.sha256" "$dir/$name.sha256"
-    (cd "$dir" && sha256sum --check --strict "$name.sha256")
+    retry aws s3api get-object --bucket "$BUCKET" --key "artifacts/$RELEASE/$name" \
+        --expected-bucket-owner "$ACCOUNT_ID" "$dir/$name" >/dev/null
+    echo "$BINARY_SHA256  $dir/$name" | sha256sum --check --strict
     install -m 0755 "$dir/$name" "/usr/local/bin/anb-$name"
     rm -rf "$dir"
     say "installed $name of release $RELEASE"
@@ -67,6 +75,7 @@ write_settings() {
         echo "APP__AWS__REGION=$REGION"
         echo "APP__STORAGE__BACKEND=s3"
         echo "APP__STORAGE__BUCKET=$BUCKET"
+        echo "APP__STORAGE__EXPECTED_BUCKET_OWNER=$ACCOUNT_ID"
         echo "APP__QUEUE__BACKEND=sqs"
         echo "APP__QUEUE__SQS_QUEUE_URL=$queue_url"
         echo "APP__LOG__FORMAT=json"

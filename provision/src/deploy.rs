@@ -1,6 +1,7 @@
 //! What `up` needs beyond converging resources: release artifacts in the bucket, the
 //! public URL, and waiting until the load balancer has healthy targets.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,9 @@ use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 use sha2::{Digest, Sha256};
 
 use crate::aws::{error_kind, Aws, ErrorKind};
+
+/// The binaries a release is made of.
+pub const ARTIFACTS: [&str; 2] = ["api", "worker"];
 
 /// `artifacts/<release>/<name>`: where instances download a service's binary from.
 pub fn artifact_key(release: &str, name: &str) -> String {
@@ -42,7 +46,15 @@ fn is_missing<E: aws_sdk_s3::error::ProvideErrorMetadata>(
 impl Aws {
     /// The text of an object, or `None` when it does not exist.
     async fn read_object(&self, bucket: &str, key: &str) -> anyhow::Result<Option<String>> {
-        match self.s3.get_object().bucket(bucket).key(key).send().await {
+        let read = self
+            .s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .expected_bucket_owner(&self.account_id)
+            .send()
+            .await;
+        match read {
             Ok(object) => {
                 let bytes = object.body.collect().await?.into_bytes();
                 Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
@@ -90,6 +102,7 @@ impl Aws {
                 .put_object()
                 .bucket(bucket)
                 .key(&key)
+                .expected_bucket_owner(&self.account_id)
                 .body(body)
                 .send()
                 .await
@@ -98,6 +111,7 @@ impl Aws {
                 .put_object()
                 .bucket(bucket)
                 .key(&checksum_key)
+                .expected_bucket_owner(&self.account_id)
                 .content_type("text/plain")
                 .body(line.into_bytes().into())
                 .send()
@@ -112,23 +126,27 @@ impl Aws {
         Ok(())
     }
 
-    /// The artifacts of `release` that instances would fail to download.
-    pub async fn missing_artifacts(
+    /// The SHA-256 of each of `release`'s binaries that is published, by name, as its
+    /// checksum object says (the checksum is written after its binary, so one present
+    /// means the binary is complete).
+    pub async fn published_digests(
         &self,
         bucket: &str,
         release: &str,
-        names: &[&str],
-    ) -> anyhow::Result<Vec<String>> {
-        let mut missing = Vec::new();
-        for name in names {
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut digests = BTreeMap::new();
+        for name in ARTIFACTS {
             let key = format!("{}.sha256", artifact_key(release, name));
-            match self.s3.head_object().bucket(bucket).key(&key).send().await {
-                Ok(_) => {}
-                Err(e) if is_missing(&e) => missing.push(format!("s3://{bucket}/{key}")),
-                Err(e) => return Err(e).context("look for the release's artifacts"),
+            if let Some(line) = self.read_object(bucket, &key).await? {
+                let digest = line.split_whitespace().next().unwrap_or_default();
+                anyhow::ensure!(
+                    digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "s3://{bucket}/{key} holds no SHA-256: {line:?}"
+                );
+                digests.insert((*name).to_owned(), digest.to_ascii_lowercase());
             }
         }
-        Ok(missing)
+        Ok(digests)
     }
 
     /// The load balancer's DNS name, once it exists.

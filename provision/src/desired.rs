@@ -7,6 +7,7 @@ use crate::names::{bucket_name, Names};
 use crate::resources::{
     bucket, compute, database, load_balancing, monitoring, network, queue, secret, security_group,
 };
+use crate::userdata::Release;
 
 /// What the desired state depends on besides the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -15,8 +16,8 @@ pub struct Inputs<'a> {
     pub account_id: &'a str,
     /// `instances.ami`, or the image it was looked up as when empty.
     pub ami: &'a str,
-    /// The services' release the instances run (see `userdata`).
-    pub release: &'a str,
+    /// The services' release the instances run, with its binaries' digests.
+    pub release: Release<'a>,
     /// Whether AWS is reached over TLS. Through an emulator on plain HTTP the bucket gets
     /// no TLS-only policy: it would (rightly) deny this very tool's requests.
     pub over_tls: bool,
@@ -45,7 +46,7 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
     ));
     out.extend(database::desired(&n, config));
     out.push(secret::desired(&n));
-    out.extend(compute::desired(&n, config, account_id, ami, release));
+    out.extend(compute::desired(&n, config, account_id, ami, &release));
     out.push(queue::desired_queue(&n, config));
     out
 }
@@ -59,7 +60,11 @@ mod tests {
     const SEED: Inputs = Inputs {
         account_id: "123456789012",
         ami: "ami-0123",
-        release: "r1",
+        release: Release {
+            name: "r1",
+            api_sha256: "a1",
+            worker_sha256: "b2",
+        },
         over_tls: true,
     };
 
@@ -132,10 +137,19 @@ mod tests {
     #[test]
     fn the_bucket_accepts_only_tls_when_aws_is_reached_over_tls() {
         let all = desired_state(&Config::load(None).unwrap(), &SEED);
+        let policy: serde_json::Value =
+            serde_json::from_str(&find(&all, "anb-videos-123456789012").props["policy"]).unwrap();
+        assert_eq!(policy["Statement"].as_array().unwrap().len(), 1, "{policy}");
         assert_eq!(
-            find(&all, "anb-videos-123456789012").props["tls_only"],
-            "true"
+            policy["Statement"][0]["Condition"]["Bool"]["aws:SecureTransport"],
+            "false"
         );
+        let plain_http = Inputs {
+            over_tls: false,
+            ..SEED
+        };
+        let all = desired_state(&Config::load(None).unwrap(), &plain_http);
+        assert_eq!(find(&all, "anb-videos-123456789012").props["policy"], "");
     }
 
     #[test]

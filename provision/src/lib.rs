@@ -23,12 +23,14 @@ pub mod plan;
 pub(crate) mod resources;
 pub mod userdata;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
 use serde_json::json;
 
 use crate::aws::Aws;
+pub use crate::aws::Safeguards;
 use crate::config::Config;
 use crate::model::{Action, Change};
 pub use crate::plan::Output;
@@ -51,8 +53,8 @@ pub struct StackOptions {
     /// The services' release the instances run; `None`: whatever the launch templates
     /// already name.
     pub release: Option<String>,
-    /// `down`: snapshot the database under this name before deleting it.
-    pub final_snapshot: Option<String>,
+    /// What the command may do to the stack's data.
+    pub safeguards: Safeguards,
 }
 
 pub struct Stack {
@@ -72,17 +74,17 @@ impl Stack {
             endpoint,
             verbose,
             release,
-            final_snapshot,
+            safeguards,
         } = options;
         let endpoint = endpoint.as_deref();
         let aws = Aws::connect(
             &config.stack.name,
             &config.stack.region,
             endpoint,
-            final_snapshot,
+            safeguards,
         )
-        .await;
-        let account_id = aws.account_id().await?;
+        .await?;
+        let account_id = aws.account_id.clone();
         let ami = match config.instances.ami.as_str() {
             "" => resources::compute::latest_debian_ami(&aws).await?,
             ami => ami.to_owned(),
@@ -109,10 +111,21 @@ impl Stack {
             .release
             .clone()
             .unwrap_or_else(|| deployed_release(&observed));
-        Ok(model::diff(&self.desired(&release), &observed))
+        let digests = if release.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.aws.published_digests(&self.bucket(), &release).await?
+        };
+        let release = userdata::Release {
+            name: &release,
+            api_sha256: digests.get("api").map_or("", String::as_str),
+            worker_sha256: digests.get("worker").map_or("", String::as_str),
+        };
+        refuse_swapped_binaries(&observed, &release)?;
+        Ok(model::diff(&self.desired(release), &observed))
     }
 
-    fn desired(&self, release: &str) -> Vec<model::Resource> {
+    fn desired(&self, release: userdata::Release) -> Vec<model::Resource> {
         let inputs = desired::Inputs {
             account_id: &self.account_id,
             ami: &self.ami,
@@ -147,6 +160,7 @@ impl Stack {
             );
             return Ok(0);
         }
+        self.refuse_data_loss(&todo)?;
         self.check_release(&todo).await?;
         eprintln!(
             "Applying {} change(s) to stack {}:",
@@ -182,6 +196,62 @@ impl Stack {
         Ok(todo.len())
     }
 
+    /// Stops `up` before it changes anything when a change would delete data: a bucket or
+    /// database replaced (only `--replace-database` allows the database's, after a
+    /// snapshot), or `--restore-from` given with no database to create.
+    fn refuse_data_loss(&self, todo: &[&Change]) -> anyhow::Result<()> {
+        let safeguards = &self.aws.safeguards;
+        for change in todo {
+            let Action::Replace(fields) = &change.action else {
+                continue;
+            };
+            if !change.kind.holds_data()
+                || (change.kind == model::Kind::Database && safeguards.replace_database)
+            {
+                continue;
+            }
+            let why: Vec<String> = fields
+                .iter()
+                .filter(|f| change.kind.replace_only().contains(&f.field.as_str()))
+                .map(|f| {
+                    format!(
+                        "{} ({} → {})",
+                        f.field,
+                        f.old.as_deref().unwrap_or("none"),
+                        f.new.as_deref().unwrap_or("none")
+                    )
+                })
+                .collect();
+            let way_out = if change.kind == model::Kind::Database {
+                "Put the old value back in the configuration, or run `provision up \
+                 --replace-database` to replace it after a snapshot (whose data `up \
+                 --restore-from SNAPSHOT` can bring back)"
+            } else {
+                "Put the old value back in the configuration"
+            };
+            anyhow::bail!(
+                "nothing changed: {} {} would be replaced, deleting the data in it, because {} \
+                 cannot change in place. {way_out}.",
+                change.kind,
+                change.name,
+                why.join(", ")
+            );
+        }
+        if let Some(snapshot) = &safeguards.restore_from {
+            let creates_database = todo.iter().any(|c| {
+                c.kind == model::Kind::Database
+                    && matches!(c.action, Action::Create | Action::Replace(_))
+            });
+            anyhow::ensure!(
+                creates_database,
+                "nothing changed: --restore-from {snapshot} restores into a new database, and \
+                 stack {} already has one (`provision down` first, or add --replace-database)",
+                self.config.stack.name
+            );
+        }
+        Ok(())
+    }
+
     /// Refuses to write launch templates whose instances could not install their release.
     async fn check_release(&self, todo: &[&Change]) -> anyhow::Result<()> {
         let Some(template) = todo.iter().find(|c| c.kind == model::Kind::LaunchTemplate) else {
@@ -193,10 +263,18 @@ impl Stack {
             "no release to deploy: `cargo xtask up` builds and publishes one, or run \
              `provision publish --release NAME api=FILE worker=FILE` then `provision up --release NAME`"
         );
-        let missing = self
-            .aws
-            .missing_artifacts(&self.bucket(), &release, &["api", "worker"])
-            .await?;
+        let published = self.aws.published_digests(&self.bucket(), &release).await?;
+        let missing: Vec<String> = deploy::ARTIFACTS
+            .iter()
+            .filter(|name| !published.contains_key(**name))
+            .map(|name| {
+                format!(
+                    "s3://{}/{}",
+                    self.bucket(),
+                    deploy::artifact_key(&release, name)
+                )
+            })
+            .collect();
         anyhow::ensure!(
             missing.is_empty(),
             "release {release} is not published (missing {}): `provision publish --release {release} …` first",
@@ -214,7 +292,10 @@ impl Stack {
     ) -> anyhow::Result<()> {
         // Only the bucket matters here: observe it alone, not the whole stack.
         let desired: Vec<model::Resource> = self
-            .desired(release)
+            .desired(userdata::Release {
+                name: release,
+                ..userdata::Release::default()
+            })
             .into_iter()
             .filter(|r| r.kind == model::Kind::Bucket)
             .collect();
@@ -306,6 +387,40 @@ impl Stack {
             .map(|o| format!("{} {} ({})", o.resource.kind, o.resource.name, o.id))
             .collect())
     }
+}
+
+/// Stops when the bucket's digest of a binary differs from the one a launch template
+/// already pins for the same release: releases are never rewritten (`publish` refuses),
+/// so someone replaced the binary and its checksum in the bucket.
+fn refuse_swapped_binaries(
+    observed: &[model::Observed],
+    release: &userdata::Release,
+) -> anyhow::Result<()> {
+    for template in observed
+        .iter()
+        .filter(|o| o.resource.kind == model::Kind::LaunchTemplate)
+    {
+        let props = &template.resource.props;
+        let pinned = props.get("binary_sha256").map_or("", String::as_str);
+        let tier = if template.resource.name.ends_with("-web-template") {
+            names::Tier::Web
+        } else {
+            names::Tier::Worker
+        };
+        let in_bucket = release.sha256_for(tier);
+        let same_release = props.get("release").map(String::as_str) == Some(release.name);
+        anyhow::ensure!(
+            !same_release || pinned.is_empty() || in_bucket.is_empty() || pinned == in_bucket,
+            "release {} of the {} binary changed in the bucket since it was deployed (sha256 \
+             {pinned} pinned in {}, {in_bucket} in the bucket): releases are never rewritten, \
+             so it was replaced by someone else. Nothing changed; publish a new release from a \
+             trusted build and deploy that.",
+            release.name,
+            tier.name(),
+            template.resource.name
+        );
+    }
+    Ok(())
 }
 
 /// The release the stack's web launch template names (empty when there is none).

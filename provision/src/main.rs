@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use provision::{Output, Stack, StackOptions, Sync};
+use provision::{Output, Safeguards, Stack, StackOptions, Sync};
 
 /// Converges the ANB Rising Stars AWS stack to config/aws.toml, idempotently.
 ///
@@ -45,11 +45,21 @@ enum Command {
     /// Show what `up` would change, per resource; changes nothing.
     Plan,
     /// Create what is missing and update what differs; a second run changes nothing.
-    /// Instances on an older launch template are replaced, new ones first.
+    /// Instances on an older launch template are replaced, new ones first. Never replaces
+    /// the database or the bucket unasked: it stops first and says why.
     Up {
         /// Then wait (up to 30 min) until the load balancer has healthy web instances.
         #[arg(long)]
         wait: bool,
+        /// Allow replacing the database when a setting that cannot change in place
+        /// differs (name, master user, engine, encryption): a snapshot is taken and waited
+        /// for first, then the database is deleted and created empty.
+        #[arg(long)]
+        replace_database: bool,
+        /// Create the (missing) database from this RDS snapshot, e.g. the final snapshot
+        /// `down` took, instead of empty.
+        #[arg(long, value_name = "SNAPSHOT_ID")]
+        restore_from: Option<String>,
     },
     /// Upload a release's binaries (with SHA-256 checksums) to artifacts/<release>/ in the
     /// stack's bucket, creating the bucket if needed. Needs --release.
@@ -60,14 +70,19 @@ enum Command {
     },
     /// Compare the live stack with the configuration. Exit 0 in sync, 2 drift, 1 error.
     Status,
-    /// Delete every resource of the stack, dependents first; re-run until clean.
+    /// Delete every resource tagged with the stack, dependents first; re-run until clean.
+    /// The database leaves a final snapshot (`<stack>-final-<time>`) and its automated
+    /// backups; the token secret stays restorable for 7 days.
     Down {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
-        /// Snapshot the database under this name before deleting it (default: no snapshot).
-        #[arg(long, value_name = "SNAPSHOT_ID")]
-        final_snapshot: Option<String>,
+        /// Delete the database without a final snapshot.
+        #[arg(long)]
+        skip_final_snapshot: bool,
+        /// Delete the token secret at once instead of after the 7-day recovery window.
+        #[arg(long)]
+        purge: bool,
     },
 }
 
@@ -91,15 +106,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(region) = cli.region {
         config.stack.region = region;
     }
-    let final_snapshot = match &cli.command {
-        Command::Down { final_snapshot, .. } => final_snapshot.clone(),
-        _ => None,
+    let safeguards = match &cli.command {
+        Command::Up {
+            replace_database,
+            restore_from,
+            ..
+        } => Safeguards {
+            replace_database: *replace_database,
+            restore_from: restore_from.clone(),
+            ..Safeguards::default()
+        },
+        Command::Down {
+            skip_final_snapshot,
+            purge,
+            ..
+        } => Safeguards {
+            skip_final_snapshot: *skip_final_snapshot,
+            purge: *purge,
+            ..Safeguards::default()
+        },
+        _ => Safeguards::default(),
     };
     let options = StackOptions {
         endpoint: cli.endpoint_url.clone(),
         verbose: cli.verbose,
         release: cli.release.clone(),
-        final_snapshot,
+        safeguards,
     };
     let stack = Stack::open(config, options).await?;
     Ok(match cli.command {
@@ -107,7 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stack.plan(cli.output).await?;
             ExitCode::SUCCESS
         }
-        Command::Up { wait } => {
+        Command::Up { wait, .. } => {
             stack.up(cli.output).await?;
             let (url, logs) = stack.endpoints().await?;
             if wait {

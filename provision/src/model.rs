@@ -64,6 +64,13 @@ impl Kind {
         }
     }
 
+    /// Whether deleting the resource deletes data no configuration can bring back (every
+    /// user, video and vote): `up` never replaces one of these unasked, and `plan` says
+    /// DATA LOSS where it would.
+    pub fn holds_data(self) -> bool {
+        matches!(self, Kind::Database | Kind::Bucket)
+    }
+
     /// Deletion order, lowest first: whatever depends on a resource goes before it (the
     /// groups and their instances before the launch templates, target group and security
     /// groups; the load balancer before its target group and group; the database before

@@ -12,13 +12,14 @@ pub enum Output {
 }
 
 /// One line per resource: `create`, `update (field: old → new)`, `replace (…)`, `ok`,
-/// `orphan`.
+/// `orphan`. The replace of a resource that holds data ends with "DATA LOSS".
 pub fn render(changes: &[Change]) -> String {
-    render_with(changes, false)
+    render_with(changes, false, false)
 }
 
-/// [`render`], with each resource's AWS id after its name when `ids` is set (`-v`).
-pub fn render_with(changes: &[Change], ids: bool) -> String {
+/// [`render`], with each resource's AWS id after its name when `ids` is set (`-v`), and
+/// DATA LOSS in red when `colour` is.
+pub fn render_with(changes: &[Change], ids: bool, colour: bool) -> String {
     let mut out = String::new();
     for change in changes {
         let what = match &change.action {
@@ -26,6 +27,17 @@ pub fn render_with(changes: &[Change], ids: bool) -> String {
             Action::Ok => "ok".to_owned(),
             Action::Orphan => "orphan (tagged with the stack, not desired)".to_owned(),
             Action::Update(fields) => format!("update ({})", describe(fields)),
+            Action::Replace(fields) if change.kind.holds_data() => {
+                let warning = if colour {
+                    "\x1b[1;31mDATA LOSS\x1b[0m"
+                } else {
+                    "DATA LOSS"
+                };
+                format!(
+                    "replace ({}; cannot change in place) {warning}: `up` refuses this",
+                    describe(fields)
+                )
+            }
             Action::Replace(fields) => {
                 format!("replace ({}; cannot change in place)", describe(fields))
             }
@@ -65,7 +77,11 @@ fn describe(fields: &[FieldChange]) -> String {
 
 pub(crate) fn print_changes(changes: &[Change], output: Output, verbose: bool) {
     match output {
-        Output::Text => print!("{}", render_with(changes, verbose)),
+        Output::Text => {
+            use std::io::IsTerminal;
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            print!("{}", render_with(changes, verbose, colour))
+        }
         Output::Json => {
             let items: Vec<_> = changes
                 .iter()
@@ -77,8 +93,9 @@ pub(crate) fn print_changes(changes: &[Change], output: Output, verbose: bool) {
                         Action::Update(f) => ("update", f.clone()),
                         Action::Replace(f) => ("replace", f.clone()),
                     };
+                    let data_loss = matches!(c.action, Action::Replace(_)) && c.kind.holds_data();
                     let fields: Vec<_> = fields.iter().map(|f| json!({"field": f.field, "old": f.old, "new": f.new})).collect();
-                    json!({"kind": c.kind.to_string(), "name": c.name, "id": c.id, "action": action, "fields": fields})
+                    json!({"kind": c.kind.to_string(), "name": c.name, "id": c.id, "action": action, "fields": fields, "data_loss": data_loss})
                 })
                 .collect();
             let in_sync = !changes.iter().any(Change::is_change);
@@ -129,5 +146,29 @@ mod tests {
             "{text}"
         );
         assert!(render(&diff(&[], &[seen])).contains("orphan"));
+    }
+
+    #[test]
+    fn replacing_what_holds_data_says_data_loss() {
+        let db = |name: &str| {
+            Resource::new(
+                Kind::Database,
+                "anb-postgres",
+                &[("database_name", name.into())],
+            )
+        };
+        let seen = Observed {
+            resource: db("anb"),
+            id: "anb-postgres".into(),
+        };
+        let changes = diff(&[db("other")], &[seen]);
+        let text = render(&changes);
+        assert!(
+            text.contains("replace (database_name: anb → other; cannot change in place) DATA LOSS"),
+            "{text}"
+        );
+        let red = render_with(&changes, false, true);
+        assert!(red.contains("\x1b[1;31mDATA LOSS\x1b[0m"), "{red}");
+        assert!(!render(&diff(&[vpc("10.0.0.0/16")], &[])).contains("DATA LOSS"));
     }
 }

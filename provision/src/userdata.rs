@@ -28,19 +28,41 @@ pub fn valid_release(release: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+/// A release as instances install it: its name, and each binary's SHA-256 as `up` read
+/// it from the bucket. The digests are pinned in the user data, so a binary swapped in the
+/// bucket later (with its `.sha256` beside it) fails the boot instead of running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Release<'a> {
+    pub name: &'a str,
+    pub api_sha256: &'a str,
+    pub worker_sha256: &'a str,
+}
+
+impl Release<'_> {
+    /// The digest of the binary `tier` runs.
+    pub fn sha256_for(&self, tier: Tier) -> &str {
+        match tier {
+            Tier::Web => self.api_sha256,
+            Tier::Worker => self.worker_sha256,
+        }
+    }
+}
+
 /// The values a template names, in the order its header lists them.
 pub fn values(
     tier: Tier,
     config: &Config,
     account_id: &str,
-    release: &str,
+    release: &Release,
 ) -> Vec<(&'static str, String)> {
     let stack = &config.stack.name;
     vec![
         ("tier", tier.name().to_owned()),
         ("stack", stack.clone()),
         ("region", config.stack.region.clone()),
-        ("release", release.to_owned()),
+        ("account_id", account_id.to_owned()),
+        ("release", release.name.to_owned()),
+        ("binary_sha256", release.sha256_for(tier).to_owned()),
         ("bucket", names::bucket_name(config, account_id)),
         ("queue", names::queue_name(stack)),
         ("database", names::database_name(stack)),
@@ -51,7 +73,7 @@ pub fn values(
     ]
 }
 
-pub fn render(tier: Tier, config: &Config, account_id: &str, release: &str) -> String {
+pub fn render(tier: Tier, config: &Config, account_id: &str, release: &Release) -> String {
     let tier_script = match tier {
         Tier::Web => WEB,
         Tier::Worker => WORKER,
@@ -71,8 +93,10 @@ pub fn header(user_data: &str) -> BTreeMap<String, String> {
         .filter_map(|line| {
             let (name, value) = line.split_once("='")?;
             let value = value.strip_suffix('\'')?;
-            let is_name =
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+            let is_name = name.starts_with(|c: char| c.is_ascii_uppercase())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
             is_name.then(|| (name.to_owned(), value.to_owned()))
         })
         .collect()
@@ -86,10 +110,16 @@ mod tests {
         Config::load(None).unwrap()
     }
 
+    const R1: Release = Release {
+        name: "r1",
+        api_sha256: "aaaa000000000000000000000000000000000000000000000000000000000001",
+        worker_sha256: "bbbb000000000000000000000000000000000000000000000000000000000002",
+    };
+
     #[test]
     fn every_placeholder_is_filled_and_the_header_reads_back() {
         for tier in [Tier::Web, Tier::Worker] {
-            let text = render(tier, &seed(), "123456789012", "0.1.0-abc");
+            let text = render(tier, &seed(), "123456789012", &R1);
             assert!(
                 !text.contains("{{"),
                 "{} has a placeholder left",
@@ -102,7 +132,9 @@ mod tests {
                 text.len()
             );
             let header = header(&text);
-            assert_eq!(header["RELEASE"], "0.1.0-abc");
+            assert_eq!(header["RELEASE"], "r1");
+            assert_eq!(header["BINARY_SHA256"], R1.sha256_for(tier));
+            assert_eq!(header["ACCOUNT_ID"], "123456789012");
             assert_eq!(header["QUEUE"], "anb-video-processing");
             assert_eq!(header["DATABASE"], "anb-postgres");
             assert_eq!(header["BUCKET"], "anb-videos-123456789012");
@@ -119,7 +151,7 @@ mod tests {
         off.logs.cloudwatch_agent = false;
         for config in [seed(), off] {
             for tier in [Tier::Web, Tier::Worker] {
-                let text = render(tier, &config, "123456789012", "r1");
+                let text = render(tier, &config, "123456789012", &R1);
                 #[allow(clippy::disallowed_methods)] // shellcheck is the check
                 let mut shellcheck = std::process::Command::new("shellcheck")
                     .args(["--severity=style", "--shell=bash", "-"])
@@ -149,7 +181,7 @@ mod tests {
     #[test]
     fn no_secret_is_rendered() {
         for tier in [Tier::Web, Tier::Worker] {
-            let text = render(tier, &seed(), "123456789012", "r1");
+            let text = render(tier, &seed(), "123456789012", &R1);
             // The only places secrets go are written at service start, from Secrets
             // Manager, into /run: the rendered text names where to read them, nothing more.
             for line in text.lines() {

@@ -134,6 +134,9 @@ impl Drop for TestDatabase {
     }
 }
 
+/// The account moto answers as (its default).
+pub const MOTO_ACCOUNT: &str = "123456789012";
+
 /// A moto server on a free loopback port. [`moto()`] is the one every test of the process
 /// shares; [`Moto::start`] gives a test one of its own (to stop it, say). It exits with the
 /// test process (it watches its stdin, which only this process holds), or when dropped.
@@ -309,14 +312,21 @@ impl TestBackends {
         .await
         .expect("open the test queue");
         Self {
-            store: std::sync::Arc::new(backends::storage::S3Store::new(
-                backends::storage::s3_client(&aws).await,
-                bucket.clone(),
-            )),
+            store: std::sync::Arc::new(
+                backends::storage::S3Store::new(
+                    backends::storage::s3_client(&aws).await,
+                    bucket.clone(),
+                )
+                .expecting_owner(Some(MOTO_ACCOUNT.into())),
+            ),
             queue: std::sync::Arc::new(sqs),
             env: vec![
                 ("APP__STORAGE__BACKEND".into(), "s3".into()),
                 ("APP__STORAGE__BUCKET".into(), bucket),
+                (
+                    "APP__STORAGE__EXPECTED_BUCKET_OWNER".into(),
+                    MOTO_ACCOUNT.into(),
+                ),
                 ("APP__QUEUE__BACKEND".into(), "sqs".into()),
                 ("APP__QUEUE__SQS_QUEUE_URL".into(), queue_url),
                 ("APP__AWS__ENDPOINT_URL".into(), moto.endpoint.clone()),

@@ -14,6 +14,14 @@ impl Ids {
         self.0.insert(name, id);
     }
 
+    /// The logical name of the resource with `id`, if it is one of these.
+    pub fn name_with_id(&self, id: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(_, known)| known.as_str() == id)
+            .map(|(name, _)| name.as_str())
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }

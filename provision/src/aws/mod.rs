@@ -27,20 +27,39 @@ pub struct Aws {
     pub rds: aws_sdk_rds::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
-    /// `down`: snapshot the database under this name before deleting it.
-    final_snapshot: Option<String>,
-    sts: aws_sdk_sts::Client,
     pub stack: String,
     pub region: String,
+    /// The account the credentials belong to: the owner every S3 call expects.
+    pub account_id: String,
+    /// What this command may do to the stack's data.
+    pub(crate) safeguards: Safeguards,
+}
+
+/// What a command may do to the stack's data, as its flags say. The defaults are the
+/// safe choices: nothing stateful is replaced, `down` keeps a final snapshot and the
+/// automated backups, and the token secret stays recoverable for 7 days.
+#[derive(Debug, Clone, Default)]
+pub struct Safeguards {
+    /// `up --replace-database`: a database whose configuration cannot change in place may
+    /// be replaced, after a snapshot of it is available.
+    pub replace_database: bool,
+    /// `up --restore-from`: a database that does not exist yet is created from this
+    /// snapshot instead of empty.
+    pub restore_from: Option<String>,
+    /// `down --skip-final-snapshot`: delete the database without a final snapshot.
+    pub skip_final_snapshot: bool,
+    /// `down --purge`: delete the token secret at once, without the recovery window.
+    pub purge: bool,
 }
 
 impl Aws {
+    /// Clients for `region` (or the emulator at `endpoint`), and the account they act in.
     pub async fn connect(
         stack: &str,
         region: &str,
         endpoint: Option<&str>,
-        final_snapshot: Option<String>,
-    ) -> Self {
+        safeguards: Safeguards,
+    ) -> anyhow::Result<Self> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_owned()));
         if let Some(endpoint) = endpoint {
@@ -50,7 +69,15 @@ impl Aws {
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(endpoint.is_some())
             .build();
-        Self {
+        let account_id = aws_sdk_sts::Client::new(&shared)
+            .get_caller_identity()
+            .send()
+            .await
+            .context("cannot identify the AWS account (are credentials set?)")?
+            .account()
+            .map(str::to_owned)
+            .context("STS returned no account id")?;
+        Ok(Self {
             ec2: aws_sdk_ec2::Client::new(&shared),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             sqs: aws_sdk_sqs::Client::new(&shared),
@@ -59,28 +86,11 @@ impl Aws {
             rds: aws_sdk_rds::Client::new(&shared),
             autoscaling: aws_sdk_autoscaling::Client::new(&shared),
             secrets: aws_sdk_secretsmanager::Client::new(&shared),
-            final_snapshot,
-            sts: aws_sdk_sts::Client::new(&shared),
             stack: stack.to_owned(),
             region: region.to_owned(),
-        }
-    }
-
-    pub async fn account_id(&self) -> anyhow::Result<String> {
-        let me = self
-            .sts
-            .get_caller_identity()
-            .send()
-            .await
-            .context("cannot identify the AWS account (are credentials set?)")?;
-        me.account()
-            .map(str::to_owned)
-            .context("STS returned no account id")
-    }
-
-    /// `down`'s final snapshot of the database, if one was asked for.
-    pub(crate) fn final_snapshot(&self) -> Option<&str> {
-        self.final_snapshot.as_deref()
+            account_id,
+            safeguards,
+        })
     }
 
     /// Whether a tag (of any service's tag type) is this stack's.

@@ -13,15 +13,45 @@ const MAX_EMPTYING_ROUNDS: usize = 10_000;
 /// The bucket; `over_tls` false (an emulator on plain HTTP) leaves out the TLS-only policy,
 /// which would deny this very tool's requests.
 pub(crate) fn desired(name: String, over_tls: bool) -> Resource {
+    let policy = if over_tls {
+        tls_only_policy(&name).to_string()
+    } else {
+        String::new()
+    };
     Resource::new(
         Kind::Bucket,
         name,
         &[
             ("block_public_access", "true".into()),
             ("encryption", "AES256".into()),
-            ("tls_only", over_tls.to_string()),
+            ("policy", policy),
         ],
     )
+}
+
+/// The bucket's whole policy: deny every request not made over TLS. Compared as
+/// normalised JSON, so any statement added by hand (a cross-account Allow, say) is drift
+/// that `up` removes.
+fn tls_only_policy(bucket: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }],
+    })
+}
+
+/// A policy document in one canonical form (keys sorted, no spacing); text that is not
+/// JSON stays as it is, and differs.
+fn normalised_policy(policy: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(policy)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| policy.to_owned())
 }
 
 /// One of the bucket's settings: `None` when it is not set (S3 answers "no such
@@ -38,14 +68,58 @@ where
     }
 }
 
+/// The bucket, when it exists in this account and carries the stack's tag. Every call
+/// names the account as the expected owner, so a bucket of the same name in another
+/// account is never read or written.
 pub(crate) async fn observe(aws: &Aws, bucket: &str) -> anyhow::Result<Vec<Observed>> {
-    match aws.s3.head_bucket().bucket(bucket).send().await {
+    let owner = aws.account_id.as_str();
+    match aws
+        .s3
+        .head_bucket()
+        .bucket(bucket)
+        .expected_bucket_owner(owner)
+        .send()
+        .await
+    {
         Ok(_) => {}
         Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(Vec::new()),
-        Err(e) => return Err(e).context("head bucket"),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "bucket {bucket} is not readable as account {owner}'s (another account may own that name)"
+                )
+            })
+        }
+    }
+    let tags = setting(
+        aws.s3
+            .get_bucket_tagging()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await,
+        "tags",
+    )?;
+    let owned = tags.is_some_and(|t| {
+        t.tag_set()
+            .iter()
+            .any(|t| aws.is_stack_tag(Some(t.key()), Some(t.value())))
+    });
+    if !owned {
+        anyhow::bail!(
+            "bucket {bucket} exists but is not tagged {STACK_TAG}={}: it is not this stack's, \
+             so it is neither changed nor deleted (tag it by hand if it is, or choose \
+             another stack name)",
+            aws.stack
+        );
     }
     let block = setting(
-        aws.s3.get_public_access_block().bucket(bucket).send().await,
+        aws.s3
+            .get_public_access_block()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await,
         "public access block",
     )?
     .and_then(|r| r.public_access_block_configuration().cloned());
@@ -56,7 +130,12 @@ pub(crate) async fn observe(aws: &Aws, bucket: &str) -> anyhow::Result<Vec<Obser
             && b.restrict_public_buckets() == Some(true)
     });
     let encryption = setting(
-        aws.s3.get_bucket_encryption().bucket(bucket).send().await,
+        aws.s3
+            .get_bucket_encryption()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await,
         "encryption",
     )?
     .and_then(|r| r.server_side_encryption_configuration().cloned())
@@ -68,10 +147,15 @@ pub(crate) async fn observe(aws: &Aws, bucket: &str) -> anyhow::Result<Vec<Obser
     })
     .unwrap_or_default();
     let policy = setting(
-        aws.s3.get_bucket_policy().bucket(bucket).send().await,
+        aws.s3
+            .get_bucket_policy()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await,
         "policy",
     )?
-    .and_then(|r| r.policy().map(str::to_owned))
+    .and_then(|r| r.policy().map(normalised_policy))
     .unwrap_or_default();
     Ok(vec![observed(
         Kind::Bucket,
@@ -80,10 +164,7 @@ pub(crate) async fn observe(aws: &Aws, bucket: &str) -> anyhow::Result<Vec<Obser
         &[
             ("block_public_access", blocked.to_string()),
             ("encryption", encryption),
-            (
-                "tls_only",
-                policy.contains("aws:SecureTransport").to_string(),
-            ),
+            ("policy", policy),
         ],
     )])
 }
@@ -99,20 +180,39 @@ pub(crate) async fn create(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<S
                 .build(),
         );
     }
-    create.send().await?;
-    secure(aws, name, p["tls_only"] == "true").await?;
+    match create.send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_bucket_already_owned_by_you()) =>
+        {
+            anyhow::bail!(
+                "bucket {name} already exists in this account without the tag {STACK_TAG}={}: \
+                 it is not this stack's, so it is left alone (tag it by hand if it is, or \
+                 choose another stack name)",
+                aws.stack
+            )
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // Tagged first: from here on the bucket is this stack's, even if a later step fails.
+    tag(aws, name).await?;
+    secure(aws, name, &p["policy"]).await?;
     Ok(name.to_owned())
 }
 
 pub(crate) async fn update(aws: &Aws, id: &str, p: &Props) -> anyhow::Result<()> {
-    secure(aws, id, p["tls_only"] == "true").await
+    secure(aws, id, &p["policy"]).await
 }
 
 pub(crate) async fn delete(aws: &Aws, id: &str) -> Result<(), DeleteError> {
     empty_and_delete(aws, id).await.map_err(DeleteError::Other)
 }
 
-async fn secure(aws: &Aws, bucket: &str, tls_only: bool) -> anyhow::Result<()> {
+/// Blocks public access, sets default encryption, and sets `policy` as the bucket's whole
+/// policy (none when empty).
+async fn secure(aws: &Aws, bucket: &str, policy: &str) -> anyhow::Result<()> {
+    let owner = aws.account_id.as_str();
     use aws_sdk_s3::types::{
         PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
         ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
@@ -120,6 +220,7 @@ async fn secure(aws: &Aws, bucket: &str, tls_only: bool) -> anyhow::Result<()> {
     aws.s3
         .put_public_access_block()
         .bucket(bucket)
+        .expected_bucket_owner(owner)
         .public_access_block_configuration(
             PublicAccessBlockConfiguration::builder()
                 .block_public_acls(true)
@@ -139,6 +240,7 @@ async fn secure(aws: &Aws, bucket: &str, tls_only: bool) -> anyhow::Result<()> {
     aws.s3
         .put_bucket_encryption()
         .bucket(bucket)
+        .expected_bucket_owner(owner)
         .server_side_encryption_configuration(
             ServerSideEncryptionConfiguration::builder()
                 .rules(rule)
@@ -146,28 +248,23 @@ async fn secure(aws: &Aws, bucket: &str, tls_only: bool) -> anyhow::Result<()> {
         )
         .send()
         .await?;
-    if !tls_only {
-        aws.s3.delete_bucket_policy().bucket(bucket).send().await?;
-        return tag(aws, bucket).await;
+    if policy.is_empty() {
+        aws.s3
+            .delete_bucket_policy()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await?;
+    } else {
+        aws.s3
+            .put_bucket_policy()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .policy(policy)
+            .send()
+            .await?;
     }
-    let policy = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "DenyInsecureTransport",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }],
-    });
-    aws.s3
-        .put_bucket_policy()
-        .bucket(bucket)
-        .policy(policy.to_string())
-        .send()
-        .await?;
-    tag(aws, bucket).await
+    Ok(())
 }
 
 async fn tag(aws: &Aws, bucket: &str) -> anyhow::Result<()> {
@@ -182,6 +279,7 @@ async fn tag(aws: &Aws, bucket: &str) -> anyhow::Result<()> {
     aws.s3
         .put_bucket_tagging()
         .bucket(bucket)
+        .expected_bucket_owner(&aws.account_id)
         .tagging(tagging)
         .send()
         .await?;
@@ -192,7 +290,13 @@ async fn tag(aws: &Aws, bucket: &str) -> anyhow::Result<()> {
 async fn empty_and_delete(aws: &Aws, bucket: &str) -> anyhow::Result<()> {
     use aws_sdk_s3::types::{Delete, ObjectIdentifier};
     for _ in 0..MAX_EMPTYING_ROUNDS {
-        let listed = aws.s3.list_object_versions().bucket(bucket).send().await?;
+        let listed = aws
+            .s3
+            .list_object_versions()
+            .bucket(bucket)
+            .expected_bucket_owner(&aws.account_id)
+            .send()
+            .await?;
         let mut objects: Vec<ObjectIdentifier> = Vec::new();
         for v in listed.versions() {
             objects.push(
@@ -211,13 +315,19 @@ async fn empty_and_delete(aws: &Aws, bucket: &str) -> anyhow::Result<()> {
             );
         }
         if objects.is_empty() {
-            aws.s3.delete_bucket().bucket(bucket).send().await?;
+            aws.s3
+                .delete_bucket()
+                .bucket(bucket)
+                .expected_bucket_owner(&aws.account_id)
+                .send()
+                .await?;
             return Ok(());
         }
         let deleted = aws
             .s3
             .delete_objects()
             .bucket(bucket)
+            .expected_bucket_owner(&aws.account_id)
             .delete(Delete::builder().set_objects(Some(objects)).build()?)
             .send()
             .await?;

@@ -22,7 +22,7 @@ use crate::model::{Kind, Observed, Props, Resource};
 use crate::names::{
     asg_name, database_name, queue_name, target_group_name, token_secret_name, Names, Tier,
 };
-use crate::userdata;
+use crate::userdata::{self, Release};
 
 /// Group metrics collected: in-service instances feed the backlog-per-worker target; the
 /// rest is for the dashboard and operators.
@@ -56,7 +56,7 @@ pub(crate) fn desired(
     config: &Config,
     account_id: &str,
     ami: &str,
-    release: &str,
+    release: &Release,
 ) -> Vec<Resource> {
     let subnets = match config.network.instances {
         InstanceSubnets::Public => format!("{},{}", n.of("public-a"), n.of("public-b")),
@@ -94,7 +94,11 @@ pub(crate) fn desired(
                 ("imds_tokens", "required".into()),
                 // Read back from the user data's header; named here so that a plan says
                 // which release changes, and so the template waits for what it names.
-                ("release", release.to_owned()),
+                ("release", release.name.to_owned()),
+                (
+                    "binary_sha256",
+                    release.sha256_for(user_data_tier).to_owned(),
+                ),
                 ("database", database_name(&n.stack)),
                 ("queue", queue_name(&n.stack)),
                 ("token_secret", token_secret_name(&n.stack)),
@@ -287,6 +291,7 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                             .unwrap_or_default(),
                     ),
                     ("release", header_value("RELEASE")),
+                    ("binary_sha256", header_value("BINARY_SHA256")),
                     ("database", header_value("DATABASE")),
                     ("queue", header_value("QUEUE")),
                     ("token_secret", header_value("TOKEN_SECRET")),

@@ -13,6 +13,9 @@ use crate::names::{database_name, db_subnet_group_name, Names};
 /// How often a wait on RDS asks again.
 const POLL: Duration = Duration::from_secs(10);
 
+/// Set on a database `up --restore-from` created: the snapshot it came from.
+pub const RESTORED_FROM_TAG: &str = "anb:restored-from";
+
 /// RDS PostgreSQL in the private subnets, reachable only from the web and worker groups.
 pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
     let db = &config.database;
@@ -39,11 +42,28 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
                 ("subnet_group", subnets),
                 ("security_groups", n.of("db")),
                 ("managed_password", "true".into()),
+                ("deletion_protection", "true".into()),
                 ("database_name", db.database_name.clone()),
                 ("master_username", db.master_username.clone()),
             ],
         ),
     ]
+}
+
+/// Whether the RDS resource `arn` carries this stack's tag.
+async fn tagged_for_stack(aws: &Aws, arn: Option<&str>) -> anyhow::Result<bool> {
+    let Some(arn) = arn else { return Ok(false) };
+    let tags = aws
+        .rds
+        .list_tags_for_resource()
+        .resource_name(arn)
+        .send()
+        .await
+        .with_context(|| format!("read the tags of {arn}"))?;
+    Ok(tags
+        .tag_list()
+        .iter()
+        .any(|t| aws.is_stack_tag(t.key(), t.value())))
 }
 
 fn rds_tags(aws: &Aws, name: &str) -> [Tag; 2] {
@@ -65,6 +85,10 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
     {
         Ok(found) => {
             for g in found.db_subnet_groups() {
+                // Found by name (RDS cannot filter by tag): only this stack's is read.
+                if !tagged_for_stack(aws, g.db_subnet_group_arn()).await? {
+                    continue;
+                }
                 let mut subnets: Vec<String> = g
                     .subnets()
                     .iter()
@@ -147,6 +171,10 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                                 "managed_password",
                                 db.master_user_secret().is_some().to_string(),
                             ),
+                            (
+                                "deletion_protection",
+                                db.deletion_protection().unwrap_or(false).to_string(),
+                            ),
                             ("database_name", db.db_name().unwrap_or_default().into()),
                             (
                                 "master_username",
@@ -187,31 +215,92 @@ pub(crate) async fn create(
             create.send().await?;
         }
         Kind::Database => {
-            aws.rds
-                .create_db_instance()
-                .db_instance_identifier(name)
-                .engine(&p["engine"])
-                .db_instance_class(&p["instance_class"])
-                .allocated_storage(p["allocated_storage"].parse()?)
-                .multi_az(p["multi_az"] == "true")
-                .storage_encrypted(p["encrypted"] == "true")
-                .publicly_accessible(p["public"] == "true")
-                .db_subnet_group_name(&p["subnet_group"])
-                .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
-                .db_name(&p["database_name"])
-                .master_username(&p["master_username"])
-                // AWS generates the password and keeps it in Secrets Manager.
-                .manage_master_user_password(p["managed_password"] == "true")
-                .backup_retention_period(7)
-                .tags(stack_tag)
-                .tags(name_tag)
-                .send()
-                .await?;
+            match &aws.safeguards.restore_from {
+                Some(snapshot) => restore(aws, name, snapshot, p, ids).await?,
+                None => {
+                    aws.rds
+                        .create_db_instance()
+                        .db_instance_identifier(name)
+                        .engine(&p["engine"])
+                        .db_instance_class(&p["instance_class"])
+                        .allocated_storage(p["allocated_storage"].parse()?)
+                        .multi_az(p["multi_az"] == "true")
+                        .storage_encrypted(p["encrypted"] == "true")
+                        .publicly_accessible(p["public"] == "true")
+                        .db_subnet_group_name(&p["subnet_group"])
+                        .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
+                        .db_name(&p["database_name"])
+                        .master_username(&p["master_username"])
+                        // AWS generates the password and keeps it in Secrets Manager.
+                        .manage_master_user_password(p["managed_password"] == "true")
+                        .deletion_protection(p["deletion_protection"] == "true")
+                        .backup_retention_period(7)
+                        .tags(stack_tag)
+                        .tags(name_tag)
+                        .send()
+                        .await?;
+                }
+            }
             wait_until_available(aws, name).await?;
         }
         other => anyhow::bail!("{other} is not a database resource"),
     }
     Ok(name.to_owned())
+}
+
+/// Creates the instance from `snapshot` (`up --restore-from`): its data, database name
+/// and master user come from the snapshot, the rest from the configuration. The tag
+/// `anb:restored-from` records where it came from.
+async fn restore(
+    aws: &Aws,
+    name: &str,
+    snapshot: &str,
+    p: &Props,
+    ids: &Ids,
+) -> anyhow::Result<()> {
+    let found = aws
+        .rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(snapshot)
+        .send()
+        .await
+        .with_context(|| {
+            format!("find snapshot {snapshot} (`aws rds describe-db-snapshots` lists them)")
+        })?;
+    let status = found
+        .db_snapshots()
+        .first()
+        .and_then(|s| s.status())
+        .unwrap_or("unknown");
+    anyhow::ensure!(
+        status == "available",
+        "snapshot {snapshot} is {status}, not available yet"
+    );
+    eprintln!("  restoring {name} from snapshot {snapshot}");
+    let [stack_tag, name_tag] = rds_tags(aws, name);
+    aws.rds
+        .restore_db_instance_from_db_snapshot()
+        .db_instance_identifier(name)
+        .db_snapshot_identifier(snapshot)
+        .db_instance_class(&p["instance_class"])
+        .multi_az(p["multi_az"] == "true")
+        .publicly_accessible(p["public"] == "true")
+        .db_subnet_group_name(&p["subnet_group"])
+        .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
+        .manage_master_user_password(p["managed_password"] == "true")
+        .deletion_protection(p["deletion_protection"] == "true")
+        .tags(stack_tag)
+        .tags(name_tag)
+        .tags(
+            Tag::builder()
+                .key(RESTORED_FROM_TAG)
+                .value(snapshot)
+                .build(),
+        )
+        .send()
+        .await
+        .with_context(|| format!("restore {name} from snapshot {snapshot}"))?;
+    Ok(())
 }
 
 /// The launch templates wait for the database (they name it), so instances boot into
@@ -280,6 +369,7 @@ pub(crate) async fn update(
                 .publicly_accessible(p["public"] == "true")
                 .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
                 .manage_master_user_password(p["managed_password"] == "true")
+                .deletion_protection(p["deletion_protection"] == "true")
                 .apply_immediately(true)
                 .send()
                 .await?;
@@ -289,8 +379,10 @@ pub(crate) async fn update(
     Ok(())
 }
 
-/// Deletes the instance (with a final snapshot when asked) and waits until it is gone,
-/// saying what it waits for; then the subnet group can go.
+/// Deletes the instance and waits until it is gone, saying what it waits for; then the
+/// subnet group can go. Deletion protection is lifted first (only this path does it).
+/// Unless `down --skip-final-snapshot`, a final snapshot named after the stack and the
+/// time is taken and waited for, and the automated backups are kept either way.
 pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {
     match kind {
         Kind::DbSubnetGroup => aws
@@ -302,13 +394,26 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
             .map(drop)
             .map_err(DeleteError::from_sdk),
         Kind::Database => {
-            let mut delete = aws
+            aws.rds
+                .modify_db_instance()
+                .db_instance_identifier(id)
+                .deletion_protection(false)
+                .apply_immediately(true)
+                .send()
+                .await
+                .map_err(DeleteError::from_sdk)?;
+            let snapshot = (!aws.safeguards.skip_final_snapshot)
+                .then(|| final_snapshot_name(&aws.stack, chrono::Utc::now()));
+            let delete = aws
                 .rds
                 .delete_db_instance()
                 .db_instance_identifier(id)
-                .delete_automated_backups(true);
-            delete = match aws.final_snapshot() {
-                Some(snapshot) => delete.final_db_snapshot_identifier(snapshot),
+                .delete_automated_backups(false);
+            let delete = match &snapshot {
+                Some(snapshot) => {
+                    eprintln!("  taking final snapshot {snapshot} of {id}");
+                    delete.final_db_snapshot_identifier(snapshot)
+                }
                 None => delete.skip_final_snapshot(true),
             };
             delete.send().await.map_err(DeleteError::from_sdk)?;
@@ -321,7 +426,7 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
                     .send()
                     .await
                 {
-                    Err(e) if error_kind(&e) == ErrorKind::NotFound => return Ok(()),
+                    Err(e) if error_kind(&e) == ErrorKind::NotFound => break,
                     Err(e) => return Err(DeleteError::from_sdk(e)),
                     Ok(_) => {
                         eprintln!(
@@ -332,9 +437,53 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
                     }
                 }
             }
+            if let Some(snapshot) = snapshot {
+                wait_for_snapshot(aws, &snapshot)
+                    .await
+                    .map_err(DeleteError::Other)?;
+                eprintln!(
+                    "  final snapshot {snapshot} is available: `provision up --restore-from {snapshot}` brings the data back"
+                );
+            }
+            Ok(())
         }
         other => Err(DeleteError::Other(anyhow::anyhow!(
             "{other} is not a database resource"
         ))),
+    }
+}
+
+/// `<stack>-final-<UTC date>-<time>`: a valid snapshot identifier for any valid stack name
+/// (letters, digits and single hyphens).
+pub fn final_snapshot_name(stack: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{stack}-final-{}", at.format("%Y%m%d-%H%M%S"))
+}
+
+async fn wait_for_snapshot(aws: &Aws, snapshot: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let found = aws
+            .rds
+            .describe_db_snapshots()
+            .db_snapshot_identifier(snapshot)
+            .send()
+            .await
+            .with_context(|| format!("describe snapshot {snapshot}"))?;
+        let status = found
+            .db_snapshots()
+            .first()
+            .and_then(|s| s.status())
+            .unwrap_or("unknown")
+            .to_owned();
+        match status.as_str() {
+            "available" => return Ok(()),
+            "failed" | "error" => anyhow::bail!("snapshot {snapshot} is {status}"),
+            _ => {}
+        }
+        eprintln!(
+            "  waiting for snapshot {snapshot} (status {status}, {:.0} s so far)",
+            started.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(POLL).await;
     }
 }

@@ -2,6 +2,7 @@
 //! stack's dashboard.
 
 use anyhow::Context;
+use aws_sdk_cloudwatch::types::MetricAlarm;
 
 use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, STACK_TAG};
 use crate::config::Config;
@@ -99,30 +100,65 @@ fn dashboard_body(n: &Names, config: &Config) -> String {
     body.to_string()
 }
 
-/// The stack's alarms and dashboard, found by name prefix (dashboards carry no tags).
+/// The stack's alarms (found by name prefix, kept when they carry its tag) and its
+/// dashboard (by exact name: dashboards carry no tags).
 /// Alarms that target tracking creates are named `TargetTracking-…`, so they never match.
 pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
     let prefix = format!("{}-", aws.stack);
+    let dashboard = Names {
+        stack: aws.stack.clone(),
+    }
+    .of("overview");
     let (alarms, dashboards) = tokio::try_join!(
         Box::pin(async {
             aws.cloudwatch
                 .describe_alarms()
                 .alarm_name_prefix(&prefix)
+                .into_paginator()
                 .send()
+                .collect::<Result<Vec<_>, _>>()
                 .await
                 .context("describe alarms")
         }),
         Box::pin(async {
             aws.cloudwatch
                 .list_dashboards()
-                .dashboard_name_prefix(&prefix)
+                .dashboard_name_prefix(&dashboard)
                 .send()
                 .await
                 .context("list dashboards")
         }),
     )?;
+    // The prefix also matches other stacks (`anb-staging-…` for stack `anb`) and alarms
+    // made by hand: only those carrying this stack's tag are its own.
+    let alarms: Vec<&MetricAlarm> = alarms
+        .iter()
+        .flat_map(|page| page.metric_alarms())
+        .collect();
+    let owned = futures_util::future::try_join_all(alarms.iter().map(|alarm| async {
+        let Some(arn) = alarm.alarm_arn() else {
+            return Ok(false);
+        };
+        let tags = aws
+            .cloudwatch
+            .list_tags_for_resource()
+            .resource_arn(arn)
+            .send()
+            .await
+            .with_context(|| format!("read the tags of alarm {arn}"))?;
+        anyhow::Ok(
+            tags.tags()
+                .iter()
+                .any(|t| aws.is_stack_tag(t.key(), t.value())),
+        )
+    }))
+    .await?;
+    let alarms = alarms
+        .into_iter()
+        .zip(owned)
+        .filter_map(|(alarm, owned)| owned.then_some(alarm));
     let mut out = Vec::new();
-    for alarm in alarms.metric_alarms() {
+    for alarm in alarms {
         let dimension = alarm
             .dimensions()
             .first()
@@ -177,7 +213,12 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
             last.resource.props.insert("action".into(), action.clone());
         }
     }
-    for entry in dashboards.dashboard_entries() {
+    // Dashboards carry no tags: only the exact name this stack gives its own is read.
+    let own_dashboard = dashboards
+        .dashboard_entries()
+        .iter()
+        .filter(|entry| entry.dashboard_name() == Some(dashboard.as_str()));
+    for entry in own_dashboard {
         let name = entry.dashboard_name().unwrap_or_default().to_owned();
         let body = match aws
             .cloudwatch

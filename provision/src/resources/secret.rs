@@ -21,28 +21,67 @@ pub(crate) fn desired(n: &Names) -> Resource {
     )
 }
 
+/// Whether a described secret carries this stack's tag: a secret of the same name made by
+/// someone else is never read, changed or deleted.
+fn owned(aws: &Aws, tags: &[Tag]) -> bool {
+    tags.iter().any(|t| aws.is_stack_tag(t.key(), t.value()))
+}
+
 pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
     let name = token_secret_name(&aws.stack);
     match aws.secrets.describe_secret().secret_id(&name).send().await {
-        // A secret scheduled for deletion (deleted by hand) is as good as gone.
-        Ok(found) if found.deleted_date().is_none() => Ok(vec![Observed {
-            resource: Resource::new(
-                Kind::Secret,
-                found.name().unwrap_or(&name),
-                &[(
-                    "description",
-                    found.description().unwrap_or_default().to_owned(),
-                )],
-            ),
-            id: found.arn().unwrap_or_default().to_owned(),
-        }]),
+        // A secret scheduled for deletion (by `down`) is as good as gone; `create` brings
+        // it back.
+        Ok(found) if found.deleted_date().is_none() && owned(aws, found.tags()) => {
+            Ok(vec![Observed {
+                resource: Resource::new(
+                    Kind::Secret,
+                    found.name().unwrap_or(&name),
+                    &[(
+                        "description",
+                        found.description().unwrap_or_default().to_owned(),
+                    )],
+                ),
+                id: found.arn().unwrap_or_default().to_owned(),
+            }])
+        }
         Ok(_) => Ok(Vec::new()),
         Err(e) if error_kind(&e) == ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).context("describe the token signing secret"),
     }
 }
 
+/// Generates the key into a new secret; a secret of this stack that `down` scheduled for
+/// deletion is restored instead (its name is taken until the recovery window ends, and
+/// its key keeps the tokens signed before valid).
 pub(crate) async fn create(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<String> {
+    match aws.secrets.describe_secret().secret_id(name).send().await {
+        Ok(found) if found.deleted_date().is_some() => {
+            anyhow::ensure!(
+                owned(aws, found.tags()),
+                "a secret named {name}, scheduled for deletion, is not tagged {STACK_TAG}={}: \
+                 it is not this stack's, so it is left alone (choose another stack name)",
+                aws.stack
+            );
+            eprintln!("  restoring {name}, scheduled for deletion by an earlier `down`");
+            aws.secrets
+                .restore_secret()
+                .secret_id(name)
+                .send()
+                .await
+                .context("restore the token signing secret")?;
+            update(aws, name, p).await?;
+            return Ok(found.arn().unwrap_or(name).to_owned());
+        }
+        Ok(found) => anyhow::ensure!(
+            owned(aws, found.tags()),
+            "a secret named {name} exists but is not tagged {STACK_TAG}={}: it is not this \
+             stack's, so it is left alone (choose another stack name)",
+            aws.stack
+        ),
+        Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("describe the token signing secret"),
+    }
     let key = aws
         .secrets
         .get_random_password()
@@ -74,15 +113,27 @@ pub(crate) async fn update(aws: &Aws, id: &str, p: &Props) -> anyhow::Result<()>
     Ok(())
 }
 
-/// At once, without the recovery window: a re-created stack must be able to reuse the
-/// name right away.
+/// How long a deleted token secret can be restored (the shortest AWS allows).
+const RECOVERY_WINDOW_DAYS: i64 = 7;
+
+/// With the recovery window (an `up` within it restores the secret), or at once with
+/// `down --purge`.
 pub(crate) async fn delete(aws: &Aws, id: &str) -> Result<(), DeleteError> {
-    aws.secrets
-        .delete_secret()
-        .secret_id(id)
-        .force_delete_without_recovery(true)
+    let delete = aws.secrets.delete_secret().secret_id(id);
+    let delete = if aws.safeguards.purge {
+        delete.force_delete_without_recovery(true)
+    } else {
+        delete.recovery_window_in_days(RECOVERY_WINDOW_DAYS)
+    };
+    delete
         .send()
         .await
         .map(drop)
-        .map_err(DeleteError::from_sdk)
+        .map_err(DeleteError::from_sdk)?;
+    if !aws.safeguards.purge {
+        eprintln!(
+            "  the token secret can be restored for {RECOVERY_WINDOW_DAYS} days (the next `up` does it; `down --purge` deletes it at once)"
+        );
+    }
+    Ok(())
 }

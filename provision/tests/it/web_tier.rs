@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use provision::config::Config;
 use provision::names::Tier;
-use provision::userdata::render;
+use provision::userdata::{render, Release};
 
 /// The server block the web script writes to /etc/nginx/sites-available/anb.
 fn server_block() -> String {
@@ -17,7 +17,10 @@ fn server_block() -> String {
         Tier::Web,
         &Config::load(None).unwrap(),
         "123456789012",
-        "r1",
+        &Release {
+            name: "r1",
+            ..Release::default()
+        },
     );
     let start = script.find("<<'NGINX'\n").unwrap() + "<<'NGINX'\n".len();
     let end = start + script[start..].find("\nNGINX\n").unwrap();

@@ -75,6 +75,8 @@ pub struct StorageSettings {
     pub local_dir: PathBuf,
     #[serde(deserialize_with = "empty_as_none")]
     pub bucket: Option<String>,
+    #[serde(deserialize_with = "empty_as_none")]
+    pub expected_bucket_owner: Option<String>,
     #[serde(with = "humantime_serde")]
     pub presign_ttl: Duration,
 }

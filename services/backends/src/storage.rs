@@ -73,7 +73,10 @@ pub async fn from_settings(
         StorageBackend::Local => Arc::new(LocalStore::new(&storage.local_dir)),
         StorageBackend::S3 => {
             let bucket = storage.bucket.clone().unwrap_or_default();
-            Arc::new(S3Store::new(s3_client(aws).await, bucket))
+            Arc::new(
+                S3Store::new(s3_client(aws).await, bucket)
+                    .expecting_owner(storage.expected_bucket_owner.clone()),
+            )
         }
     })
 }
@@ -233,11 +236,27 @@ impl ObjectStore for LocalStore {
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// The account that must own the bucket; S3 refuses a call when another one does.
+    /// Not sent with presigned downloads: the header would have to come from the
+    /// player's browser.
+    expected_owner: Option<String>,
 }
 
 impl S3Store {
     pub fn new(client: aws_sdk_s3::Client, bucket: String) -> Self {
-        Self { client, bucket }
+        Self {
+            client,
+            bucket,
+            expected_owner: None,
+        }
+    }
+
+    /// Every call (but presigning) names `owner` as the bucket's expected owner.
+    pub fn expecting_owner(self, owner: Option<String>) -> Self {
+        Self {
+            expected_owner: owner,
+            ..self
+        }
     }
 }
 
@@ -251,6 +270,7 @@ impl ObjectStore for S3Store {
         self.client
             .put_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.expected_owner.clone())
             .key(key)
             .content_type("video/mp4")
             .body(body)
@@ -266,6 +286,7 @@ impl ObjectStore for S3Store {
             .client
             .get_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.expected_owner.clone())
             .key(key)
             .send()
             .await
@@ -300,6 +321,7 @@ impl ObjectStore for S3Store {
         self.client
             .delete_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.expected_owner.clone())
             .key(key)
             .send()
             .await
@@ -312,6 +334,7 @@ impl ObjectStore for S3Store {
             .client
             .head_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.expected_owner.clone())
             .key(key)
             .send()
             .await
@@ -328,6 +351,7 @@ impl ObjectStore for S3Store {
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.expected_owner.clone())
             .prefix(prefix)
             .into_paginator()
             .send();

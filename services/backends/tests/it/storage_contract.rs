@@ -67,5 +67,7 @@ async fn s3_store_meets_the_contract() {
     let moto = moto();
     let bucket = moto.create_bucket().await;
     let client = backends::storage::s3_client(&moto.aws_settings()).await;
-    check_store(Arc::new(S3Store::new(client, bucket))).await;
+    // moto's account: every call names it as the bucket's expected owner, as on AWS.
+    let store = S3Store::new(client, bucket).expecting_owner(Some(testkit::MOTO_ACCOUNT.into()));
+    check_store(Arc::new(store)).await;
 }
