@@ -69,6 +69,8 @@ pub struct DatabaseConfig {
     pub multi_az: bool,
     pub database_name: String,
     pub master_username: String,
+    /// Days of automated backups (point-in-time recovery); 0 turns them off.
+    pub backup_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

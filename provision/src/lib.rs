@@ -150,6 +150,7 @@ impl Stack {
             .iter()
             .filter(|c| c.is_change() && c.action != Action::Orphan)
             .collect();
+        self.refuse_data_loss(&todo)?;
         if todo.is_empty() {
             self.aws.roll_outdated_instances(&[]).await?;
             report(
@@ -160,7 +161,6 @@ impl Stack {
             );
             return Ok(0);
         }
-        self.refuse_data_loss(&todo)?;
         self.check_release(&todo).await?;
         eprintln!(
             "Applying {} change(s) to stack {}:",
@@ -201,6 +201,18 @@ impl Stack {
     /// snapshot), or `--restore-from` given with no database to create.
     fn refuse_data_loss(&self, todo: &[&Change]) -> anyhow::Result<()> {
         let safeguards = &self.aws.safeguards;
+        if let Some(snapshot) = &safeguards.restore_from {
+            let creates_database = todo.iter().any(|c| {
+                c.kind == model::Kind::Database
+                    && matches!(c.action, Action::Create | Action::Replace(_))
+            });
+            anyhow::ensure!(
+                creates_database,
+                "nothing changed: --restore-from {snapshot} restores into a new database, and \
+                 stack {} already has one (`provision down` first, or add --replace-database)",
+                self.config.stack.name
+            );
+        }
         for change in todo {
             let Action::Replace(fields) = &change.action else {
                 continue;
@@ -235,18 +247,6 @@ impl Stack {
                 change.kind,
                 change.name,
                 why.join(", ")
-            );
-        }
-        if let Some(snapshot) = &safeguards.restore_from {
-            let creates_database = todo.iter().any(|c| {
-                c.kind == model::Kind::Database
-                    && matches!(c.action, Action::Create | Action::Replace(_))
-            });
-            anyhow::ensure!(
-                creates_database,
-                "nothing changed: --restore-from {snapshot} restores into a new database, and \
-                 stack {} already has one (`provision down` first, or add --replace-database)",
-                self.config.stack.name
             );
         }
         Ok(())

@@ -43,6 +43,10 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
                 ("security_groups", n.of("db")),
                 ("managed_password", "true".into()),
                 ("deletion_protection", "true".into()),
+                (
+                    "backup_retention_days",
+                    db.backup_retention_days.to_string(),
+                ),
                 ("database_name", db.database_name.clone()),
                 ("master_username", db.master_username.clone()),
             ],
@@ -175,6 +179,10 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                                 "deletion_protection",
                                 db.deletion_protection().unwrap_or(false).to_string(),
                             ),
+                            (
+                                "backup_retention_days",
+                                db.backup_retention_period().unwrap_or_default().to_string(),
+                            ),
                             ("database_name", db.db_name().unwrap_or_default().into()),
                             (
                                 "master_username",
@@ -234,7 +242,7 @@ pub(crate) async fn create(
                         // AWS generates the password and keeps it in Secrets Manager.
                         .manage_master_user_password(p["managed_password"] == "true")
                         .deletion_protection(p["deletion_protection"] == "true")
-                        .backup_retention_period(7)
+                        .backup_retention_period(p["backup_retention_days"].parse()?)
                         .tags(stack_tag)
                         .tags(name_tag)
                         .send()
@@ -370,6 +378,7 @@ pub(crate) async fn update(
                 .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
                 .manage_master_user_password(p["managed_password"] == "true")
                 .deletion_protection(p["deletion_protection"] == "true")
+                .backup_retention_period(p["backup_retention_days"].parse()?)
                 .apply_immediately(true)
                 .send()
                 .await?;

@@ -6,5 +6,6 @@
 
 mod deploy;
 mod helpers;
+mod safety;
 mod stack;
 mod web_tier;

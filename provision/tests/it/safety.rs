@@ -1,0 +1,509 @@
+//! Operator safety on moto: nothing stateful is destroyed by surprise, only what carries
+//! the stack's tag is touched, and drift that is really drift is seen and repaired.
+
+use provision::model::Action;
+use provision::plan::render;
+use provision::{Output, Safeguards, Stack, StackOptions};
+
+use crate::helpers::{config_for, publish_stand_ins, release_r1, status_exit_code};
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn with(safeguards: Safeguards, endpoint: &str) -> StackOptions {
+    StackOptions {
+        safeguards,
+        ..release_r1(endpoint)
+    }
+}
+
+async fn database(stack: &Stack) -> aws_sdk_rds::types::DbInstance {
+    let name = format!("{}-postgres", stack.config.stack.name);
+    let found = stack
+        .aws
+        .rds
+        .describe_db_instances()
+        .db_instance_identifier(&name)
+        .send()
+        .await
+        .unwrap();
+    found.db_instances()[0].clone()
+}
+
+/// The manual snapshots named after the stack, oldest first.
+async fn final_snapshots(stack: &Stack) -> Vec<String> {
+    let found = stack
+        .aws
+        .rds
+        .describe_db_snapshots()
+        .snapshot_type("manual")
+        .send()
+        .await
+        .unwrap();
+    let prefix = format!("{}-final-", stack.config.stack.name);
+    let mut names: Vec<String> = found
+        .db_snapshots()
+        .iter()
+        .filter_map(|s| s.db_snapshot_identifier())
+        .filter(|s| s.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Stands in for the passing of time: moto takes an automated snapshot at every create,
+/// named after the minute (`rds:<instance>-<minute>`, whatever the retention), so a
+/// database re-created within the same minute, as here, would collide with its
+/// predecessor's. On AWS, retained backups have unique names.
+async fn let_a_minute_pass(stack: &Stack) {
+    let found = stack
+        .aws
+        .rds
+        .describe_db_snapshots()
+        .snapshot_type("automated")
+        .send()
+        .await
+        .unwrap();
+    let ours = format!("rds:{}-postgres-", stack.config.stack.name);
+    for snapshot in found.db_snapshots() {
+        let id = snapshot.db_snapshot_identifier().unwrap_or_default();
+        if id.starts_with(&ours) {
+            stack
+                .aws
+                .rds
+                .delete_db_snapshot()
+                .db_snapshot_identifier(id)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn token_secret(
+    stack: &Stack,
+) -> Option<aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput> {
+    stack
+        .aws
+        .secrets
+        .describe_secret()
+        .secret_id(format!("{}-jwt-key", stack.config.stack.name))
+        .send()
+        .await
+        .ok()
+}
+
+#[tokio::test]
+async fn the_database_is_never_replaced_unasked_and_down_leaves_a_snapshot_up_restores() {
+    let moto = testkit::moto();
+    let endpoint = moto.endpoint.as_str();
+    let name = unique("s");
+    let stack = Stack::open(config_for(&name), release_r1(endpoint))
+        .await
+        .unwrap();
+    publish_stand_ins(&stack, "r1").await;
+    stack.up(Output::Text).await.unwrap();
+    assert_eq!(database(&stack).await.deletion_protection(), Some(true));
+
+    // A database name that cannot change in place: `plan` says DATA LOSS, `up` stops
+    // before changing anything and names the field and the way out.
+    let mut renamed = config_for(&name);
+    renamed.database.database_name = "other".into();
+    let careless = Stack::open(renamed.clone(), release_r1(endpoint))
+        .await
+        .unwrap();
+    let plan = render(&careless.changes().await.unwrap());
+    assert!(
+        plan.contains("database_name: anb → other; cannot change in place) DATA LOSS"),
+        "{plan}"
+    );
+    let refused = careless.up(Output::Text).await.unwrap_err().to_string();
+    for words in [
+        "nothing changed",
+        "database_name (anb → other)",
+        "--replace-database",
+    ] {
+        assert!(refused.contains(words), "{words:?} missing from: {refused}");
+    }
+    assert_eq!(database(&stack).await.db_name(), Some("anb"), "untouched");
+    assert!(final_snapshots(&stack).await.is_empty());
+
+    // Asked for: a snapshot is taken (and is available) before the new database exists.
+    let_a_minute_pass(&stack).await;
+    let replacing = Stack::open(
+        renamed.clone(),
+        with(
+            Safeguards {
+                replace_database: true,
+                ..Safeguards::default()
+            },
+            endpoint,
+        ),
+    )
+    .await
+    .unwrap();
+    replacing.up(Output::Text).await.unwrap();
+    assert_eq!(database(&stack).await.db_name(), Some("other"));
+    assert_eq!(final_snapshots(&stack).await.len(), 1);
+
+    // `down` lifts the deletion protection itself, leaves a final snapshot, keeps the
+    // token secret restorable, and still removes everything.
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // snapshot names are per second
+    let down = Stack::open(renamed.clone(), release_r1(endpoint))
+        .await
+        .unwrap();
+    assert!(down.down().await.unwrap().is_empty());
+    let snapshots = final_snapshots(&stack).await;
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    let secret = token_secret(&stack).await.unwrap();
+    assert!(secret.deleted_date().is_some(), "scheduled, not purged");
+    assert!(
+        stack.aws.observe(&stack.bucket()).await.unwrap().is_empty(),
+        "nothing left"
+    );
+
+    // `up --restore-from` creates the database from that snapshot (of the database
+    // named "other", so with the configuration that names it) and brings the token secret
+    // back.
+    let_a_minute_pass(&stack).await;
+    let latest = snapshots.last().unwrap().clone();
+    let restoring = Stack::open(
+        renamed.clone(),
+        with(
+            Safeguards {
+                restore_from: Some(latest.clone()),
+                ..Safeguards::default()
+            },
+            endpoint,
+        ),
+    )
+    .await
+    .unwrap();
+    publish_stand_ins(&restoring, "r1").await; // the bucket went with `down`
+    restoring.up(Output::Text).await.unwrap();
+    let restored = database(&stack).await;
+    let tag = restored
+        .tag_list()
+        .iter()
+        .find(|t| t.key() == Some("anb:restored-from"))
+        .and_then(|t| t.value());
+    assert_eq!(tag, Some(latest.as_str()));
+    assert!(token_secret(&stack).await.unwrap().deleted_date().is_none());
+    // Once the database exists, restoring into it is refused.
+    let again = restoring.up(Output::Text).await.unwrap_err().to_string();
+    assert!(again.contains("already has one"), "{again}");
+
+    // Opting out: no snapshot, and the secret is gone at once.
+    let purging = Stack::open(
+        config_for(&name),
+        with(
+            Safeguards {
+                skip_final_snapshot: true,
+                purge: true,
+                ..Safeguards::default()
+            },
+            endpoint,
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(purging.down().await.unwrap().is_empty());
+    assert_eq!(final_snapshots(&stack).await.len(), 2);
+    assert!(token_secret(&stack).await.is_none());
+}
+
+#[tokio::test]
+async fn down_touches_only_what_carries_its_stack_tag() {
+    let moto = testkit::moto();
+    let endpoint = moto.endpoint.as_str();
+    let base = unique("o");
+    let staging = format!("{base}-staging");
+    for name in [&base, &staging] {
+        let stack = Stack::open(config_for(name), release_r1(endpoint))
+            .await
+            .unwrap();
+        publish_stand_ins(&stack, "r1").await;
+        stack.up(Output::Text).await.unwrap();
+    }
+    let stack = Stack::open(config_for(&base), release_r1(endpoint))
+        .await
+        .unwrap();
+    // An alarm made by hand, under the stack's name prefix but without its tag.
+    let manual = format!("{base}-manual");
+    stack
+        .aws
+        .cloudwatch
+        .put_metric_alarm()
+        .alarm_name(&manual)
+        .namespace("AWS/EC2")
+        .metric_name("CPUUtilization")
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Average)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(90.0)
+        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status_exit_code(endpoint, &base),
+        0,
+        "neither the other stack's alarms nor the manual one are this stack's orphans"
+    );
+
+    assert!(stack.down().await.unwrap().is_empty());
+    assert_eq!(
+        status_exit_code(endpoint, &staging),
+        0,
+        "the other stack is intact"
+    );
+    let alarms = stack
+        .aws
+        .cloudwatch
+        .describe_alarms()
+        .alarm_name_prefix(format!("{base}-"))
+        .send()
+        .await
+        .unwrap();
+    let mut left: Vec<&str> = alarms
+        .metric_alarms()
+        .iter()
+        .filter_map(|a| a.alarm_name())
+        .collect();
+    left.sort_unstable();
+    assert!(left.contains(&manual.as_str()), "{left:?}");
+    assert!(
+        left.iter().any(|a| a.starts_with(&format!("{staging}-"))),
+        "{left:?}"
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|a| a.starts_with(&format!("{base}-queue"))
+                || a.starts_with(&format!("{base}-dlq"))),
+        "{left:?}"
+    );
+    let dashboards = stack
+        .aws
+        .cloudwatch
+        .list_dashboards()
+        .dashboard_name_prefix(format!("{staging}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        dashboards.dashboard_entries().len(),
+        1,
+        "the other stack's dashboard stays"
+    );
+
+    let staging = Stack::open(
+        config_for(&staging),
+        with(
+            Safeguards {
+                skip_final_snapshot: true,
+                purge: true,
+                ..Safeguards::default()
+            },
+            endpoint,
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(staging.down().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn drift_in_rules_and_policies_is_seen_and_repaired() {
+    let moto = testkit::moto();
+    let endpoint = moto.endpoint.as_str();
+    let name = unique("r");
+    let stack = Stack::open(config_for(&name), release_r1(endpoint))
+        .await
+        .unwrap();
+    publish_stand_ins(&stack, "r1").await;
+    stack.up(Output::Text).await.unwrap();
+    let ec2 = &stack.aws.ec2;
+    let group_id = |group: String| async move {
+        let found = ec2
+            .describe_security_groups()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("group-name")
+                    .values(group)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        found.security_groups()[0].group_id().unwrap().to_owned()
+    };
+    let web = group_id(format!("{name}-web")).await;
+    let worker = group_id(format!("{name}-worker")).await;
+
+    // Out of band: every TCP port open to the world on the web tier, SSH over IPv6 on
+    // the worker, and a bucket policy nobody asked for.
+    ec2.authorize_security_group_ingress()
+        .group_id(&web)
+        .ip_permissions(
+            aws_sdk_ec2::types::IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(0)
+                .to_port(65535)
+                .ip_ranges(
+                    aws_sdk_ec2::types::IpRange::builder()
+                        .cidr_ip("0.0.0.0/0")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    ec2.authorize_security_group_ingress()
+        .group_id(&worker)
+        .ip_permissions(
+            aws_sdk_ec2::types::IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(22)
+                .to_port(22)
+                .ipv6_ranges(
+                    aws_sdk_ec2::types::Ipv6Range::builder()
+                        .cidr_ipv6("::/0")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let bucket = stack.bucket();
+    let foreign_read = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::999999999999:root"},
+            "Action": "s3:GetObject",
+            "Resource": format!("arn:aws:s3:::{bucket}/*"),
+        }],
+    });
+    stack
+        .aws
+        .s3
+        .put_bucket_policy()
+        .bucket(&bucket)
+        .policy(foreign_read.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(status_exit_code(endpoint, &name), 2, "the drift is seen");
+    let changes = stack.changes().await.unwrap();
+    let drift = |resource: &str, field: &str| {
+        changes.iter().any(|c| {
+            c.name == resource
+                && matches!(&c.action, Action::Update(fields) if fields.iter().any(|f| f.field == field))
+        })
+    };
+    assert!(
+        drift(&format!("{name}-web"), "ingress"),
+        "{}",
+        render(&changes)
+    );
+    assert!(
+        drift(&format!("{name}-worker"), "ingress"),
+        "{}",
+        render(&changes)
+    );
+    assert!(drift(&bucket, "policy"), "{}", render(&changes));
+    let text = render(&changes);
+    assert!(text.contains("tcp:0-65535 from 0.0.0.0/0"), "{text}");
+    assert!(text.contains("tcp:22 from ::/0"), "{text}");
+
+    stack.up(Output::Text).await.unwrap();
+    assert_eq!(status_exit_code(endpoint, &name), 0, "repaired");
+    let rules = ec2
+        .describe_security_group_rules()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-id")
+                .values(&web)
+                .values(&worker)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let ingress: Vec<(Option<i32>, Option<i32>)> = rules
+        .security_group_rules()
+        .iter()
+        .filter(|r| r.is_egress() == Some(false))
+        .map(|r| (r.from_port(), r.to_port()))
+        .collect();
+    assert_eq!(
+        ingress,
+        [(Some(80), Some(80))],
+        "only the web tier's port 80 from the ALB"
+    );
+
+    // The bucket's settings, read back: public access blocked, encrypted, and (over
+    // moto's plain HTTP, where a TLS-only policy would deny this very tool) no policy.
+    let s3 = &stack.aws.s3;
+    let block = s3
+        .get_public_access_block()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let block = block.public_access_block_configuration().unwrap();
+    assert_eq!(
+        [
+            block.block_public_acls(),
+            block.ignore_public_acls(),
+            block.block_public_policy(),
+            block.restrict_public_buckets()
+        ],
+        [Some(true); 4]
+    );
+    let encryption = s3
+        .get_bucket_encryption()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let rule = &encryption
+        .server_side_encryption_configuration()
+        .unwrap()
+        .rules()[0];
+    assert_eq!(
+        rule.apply_server_side_encryption_by_default()
+            .unwrap()
+            .sse_algorithm()
+            .as_str(),
+        "AES256"
+    );
+    assert!(
+        s3.get_bucket_policy().bucket(&bucket).send().await.is_err(),
+        "the foreign statement is gone"
+    );
+
+    let purging = Stack::open(
+        config_for(&name),
+        with(
+            Safeguards {
+                skip_final_snapshot: true,
+                purge: true,
+                ..Safeguards::default()
+            },
+            endpoint,
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(purging.down().await.unwrap().is_empty());
+}
