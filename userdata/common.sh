@@ -17,6 +17,7 @@ DATABASE='{{database}}'
 DATABASE_NAME='{{database_name}}'
 TOKEN_SECRET='{{token_secret}}'
 CLOUDWATCH_AGENT='{{cloudwatch_agent}}'
+CLOUDWATCH_AGENT_VERSION='{{cloudwatch_agent_version}}'
 LOG_RETENTION_DAYS='{{log_retention_days}}'
 TIER='{{tier}}'
 
@@ -63,10 +64,24 @@ install_release() {
     say "installed $name of release $RELEASE"
 }
 
+# The certificate authorities of RDS in this region: connections to the database verify
+# its certificate and host name against them (sslmode=verify-full), so a machine in the
+# VPC answering for the database is refused.
+RDS_CA_BUNDLE=/usr/local/share/anb/rds-ca.pem
+install_rds_ca_bundle() {
+    install -d -m 0755 /usr/local/share/anb
+    retry curl -fsSL -o "$RDS_CA_BUNDLE.new" \
+        "https://truststore.pki.rds.amazonaws.com/$REGION/$REGION-bundle.pem"
+    grep -q 'BEGIN CERTIFICATE' "$RDS_CA_BUNDLE.new"
+    chmod 0644 "$RDS_CA_BUNDLE.new"
+    mv "$RDS_CA_BUNDLE.new" "$RDS_CA_BUNDLE"
+}
+
 # The settings a service starts with that are not secret, root-only all the same:
 # /etc/anb/<service>.env. $1 is the service; stdin adds tier-specific lines.
 write_settings() {
     local service=$1 queue_url
+    install_rds_ca_bundle
     # </dev/null: stdin holds the caller's settings, for `cat` below.
     queue_url=$(retry aws sqs get-queue-url --queue-name "$QUEUE" --query QueueUrl \
         --output text </dev/null)
@@ -102,9 +117,10 @@ write_env() {
 import json, sys, urllib.parse
 login = json.load(sys.stdin)
 user, password = (urllib.parse.quote(login[k], safe="") for k in ("username", "password"))
-host, port, name = sys.argv[1:4]
-print("postgres://%s:%s@%s:%s/%s?sslmode=require" % (user, password, host, port, name))
-' "$address" "$port" "$DATABASE_NAME")
+host, port, name, ca = sys.argv[1:5]
+print("postgres://%s:%s@%s:%s/%s?sslmode=verify-full&sslrootcert=%s"
+      % (user, password, host, port, name, ca))
+' "$address" "$port" "$DATABASE_NAME" "$RDS_CA_BUNDLE")
     umask 077
     install -d -m 0700 /run/anb
     {
@@ -165,16 +181,36 @@ UNIT
     systemctl enable --now "anb-$service.service"
 }
 
+# The key Amazon signs the CloudWatch agent with, as its documentation publishes it
+# ("Verifying the signature of the CloudWatch agent package").
+CLOUDWATCH_AGENT_KEY=937616F3450B7D806CBD9725D58167303B789C72
+
 # Ships the boot log and the services' journal to CloudWatch Logs, group /anb/<stack>,
-# one stream per instance and tier.
+# one stream per instance and tier. The package (the version `logs.cloudwatch_agent_version`
+# names) is installed only if its signature verifies with Amazon's key, itself checked
+# against the fingerprint above.
 install_log_agent() {
-    local units=$1 deb
+    local units=$1 dir base fingerprint
     [ "$CLOUDWATCH_AGENT" = true ] || return 0
-    deb=$(mktemp --suffix=.deb)
-    retry curl -fsSL -o "$deb" \
-        "https://amazoncloudwatch-agent-$REGION.s3.$REGION.amazonaws.com/debian/amd64/latest/amazon-cloudwatch-agent.deb"
-    dpkg -i "$deb"
-    rm -f "$deb"
+    retry apt-get install -y -q --no-install-recommends gnupg
+    dir=$(mktemp -d)
+    base="https://amazoncloudwatch-agent-$REGION.s3.$REGION.amazonaws.com"
+    retry curl -fsSL -o "$dir/agent.gpg" "$base/assets/amazon-cloudwatch-agent.gpg"
+    retry curl -fsSL -o "$dir/agent.deb" \
+        "$base/debian/amd64/$CLOUDWATCH_AGENT_VERSION/amazon-cloudwatch-agent.deb"
+    retry curl -fsSL -o "$dir/agent.deb.sig" \
+        "$base/debian/amd64/$CLOUDWATCH_AGENT_VERSION/amazon-cloudwatch-agent.deb.sig"
+    install -d -m 0700 "$dir/gnupg"
+    fingerprint=$(gpg --homedir "$dir/gnupg" --batch --show-keys --with-colons "$dir/agent.gpg" \
+        | awk -F: '$1 == "fpr" { print $10; exit }')
+    if [ "$fingerprint" != "$CLOUDWATCH_AGENT_KEY" ]; then
+        say "the CloudWatch agent's signing key is $fingerprint, not $CLOUDWATCH_AGENT_KEY: not installing it"
+        return 1
+    fi
+    gpg --homedir "$dir/gnupg" --batch --import "$dir/agent.gpg"
+    gpg --homedir "$dir/gnupg" --batch --verify "$dir/agent.deb.sig" "$dir/agent.deb"
+    dpkg -i "$dir/agent.deb"
+    rm -rf "$dir"
     install -d -m 0755 /var/log/anb
     cat >/etc/systemd/system/anb-journal.service <<UNIT
 [Unit]

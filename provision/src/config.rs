@@ -33,6 +33,8 @@ pub struct InstancesConfig {
 #[serde(deny_unknown_fields)]
 pub struct LogsConfig {
     pub cloudwatch_agent: bool,
+    /// The agent's version (a path segment of Amazon's download URL), or "latest".
+    pub cloudwatch_agent_version: String,
     pub retention_days: u32,
 }
 
@@ -64,6 +66,9 @@ pub struct LoadBalancerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// PostgreSQL major version ("16"): new databases get its latest minor version, and
+    /// the parameter group its family.
+    pub engine_version: String,
     pub instance_class: String,
     pub allocated_storage_gb: u32,
     pub multi_az: bool,
@@ -142,10 +147,27 @@ impl Config {
             && name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !name.starts_with('-');
+            // Names of snapshots (`<stack>-final-<time>`) and RDS resources follow.
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && !name.ends_with('-')
+            && !name.contains("--");
         anyhow::ensure!(
             valid_name,
-            "stack.name must be 1–20 lowercase letters, digits or dashes"
+            "stack.name must be 1–20 lowercase letters, digits or single dashes, starting with a letter and not ending with a dash"
+        );
+        let db = &self.database;
+        anyhow::ensure!(
+            !db.engine_version.is_empty() && db.engine_version.bytes().all(|b| b.is_ascii_digit()),
+            "database.engine_version is a PostgreSQL major version such as \"16\""
+        );
+        anyhow::ensure!(
+            db.backup_retention_days <= 35,
+            "database.backup_retention_days must be 0–35 (what RDS allows)"
+        );
+        let agent = &self.logs.cloudwatch_agent_version;
+        anyhow::ensure!(
+            !agent.is_empty() && agent.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'),
+            "logs.cloudwatch_agent_version is \"latest\" or a version such as \"1.300040.0b650\""
         );
         let zones = self.availability_zones().len();
         anyhow::ensure!(zones == 2, "network.availability_zones must name two zones");

@@ -265,7 +265,7 @@ mod tests {
         }
         assert_eq!(
             kinds.len(),
-            20,
+            21,
             "every kind of resource is in the desired state of the private network mode"
         );
     }
@@ -296,6 +296,10 @@ mod tests {
         assert_eq!(
             https.props["certificate"],
             "arn:aws:acm:us-east-1:1:certificate/x"
+        );
+        assert_eq!(
+            https.props["ssl_policy"],
+            "ELBSecurityPolicy-TLS13-1-2-2021-06"
         );
     }
 }

@@ -234,7 +234,12 @@ impl Stack {
                     )
                 })
                 .collect();
-            let way_out = if change.kind == model::Kind::Database {
+            let upgrade = fields.iter().any(|f| f.field == "engine_version");
+            let way_out = if upgrade {
+                "A major version upgrade is done in place with `aws rds modify-db-instance \
+                 --engine-version … --allow-major-version-upgrade` (and a parameter group of \
+                 the new family), then the configuration follows; or put the old value back"
+            } else if change.kind == model::Kind::Database {
                 "Put the old value back in the configuration, or run `provision up \
                  --replace-database` to replace it after a snapshot (whose data `up \
                  --restore-from SNAPSHOT` can bring back)"

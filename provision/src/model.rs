@@ -24,6 +24,7 @@ pub enum Kind {
     LoadBalancer,
     Listener,
     DbSubnetGroup,
+    DbParameterGroup,
     Database,
     LaunchTemplate,
     AutoScalingGroup,
@@ -45,11 +46,15 @@ impl Kind {
             Kind::LoadBalancer => &["scheme"],
             Kind::Database => &[
                 "engine",
+                // This tool does not run major upgrades (they need a new parameter group
+                // family and a maintenance window): `up` refuses, and says so.
+                "engine_version",
                 "encrypted",
                 "subnet_group",
                 "database_name",
                 "master_username",
             ],
+            Kind::DbParameterGroup => &["family"],
             Kind::DbSubnetGroup | Kind::LaunchTemplate | Kind::AutoScalingGroup => &[],
             Kind::ScalingPolicy => &["group", "policy_type"],
             Kind::InternetGateway
@@ -87,7 +92,11 @@ impl Kind {
             | Kind::ScalingPolicy
             | Kind::AutoScalingGroup
             | Kind::Secret => 0,
-            Kind::RouteTable | Kind::LoadBalancer | Kind::DbSubnetGroup | Kind::LaunchTemplate => 1,
+            Kind::RouteTable
+            | Kind::LoadBalancer
+            | Kind::DbSubnetGroup
+            | Kind::DbParameterGroup
+            | Kind::LaunchTemplate => 1,
             // After the route through it, before its subnet and its address.
             Kind::NatGateway => 2,
             Kind::SecurityGroup
@@ -116,7 +125,7 @@ impl Kind {
             Kind::TargetGroup => 2,
             Kind::LoadBalancer => 3,
             Kind::Listener => 4,
-            Kind::DbSubnetGroup => 2,
+            Kind::DbSubnetGroup | Kind::DbParameterGroup => 2,
             Kind::Database => 3,
         }
     }
@@ -138,6 +147,7 @@ impl fmt::Display for Kind {
             Kind::LoadBalancer => "load-balancer",
             Kind::Listener => "listener",
             Kind::DbSubnetGroup => "db-subnet-group",
+            Kind::DbParameterGroup => "db-parameter-group",
             Kind::Database => "database",
             Kind::LaunchTemplate => "launch-template",
             Kind::AutoScalingGroup => "autoscaling-group",
@@ -377,6 +387,7 @@ mod tests {
         before(Kind::LoadBalancer, Kind::TargetGroup);
         before(Kind::LoadBalancer, Kind::SecurityGroup);
         before(Kind::Database, Kind::DbSubnetGroup);
+        before(Kind::Database, Kind::DbParameterGroup);
         before(Kind::Database, Kind::SecurityGroup);
         before(Kind::DbSubnetGroup, Kind::Subnet);
         before(Kind::RouteTable, Kind::Subnet);

@@ -73,6 +73,10 @@ pub fn dead_letter_queue_name(stack: &str) -> String {
 }
 
 /// The RDS DB subnet group (over the private subnets).
+pub fn db_parameter_group_name(stack: &str) -> String {
+    format!("{stack}-db-parameters")
+}
+
 pub fn db_subnet_group_name(stack: &str) -> String {
     format!("{stack}-db-subnets")
 }

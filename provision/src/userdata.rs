@@ -69,6 +69,10 @@ pub fn values(
         ("database_name", config.database.database_name.clone()),
         ("token_secret", names::token_secret_name(stack)),
         ("cloudwatch_agent", config.logs.cloudwatch_agent.to_string()),
+        (
+            "cloudwatch_agent_version",
+            config.logs.cloudwatch_agent_version.clone(),
+        ),
         ("log_retention_days", config.logs.retention_days.to_string()),
     ]
 }
@@ -209,7 +213,14 @@ mod tests {
         let program = &COMMON[start..end];
         #[allow(clippy::disallowed_methods)] // the script's own interpreter
         let mut python = std::process::Command::new("python3")
-            .args(["-c", program, "db.example", "5432", "anb"])
+            .args([
+                "-c",
+                program,
+                "db.example",
+                "5432",
+                "anb",
+                "/usr/local/share/anb/rds-ca.pem",
+            ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -224,7 +235,7 @@ mod tests {
         assert!(out.status.success());
         assert_eq!(
             String::from_utf8(out.stdout).unwrap().trim(),
-            "postgres://anb:p%40ss%3Aw%2Frd%23%25%3F%26x%20y@db.example:5432/anb?sslmode=require"
+            "postgres://anb:p%40ss%3Aw%2Frd%23%25%3F%26x%20y@db.example:5432/anb?sslmode=verify-full&sslrootcert=/usr/local/share/anb/rds-ca.pem"
         );
     }
 

@@ -49,6 +49,43 @@ pub fn backlog_metrics(queue: &str, worker_group: &str) -> String {
     )
 }
 
+/// Every instance's root volume: it holds staged uploads and the worker's scratch files, so
+/// it is encrypted whatever the account's default says.
+const ROOT_VOLUME: &str = "gp3 16 GiB encrypted";
+
+/// The block device mapping of [`ROOT_VOLUME`], on the device the image boots from.
+async fn root_volume(
+    aws: &Aws,
+    image: &str,
+) -> anyhow::Result<aws_sdk_ec2::types::LaunchTemplateBlockDeviceMappingRequest> {
+    let images = aws
+        .ec2
+        .describe_images()
+        .image_ids(image)
+        .send()
+        .await
+        .with_context(|| format!("describe image {image}"))?;
+    let device = images
+        .images()
+        .first()
+        .and_then(|i| i.root_device_name())
+        .unwrap_or("/dev/xvda")
+        .to_owned();
+    Ok(
+        aws_sdk_ec2::types::LaunchTemplateBlockDeviceMappingRequest::builder()
+            .device_name(device)
+            .ebs(
+                aws_sdk_ec2::types::LaunchTemplateEbsBlockDeviceRequest::builder()
+                    .volume_type(aws_sdk_ec2::types::VolumeType::Gp3)
+                    .volume_size(16)
+                    .encrypted(true)
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .build(),
+    )
+}
+
 /// Launch templates, the two auto-scaling groups, and their scaling: target tracking on
 /// the backlog per worker, and the seed's CPU steps for the web tier.
 pub(crate) fn desired(
@@ -92,6 +129,7 @@ pub(crate) fn desired(
                 ),
                 ("security_group", n.of(tier)),
                 ("imds_tokens", "required".into()),
+                ("root_volume", ROOT_VOLUME.into()),
                 // Read back from the user data's header; named here so that a plan says
                 // which release changes, and so the template waits for what it names.
                 ("release", release.name.to_owned()),
@@ -257,12 +295,30 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
             .unwrap_or_default();
         let header = crate::userdata::header(&user_data);
         let header_value = |name: &str| header.get(name).cloned().unwrap_or_default();
+        let root_volume = data
+            .block_device_mappings()
+            .iter()
+            .find_map(|m| m.ebs())
+            .map(|ebs| {
+                format!(
+                    "{} {} GiB{}",
+                    ebs.volume_type().map(|t| t.as_str()).unwrap_or("?"),
+                    ebs.volume_size().unwrap_or_default(),
+                    if ebs.encrypted() == Some(true) {
+                        " encrypted"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .unwrap_or_default();
         out.push(Observed {
             resource: Resource::new(
                 Kind::LaunchTemplate,
                 t.launch_template_name().unwrap_or_default(),
                 &[
                     ("image", data.image_id().unwrap_or_default().into()),
+                    ("root_volume", root_volume),
                     (
                         "instance_type",
                         data.instance_type()
@@ -450,6 +506,7 @@ pub(crate) async fn put(
                         .build(),
                 )
                 .tag_specifications(instance_tags)
+                .block_device_mappings(root_volume(aws, &p["image"]).await?)
                 .user_data(BASE64.encode(&p["user_data"]))
                 .build();
             match id {

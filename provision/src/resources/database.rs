@@ -1,4 +1,5 @@
-//! RDS: the DB subnet group and the PostgreSQL instance.
+//! RDS: the DB subnet group, the parameter group (TLS required) and the PostgreSQL
+//! instance.
 
 use std::time::{Duration, Instant};
 
@@ -8,10 +9,13 @@ use aws_sdk_rds::types::Tag;
 use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, Ids, NamesById, STACK_TAG};
 use crate::config::Config;
 use crate::model::{Kind, Observed, Props, Resource};
-use crate::names::{database_name, db_subnet_group_name, Names};
+use crate::names::{database_name, db_parameter_group_name, db_subnet_group_name, Names};
 
 /// How often a wait on RDS asks again.
 const POLL: Duration = Duration::from_secs(10);
+
+/// The parameter that makes PostgreSQL on RDS refuse connections without TLS.
+const FORCE_SSL: &str = "rds.force_ssl";
 
 /// Set on a database `up --restore-from` created: the snapshot it came from.
 pub const RESTORED_FROM_TAG: &str = "anb:restored-from";
@@ -20,7 +24,17 @@ pub const RESTORED_FROM_TAG: &str = "anb:restored-from";
 pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
     let db = &config.database;
     let subnets = db_subnet_group_name(&n.stack);
+    let parameters = db_parameter_group_name(&n.stack);
     vec![
+        Resource::new(
+            Kind::DbParameterGroup,
+            &parameters,
+            &[
+                ("family", format!("postgres{}", db.engine_version)),
+                // Connections without TLS are refused by the server itself.
+                (FORCE_SSL, "1".into()),
+            ],
+        ),
         Resource::new(
             Kind::DbSubnetGroup,
             &subnets,
@@ -34,12 +48,14 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
             database_name(&n.stack),
             &[
                 ("engine", "postgres".into()),
+                ("engine_version", db.engine_version.clone()),
                 ("instance_class", db.instance_class.clone()),
                 ("allocated_storage", db.allocated_storage_gb.to_string()),
                 ("multi_az", db.multi_az.to_string()),
                 ("encrypted", "true".into()),
                 ("public", "false".into()),
                 ("subnet_group", subnets),
+                ("parameter_group", parameters),
                 ("security_groups", n.of("db")),
                 ("managed_password", "true".into()),
                 ("deletion_protection", "true".into()),
@@ -113,6 +129,7 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
         Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
         Err(e) => return Err(e).context("describe DB subnet groups"),
     }
+    out.extend(observe_parameter_group(aws).await?);
     // Every instance with the stack tag (RDS cannot filter by tag), so one the
     // configuration no longer names shows up as an orphan.
     let pages: Result<Vec<_>, _> = aws
@@ -147,6 +164,14 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                         &[
                             ("engine", db.engine().unwrap_or_default().into()),
                             (
+                                // The major version: minor upgrades are AWS's business.
+                                "engine_version",
+                                db.engine_version()
+                                    .and_then(|v| v.split('.').next())
+                                    .unwrap_or_default()
+                                    .into(),
+                            ),
+                            (
                                 "instance_class",
                                 db.db_instance_class().unwrap_or_default().into(),
                             ),
@@ -167,6 +192,14 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                                 "subnet_group",
                                 db.db_subnet_group()
                                     .and_then(|g| g.db_subnet_group_name())
+                                    .unwrap_or_default()
+                                    .into(),
+                            ),
+                            (
+                                "parameter_group",
+                                db.db_parameter_groups()
+                                    .first()
+                                    .and_then(|g| g.db_parameter_group_name())
                                     .unwrap_or_default()
                                     .into(),
                             ),
@@ -200,6 +233,77 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
     Ok(out)
 }
 
+/// The stack's parameter group, found by name and kept when it carries the stack's tag,
+/// with the one parameter it sets.
+async fn observe_parameter_group(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
+    let name = db_parameter_group_name(&aws.stack);
+    let found = match aws
+        .rds
+        .describe_db_parameter_groups()
+        .db_parameter_group_name(&name)
+        .send()
+        .await
+    {
+        Ok(found) => found,
+        Err(e) if error_kind(&e) == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).context("describe DB parameter groups"),
+    };
+    let Some(group) = found.db_parameter_groups().first() else {
+        return Ok(Vec::new());
+    };
+    if !tagged_for_stack(aws, group.db_parameter_group_arn()).await? {
+        return Ok(Vec::new());
+    }
+    let parameters: Vec<_> = aws
+        .rds
+        .describe_db_parameters()
+        .db_parameter_group_name(&name)
+        .source("user")
+        .into_paginator()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .context("describe DB parameters")?;
+    let force_ssl = parameters
+        .iter()
+        .flat_map(|page| page.parameters())
+        .find(|p| p.parameter_name() == Some(FORCE_SSL))
+        .and_then(|p| p.parameter_value())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(vec![Observed {
+        resource: Resource::new(
+            Kind::DbParameterGroup,
+            &name,
+            &[
+                (
+                    "family",
+                    group.db_parameter_group_family().unwrap_or_default().into(),
+                ),
+                (FORCE_SSL, force_ssl),
+            ],
+        ),
+        id: name.clone(),
+    }])
+}
+
+async fn set_parameters(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<()> {
+    aws.rds
+        .modify_db_parameter_group()
+        .db_parameter_group_name(name)
+        .parameters(
+            aws_sdk_rds::types::Parameter::builder()
+                .parameter_name(FORCE_SSL)
+                .parameter_value(&p[FORCE_SSL])
+                .apply_method(aws_sdk_rds::types::ApplyMethod::Immediate)
+                .build(),
+        )
+        .send()
+        .await
+        .context("set the database's parameters")?;
+    Ok(())
+}
+
 pub(crate) async fn create(
     aws: &Aws,
     kind: Kind,
@@ -209,6 +313,18 @@ pub(crate) async fn create(
 ) -> anyhow::Result<String> {
     let [stack_tag, name_tag] = rds_tags(aws, name);
     match kind {
+        Kind::DbParameterGroup => {
+            aws.rds
+                .create_db_parameter_group()
+                .db_parameter_group_name(name)
+                .db_parameter_group_family(&p["family"])
+                .description(format!("PostgreSQL settings of stack {}", aws.stack))
+                .tags(stack_tag)
+                .tags(name_tag)
+                .send()
+                .await?;
+            set_parameters(aws, name, p).await?;
+        }
         Kind::DbSubnetGroup => {
             let mut create = aws
                 .rds
@@ -230,12 +346,14 @@ pub(crate) async fn create(
                         .create_db_instance()
                         .db_instance_identifier(name)
                         .engine(&p["engine"])
+                        .engine_version(&p["engine_version"])
                         .db_instance_class(&p["instance_class"])
                         .allocated_storage(p["allocated_storage"].parse()?)
                         .multi_az(p["multi_az"] == "true")
                         .storage_encrypted(p["encrypted"] == "true")
                         .publicly_accessible(p["public"] == "true")
                         .db_subnet_group_name(&p["subnet_group"])
+                        .db_parameter_group_name(&p["parameter_group"])
                         .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
                         .db_name(&p["database_name"])
                         .master_username(&p["master_username"])
@@ -294,6 +412,7 @@ async fn restore(
         .multi_az(p["multi_az"] == "true")
         .publicly_accessible(p["public"] == "true")
         .db_subnet_group_name(&p["subnet_group"])
+        .db_parameter_group_name(&p["parameter_group"])
         .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
         .manage_master_user_password(p["managed_password"] == "true")
         .deletion_protection(p["deletion_protection"] == "true")
@@ -355,6 +474,7 @@ pub(crate) async fn update(
     ids: &Ids,
 ) -> anyhow::Result<()> {
     match kind {
+        Kind::DbParameterGroup => set_parameters(aws, id, p).await?,
         Kind::DbSubnetGroup => {
             let subnets: Vec<String> = p["subnets"]
                 .split(',')
@@ -374,6 +494,8 @@ pub(crate) async fn update(
                 .db_instance_class(&p["instance_class"])
                 .allocated_storage(p["allocated_storage"].parse()?)
                 .multi_az(p["multi_az"] == "true")
+                // Takes effect at the next reboot (RDS says "pending-reboot").
+                .db_parameter_group_name(&p["parameter_group"])
                 .publicly_accessible(p["public"] == "true")
                 .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
                 .manage_master_user_password(p["managed_password"] == "true")
@@ -394,6 +516,14 @@ pub(crate) async fn update(
 /// time is taken and waited for, and the automated backups are kept either way.
 pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {
     match kind {
+        Kind::DbParameterGroup => aws
+            .rds
+            .delete_db_parameter_group()
+            .db_parameter_group_name(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(DeleteError::from_sdk),
         Kind::DbSubnetGroup => aws
             .rds
             .delete_db_subnet_group()

@@ -12,6 +12,14 @@ use crate::aws::{Aws, Ids, NamesById, STACK_TAG};
 use crate::model::{Kind, Observed, Props, Resource};
 use crate::names::{load_balancer_name, target_group_name, Names};
 
+/// The TLS policy of the HTTPS listener: TLS 1.3 and 1.2 with forward-secret ciphers only,
+/// pinned rather than whatever AWS defaults to for listeners made through its API.
+const TLS_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
+
+/// Load-balancer attribute: requests with header names that are not valid HTTP are
+/// dropped at the ALB instead of being passed to nginx.
+const DROP_INVALID_HEADERS: &str = "routing.http.drop_invalid_header_fields.enabled";
+
 /// The ALB in the public subnets, forwarding HTTP to the web tier's target group, which
 /// checks `/api/health/live` every 30 s: liveness only, so a database failover does not
 /// make the web group replace every instance (`/api/health` stays for monitoring).
@@ -39,6 +47,7 @@ pub(crate) fn desired(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> 
                     format!("{},{}", n.of("public-a"), n.of("public-b")),
                 ),
                 ("security_groups", n.of("alb")),
+                ("drop_invalid_header_fields", "true".into()),
             ],
         ),
     ];
@@ -66,6 +75,7 @@ pub(crate) fn desired(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> 
                 ("protocol", "HTTPS".into()),
                 ("port", "443".into()),
                 ("certificate", certificate.to_owned()),
+                ("ssl_policy", TLS_POLICY.into()),
                 ("forward_to", targets),
             ],
         ));
@@ -202,6 +212,20 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
             .map(|g| names.name_of(g))
             .collect();
         groups.sort();
+        let attributes = aws
+            .elb
+            .describe_load_balancer_attributes()
+            .load_balancer_arn(&arn)
+            .send()
+            .await
+            .context("describe load balancer attributes")?;
+        let drop_invalid_headers = attributes
+            .attributes()
+            .iter()
+            .find(|a| a.key() == Some(DROP_INVALID_HEADERS))
+            .and_then(|a| a.value())
+            .unwrap_or("false")
+            .to_owned();
         out.push(Observed {
             resource: Resource::new(
                 Kind::LoadBalancer,
@@ -215,6 +239,7 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                     ),
                     ("subnets", subnets.join(",")),
                     ("security_groups", groups.join(",")),
+                    ("drop_invalid_header_fields", drop_invalid_headers),
                 ],
             ),
             id: arn.clone(),
@@ -261,6 +286,9 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
             }
             if let Some(certificate) = l.certificates().first().and_then(|c| c.certificate_arn()) {
                 props.push(("certificate", certificate.to_owned()));
+            }
+            if let Some(policy) = l.ssl_policy() {
+                props.push(("ssl_policy", policy.to_owned()));
             }
             let name = match port {
                 443 => format!("{}-https-443", aws.stack),
@@ -323,12 +351,14 @@ pub(crate) async fn create(
                 create = create.security_groups(ids.id_of(group)?);
             }
             let created = create.send().await?;
-            created
+            let arn = created
                 .load_balancers()
                 .first()
                 .and_then(|l| l.load_balancer_arn())
                 .map(str::to_owned)
-                .context("no load balancer arn")
+                .context("no load balancer arn")?;
+            set_attributes(aws, &arn, p).await?;
+            Ok(arn)
         }
         Kind::Listener => {
             let created = aws
@@ -339,6 +369,7 @@ pub(crate) async fn create(
                 .port(p["port"].parse()?)
                 .default_actions(default_action(p, ids)?)
                 .set_certificates(certificates(p))
+                .set_ssl_policy(p.get("ssl_policy").cloned())
                 .send()
                 .await?;
             created
@@ -390,6 +421,7 @@ pub(crate) async fn update(
                 .set_security_groups(Some(groups))
                 .send()
                 .await?;
+            set_attributes(aws, id, p).await?;
         }
         Kind::Listener => {
             aws.elb
@@ -397,6 +429,7 @@ pub(crate) async fn update(
                 .listener_arn(id)
                 .default_actions(default_action(p, ids)?)
                 .set_certificates(certificates(p))
+                .set_ssl_policy(p.get("ssl_policy").cloned())
                 .send()
                 .await?;
         }
@@ -436,6 +469,22 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), crate:
             "{other} is not a load-balancing resource"
         ))),
     }
+}
+
+async fn set_attributes(aws: &Aws, arn: &str, p: &Props) -> anyhow::Result<()> {
+    aws.elb
+        .modify_load_balancer_attributes()
+        .load_balancer_arn(arn)
+        .attributes(
+            aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute::builder()
+                .key(DROP_INVALID_HEADERS)
+                .value(&p["drop_invalid_header_fields"])
+                .build(),
+        )
+        .send()
+        .await
+        .context("set the load balancer's attributes")?;
+    Ok(())
 }
 
 /// Forward to the target group, or redirect ("HTTPS:443") when HTTPS is configured.

@@ -34,7 +34,7 @@ pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Res
         Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
             load_balancing::create(aws, change.kind, name, p, ids).await
         }
-        Kind::DbSubnetGroup | Kind::Database => {
+        Kind::DbSubnetGroup | Kind::DbParameterGroup | Kind::Database => {
             database::create(aws, change.kind, name, p, ids).await
         }
         Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
@@ -62,7 +62,7 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
         Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
             load_balancing::update(aws, change.kind, id, p, ids).await
         }
-        Kind::DbSubnetGroup | Kind::Database => {
+        Kind::DbSubnetGroup | Kind::DbParameterGroup | Kind::Database => {
             database::update(aws, change.kind, id, p, ids).await
         }
         Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
@@ -92,7 +92,9 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
         Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
             load_balancing::delete(aws, kind, id).await
         }
-        Kind::DbSubnetGroup | Kind::Database => database::delete(aws, kind, id).await,
+        Kind::DbSubnetGroup | Kind::DbParameterGroup | Kind::Database => {
+            database::delete(aws, kind, id).await
+        }
         Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
             compute::delete(aws, kind, id, id).await
         }

@@ -302,20 +302,7 @@ async fn down_touches_only_what_carries_its_stack_tag() {
         "the other stack's dashboard stays"
     );
 
-    let staging = Stack::open(
-        config_for(&staging),
-        with(
-            Safeguards {
-                skip_final_snapshot: true,
-                purge: true,
-                ..Safeguards::default()
-            },
-            endpoint,
-        ),
-    )
-    .await
-    .unwrap();
-    assert!(staging.down().await.unwrap().is_empty());
+    purge(&staging, endpoint).await;
 }
 
 #[tokio::test]
@@ -492,8 +479,13 @@ async fn drift_in_rules_and_policies_is_seen_and_repaired() {
         "the foreign statement is gone"
     );
 
+    purge(&name, endpoint).await;
+}
+
+/// Deletes the stack without leaving a snapshot or a recoverable secret behind.
+async fn purge(name: &str, endpoint: &str) {
     let purging = Stack::open(
-        config_for(&name),
+        config_for(name),
         with(
             Safeguards {
                 skip_final_snapshot: true,
@@ -506,4 +498,113 @@ async fn drift_in_rules_and_policies_is_seen_and_repaired() {
     .await
     .unwrap();
     assert!(purging.down().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn what_is_created_is_hardened_and_a_swapped_release_is_refused() {
+    let moto = testkit::moto();
+    let endpoint = moto.endpoint.as_str();
+    let name = unique("h");
+    let stack = Stack::open(config_for(&name), release_r1(endpoint))
+        .await
+        .unwrap();
+    publish_stand_ins(&stack, "r1").await;
+    stack.up(Output::Text).await.unwrap();
+
+    // The load balancer drops invalid header fields.
+    let elb = &stack.aws.elb;
+    let lb = elb
+        .describe_load_balancers()
+        .names(format!("{name}-lb"))
+        .send()
+        .await
+        .unwrap();
+    let attributes = elb
+        .describe_load_balancer_attributes()
+        .load_balancer_arn(lb.load_balancers()[0].load_balancer_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let drops = attributes
+        .attributes()
+        .iter()
+        .find(|a| a.key() == Some("routing.http.drop_invalid_header_fields.enabled"))
+        .and_then(|a| a.value());
+    assert_eq!(drops, Some("true"));
+
+    // Instances boot from an encrypted root volume, and their user data pins the digest
+    // of the binary they install and the account that must own the bucket.
+    let ec2 = &stack.aws.ec2;
+    let template = format!("{name}-web-template");
+    let versions = ec2
+        .describe_launch_template_versions()
+        .launch_template_name(&template)
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap();
+    let data = versions.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    let ebs = data.block_device_mappings()[0].ebs().unwrap();
+    assert_eq!(ebs.encrypted(), Some(true));
+    let script = crate::helpers::user_data(ec2, &template).await;
+    let header = provision::userdata::header(&script);
+    let published = stack
+        .aws
+        .published_digests(&stack.bucket(), "r1")
+        .await
+        .unwrap();
+    assert_eq!(header["BINARY_SHA256"], published["api"]);
+    assert_eq!(header["ACCOUNT_ID"], testkit::MOTO_ACCOUNT);
+
+    // The database requires TLS through its own parameter group.
+    let rds = &stack.aws.rds;
+    let parameters = rds
+        .describe_db_parameters()
+        .db_parameter_group_name(format!("{name}-db-parameters"))
+        .source("user")
+        .send()
+        .await
+        .unwrap();
+    let force_ssl = parameters
+        .parameters()
+        .iter()
+        .find(|p| p.parameter_name() == Some("rds.force_ssl"))
+        .and_then(|p| p.parameter_value());
+    assert_eq!(force_ssl, Some("1"));
+
+    // Someone with write access to the bucket swaps the api binary and its checksum:
+    // every command that would deploy it stops, naming what changed.
+    let key = "artifacts/r1/api";
+    for (object, body) in [
+        (key.to_owned(), b"evil".to_vec()),
+        (
+            format!("{key}.sha256"),
+            format!("{}  api\n", "e".repeat(64)).into_bytes(),
+        ),
+    ] {
+        stack
+            .aws
+            .s3
+            .put_object()
+            .bucket(stack.bucket())
+            .key(object)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let refused = stack.up(Output::Text).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("changed in the bucket since it was deployed"),
+        "{refused}"
+    );
+    assert_eq!(
+        crate::helpers::user_data(ec2, &template).await,
+        script,
+        "the template still pins the deployed binary"
+    );
+
+    purge(&name, endpoint).await;
 }
