@@ -27,6 +27,9 @@ pub struct Config {
 pub struct InstancesConfig {
     pub ami: String,
     pub instance_profile: String,
+    /// Create one least-privilege role (and instance profile) per tier instead of using
+    /// `instance_profile`.
+    pub create_roles: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

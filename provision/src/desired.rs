@@ -5,7 +5,8 @@ use crate::config::Config;
 use crate::model::Resource;
 use crate::names::{bucket_name, Names};
 use crate::resources::{
-    bucket, compute, database, load_balancing, monitoring, network, queue, secret, security_group,
+    bucket, compute, database, load_balancing, monitoring, network, queue, role, secret,
+    security_group,
 };
 use crate::userdata::Release;
 
@@ -46,6 +47,7 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
     ));
     out.extend(database::desired(&n, config));
     out.push(secret::desired(&n));
+    out.extend(role::desired(&n, config, account_id));
     out.extend(compute::desired(&n, config, account_id, ami, &release));
     out.push(queue::desired_queue(&n, config));
     out

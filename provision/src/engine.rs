@@ -17,12 +17,13 @@ impl Aws {
     pub async fn observe(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
         // Boxed: the SDK's futures are large, and four of them side by side overflow a
         // test thread's stack in debug builds.
-        let (network, queues, bucket, mut monitoring, secrets) = tokio::try_join!(
+        let (network, queues, bucket, mut monitoring, secrets, roles) = tokio::try_join!(
             Box::pin(crate::resources::network::observe(self)),
             Box::pin(crate::resources::queue::observe(self)),
             Box::pin(crate::resources::bucket::observe(self, bucket)),
             Box::pin(crate::resources::monitoring::observe(self)),
             Box::pin(crate::resources::secret::observe(self)),
+            Box::pin(crate::resources::role::observe(self)),
         )?;
         let mut names: NamesById = network
             .iter()
@@ -60,6 +61,7 @@ impl Aws {
             .chain(database)
             .chain(compute)
             .chain(secrets)
+            .chain(roles)
             .collect())
     }
 

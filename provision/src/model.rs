@@ -32,6 +32,7 @@ pub enum Kind {
     Secret,
     ElasticIp,
     NatGateway,
+    InstanceRole,
 }
 
 impl Kind {
@@ -66,6 +67,7 @@ impl Kind {
             | Kind::Secret => &[],
             Kind::ElasticIp => &["domain"],
             Kind::NatGateway => &["subnet", "address"],
+            Kind::InstanceRole => &["trust"],
         }
     }
 
@@ -99,6 +101,8 @@ impl Kind {
             | Kind::LaunchTemplate => 1,
             // After the route through it, before its subnet and its address.
             Kind::NatGateway => 2,
+            // After the launch templates naming its instance profile.
+            Kind::InstanceRole => 2,
             Kind::SecurityGroup
             | Kind::Subnet
             | Kind::InternetGateway
@@ -114,7 +118,7 @@ impl Kind {
             Kind::Vpc => 0,
             Kind::Subnet | Kind::InternetGateway | Kind::SecurityGroup => 1,
             Kind::RouteTable => 2,
-            Kind::Queue | Kind::Bucket | Kind::Secret | Kind::ElasticIp => 0,
+            Kind::Queue | Kind::Bucket | Kind::Secret | Kind::ElasticIp | Kind::InstanceRole => 0,
             Kind::NatGateway => 2,
             // Alarms name their queue, so they come after it.
             // After the scaling policies their actions name.
@@ -148,6 +152,7 @@ impl fmt::Display for Kind {
             Kind::Listener => "listener",
             Kind::DbSubnetGroup => "db-subnet-group",
             Kind::DbParameterGroup => "db-parameter-group",
+            Kind::InstanceRole => "instance-role",
             Kind::Database => "database",
             Kind::LaunchTemplate => "launch-template",
             Kind::AutoScalingGroup => "autoscaling-group",

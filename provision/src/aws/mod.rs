@@ -27,6 +27,7 @@ pub struct Aws {
     pub rds: aws_sdk_rds::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
+    pub iam: aws_sdk_iam::Client,
     pub stack: String,
     pub region: String,
     /// The account the credentials belong to: the owner every S3 call expects.
@@ -86,6 +87,7 @@ impl Aws {
             rds: aws_sdk_rds::Client::new(&shared),
             autoscaling: aws_sdk_autoscaling::Client::new(&shared),
             secrets: aws_sdk_secretsmanager::Client::new(&shared),
+            iam: aws_sdk_iam::Client::new(&shared),
             stack: stack.to_owned(),
             region: region.to_owned(),
             account_id,

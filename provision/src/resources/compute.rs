@@ -125,7 +125,11 @@ pub(crate) fn desired(
                 ("instance_type", instance_type.clone()),
                 (
                     "instance_profile",
-                    config.instances.instance_profile.clone(),
+                    if config.instances.create_roles {
+                        super::role::instance_role_name(&n.stack, user_data_tier)
+                    } else {
+                        config.instances.instance_profile.clone()
+                    },
                 ),
                 ("security_group", n.of(tier)),
                 ("imds_tokens", "required".into()),

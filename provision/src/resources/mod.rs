@@ -13,6 +13,7 @@ pub(crate) mod monitoring;
 pub(crate) mod nat;
 pub(crate) mod network;
 pub(crate) mod queue;
+pub(crate) mod role;
 pub(crate) mod secret;
 pub(crate) mod security_group;
 
@@ -41,6 +42,7 @@ pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Res
             compute::put(aws, change.kind, name, None, p, ids).await
         }
         Kind::Secret => secret::create(aws, name, p).await,
+        Kind::InstanceRole => role::create(aws, name, p).await,
         Kind::Alarm | Kind::Dashboard => {
             monitoring::put(aws, change.kind, name, p, ids).await?;
             Ok(name.to_owned())
@@ -76,6 +78,7 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
         Kind::Bucket => bucket::update(aws, id, p).await,
         Kind::Secret => secret::update(aws, id, p).await,
         Kind::Queue => queue::update(aws, id, p).await,
+        Kind::InstanceRole => role::update(aws, id, p).await,
     }
 }
 
@@ -101,5 +104,6 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
         Kind::Secret => secret::delete(aws, id).await,
         Kind::Alarm | Kind::Dashboard => monitoring::delete(aws, kind, id).await,
         Kind::Bucket => bucket::delete(aws, id).await,
+        Kind::InstanceRole => role::delete(aws, id).await,
     }
 }

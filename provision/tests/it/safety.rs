@@ -482,6 +482,29 @@ async fn drift_in_rules_and_policies_is_seen_and_repaired() {
     purge(&name, endpoint).await;
 }
 
+/// `provision status` of a stack whose configuration creates instance roles.
+fn status_exit_code_with_roles(endpoint: &str, stack: &str) -> i32 {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let text = provision::config::DEFAULT_TOML
+        .replace("ami = \"\"", "ami = \"ami-1e749f67\"")
+        .replace("create_roles = false", "create_roles = true");
+    std::fs::write(config.path(), text).unwrap();
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args([
+            "status",
+            "--stack",
+            stack,
+            "--endpoint-url",
+            endpoint,
+            "--config",
+        ])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    out.status.code().unwrap()
+}
+
 /// Deletes the stack without leaving a snapshot or a recoverable secret behind.
 async fn purge(name: &str, endpoint: &str) {
     let purging = Stack::open(
@@ -505,9 +528,9 @@ async fn what_is_created_is_hardened_and_a_swapped_release_is_refused() {
     let moto = testkit::moto();
     let endpoint = moto.endpoint.as_str();
     let name = unique("h");
-    let stack = Stack::open(config_for(&name), release_r1(endpoint))
-        .await
-        .unwrap();
+    let mut config = config_for(&name);
+    config.instances.create_roles = true;
+    let stack = Stack::open(config, release_r1(endpoint)).await.unwrap();
     publish_stand_ins(&stack, "r1").await;
     stack.up(Output::Text).await.unwrap();
 
@@ -558,6 +581,38 @@ async fn what_is_created_is_hardened_and_a_swapped_release_is_refused() {
     assert_eq!(header["BINARY_SHA256"], published["api"]);
     assert_eq!(header["ACCOUNT_ID"], testkit::MOTO_ACCOUNT);
 
+    // Each tier runs with a role of its own, whose policy reads back as written; a
+    // permission added by hand is drift that `up` removes.
+    let profile = data.iam_instance_profile().unwrap().name();
+    assert_eq!(profile, Some(format!("{name}-web-instance").as_str()));
+    let iam = &stack.aws.iam;
+    let role = format!("{name}-worker-instance");
+    let instance_profile = iam
+        .get_instance_profile()
+        .instance_profile_name(&role)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        instance_profile.instance_profile().unwrap().roles()[0].role_name(),
+        role
+    );
+    assert_eq!(status_exit_code_with_roles(endpoint, &name), 0, "in sync");
+    iam.put_role_policy()
+        .role_name(&role)
+        .policy_name("least-privilege")
+        .policy_document(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_exit_code_with_roles(endpoint, &name), 2, "drift");
+    stack.up(Output::Text).await.unwrap();
+    assert_eq!(status_exit_code_with_roles(endpoint, &name), 0, "repaired");
+
     // The database requires TLS through its own parameter group.
     let rds = &stack.aws.rds;
     let parameters = rds
@@ -607,4 +662,19 @@ async fn what_is_created_is_hardened_and_a_swapped_release_is_refused() {
     );
 
     purge(&name, endpoint).await;
+    for tier in ["web", "worker"] {
+        let role = format!("{name}-{tier}-instance");
+        assert!(
+            iam.get_role().role_name(&role).send().await.is_err(),
+            "{role} left"
+        );
+        assert!(
+            iam.get_instance_profile()
+                .instance_profile_name(&role)
+                .send()
+                .await
+                .is_err(),
+            "{role} profile left"
+        );
+    }
 }
