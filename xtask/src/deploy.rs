@@ -66,6 +66,13 @@ pub struct UpArgs {
     /// Do not wait for healthy instances behind the load balancer.
     #[arg(long)]
     no_wait: bool,
+    /// Allow replacing the database when a setting that cannot change in place differs
+    /// (a snapshot is taken first). Without it `up` stops and says which setting.
+    #[arg(long)]
+    replace_database: bool,
+    /// Create the (missing) database from this RDS snapshot, e.g. `down`'s final one.
+    #[arg(long, value_name = "SNAPSHOT_ID")]
+    restore_from: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +82,12 @@ pub struct DownArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     yes: bool,
+    /// Delete the database without the final snapshot `down` otherwise takes.
+    #[arg(long)]
+    skip_final_snapshot: bool,
+    /// Delete the token secret at once instead of after its 7-day recovery window.
+    #[arg(long)]
+    purge: bool,
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -100,6 +113,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     )?;
     let mut up = Command::new(&provision);
     up.args(["up", "--release", &release]).args(&flags);
+    if args.replace_database {
+        up.arg("--replace-database");
+    }
+    if let Some(snapshot) = &args.restore_from {
+        up.args(["--restore-from", snapshot]);
+    }
     if !args.no_wait {
         up.arg("--wait");
     }
@@ -110,8 +129,14 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
     let provision = provision_binary()?;
     let mut down = Command::new(provision);
     down.arg("down").args(args.target.flags());
-    if args.yes {
-        down.arg("--yes");
+    for (set, flag) in [
+        (args.yes, "--yes"),
+        (args.skip_final_snapshot, "--skip-final-snapshot"),
+        (args.purge, "--purge"),
+    ] {
+        if set {
+            down.arg(flag);
+        }
     }
     run_command(&mut down)
 }

@@ -1,6 +1,9 @@
 //! RDS: the DB subnet group, the parameter group (TLS required) and the PostgreSQL
 //! instance.
 
+mod parameters;
+mod snapshots;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -129,7 +132,7 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
         Err(e) if error_kind(&e) == ErrorKind::NotFound => {}
         Err(e) => return Err(e).context("describe DB subnet groups"),
     }
-    out.extend(observe_parameter_group(aws).await?);
+    out.extend(parameters::observe(aws).await?);
     // Every instance with the stack tag (RDS cannot filter by tag), so one the
     // configuration no longer names shows up as an orphan.
     let pages: Result<Vec<_>, _> = aws
@@ -233,77 +236,6 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-/// The stack's parameter group, found by name and kept when it carries the stack's tag,
-/// with the one parameter it sets.
-async fn observe_parameter_group(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
-    let name = db_parameter_group_name(&aws.stack);
-    let found = match aws
-        .rds
-        .describe_db_parameter_groups()
-        .db_parameter_group_name(&name)
-        .send()
-        .await
-    {
-        Ok(found) => found,
-        Err(e) if error_kind(&e) == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).context("describe DB parameter groups"),
-    };
-    let Some(group) = found.db_parameter_groups().first() else {
-        return Ok(Vec::new());
-    };
-    if !tagged_for_stack(aws, group.db_parameter_group_arn()).await? {
-        return Ok(Vec::new());
-    }
-    let parameters: Vec<_> = aws
-        .rds
-        .describe_db_parameters()
-        .db_parameter_group_name(&name)
-        .source("user")
-        .into_paginator()
-        .send()
-        .collect::<Result<_, _>>()
-        .await
-        .context("describe DB parameters")?;
-    let force_ssl = parameters
-        .iter()
-        .flat_map(|page| page.parameters())
-        .find(|p| p.parameter_name() == Some(FORCE_SSL))
-        .and_then(|p| p.parameter_value())
-        .unwrap_or_default()
-        .to_owned();
-    Ok(vec![Observed {
-        resource: Resource::new(
-            Kind::DbParameterGroup,
-            &name,
-            &[
-                (
-                    "family",
-                    group.db_parameter_group_family().unwrap_or_default().into(),
-                ),
-                (FORCE_SSL, force_ssl),
-            ],
-        ),
-        id: name.clone(),
-    }])
-}
-
-async fn set_parameters(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<()> {
-    aws.rds
-        .modify_db_parameter_group()
-        .db_parameter_group_name(name)
-        .parameters(
-            aws_sdk_rds::types::Parameter::builder()
-                .parameter_name(FORCE_SSL)
-                .parameter_value(&p[FORCE_SSL])
-                .apply_method(aws_sdk_rds::types::ApplyMethod::Immediate)
-                .build(),
-        )
-        .send()
-        .await
-        .context("set the database's parameters")?;
-    Ok(())
-}
-
 pub(crate) async fn create(
     aws: &Aws,
     kind: Kind,
@@ -323,7 +255,7 @@ pub(crate) async fn create(
                 .tags(name_tag)
                 .send()
                 .await?;
-            set_parameters(aws, name, p).await?;
+            parameters::set(aws, name, p).await?;
         }
         Kind::DbSubnetGroup => {
             let mut create = aws
@@ -340,7 +272,7 @@ pub(crate) async fn create(
         }
         Kind::Database => {
             match &aws.safeguards.restore_from {
-                Some(snapshot) => restore(aws, name, snapshot, p, ids).await?,
+                Some(snapshot) => snapshots::restore(aws, name, snapshot, p, ids).await?,
                 None => {
                     aws.rds
                         .create_db_instance()
@@ -372,62 +304,6 @@ pub(crate) async fn create(
         other => anyhow::bail!("{other} is not a database resource"),
     }
     Ok(name.to_owned())
-}
-
-/// Creates the instance from `snapshot` (`up --restore-from`): its data, database name
-/// and master user come from the snapshot, the rest from the configuration. The tag
-/// `anb:restored-from` records where it came from.
-async fn restore(
-    aws: &Aws,
-    name: &str,
-    snapshot: &str,
-    p: &Props,
-    ids: &Ids,
-) -> anyhow::Result<()> {
-    let found = aws
-        .rds
-        .describe_db_snapshots()
-        .db_snapshot_identifier(snapshot)
-        .send()
-        .await
-        .with_context(|| {
-            format!("find snapshot {snapshot} (`aws rds describe-db-snapshots` lists them)")
-        })?;
-    let status = found
-        .db_snapshots()
-        .first()
-        .and_then(|s| s.status())
-        .unwrap_or("unknown");
-    anyhow::ensure!(
-        status == "available",
-        "snapshot {snapshot} is {status}, not available yet"
-    );
-    eprintln!("  restoring {name} from snapshot {snapshot}");
-    let [stack_tag, name_tag] = rds_tags(aws, name);
-    aws.rds
-        .restore_db_instance_from_db_snapshot()
-        .db_instance_identifier(name)
-        .db_snapshot_identifier(snapshot)
-        .db_instance_class(&p["instance_class"])
-        .multi_az(p["multi_az"] == "true")
-        .publicly_accessible(p["public"] == "true")
-        .db_subnet_group_name(&p["subnet_group"])
-        .db_parameter_group_name(&p["parameter_group"])
-        .vpc_security_group_ids(ids.id_of(&p["security_groups"])?)
-        .manage_master_user_password(p["managed_password"] == "true")
-        .deletion_protection(p["deletion_protection"] == "true")
-        .tags(stack_tag)
-        .tags(name_tag)
-        .tags(
-            Tag::builder()
-                .key(RESTORED_FROM_TAG)
-                .value(snapshot)
-                .build(),
-        )
-        .send()
-        .await
-        .with_context(|| format!("restore {name} from snapshot {snapshot}"))?;
-    Ok(())
 }
 
 /// The launch templates wait for the database (they name it), so instances boot into
@@ -474,7 +350,7 @@ pub(crate) async fn update(
     ids: &Ids,
 ) -> anyhow::Result<()> {
     match kind {
-        Kind::DbParameterGroup => set_parameters(aws, id, p).await?,
+        Kind::DbParameterGroup => parameters::set(aws, id, p).await?,
         Kind::DbSubnetGroup => {
             let subnets: Vec<String> = p["subnets"]
                 .split(',')
@@ -542,7 +418,7 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
                 .await
                 .map_err(DeleteError::from_sdk)?;
             let snapshot = (!aws.safeguards.skip_final_snapshot)
-                .then(|| final_snapshot_name(&aws.stack, chrono::Utc::now()));
+                .then(|| snapshots::final_snapshot_name(&aws.stack, chrono::Utc::now()));
             let delete = aws
                 .rds
                 .delete_db_instance()
@@ -577,7 +453,7 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
                 }
             }
             if let Some(snapshot) = snapshot {
-                wait_for_snapshot(aws, &snapshot)
+                snapshots::wait_for_snapshot(aws, &snapshot)
                     .await
                     .map_err(DeleteError::Other)?;
                 eprintln!(
@@ -589,40 +465,5 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
         other => Err(DeleteError::Other(anyhow::anyhow!(
             "{other} is not a database resource"
         ))),
-    }
-}
-
-/// `<stack>-final-<UTC date>-<time>`: a valid snapshot identifier for any valid stack name
-/// (letters, digits and single hyphens).
-pub fn final_snapshot_name(stack: &str, at: chrono::DateTime<chrono::Utc>) -> String {
-    format!("{stack}-final-{}", at.format("%Y%m%d-%H%M%S"))
-}
-
-async fn wait_for_snapshot(aws: &Aws, snapshot: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let found = aws
-            .rds
-            .describe_db_snapshots()
-            .db_snapshot_identifier(snapshot)
-            .send()
-            .await
-            .with_context(|| format!("describe snapshot {snapshot}"))?;
-        let status = found
-            .db_snapshots()
-            .first()
-            .and_then(|s| s.status())
-            .unwrap_or("unknown")
-            .to_owned();
-        match status.as_str() {
-            "available" => return Ok(()),
-            "failed" | "error" => anyhow::bail!("snapshot {snapshot} is {status}"),
-            _ => {}
-        }
-        eprintln!(
-            "  waiting for snapshot {snapshot} (status {status}, {:.0} s so far)",
-            started.elapsed().as_secs_f64()
-        );
-        tokio::time::sleep(POLL).await;
     }
 }
