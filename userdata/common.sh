@@ -22,6 +22,17 @@ LOG_RETENTION_DAYS='{{log_retention_days}}'
 TIER='{{tier}}'
 
 export AWS_DEFAULT_REGION="$REGION" DEBIAN_FRONTEND=noninteractive
+
+# Rehearsal seam, unused on AWS (`cargo xtask rehearse` boots this script in containers
+# against an emulator): when /etc/default/anb sets AWS_ENDPOINT_URL, every AWS call of
+# this script and of the services goes there. The AWS CLI Debian 12 packages (2.9) does
+# not read that variable itself.
+AWS_ENDPOINT_URL=
+if [ -r /etc/default/anb ]; then
+    # shellcheck source=/dev/null
+    . /etc/default/anb
+fi
+aws() { command aws ${AWS_ENDPOINT_URL:+--endpoint-url "$AWS_ENDPOINT_URL"} "$@"; }
 SELF=/usr/local/lib/anb/instance
 
 say() { echo "anb-$TIER: $*" >&2; }
@@ -91,6 +102,9 @@ write_settings() {
         echo "APP__STORAGE__BACKEND=s3"
         echo "APP__STORAGE__BUCKET=$BUCKET"
         echo "APP__STORAGE__EXPECTED_BUCKET_OWNER=$ACCOUNT_ID"
+        if [ -n "$AWS_ENDPOINT_URL" ]; then
+            echo "APP__AWS__ENDPOINT_URL=$AWS_ENDPOINT_URL"
+        fi
         echo "APP__QUEUE__BACKEND=sqs"
         echo "APP__QUEUE__SQS_QUEUE_URL=$queue_url"
         echo "APP__LOG__FORMAT=json"

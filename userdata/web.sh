@@ -3,7 +3,8 @@
 # nginx on port 80 in front of the API on 127.0.0.1:8000 (the port in proxy_pass below).
 
 install_tier() {
-    install_packages nginx
+    # ffmpeg for ffprobe: the API checks every upload with it.
+    install_packages nginx ffmpeg
     install_release api
     write_settings api <<SETTINGS
 APP__SERVER__HOST=127.0.0.1

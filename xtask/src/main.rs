@@ -11,6 +11,7 @@ mod ci;
 mod deploy;
 mod dev;
 mod postgres;
+mod rehearse;
 mod system;
 #[cfg(test)]
 mod tidy;
@@ -48,6 +49,12 @@ enum Command {
     Up(deploy::UpArgs),
     /// Delete the whole AWS stack (`provision down`); asks first unless --yes.
     Down(deploy::DownArgs),
+    /// Rehearse a deploy on this machine (as root, on Debian 12): `up` against moto, then
+    /// a web and a worker instance booted as systemd containers from the launch
+    /// templates' user data, and a smoke flow through the web instance's nginx.
+    /// Installs debootstrap and systemd-container if missing; caches a Debian 12 root
+    /// filesystem under target/rehearse.
+    Rehearse(rehearse::RehearseArgs),
     /// Run `provision` with these arguments (e.g. `cargo xtask provision status`), built
     /// the way the tests and `up` build it, so no AWS SDK crate is compiled twice.
     #[command(disable_help_flag = true)]
@@ -84,6 +91,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
         Command::Bench(args) => bench::run(args),
         Command::Up(args) => deploy::up(args),
         Command::Down(args) => deploy::down(args),
+        Command::Rehearse(args) => rehearse::run(args),
         // provision's exit code is its answer (status: 0 in sync, 2 drift): pass it on.
         Command::Provision { args } => return deploy::provision(&args),
     };

@@ -14,6 +14,8 @@ use crate::system::{self, output, run_command};
 pub struct PrivateCluster {
     data_dir: PathBuf,
     bin_dir: PathBuf,
+    /// The address it listens on (and is administered through).
+    host: String,
     pub port: u16,
     /// As root, the server must run as the `postgres` user (it refuses root).
     as_postgres_user: bool,
@@ -23,6 +25,19 @@ impl PrivateCluster {
     /// Initialises `data_dir` if needed and starts the server on `preferred_port`, or on a
     /// free port when that one is taken. Creates `database` if it does not exist.
     pub fn start(data_dir: &Path, preferred_port: u16, database: &str) -> anyhow::Result<Self> {
+        Self::start_listening(data_dir, "127.0.0.1", preferred_port, database, "")
+    }
+
+    /// [`PrivateCluster::start`] listening on `host` (another loopback address, say), with
+    /// more server options (`-c name=value …`). On `127.0.0.1` a taken port is replaced by
+    /// a free one; elsewhere the port is kept, as a stand-in server needs it.
+    pub fn start_listening(
+        data_dir: &Path,
+        host: &str,
+        preferred_port: u16,
+        database: &str,
+        extra_options: &str,
+    ) -> anyhow::Result<Self> {
         let bin_dir = system::postgres_bin_dir()?;
         let as_postgres_user = system::is_root();
         std::fs::create_dir_all(data_dir)
@@ -31,6 +46,7 @@ impl PrivateCluster {
         let mut cluster = Self {
             data_dir,
             bin_dir,
+            host: host.to_owned(),
             port: preferred_port,
             as_postgres_user,
         };
@@ -65,11 +81,11 @@ impl PrivateCluster {
         if let Some(port) = cluster.running_port() {
             cluster.port = port;
         } else {
-            if TcpListener::bind(("127.0.0.1", preferred_port)).is_err() {
+            if host == "127.0.0.1" && TcpListener::bind((host, preferred_port)).is_err() {
                 cluster.port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             }
             let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1",
+                "-p {} -k {} -c listen_addresses={host} {extra_options}",
                 cluster.port,
                 cluster.data_dir.display()
             );
@@ -123,9 +139,8 @@ impl PrivateCluster {
     }
 
     fn psql(&self, sql: &str) -> anyhow::Result<String> {
-        output(self.tool("psql").args([
-            "-h",
-            "127.0.0.1",
+        // Through the socket in the data folder: works whatever the TCP rules say.
+        output(self.tool("psql").arg("-h").arg(&self.data_dir).args([
             "-p",
             &self.port.to_string(),
             "-U",
@@ -172,13 +187,39 @@ impl PrivateCluster {
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!("postgres://postgres@{}:{}/{database}", self.host, self.port)
+    }
+
+    /// Puts `files` (name, source) into the cluster's folder, readable by the server only
+    /// (as a TLS key must be).
+    pub fn install_files(&self, files: &[(&str, &Path)]) -> anyhow::Result<()> {
+        for (name, source) in files {
+            let target = self.data_dir.join(name);
+            std::fs::copy(source, &target)?;
+            run_command(Command::new("chmod").arg("0600").arg(&target))?;
+            if self.as_postgres_user {
+                run_command(Command::new("chown").arg("postgres:postgres").arg(&target))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the client authentication rules and has the server reload them (and any
+    /// setting changed with ALTER SYSTEM).
+    pub fn set_hba(&self, rules: &str) -> anyhow::Result<()> {
+        std::fs::write(self.data_dir.join("pg_hba.conf"), rules)?;
+        run_command(
+            self.tool("pg_ctl")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .arg("reload")
+                .stdout(std::process::Stdio::null()),
+        )
     }
 
     pub fn execute(&self, database: &str, sql: &str) -> anyhow::Result<String> {
-        output(self.tool("psql").args([
-            "-h",
-            "127.0.0.1",
+        // Through the socket in the data folder: works whatever the TCP rules say.
+        output(self.tool("psql").arg("-h").arg(&self.data_dir).args([
             "-p",
             &self.port.to_string(),
             "-U",

@@ -112,6 +112,12 @@ async fn run(
     if !output.status.success() {
         let (status, stderr_tail) = (output.status.to_string(), tail(&output.stderr));
         return Err(match output.status.code() {
+            // prlimit could not run the tool (not installed, not executable): a fault of
+            // this machine, never of the input.
+            Some(code) if is_exec_failure(code) => MediaError::Spawn {
+                program,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, stderr_tail),
+            },
             Some(_) => MediaError::Failed {
                 program,
                 status,
@@ -125,6 +131,12 @@ async fn run(
         });
     }
     Ok(output.stdout)
+}
+
+/// prlimit's exit codes when it cannot exec the tool (util-linux: 126 cannot execute,
+/// 127 not found). ffmpeg and ffprobe themselves exit with 1 (or the error's number).
+fn is_exec_failure(code: i32) -> bool {
+    matches!(code, 126 | 127)
 }
 
 fn tail(stderr: &[u8]) -> String {
@@ -299,6 +311,23 @@ pub fn mp4_boxes_complete(reader: &mut (impl Read + Seek)) -> std::io::Result<bo
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    /// A missing tool is this machine's fault, never the upload's: the API answers 503,
+    /// not "not a valid MP4" (a web instance booted without ffprobe did exactly that).
+    #[tokio::test]
+    async fn a_tool_that_is_not_installed_is_a_spawn_error() {
+        let result = run(
+            "anb-no-such-media-tool",
+            1 << 30,
+            &[],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            matches!(result, Err(MediaError::Spawn { .. })),
+            "{result:?}"
+        );
+    }
 
     fn mp4_box(kind: &[u8; 4], payload_len: usize) -> Vec<u8> {
         let mut b = u32::try_from(payload_len + 8)
