@@ -251,7 +251,198 @@ fn rehearse(dir: &Path, world: &mut World, report: &mut Report) -> anyhow::Resul
             }
         }
     }
-    smoke_flow(report)
+    smoke_flow(report)?;
+    restarts(dir, world, &python, &facts, report)
+}
+
+/// The second scenario: the database password is rotated (in Secrets Manager and in the
+/// database, as RDS does), a job is put in flight, both instances shut down (the worker
+/// with the job in hand) and boot again. The services must come back on their own with
+/// the new password read again, and the job must end processed: finished within the
+/// worker's grace, or handed back and done after the restart.
+fn restarts(
+    dir: &Path,
+    world: &mut World,
+    python: &Path,
+    facts: &StackFacts,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let rotated = format!("Rotated-{}-x", rand_suffix());
+    output(Command::new(python).args([
+        "-c",
+        ROTATE_PASSWORD,
+        &world.endpoint,
+        STACK,
+        "us-east-1",
+        &rotated,
+    ]))
+    .context("rotate the database password in the emulator's Secrets Manager")?;
+    let database = world.database.as_ref().context("no database")?;
+    database.execute(
+        "postgres",
+        &format!("ALTER ROLE \"{}\" PASSWORD '{rotated}'", facts.db_user),
+    )?;
+    report.pass(
+        "password rotated",
+        "in Secrets Manager and in the database".into(),
+    );
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let long_clip = dir.join("clip-30s.mp4");
+    crate::bench::generate_once(
+        &long_clip,
+        "a 30 s 1080p clip",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1920x1080:rate=30:duration=30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )?;
+    let video = runtime.block_on(start_job_in_flight(&long_clip))?;
+    let mut worker_stop = 0.0;
+    for instance in world.instances.iter_mut().rev() {
+        let seconds = instance.shut_down(Duration::from_secs(240))?;
+        if instance.tier == "worker" {
+            worker_stop = seconds;
+        }
+    }
+    let status_at_stop = database
+        .execute(
+            &facts.db_name,
+            &format!("SELECT status FROM videos WHERE id = '{video}'"),
+        )?
+        .trim()
+        .to_owned();
+    report.pass(
+        "worker stopped with a job in hand",
+        format!(
+            "stopped in {worker_stop:.0} s; the job was {status_at_stop} ({})",
+            if status_at_stop == "processed" {
+                "finished within the grace"
+            } else {
+                "handed back"
+            }
+        ),
+    );
+    let apt_cache = dir.join("apt-archives");
+    for instance in &mut world.instances {
+        instance.boot(&apt_cache)?;
+    }
+    for instance in &mut world.instances {
+        let name = format!("{} instance back after reboot", instance.tier);
+        match instance.wait_healthy(Duration::from_secs(300)) {
+            Ok(seconds) => report.pass(
+                &name,
+                format!("{seconds:.0} s ({})", instance.unit_states()),
+            ),
+            Err(e) => {
+                report.fail(&name, &e);
+                bail!("the {} instance did not come back", instance.tier);
+            }
+        }
+    }
+    let after = runtime.block_on(after_restart(&video));
+    match after {
+        Ok(detail) => report.pass("after restart (new password read)", detail),
+        Err(e) => {
+            report.fail("after restart (new password read)", &e);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Sets the database's managed secret to a new password (what a rotation does).
+const ROTATE_PASSWORD: &str = r#"
+import json, sys
+import boto3
+endpoint, stack, region, password = sys.argv[1:5]
+kw = dict(endpoint_url=endpoint, region_name=region,
+          aws_access_key_id="testing", aws_secret_access_key="testing")
+db = boto3.client("rds", **kw).describe_db_instances(
+    DBInstanceIdentifier=f"{stack}-postgres")["DBInstances"][0]
+sm = boto3.client("secretsmanager", **kw)
+arn = db["MasterUserSecret"]["SecretArn"]
+login = json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])
+login["password"] = password
+sm.put_secret_value(SecretId=arn, SecretString=json.dumps(login))
+"#;
+
+const BASE: &str = "http://127.0.0.1:80";
+
+/// Uploads `clip` and returns its id once the worker has taken it.
+async fn start_job_in_flight(clip: &Path) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let token = signup(&client, BASE, "Restart").await?;
+    let bytes = tokio::fs::read(clip).await?;
+    let part = reqwest::multipart::Part::bytes(bytes)
+        .file_name("clip.mp4")
+        .mime_str("video/mp4")?;
+    let form = reqwest::multipart::Form::new()
+        .text("title", "In flight")
+        .part("video_file", part);
+    let response = client
+        .post(format!("{BASE}/api/videos/upload"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await?;
+    let body: serde_json::Value = response.json().await?;
+    let video = body["task_id"].as_str().context("no task_id")?.to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let detail: serde_json::Value = client
+            .get(format!("{BASE}/api/videos/{video}"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        match detail["status"].as_str() {
+            Some("processing") => return Ok(video),
+            Some("processed") => bail!("the job finished before the worker could be stopped"),
+            _ if Instant::now() > deadline => bail!("the worker did not take the job: {detail}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A login (the API reads the rotated password again at start) and the job in flight
+/// processed.
+async fn after_restart(video: &str) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let token = signup(&client, BASE, "Again").await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let public: serde_json::Value = client
+            .get(format!("{BASE}/api/public/videos?limit=100"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let listed = public
+            .as_array()
+            .is_some_and(|all| all.iter().any(|v| v["video_id"] == video));
+        if listed {
+            return Ok("signup and login work; the job in flight is processed and public".into());
+        }
+        if Instant::now() > deadline {
+            bail!("the job in flight is not processed 5 min after the restart");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 impl World {
@@ -812,7 +1003,10 @@ impl Instance {
     }
 
     fn boot(&mut self, apt_cache: &Path) -> anyhow::Result<()> {
-        let log = std::fs::File::create(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new("systemd-nspawn")
             .args(["--register=no", "--keep-unit", "-q", "-b"])
             .arg("-D")
@@ -867,17 +1061,20 @@ impl Instance {
                     "systemctl",
                     "show",
                     "-p",
-                    "ActiveState,Result",
+                    "ActiveState,Result,ConditionResult",
                     "rehearsal-user-data.service",
                 ])
                 .unwrap_or_default();
+            // On a later boot the user data is skipped (it runs once, as on EC2).
+            let user_data_done = user_data.contains("ActiveState=active")
+                || user_data.contains("ConditionResult=no");
             if user_data.contains("Result=exit-code") || user_data.contains("ActiveState=failed") {
                 bail!("the user data failed ({})", user_data.replace('\n', " "));
             }
             let service = self
                 .exec(&["systemctl", "is-active", self.unit])
                 .unwrap_or_default();
-            if user_data.contains("ActiveState=active") && service.trim() == "active" {
+            if user_data_done && service.trim() == "active" {
                 return Ok(booted.elapsed().as_secs_f64());
             }
             if booted.elapsed() > limit {
@@ -911,7 +1108,7 @@ impl Instance {
             .iter()
             .map(|unit| {
                 let state = self
-                    .exec(&["systemctl", "is-active", unit])
+                    .exec(&["systemctl", "show", "-p", "ActiveState", "--value", unit])
                     .unwrap_or_else(|_| "unknown".into());
                 format!("{unit} {}", state.trim())
             })
@@ -945,6 +1142,31 @@ impl Instance {
     fn stop(&mut self) {
         if let Some(mut child) = self.nspawn.take() {
             crate::system::stop(&mut child);
+        }
+    }
+
+    /// Shuts the instance down as `poweroff` would (systemd stops every unit, each within
+    /// its own stop timeout) and waits for it; seconds taken.
+    fn shut_down(&mut self, limit: Duration) -> anyhow::Result<f64> {
+        let began = Instant::now();
+        let Some(mut child) = self.nspawn.take() else {
+            bail!("the {} instance is not running", self.tier)
+        };
+        self.exec(&["systemctl", "poweroff"])?;
+        loop {
+            if child.try_wait()?.is_some() {
+                self.leader = None;
+                return Ok(began.elapsed().as_secs_f64());
+            }
+            if began.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the {} instance did not shut down within {limit:?}",
+                    self.tier
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

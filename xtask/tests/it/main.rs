@@ -5,6 +5,8 @@
 // Running `cargo xtask` as a shell would is the point of these tests.
 #![allow(clippy::disallowed_methods)]
 
+mod rehearse;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
