@@ -1,0 +1,348 @@
+//! The instances: a cached Debian 12 root filesystem, copied per instance, given its user
+//! data and what EC2 provides, booted with systemd-nspawn, and reached with nsenter.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::stand_ins::Pki;
+use super::{StackFacts, BASE_PACKAGES};
+use crate::system::{output, run_command};
+
+// ------------------------------------------------------------------ root filesystem
+
+/// The cached Debian 12 root filesystem (built once with debootstrap from Debian's
+/// mirror); returns its path and whether it was built now.
+pub(super) fn debian_rootfs(dir: &Path) -> anyhow::Result<(PathBuf, bool)> {
+    let rootfs = dir.join("debian12-rootfs");
+    let marker = rootfs.join(".anb-rootfs");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == BASE_PACKAGES) {
+        return Ok((rootfs, false));
+    }
+    let building = dir.join("debian12-rootfs.building");
+    let _ = std::fs::remove_dir_all(&building);
+    let _ = std::fs::remove_dir_all(&rootfs);
+    eprintln!("rehearse: building a Debian 12 root filesystem (debootstrap, about a minute)");
+    run_command(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={BASE_PACKAGES}")])
+            .args(["bookworm"])
+            .arg(&building)
+            .arg("http://deb.debian.org/debian")
+            .stdout(Stdio::null()),
+    )?;
+    // As on a cloud image: security updates, and no root password prompt on the console.
+    std::fs::write(
+        building.join("etc/apt/sources.list"),
+        "deb http://deb.debian.org/debian bookworm main\n\
+         deb http://deb.debian.org/debian bookworm-updates main\n\
+         deb http://deb.debian.org/debian-security bookworm-security main\n",
+    )?;
+    std::fs::write(building.join(".anb-rootfs"), BASE_PACKAGES)?;
+    std::fs::rename(&building, &rootfs)?;
+    Ok((rootfs, true))
+}
+
+// -------------------------------------------------------------------- instances
+
+/// One instance: a copy of the root filesystem booted by systemd-nspawn.
+pub(super) struct Instance {
+    pub(super) tier: &'static str,
+    /// The unit whose start means the instance is healthy.
+    pub(super) unit: &'static str,
+    pub(super) root: PathBuf,
+    pub(super) log: PathBuf,
+    pub(super) nspawn: Option<Child>,
+    /// PID of the container's init (systemd), to run commands inside with nsenter.
+    pub(super) leader: Option<u32>,
+    pub(super) booted: Option<Instant>,
+}
+
+impl Instance {
+    pub(super) fn create(
+        dir: &Path,
+        rootfs: &Path,
+        tier: &'static str,
+        unit: &'static str,
+    ) -> anyhow::Result<Self> {
+        let root = dir.join("instances").join(tier);
+        if root.exists() {
+            std::fs::remove_dir_all(&root)?;
+        }
+        std::fs::create_dir_all(root.parent().unwrap_or(dir))?;
+        run_command(
+            Command::new("cp")
+                .args(["-a", "--reflink=auto"])
+                .arg(rootfs)
+                .arg(&root),
+        )?;
+        Ok(Self {
+            tier,
+            unit,
+            log: dir.join("instances").join(format!("{tier}.console.log")),
+            root,
+            nspawn: None,
+            leader: None,
+            booted: None,
+        })
+    }
+
+    /// The user data where cloud-init keeps it, and a unit that runs it once at first
+    /// boot, as cloud-init does on EC2 (output appended to /var/log/cloud-init-output.log).
+    pub(super) fn install_user_data(&self, user_data: &str) -> anyhow::Result<()> {
+        let cloud = self.root.join("var/lib/cloud/instance");
+        std::fs::create_dir_all(&cloud)?;
+        let script = cloud.join("user-data.txt");
+        std::fs::write(&script, user_data)?;
+        run_command(Command::new("chmod").arg("0700").arg(&script))?;
+        let unit = "rehearsal-user-data.service";
+        std::fs::write(
+            self.root.join("etc/systemd/system").join(unit),
+            "[Unit]\n\
+             Description=Run the instance's user data once, as cloud-init does on EC2\n\
+             After=network-online.target\nWants=network-online.target\n\
+             ConditionPathExists=!/var/lib/cloud/instance/boot-finished\n\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\nTimeoutStartSec=0\n\
+             ExecStart=/var/lib/cloud/instance/user-data.txt\n\
+             ExecStartPost=/usr/bin/touch /var/lib/cloud/instance/boot-finished\n\
+             StandardOutput=append:/var/log/cloud-init-output.log\nStandardError=inherit\n\n\
+             [Install]\nWantedBy=multi-user.target\n",
+        )?;
+        let wants = self.root.join("etc/systemd/system/multi-user.target.wants");
+        std::fs::create_dir_all(&wants)?;
+        let link = wants.join(unit);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), link)?;
+        Ok(())
+    }
+
+    /// What EC2 and the VPC provide around the instance: name resolution for the
+    /// database endpoint and the RDS bundle's host, trust in the harness CA (as in AWS's
+    /// roots on a real image), and the AWS endpoint through the boot script's seam.
+    pub(super) fn provide(
+        &self,
+        pki: &Pki,
+        facts: &StackFacts,
+        endpoint: &str,
+    ) -> anyhow::Result<()> {
+        let hosts = self.root.join("etc/hosts");
+        let mut text = std::fs::read_to_string(&hosts).unwrap_or_default();
+        text.push_str(&format!(
+            "127.0.0.2 {}\n127.0.0.3 truststore.pki.rds.amazonaws.com\n",
+            facts.db_host
+        ));
+        std::fs::write(&hosts, text)?;
+        std::fs::write(
+            self.root.join("etc/hostname"),
+            format!("rehearse-{}\n", self.tier),
+        )?;
+        let anchors = self.root.join("usr/local/share/ca-certificates");
+        std::fs::create_dir_all(&anchors)?;
+        std::fs::copy(&pki.ca, anchors.join("anb-rehearsal.crt"))?;
+        run_command(
+            Command::new("chroot")
+                .arg(&self.root)
+                .args(["update-ca-certificates", "--fresh"])
+                .stdout(Stdio::null()),
+        )?;
+        std::fs::write(
+            self.root.join("etc/default/anb"),
+            format!("# cargo xtask rehearse: AWS calls go to the emulator\nAWS_ENDPOINT_URL={endpoint}\n"),
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn boot(&mut self, apt_cache: &Path) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new("systemd-nspawn")
+            .args(["--register=no", "--keep-unit", "-q", "-b"])
+            .arg("-D")
+            .arg(&self.root)
+            .arg(format!("--machine=rehearse-{}", self.tier))
+            .arg(format!(
+                "--bind={}:/var/cache/apt/archives",
+                apt_cache.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start systemd-nspawn")?;
+        self.booted = Some(Instant::now());
+        let nspawn = child.id();
+        self.nspawn = Some(child);
+        // The container's init is the first `systemd` below the nspawn process.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.leader.is_none() {
+            self.leader = find_descendant(nspawn, "systemd");
+            if Instant::now() > deadline {
+                bail!(
+                    "the {} container did not start systemd; see {}",
+                    self.tier,
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Runs `args` inside the container; its standard output.
+    pub(super) fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
+        let leader = self.leader.context("not booted")?;
+        output(
+            Command::new("nsenter")
+                .args(["-t", &leader.to_string(), "-a", "--"])
+                .args(args),
+        )
+    }
+
+    /// Waits until the user data has run and the tier's service is active; seconds since
+    /// boot.
+    pub(super) fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<f64> {
+        let booted = self.booted.context("not booted")?;
+        let mut last_report = Instant::now();
+        loop {
+            let user_data = self
+                .exec(&[
+                    "systemctl",
+                    "show",
+                    "-p",
+                    "ActiveState,Result,ConditionResult",
+                    "rehearsal-user-data.service",
+                ])
+                .unwrap_or_default();
+            // On a later boot the user data is skipped (it runs once, as on EC2).
+            let user_data_done = user_data.contains("ActiveState=active")
+                || user_data.contains("ConditionResult=no");
+            if user_data.contains("Result=exit-code") || user_data.contains("ActiveState=failed") {
+                bail!("the user data failed ({})", user_data.replace('\n', " "));
+            }
+            let service = self
+                .exec(&["systemctl", "is-active", self.unit])
+                .unwrap_or_default();
+            if user_data_done && service.trim() == "active" {
+                return Ok(booted.elapsed().as_secs_f64());
+            }
+            if booted.elapsed() > limit {
+                bail!(
+                    "not healthy after {limit:?} (user data: {})",
+                    user_data.replace('\n', " ")
+                );
+            }
+            if let Some(child) = self.nspawn.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "the container exited ({status}); see {}",
+                        self.log.display()
+                    );
+                }
+            }
+            if last_report.elapsed() > Duration::from_secs(30) {
+                eprintln!(
+                    "rehearse: waiting for the {} instance ({:.0} s since boot; the first boot installs packages)",
+                    self.tier,
+                    booted.elapsed().as_secs_f64()
+                );
+                last_report = Instant::now();
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    pub(super) fn unit_states(&self) -> String {
+        ["rehearsal-user-data.service", self.unit]
+            .iter()
+            .map(|unit| {
+                let state = self
+                    .exec(&["systemctl", "show", "-p", "ActiveState", "--value", unit])
+                    .unwrap_or_else(|_| "unknown".into());
+                format!("{unit} {}", state.trim())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub(super) fn print_failure_details(&self) {
+        if self.leader.is_none() {
+            return;
+        }
+        println!("\n-- {} instance: {}", self.tier, self.unit_states());
+        for (what, args) in [
+            (
+                "journal (last 40 lines)",
+                vec!["journalctl", "-b", "--no-pager", "-n", "40"],
+            ),
+            (
+                "boot script log (last 30 lines)",
+                vec!["tail", "-n", "30", "/var/log/cloud-init-output.log"],
+            ),
+        ] {
+            println!("-- {} {what}:", self.tier);
+            match self.exec(&args) {
+                Ok(text) => println!("{text}"),
+                Err(e) => println!("(cannot read it: {e:#})"),
+            }
+        }
+    }
+
+    pub(super) fn stop(&mut self) {
+        if let Some(mut child) = self.nspawn.take() {
+            crate::system::stop(&mut child);
+        }
+    }
+
+    /// Shuts the instance down as `poweroff` would (systemd stops every unit, each within
+    /// its own stop timeout) and waits for it; seconds taken.
+    pub(super) fn shut_down(&mut self, limit: Duration) -> anyhow::Result<f64> {
+        let began = Instant::now();
+        let Some(mut child) = self.nspawn.take() else {
+            bail!("the {} instance is not running", self.tier)
+        };
+        self.exec(&["systemctl", "poweroff"])?;
+        loop {
+            if child.try_wait()?.is_some() {
+                self.leader = None;
+                return Ok(began.elapsed().as_secs_f64());
+            }
+            if began.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the {} instance did not shut down within {limit:?}",
+                    self.tier
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub(super) fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The first process named `name` below `pid` (breadth first).
+fn find_descendant(pid: u32, name: &str) -> Option<u32> {
+    let mut queue = vec![pid];
+    while let Some(parent) = queue.pop() {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            if comm.trim() == name {
+                return Some(child);
+            }
+            queue.insert(0, child);
+        }
+    }
+    None
+}

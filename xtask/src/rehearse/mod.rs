@@ -1,0 +1,509 @@
+//! `cargo xtask rehearse`: a deploy rehearsed on this machine. The real `cargo xtask up`
+//! converges a stack on moto; then one web and one worker instance boot as Debian 12
+//! systemd containers (`systemd-nspawn -b`), each running as its first boot the user data
+//! read back from its launch template, byte for byte. Around them the harness provides
+//! what EC2 and the VPC would: the instance metadata service (IMDSv2) on
+//! 169.254.169.254, the database endpoint's name (a private PostgreSQL with TLS on
+//! 127.0.0.2, the RDS stand-in), the RDS certificate bundle's download (a local HTTPS
+//! server on 127.0.0.3 under a harness CA the containers trust), and the AWS endpoint
+//! (the boot script's one seam, `/etc/default/anb`). Then a smoke flow goes through the
+//! web instance's nginx on port 80.
+//!
+//! The containers share this machine's network (loopback included), so nothing leaves it
+//! but the containers' apt downloads from Debian's mirror (cached under `target/`).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+mod instance;
+mod smoke;
+mod stand_ins;
+
+use instance::{debian_rootfs, Instance};
+use smoke::{after_restart, rand_suffix, smoke_flow, start_job_in_flight};
+use stand_ins::{stand_in_database, truststore, Imds, Pki, IMDS_TABLE};
+
+use crate::postgres::PrivateCluster;
+use crate::system::{ensure_installed, install_packages, is_root, output, run_command, which};
+use crate::{project_root, scratch_dir};
+
+/// What cannot be rehearsed here, said with every run.
+const NOT_REHEARSED: &str = "the load balancer (the smoke flow talks to the web \
+instance's nginx directly), auto scaling and instance refresh, the CloudWatch agent's \
+download (logs.cloudwatch_agent = false here), IAM permissions (moto does not evaluate \
+them), and RDS itself (a local PostgreSQL with TLS stands in)";
+
+/// The stack the rehearsal converges on moto.
+const STACK: &str = "rehearse";
+
+/// Packages of the cached root filesystem: what a Debian 12 cloud image boots with that
+/// `debootstrap --variant=minbase` leaves out. The boot script installs the rest itself.
+const BASE_PACKAGES: &str =
+    "systemd,systemd-sysv,dbus,ca-certificates,curl,iproute2,procps,gnupg,less";
+
+#[derive(Debug, Args)]
+pub struct RehearseArgs {
+    /// Leave the instances, moto and the stand-ins running, and print how to get a shell
+    /// in each instance and how to tear everything down later.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// One line of the final table.
+struct Step {
+    name: String,
+    outcome: Result<String, String>,
+}
+
+#[derive(Default)]
+struct Report {
+    steps: Vec<Step>,
+}
+
+impl Report {
+    fn pass(&mut self, name: &str, detail: String) {
+        eprintln!("rehearse: {name}: {detail}");
+        self.steps.push(Step {
+            name: name.to_owned(),
+            outcome: Ok(detail),
+        });
+    }
+
+    fn fail(&mut self, name: &str, error: &anyhow::Error) {
+        eprintln!("rehearse: {name} FAILED: {error:#}");
+        self.steps.push(Step {
+            name: name.to_owned(),
+            outcome: Err(format!("{error:#}")),
+        });
+    }
+
+    fn print(&self) {
+        println!("\n== cargo xtask rehearse ==");
+        for step in &self.steps {
+            let (verdict, detail) = match &step.outcome {
+                Ok(detail) => ("pass", detail.as_str()),
+                Err(error) => ("FAIL", error.as_str()),
+            };
+            println!("  {verdict:<5} {:<34} {detail}", step.name);
+        }
+        println!("  not rehearsed: {NOT_REHEARSED}");
+    }
+
+    fn passed(&self) -> bool {
+        self.steps.iter().all(|s| s.outcome.is_ok())
+    }
+}
+
+pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "cargo xtask rehearse boots containers with systemd-nspawn, which needs root \
+             (run it as root on Debian 12)"
+        );
+    }
+    if ["systemd-nspawn", "debootstrap", "nft"]
+        .iter()
+        .any(|program| which(program).is_none())
+    {
+        install_packages(&["systemd-container", "debootstrap", "nftables"])?;
+    }
+    ensure_installed(&["nginx"], "nginx")?;
+    ensure_installed(&["openssl"], "openssl")?;
+    ensure_installed(&["ffmpeg"], "ffmpeg")?;
+    let dir = scratch_dir().join("rehearse");
+    std::fs::create_dir_all(&dir)?;
+    let started = Instant::now();
+    let mut report = Report::default();
+    let mut world = World::default();
+    let outcome = rehearse(&dir, &mut world, &mut report);
+    if let Err(e) = &outcome {
+        report.fail("rehearsal", e);
+    }
+    for instance in &world.instances {
+        if !report.passed() {
+            instance.print_failure_details();
+        }
+    }
+    report.print();
+    println!(
+        "  total {:.0} s (root filesystem {})",
+        started.elapsed().as_secs_f64(),
+        world.rootfs_note
+    );
+    if args.keep {
+        world.keep();
+    } else {
+        world.tear_down();
+    }
+    if report.passed() {
+        Ok(())
+    } else {
+        bail!("the rehearsal failed (see the table above)")
+    }
+}
+
+/// Everything the rehearsal started, so it can be torn down (or kept) whatever happened.
+#[derive(Default)]
+struct World {
+    moto: Option<Child>,
+    endpoint: String,
+    database: Option<PrivateCluster>,
+    truststore: Option<Child>,
+    imds: Option<Imds>,
+    instances: Vec<Instance>,
+    rootfs_note: String,
+}
+
+fn rehearse(dir: &Path, world: &mut World, report: &mut Report) -> anyhow::Result<()> {
+    let began = Instant::now();
+    let (rootfs, cold) = debian_rootfs(dir)?;
+    world.rootfs_note = if cold {
+        format!("built in {:.0} s", began.elapsed().as_secs_f64())
+    } else {
+        "cached".to_owned()
+    };
+    report.pass("Debian 12 root filesystem", world.rootfs_note.clone());
+
+    let pki = Pki::create(&dir.join("pki"))?;
+
+    // The AWS APIs.
+    let python = crate::tools::ensure_moto()?;
+    let port = free_port()?;
+    let moto =
+        testkit::tools::spawn_moto(&python, port, Stdio::null()).context("cannot start moto")?;
+    world.moto = Some(moto);
+    world.endpoint = format!("http://127.0.0.1:{port}");
+    wait_for_port(("127.0.0.1", port), Duration::from_secs(60))?;
+
+    // The real deploy, against moto.
+    let config = stack_config(dir)?;
+    let began = Instant::now();
+    run_command(
+        Command::new(std::env::current_exe()?)
+            .current_dir(project_root())
+            .args([
+                "up",
+                "--debug",
+                "--no-wait",
+                "--stack",
+                STACK,
+                "--endpoint-url",
+            ])
+            .arg(&world.endpoint)
+            .arg("--config")
+            .arg(&config)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing"),
+    )
+    .context("cargo xtask up against moto")?;
+    report.pass(
+        "cargo xtask up (moto)",
+        format!("{:.0} s", began.elapsed().as_secs_f64()),
+    );
+    let facts = StackFacts::read(&python, &world.endpoint)?;
+
+    // What the VPC and RDS would provide.
+    world.database = Some(stand_in_database(dir, &pki, &facts)?);
+    world.truststore = Some(truststore(dir, &pki)?);
+    world.imds = Some(Imds::start(&facts.region)?);
+    report.pass(
+        "stand-ins",
+        format!(
+            "database {}:{} on 127.0.0.2, RDS bundle on 127.0.0.3:443, IMDSv2 on 169.254.169.254",
+            facts.db_host, facts.db_port
+        ),
+    );
+
+    // The instances share this machine's network: the web instance's nginx needs port 80
+    // and its API 8000.
+    for port in [80, 8000] {
+        if TcpListener::bind(("0.0.0.0", port)).is_err() {
+            bail!(
+                "port {port} is taken on this machine (a kept rehearsal? `ss -ltnp \
+                 'sport = :{port}'` says who), and the web instance needs it"
+            );
+        }
+    }
+    let apt_cache = dir.join("apt-archives");
+    std::fs::create_dir_all(apt_cache.join("partial"))?;
+    for (tier, user_data, unit) in [
+        ("web", &facts.web_user_data, "anb-api.service"),
+        ("worker", &facts.worker_user_data, "anb-worker.service"),
+    ] {
+        let instance = Instance::create(dir, &rootfs, tier, unit)?;
+        instance.install_user_data(user_data)?;
+        instance.provide(&pki, &facts, &world.endpoint)?;
+        world.instances.push(instance);
+    }
+    for instance in &mut world.instances {
+        instance.boot(&apt_cache)?;
+    }
+    for instance in &mut world.instances {
+        let name = format!("{} instance healthy", instance.tier);
+        match instance.wait_healthy(Duration::from_secs(30 * 60)) {
+            Ok(seconds) => report.pass(
+                &name,
+                format!("{seconds:.0} s from boot ({})", instance.unit_states()),
+            ),
+            Err(e) => {
+                report.fail(&name, &e);
+                bail!("the {} instance did not come up", instance.tier);
+            }
+        }
+    }
+    smoke_flow(report)?;
+    restarts(dir, world, &python, &facts, report)
+}
+
+/// The second scenario: the database password is rotated (in Secrets Manager and in the
+/// database, as RDS does), a job is put in flight, both instances shut down (the worker
+/// with the job in hand) and boot again. The services must come back on their own with
+/// the new password read again, and the job must end processed: finished within the
+/// worker's grace, or handed back and done after the restart.
+fn restarts(
+    dir: &Path,
+    world: &mut World,
+    python: &Path,
+    facts: &StackFacts,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let rotated = format!("Rotated-{}-x", rand_suffix());
+    output(Command::new(python).args([
+        "-c",
+        ROTATE_PASSWORD,
+        &world.endpoint,
+        STACK,
+        "us-east-1",
+        &rotated,
+    ]))
+    .context("rotate the database password in the emulator's Secrets Manager")?;
+    let database = world.database.as_ref().context("no database")?;
+    database.execute(
+        "postgres",
+        &format!("ALTER ROLE \"{}\" PASSWORD '{rotated}'", facts.db_user),
+    )?;
+    report.pass(
+        "password rotated",
+        "in Secrets Manager and in the database".into(),
+    );
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let long_clip = dir.join("clip-30s.mp4");
+    crate::bench::generate_once(
+        &long_clip,
+        "a 30 s 1080p clip",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1920x1080:rate=30:duration=30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )?;
+    let video = runtime.block_on(start_job_in_flight(&long_clip))?;
+    let mut worker_stop = 0.0;
+    for instance in world.instances.iter_mut().rev() {
+        let seconds = instance.shut_down(Duration::from_secs(240))?;
+        if instance.tier == "worker" {
+            worker_stop = seconds;
+        }
+    }
+    let status_at_stop = database
+        .execute(
+            &facts.db_name,
+            &format!("SELECT status FROM videos WHERE id = '{video}'"),
+        )?
+        .trim()
+        .to_owned();
+    report.pass(
+        "worker stopped with a job in hand",
+        format!(
+            "stopped in {worker_stop:.0} s; the job was {status_at_stop} ({})",
+            if status_at_stop == "processed" {
+                "finished within the grace"
+            } else {
+                "handed back"
+            }
+        ),
+    );
+    let apt_cache = dir.join("apt-archives");
+    for instance in &mut world.instances {
+        instance.boot(&apt_cache)?;
+    }
+    for instance in &mut world.instances {
+        let name = format!("{} instance back after reboot", instance.tier);
+        match instance.wait_healthy(Duration::from_secs(300)) {
+            Ok(seconds) => report.pass(
+                &name,
+                format!("{seconds:.0} s ({})", instance.unit_states()),
+            ),
+            Err(e) => {
+                report.fail(&name, &e);
+                bail!("the {} instance did not come back", instance.tier);
+            }
+        }
+    }
+    let after = runtime.block_on(after_restart(&video));
+    match after {
+        Ok(detail) => report.pass("after restart (new password read)", detail),
+        Err(e) => {
+            report.fail("after restart (new password read)", &e);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Sets the database's managed secret to a new password (what a rotation does).
+const ROTATE_PASSWORD: &str = r#"
+import json, sys
+import boto3
+endpoint, stack, region, password = sys.argv[1:5]
+kw = dict(endpoint_url=endpoint, region_name=region,
+          aws_access_key_id="testing", aws_secret_access_key="testing")
+db = boto3.client("rds", **kw).describe_db_instances(
+    DBInstanceIdentifier=f"{stack}-postgres")["DBInstances"][0]
+sm = boto3.client("secretsmanager", **kw)
+arn = db["MasterUserSecret"]["SecretArn"]
+login = json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])
+login["password"] = password
+sm.put_secret_value(SecretId=arn, SecretString=json.dumps(login))
+"#;
+
+impl World {
+    fn tear_down(&mut self) {
+        for instance in &mut self.instances {
+            instance.stop();
+            instance.remove();
+        }
+        if let Some(imds) = self.imds.take() {
+            imds.stop();
+        }
+        if let Some(mut nginx) = self.truststore.take() {
+            crate::system::stop(&mut nginx);
+        }
+        if let Some(database) = self.database.take() {
+            database.stop();
+        }
+        if let Some(mut moto) = self.moto.take() {
+            let _ = moto.kill();
+            let _ = moto.wait();
+        }
+    }
+
+    fn keep(&mut self) {
+        println!("\nKept running (--keep):");
+        for instance in &self.instances {
+            println!(
+                "  {} instance: a shell with `nsenter -t {} -a bash`; its journal with `nsenter -t {} -a journalctl -b`",
+                instance.tier,
+                instance.leader.unwrap_or_default(),
+                instance.leader.unwrap_or_default()
+            );
+        }
+        println!("  moto: {}", self.endpoint);
+        println!(
+            "  tear down: kill the processes above (`pkill -f 'systemd-nspawn.*rehearse-'`, \
+             `pkill -f moto.server`), `nft delete table ip {IMDS_TABLE}`, and \
+             `rm -rf target/rehearse/instances`"
+        );
+        // Dropping these would stop them.
+        std::mem::forget(self.database.take());
+        std::mem::forget(self.truststore.take());
+        std::mem::forget(self.moto.take());
+        if let Some(imds) = self.imds.take() {
+            std::mem::forget(imds);
+        }
+        std::mem::forget(std::mem::take(&mut self.instances));
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(address: (&str, u16), limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect(address).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "nothing listens on {}:{} after {limit:?}",
+                address.0,
+                address.1
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ the stack on moto
+
+/// The rehearsal's stack configuration: the project's, with one of moto's images and the
+/// log agent off (its download is not rehearsed).
+fn stack_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(project_root().join("config/aws.toml"))?;
+    let text = text
+        .replace("ami = \"\"", "ami = \"ami-1e749f67\"")
+        .replace("cloudwatch_agent = true", "cloudwatch_agent = false");
+    let path = dir.join("stack.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// What the harness reads back from the emulator: each tier's user data as EC2 would
+/// hand it to the instance, and the database's endpoint and managed master login.
+#[derive(serde::Deserialize)]
+struct StackFacts {
+    web_user_data: String,
+    worker_user_data: String,
+    region: String,
+    db_host: String,
+    db_port: u16,
+    db_name: String,
+    db_user: String,
+    db_password: String,
+}
+
+/// Reads the facts with boto3 (moto's own dependency), so xtask links no AWS SDK.
+const READ_FACTS: &str = r#"
+import base64, json, sys
+import boto3
+endpoint, stack, region = sys.argv[1:4]
+kw = dict(endpoint_url=endpoint, region_name=region,
+          aws_access_key_id="testing", aws_secret_access_key="testing")
+ec2 = boto3.client("ec2", **kw)
+out = {"region": region}
+for tier in ("web", "worker"):
+    v = ec2.describe_launch_template_versions(
+        LaunchTemplateName=f"{stack}-{tier}-template", Versions=["$Latest"])
+    data = v["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]
+    out[f"{tier}_user_data"] = base64.b64decode(data).decode()
+db = boto3.client("rds", **kw).describe_db_instances(
+    DBInstanceIdentifier=f"{stack}-postgres")["DBInstances"][0]
+out["db_host"], out["db_port"] = db["Endpoint"]["Address"], db["Endpoint"]["Port"]
+out["db_name"] = db["DBName"]
+login = json.loads(boto3.client("secretsmanager", **kw).get_secret_value(
+    SecretId=db["MasterUserSecret"]["SecretArn"])["SecretString"])
+out["db_user"], out["db_password"] = login["username"], login["password"]
+print(json.dumps(out))
+"#;
+
+impl StackFacts {
+    fn read(python: &Path, endpoint: &str) -> anyhow::Result<Self> {
+        let text =
+            output(Command::new(python).args(["-c", READ_FACTS, endpoint, STACK, "us-east-1"]))
+                .context("read the launch templates and the database back from moto")?;
+        serde_json::from_str(&text).context("moto's answer")
+    }
+}

@@ -1,0 +1,300 @@
+//! The smoke flow through the web instance's nginx, and the requests of the restart
+//! scenario.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::Report;
+use crate::scratch_dir;
+
+// ------------------------------------------------------------------- smoke flow
+
+/// Signup, login, upload through the web instance's nginx; the worker instance processes
+/// it; download; a second player votes; the rankings name the first.
+pub(super) fn smoke_flow(report: &mut Report) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async { smoke(report).await })
+}
+
+async fn smoke(report: &mut Report) -> anyhow::Result<()> {
+    let base = "http://127.0.0.1:80";
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let clip = scratch_dir().join("rehearse/clip.mp4");
+    if !clip.exists() {
+        crate::bench::generate_once(
+            &clip,
+            "a 5 s 720p clip",
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=1280x720:rate=30:duration=5",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+            ],
+        )?;
+    }
+    let step =
+        |report: &mut Report, name: &str, result: anyhow::Result<String>| -> anyhow::Result<()> {
+            match result {
+                Ok(detail) => {
+                    report.pass(name, detail);
+                    Ok(())
+                }
+                Err(e) => {
+                    report.fail(name, &e);
+                    Err(e)
+                }
+            }
+        };
+    let player = signup(&client, base, "Rehearsal").await;
+    step(
+        report,
+        "signup + login (via nginx)",
+        player
+            .as_ref()
+            .map(|_| "201, 200".to_owned())
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
+    )?;
+    let token = player?;
+    let started = Instant::now();
+    let upload = async {
+        let bytes = tokio::fs::read(&clip).await?;
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name("clip.mp4")
+            .mime_str("video/mp4")?;
+        let form = reqwest::multipart::Form::new()
+            .text("title", "Rehearsal")
+            .part("video_file", part);
+        let response = client
+            .post(format!("{base}/api/videos/upload"))
+            .bearer_auth(&token)
+            .multipart(form)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        anyhow::ensure!(status.as_u16() == 201, "upload answered {status}: {body}");
+        body["task_id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no task_id")
+    }
+    .await;
+    step(
+        report,
+        "upload",
+        upload
+            .as_ref()
+            .map(|id| format!("201, video {id}"))
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
+    )?;
+    let video = upload?;
+    let processed = async {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let detail: serde_json::Value = client
+                .get(format!("{base}/api/videos/{video}"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            match detail["status"].as_str() {
+                Some("processed") => {
+                    return Ok::<_, anyhow::Error>(
+                        detail["processed_url"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    )
+                }
+                Some("failed") => bail!("the worker failed it: {detail}"),
+                _ if Instant::now() > deadline => bail!("not processed after 5 min: {detail}"),
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+    .await;
+    step(
+        report,
+        "processed by the worker instance",
+        processed
+            .as_ref()
+            .map(|_| {
+                format!(
+                    "{:.1} s after the upload's 201",
+                    started.elapsed().as_secs_f64()
+                )
+            })
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
+    )?;
+    let url = processed?;
+    let download = async {
+        let response = client.get(&url).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "download answered {}",
+            response.status()
+        );
+        let bytes = response.bytes().await?;
+        anyhow::ensure!(bytes.len() > 1000 && &bytes[4..8] == b"ftyp", "not an MP4");
+        Ok(format!("{} bytes of MP4", bytes.len()))
+    }
+    .await;
+    step(report, "download processed", download)?;
+    let vote = async {
+        let fan = signup(&client, base, "Fan").await?;
+        let response = client
+            .post(format!("{base}/api/public/videos/{video}/vote"))
+            .bearer_auth(&fan)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().as_u16() == 200,
+            "vote answered {}",
+            response.status()
+        );
+        // The public snapshot refreshes every few seconds.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rankings: serde_json::Value = client
+                .get(format!("{base}/api/public/rankings"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let first = &rankings[0];
+            if first["votes"].as_i64() == Some(1) {
+                return Ok(format!("first: {} with 1 vote", first["username"]));
+            }
+            if Instant::now() > deadline {
+                bail!("rankings do not show the vote: {rankings}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    .await;
+    step(report, "vote + rankings", vote)?;
+    Ok(())
+}
+
+async fn signup(client: &reqwest::Client, base: &str, first: &str) -> anyhow::Result<String> {
+    let email = format!(
+        "{}.{}@example.com",
+        first.to_lowercase(),
+        std::process::id() ^ rand_suffix()
+    );
+    let body = serde_json::json!({
+        "first_name": first, "last_name": "Prueba", "email": email,
+        "password1": "Canasta2026", "password2": "Canasta2026",
+        "city": "Cali", "country": "Colombia",
+    });
+    let response = client
+        .post(format!("{base}/api/auth/signup"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().as_u16() == 201,
+        "signup answered {}: {}",
+        response.status(),
+        response.text().await?
+    );
+    let login: serde_json::Value = client
+        .post(format!("{base}/api/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": "Canasta2026"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    login["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no access_token")
+}
+
+pub(super) fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default()
+}
+
+const BASE: &str = "http://127.0.0.1:80";
+
+/// Uploads `clip` and returns its id once the worker has taken it.
+pub(super) async fn start_job_in_flight(clip: &Path) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let token = signup(&client, BASE, "Restart").await?;
+    let bytes = tokio::fs::read(clip).await?;
+    let part = reqwest::multipart::Part::bytes(bytes)
+        .file_name("clip.mp4")
+        .mime_str("video/mp4")?;
+    let form = reqwest::multipart::Form::new()
+        .text("title", "In flight")
+        .part("video_file", part);
+    let response = client
+        .post(format!("{BASE}/api/videos/upload"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await?;
+    let body: serde_json::Value = response.json().await?;
+    let video = body["task_id"].as_str().context("no task_id")?.to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let detail: serde_json::Value = client
+            .get(format!("{BASE}/api/videos/{video}"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        match detail["status"].as_str() {
+            Some("processing") => return Ok(video),
+            Some("processed") => bail!("the job finished before the worker could be stopped"),
+            _ if Instant::now() > deadline => bail!("the worker did not take the job: {detail}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A login (the API reads the rotated password again at start) and the job in flight
+/// processed.
+pub(super) async fn after_restart(video: &str) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let token = signup(&client, BASE, "Again").await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let public: serde_json::Value = client
+            .get(format!("{BASE}/api/public/videos?limit=100"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let listed = public
+            .as_array()
+            .is_some_and(|all| all.iter().any(|v| v["video_id"] == video));
+        if listed {
+            return Ok("signup and login work; the job in flight is processed and public".into());
+        }
+        if Instant::now() > deadline {
+            bail!("the job in flight is not processed 5 min after the restart");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
