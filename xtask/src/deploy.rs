@@ -90,6 +90,26 @@ pub struct DownArgs {
     purge: bool,
 }
 
+impl UpArgs {
+    /// `cargo xtask up --no-wait` of stack `stack` against an emulator at `endpoint` (what
+    /// `rehearse` runs), with debug builds unless `optimized`.
+    pub fn against_emulator(endpoint: &str, config: PathBuf, stack: &str, optimized: bool) -> Self {
+        Self {
+            target: Target {
+                config: Some(config),
+                stack: Some(stack.to_owned()),
+                region: None,
+                endpoint_url: Some(endpoint.to_owned()),
+            },
+            debug: !optimized,
+            release: None,
+            no_wait: true,
+            replace_database: false,
+            restore_from: None,
+        }
+    }
+}
+
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.debug && args.target.endpoint_url.is_none() {
         bail!("--debug builds are for an emulator (--endpoint-url): AWS gets release builds");

@@ -29,7 +29,7 @@ use smoke::{after_restart, rand_suffix, smoke_flow, start_job_in_flight};
 use stand_ins::{stand_in_database, truststore, Imds, Pki, IMDS_TABLE};
 
 use crate::postgres::PrivateCluster;
-use crate::system::{ensure_installed, install_packages, is_root, output, run_command, which};
+use crate::system::{ensure_installed, install_packages, is_root, output, which};
 use crate::{project_root, scratch_dir};
 
 /// What cannot be rehearsed here, said with every run.
@@ -48,6 +48,10 @@ const BASE_PACKAGES: &str =
 
 #[derive(Debug, Args)]
 pub struct RehearseArgs {
+    /// Deploy optimised (release) builds of the services, as `cargo xtask up` does for
+    /// AWS; by default debug builds, which the tests have already compiled.
+    #[arg(long)]
+    optimized: bool,
     /// Leave the instances, moto and the stand-ins running, and print how to get a shell
     /// in each instance and how to tear everything down later.
     #[arg(long)]
@@ -120,7 +124,7 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut report = Report::default();
     let mut world = World::default();
-    let outcome = rehearse(&dir, &mut world, &mut report);
+    let outcome = rehearse(&dir, args.optimized, &mut world, &mut report);
     if let Err(e) = &outcome {
         report.fail("rehearsal", e);
     }
@@ -159,7 +163,12 @@ struct World {
     rootfs_note: String,
 }
 
-fn rehearse(dir: &Path, world: &mut World, report: &mut Report) -> anyhow::Result<()> {
+fn rehearse(
+    dir: &Path,
+    optimized: bool,
+    world: &mut World,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let began = Instant::now();
     let (rootfs, cold) = debian_rootfs(dir)?;
     world.rootfs_note = if cold {
@@ -183,23 +192,22 @@ fn rehearse(dir: &Path, world: &mut World, report: &mut Report) -> anyhow::Resul
     // The real deploy, against moto.
     let config = stack_config(dir)?;
     let began = Instant::now();
-    run_command(
-        Command::new(std::env::current_exe()?)
-            .current_dir(project_root())
-            .args([
-                "up",
-                "--debug",
-                "--no-wait",
-                "--stack",
-                STACK,
-                "--endpoint-url",
-            ])
-            .arg(&world.endpoint)
-            .arg("--config")
-            .arg(&config)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing"),
-    )
+    // In this process, not by running this executable again: a build in another clone
+    // sharing the target directory may have replaced it meanwhile. moto takes any key.
+    for (key, value) in [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ] {
+        if std::env::var_os(key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
+    crate::deploy::up(crate::deploy::UpArgs::against_emulator(
+        &world.endpoint,
+        config,
+        STACK,
+        optimized,
+    ))
     .context("cargo xtask up against moto")?;
     report.pass(
         "cargo xtask up (moto)",

@@ -7,6 +7,10 @@
 
 mod rehearse;
 
+/// Held by the tests that build or run this workspace's binaries through cargo, so one
+/// does not replace an executable the other is running (they share the target directory).
+static CARGO_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -79,6 +83,7 @@ fn cargo_xtask(dir: &Path, args: &[&str]) -> Output {
 /// (cheaply) and names the file it found, which shows whose tree it read.
 #[test]
 fn two_clones_sharing_a_target_dir_each_check_their_own_tree() {
+    let _serial = CARGO_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = tempfile::tempdir().unwrap();
     let clones = [
         ("a", "services/worker/src/main.rs"),

@@ -21,6 +21,7 @@ fn a_rehearsed_deploy_boots_both_tiers_and_serves_the_smoke_flow() {
         );
         return;
     }
+    let _serial = crate::CARGO_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     for (name, _) in std::env::vars() {
         if testkit::tools::is_set_by_cargo(&name) {
