@@ -175,6 +175,7 @@ impl Instance {
             .context("start systemd-nspawn")?;
         self.booted = Some(Instant::now());
         let nspawn = child.id();
+        super::interruption::started(nspawn);
         self.nspawn = Some(child);
         // The container's init is the first `systemd` below the nspawn process.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -21,12 +21,13 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 mod instance;
+mod interruption;
 mod smoke;
 mod stand_ins;
 
 use instance::{debian_rootfs, Instance};
 use smoke::{after_restart, rand_suffix, smoke_flow, start_job_in_flight};
-use stand_ins::{stand_in_database, truststore, Imds, Pki, IMDS_TABLE};
+use stand_ins::{stand_in_database, truststore, Imds, Pki};
 
 use crate::postgres::PrivateCluster;
 use crate::system::{ensure_installed, install_packages, is_root, output, which};
@@ -52,8 +53,8 @@ pub struct RehearseArgs {
     /// AWS; by default debug builds, which the tests have already compiled.
     #[arg(long)]
     optimized: bool,
-    /// Leave the instances, moto and the stand-ins running, and print how to get a shell
-    /// in each instance and how to tear everything down later.
+    /// After a passing run, leave the instances, moto and the stand-ins running (this
+    /// command waits), print how to get a shell in each instance, and tear down on Ctrl-C.
     #[arg(long)]
     keep: bool,
 }
@@ -121,6 +122,7 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg"], "ffmpeg")?;
     let dir = scratch_dir().join("rehearse");
     std::fs::create_dir_all(&dir)?;
+    interruption::watch(&dir);
     let started = Instant::now();
     let mut report = Report::default();
     let mut world = World::default();
@@ -139,7 +141,7 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         world.rootfs_note
     );
-    if args.keep {
+    if args.keep && report.passed() {
         world.keep();
     } else {
         world.tear_down();
@@ -409,30 +411,22 @@ impl World {
         }
     }
 
+    /// Leaves everything running until this process is interrupted (moto and the
+    /// metadata service live in it), then tears down.
     fn keep(&mut self) {
-        println!("\nKept running (--keep):");
+        println!("\nKept running (--keep) until Ctrl-C here:");
         for instance in &self.instances {
+            let leader = instance.leader.unwrap_or_default();
             println!(
-                "  {} instance: a shell with `nsenter -t {} -a bash`; its journal with `nsenter -t {} -a journalctl -b`",
-                instance.tier,
-                instance.leader.unwrap_or_default(),
-                instance.leader.unwrap_or_default()
+                "  {} instance: a shell with `nsenter -t {leader} -a bash`, its journal with \
+                 `nsenter -t {leader} -a journalctl -b`",
+                instance.tier
             );
         }
+        println!("  the API through the web instance's nginx: http://127.0.0.1:80/api/health");
         println!("  moto: {}", self.endpoint);
-        println!(
-            "  tear down: kill the processes above (`pkill -f 'systemd-nspawn.*rehearse-'`, \
-             `pkill -f moto.server`), `nft delete table ip {IMDS_TABLE}`, and \
-             `rm -rf target/rehearse/instances`"
-        );
-        // Dropping these would stop them.
-        std::mem::forget(self.database.take());
-        std::mem::forget(self.truststore.take());
-        std::mem::forget(self.moto.take());
-        if let Some(imds) = self.imds.take() {
-            std::mem::forget(imds);
-        }
-        std::mem::forget(std::mem::take(&mut self.instances));
+        interruption::wait();
+        self.tear_down();
     }
 }
 

@@ -167,6 +167,7 @@ pub(super) fn truststore(dir: &Path, pki: &Pki) -> anyhow::Result<Child> {
         .stderr(Stdio::piped())
         .spawn()
         .context("start nginx for the RDS bundle")?;
+    super::interruption::started(child.id());
     wait_for_port(("127.0.0.3", 443), Duration::from_secs(10))?;
     Ok(child)
 }
