@@ -239,6 +239,33 @@ mod tests {
         );
     }
 
+    /// The rehearsal's seam does nothing on AWS, where /etc/default/anb does not exist:
+    /// the script's `aws` wrapper then adds no endpoint.
+    #[test]
+    fn the_rehearsal_seam_is_inert_without_its_file() {
+        let start = COMMON.find("AWS_ENDPOINT_URL=\n").unwrap();
+        let end = COMMON[start..].find("\"$@\"; }\n").unwrap() + start + "\"$@\"; }\n".len();
+        let seam = &COMMON[start..end];
+        assert!(
+            !std::path::Path::new("/etc/default/anb").exists(),
+            "this machine has /etc/default/anb; the test needs it absent"
+        );
+        #[allow(clippy::disallowed_methods)] // bash runs the script's own lines
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -eu\n{seam}\ncommand() {{ shift; echo \"$@\"; }}\naws s3 ls"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "s3 ls");
+    }
+
     #[test]
     fn release_names_are_s3_and_shell_safe() {
         assert!(valid_release("0.1.0-3f2a9c1d"));

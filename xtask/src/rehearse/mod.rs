@@ -172,7 +172,7 @@ fn rehearse(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let began = Instant::now();
-    let (rootfs, cold) = debian_rootfs(dir)?;
+    let (rootfs, cold) = debian_rootfs(&cache_dir())?;
     world.rootfs_note = if cold {
         format!("built in {:.0} s", began.elapsed().as_secs_f64())
     } else {
@@ -428,6 +428,15 @@ impl World {
         interruption::wait();
         self.tear_down();
     }
+}
+
+/// Where the root filesystem is kept between runs: in the cargo target directory when it
+/// is shared by every clone on this machine (as CI's is), so a fresh clone finds it too;
+/// otherwise under this clone's `target/`.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| PathBuf::from(dir).join("anb-rehearse"))
+        .unwrap_or_else(|| scratch_dir().join("rehearse"))
 }
 
 fn free_port() -> anyhow::Result<u16> {
