@@ -33,7 +33,14 @@ pub fn config_file() -> tempfile::NamedTempFile {
 }
 
 pub fn status_exit_code(endpoint: &str, stack: &str) -> i32 {
-    let config = config_file();
+    status_exit_code_with(endpoint, stack, |text| text)
+}
+
+/// `provision status` with the test configuration as `edit` changes it.
+pub fn status_exit_code_with(endpoint: &str, stack: &str, edit: impl Fn(String) -> String) -> i32 {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let text = provision::config::DEFAULT_TOML.replace("ami = \"\"", "ami = \"ami-1e749f67\"");
+    std::fs::write(config.path(), edit(text)).unwrap();
     #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
     let out = Command::new(env!("CARGO_BIN_EXE_provision"))
         .args([

@@ -484,25 +484,9 @@ async fn drift_in_rules_and_policies_is_seen_and_repaired() {
 
 /// `provision status` of a stack whose configuration creates instance roles.
 fn status_exit_code_with_roles(endpoint: &str, stack: &str) -> i32 {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    let text = provision::config::DEFAULT_TOML
-        .replace("ami = \"\"", "ami = \"ami-1e749f67\"")
-        .replace("create_roles = false", "create_roles = true");
-    std::fs::write(config.path(), text).unwrap();
-    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args([
-            "status",
-            "--stack",
-            stack,
-            "--endpoint-url",
-            endpoint,
-            "--config",
-        ])
-        .arg(config.path())
-        .output()
-        .unwrap();
-    out.status.code().unwrap()
+    crate::helpers::status_exit_code_with(endpoint, stack, |text| {
+        text.replace("create_roles = false", "create_roles = true")
+    })
 }
 
 /// Deletes the stack without leaving a snapshot or a recoverable secret behind.

@@ -66,29 +66,7 @@ async fn smoke(report: &mut Report) -> anyhow::Result<()> {
     )?;
     let token = player?;
     let started = Instant::now();
-    let upload = async {
-        let bytes = tokio::fs::read(&clip).await?;
-        let part = reqwest::multipart::Part::bytes(bytes)
-            .file_name("clip.mp4")
-            .mime_str("video/mp4")?;
-        let form = reqwest::multipart::Form::new()
-            .text("title", "Rehearsal")
-            .part("video_file", part);
-        let response = client
-            .post(format!("{base}/api/videos/upload"))
-            .bearer_auth(&token)
-            .multipart(form)
-            .send()
-            .await?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await?;
-        anyhow::ensure!(status.as_u16() == 201, "upload answered {status}: {body}");
-        body["task_id"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no task_id")
-    }
-    .await;
+    let upload = upload(&client, base, &token, &clip, "Rehearsal").await;
     step(
         report,
         "upload",
@@ -222,6 +200,36 @@ async fn signup(client: &reqwest::Client, base: &str, first: &str) -> anyhow::Re
         .context("no access_token")
 }
 
+/// Uploads `clip` as the player with `token`; the new video's id.
+async fn upload(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    clip: &Path,
+    title: &str,
+) -> anyhow::Result<String> {
+    let bytes = tokio::fs::read(clip).await?;
+    let part = reqwest::multipart::Part::bytes(bytes)
+        .file_name("clip.mp4")
+        .mime_str("video/mp4")?;
+    let form = reqwest::multipart::Form::new()
+        .text("title", title.to_owned())
+        .part("video_file", part);
+    let response = client
+        .post(format!("{base}/api/videos/upload"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await?;
+    anyhow::ensure!(status.as_u16() == 201, "upload answered {status}: {body}");
+    body["task_id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no task_id")
+}
+
 pub(super) fn rand_suffix() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -237,21 +245,7 @@ pub(super) async fn start_job_in_flight(clip: &Path) -> anyhow::Result<String> {
         .timeout(Duration::from_secs(60))
         .build()?;
     let token = signup(&client, BASE, "Restart").await?;
-    let bytes = tokio::fs::read(clip).await?;
-    let part = reqwest::multipart::Part::bytes(bytes)
-        .file_name("clip.mp4")
-        .mime_str("video/mp4")?;
-    let form = reqwest::multipart::Form::new()
-        .text("title", "In flight")
-        .part("video_file", part);
-    let response = client
-        .post(format!("{BASE}/api/videos/upload"))
-        .bearer_auth(&token)
-        .multipart(form)
-        .send()
-        .await?;
-    let body: serde_json::Value = response.json().await?;
-    let video = body["task_id"].as_str().context("no task_id")?.to_owned();
+    let video = upload(&client, BASE, &token, clip, "In flight").await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let detail: serde_json::Value = client
