@@ -210,7 +210,7 @@ async fn upload_phase(
     Ok(figures)
 }
 
-async fn bench_token(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+pub(super) async fn bench_token(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
     let signup = serde_json::json!({
         "first_name": "Bench", "last_name": "Runner", "email": "bench@example.com",
         "password1": "Canasta2026", "password2": "Canasta2026", "city": "Cali", "country": "Colombia",

@@ -18,9 +18,9 @@ const GOAL_OVERHEAD: f64 = 1.15;
 
 pub fn run(videos: usize) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
-    let worker_bin = crate::system::build_binaries(&["worker"], true)?
-        .remove("worker")
-        .context("worker")?;
+    let mut built = crate::system::build_binaries(&["worker", "api"], true)?;
+    let worker_bin = built.remove("worker").context("worker")?;
+    let api_bin = built.remove("api").context("api")?;
     let work = scratch_dir().join("bench");
     std::fs::create_dir_all(&work)?;
     let reference = reference_input(&work)?;
@@ -57,6 +57,21 @@ pub fn run(videos: usize) -> anyhow::Result<()> {
     let floor = floor / 2;
     let (floor_mb, floor_seconds) = probe_output(&floor_out)?;
 
+    // The single command many implementations of this design run, on the same file.
+    let common_out = work.join("common-command.mp4");
+    let mut common = Duration::ZERO;
+    for _ in 0..2 {
+        common += time(&mut common_command(
+            &reference,
+            &work.join("logo.png"),
+            &common_out,
+        ))?;
+    }
+    let common = common / 2;
+    let (common_mb, common_seconds) = probe_output(&common_out)?;
+    let ours_ssim = main_segment_ssim(&floor_out, &reference, INTRO_SECONDS)?;
+    let common_ssim = main_segment_ssim(&common_out, &reference, COMMON_BUMPER_SECONDS)?;
+
     let cluster = PrivateCluster::start(&scratch_dir().join("bench-postgres"), 54331, "postgres")?;
     cluster.drop_database("anb_bench_worker")?;
     cluster.create_database("anb_bench_worker")?;
@@ -74,8 +89,14 @@ pub fn run(videos: usize) -> anyhow::Result<()> {
         .spawn()
         .context("cannot start the worker")?;
     let measured = measure(&cluster, &storage, &reference, videos);
+    let latencies = measured
+        .as_ref()
+        .ok()
+        .map(|_| short_clip_latencies(&api_bin, &cluster, &storage, &work));
     stop(&mut worker);
     let (elapsed, ids) = measured?;
+    let mut latencies = latencies.context("no short clips measured")??;
+    latencies.sort();
     let (out_mb, out_seconds) = probe_output(&storage.join(format!("processed/{}.mp4", ids[0])))?;
     let jobs = job_lines(&log_path)?;
 
@@ -126,8 +147,201 @@ pub fn run(videos: usize) -> anyhow::Result<()> {
         "Output: {out_mb:.2} MB, {out_seconds:.2} s, {:.0} kbit/s average (cap 4000)",
         out_mb * 8000.0 / out_seconds
     );
+    let p50 = super::percentile(&latencies, 0.5);
+    println!(
+        "Short clip (5 s 720p, idle worker), upload's 201 → processed over {}: p50 {:.2} s, max {:.2} s   [goal p50 ≤ 0.6 s: {}]",
+        latencies.len(),
+        p50.as_secs_f64(),
+        latencies.last().copied().unwrap_or_default().as_secs_f64(),
+        verdict(p50 <= Duration::from_millis(600))
+    );
+    let kbits = |mb: f64, seconds: f64| mb * 8000.0 / seconds;
+    println!("Quality and speed next to the common command (`-t 30`, scale/pad, overlay, ultrafast crf 28, 2.5 s bumpers), same file, same run:");
+    println!("                                time      SSIM of the 30 s main part   bitrate");
+    println!(
+        "  ours, bare ffmpeg          {:>6.2} s   {ours_ssim:.4}                       {:>5.0} kbit/s",
+        floor.as_secs_f64(),
+        kbits(floor_mb, floor_seconds)
+    );
+    println!(
+        "  ours, queue → processed    {:>6.2} s",
+        per_video.as_secs_f64()
+    );
+    println!(
+        "  common command             {:>6.2} s   {common_ssim:.4}                       {:>5.0} kbit/s",
+        common.as_secs_f64(),
+        kbits(common_mb, common_seconds)
+    );
+    let speed = per_video.as_secs_f64() / common.as_secs_f64();
+    let same_quality = ours_ssim >= common_ssim - 0.001;
+    let within_cap = kbits(floor_mb, floor_seconds) <= 4000.0;
+    println!(
+        "  ours end to end / common   {speed:>6.2}×   [goal ≤ 1.0× at SSIM ≥ common − 0.001 and ≤ 4 Mbit/s: {}]",
+        verdict(speed <= 1.0 && same_quality && within_cap)
+    );
     println!("For context: published Python/Celery versions of this design do 1.2–5.4 videos/min per 2-vCPU worker.");
     Ok(())
+}
+
+/// How many short clips are timed from upload to processed.
+const SHORT_CLIPS: usize = 10;
+
+/// Starts the API on the worker's database and storage, uploads a 5 s 720p clip
+/// `SHORT_CLIPS` times, one at a time, and times each from the upload's 201 until the
+/// API reports it processed (polled every 10 ms).
+fn short_clip_latencies(
+    api_bin: &Path,
+    cluster: &PrivateCluster,
+    storage: &Path,
+    work: &Path,
+) -> anyhow::Result<Vec<Duration>> {
+    let clip = work.join("short-5s-720p.mp4");
+    super::generate_once(
+        &clip,
+        "a 5 s 720p clip",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30:duration=5",
+            "-vf",
+            "noise=alls=12:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut api = Command::new(api_bin)
+        .env("APP__DATABASE__URL", cluster.url("anb_bench_worker"))
+        .env("APP__SERVER__PORT", port.to_string())
+        .env("APP__STORAGE__LOCAL_DIR", storage)
+        .env(
+            "APP__AUTH__JWT_SECRET",
+            "benchmark-secret-benchmark-secret-0123",
+        )
+        .env("APP__LOG__FILTER", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot start the API")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(async {
+        crate::system::wait_healthy(&mut api, &base).await?;
+        let client = reqwest::Client::new();
+        let token = super::api::bench_token(&client, &base).await?;
+        let bytes = tokio::fs::read(&clip).await?;
+        let mut latencies = Vec::new();
+        for i in 0..SHORT_CLIPS {
+            let part = reqwest::multipart::Part::bytes(bytes.clone())
+                .file_name("clip.mp4")
+                .mime_str("video/mp4")?;
+            let form = reqwest::multipart::Form::new()
+                .text("title", format!("short {i}"))
+                .part("video_file", part);
+            let response = client
+                .post(format!("{base}/api/videos/upload"))
+                .bearer_auth(&token)
+                .multipart(form)
+                .send()
+                .await?
+                .error_for_status()?;
+            let created = Instant::now();
+            let body: serde_json::Value = response.json().await?;
+            let id = body["task_id"].as_str().context("no task_id")?.to_owned();
+            loop {
+                let detail: serde_json::Value = client
+                    .get(format!("{base}/api/videos/{id}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                match detail["status"].as_str() {
+                    Some("processed") => break,
+                    Some("failed") => bail!("short clip {i} failed: {detail}"),
+                    _ if created.elapsed() > Duration::from_secs(60) => {
+                        bail!("short clip {i} not processed in 60 s")
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            latencies.push(created.elapsed());
+        }
+        Ok::<_, anyhow::Error>(latencies)
+    });
+    stop(&mut api);
+    result
+}
+
+/// Our opening bumper (the default `worker.intro`), skipped to reach the main part.
+const INTRO_SECONDS: f64 = 2.5;
+/// The common command's bumpers.
+const COMMON_BUMPER_SECONDS: f64 = 2.5;
+
+/// The one command many implementations of this design run: the first 30 s, scaled and
+/// padded to 1280×720, the logo overlaid, 2.5 s bumpers before and after, x264
+/// `ultrafast` at CRF 28, no audio.
+fn common_command(reference: &Path, logo: &Path, out: &Path) -> Command {
+    let bumper = format!("color=c=black:s=1280x720:r=30:d={COMMON_BUMPER_SECONDS}");
+    let graph = "[1:v]scale=1280:720:force_original_aspect_ratio=decrease,\
+                 pad=1280:720:(ow-iw)/2:(oh-ih)/2,setsar=1,fps=30[scaled];\
+                 [scaled][3:v]overlay=W-w-20:20[main];\
+                 [0:v]setsar=1[intro];[2:v]setsar=1[outro];\
+                 [intro][main][outro]concat=n=3:v=1:a=0,format=yuv420p[out]";
+    let mut command = Command::new("ffmpeg");
+    command
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", &bumper])
+        .args(["-t", "30", "-i"])
+        .arg(reference)
+        .args(["-f", "lavfi", "-i", &bumper])
+        .arg("-i")
+        .arg(logo)
+        .args(["-filter_complex", graph, "-map", "[out]"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-crf",
+            "28",
+            "-an",
+        ])
+        .args(["-movflags", "+faststart"])
+        .arg(out);
+    command
+}
+
+/// SSIM (ffmpeg's `ssim` filter, "All") of the 30 s after `skip` seconds of `output`
+/// against the first 30 s of the source brought to the same 1280×720 geometry.
+fn main_segment_ssim(output: &Path, source: &Path, skip: f64) -> anyhow::Result<f64> {
+    let graph = format!(
+        "[0:v]trim=start={skip}:duration=30,setpts=PTS-STARTPTS,format=yuv420p[a];\
+         [1:v]scale=1280:720:force_original_aspect_ratio=decrease,\
+         pad=1280:720:(ow-iw)/2:(oh-ih)/2,setsar=1,fps=30,trim=duration=30,\
+         setpts=PTS-STARTPTS,format=yuv420p[b];[a][b]ssim"
+    );
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-i"])
+        .arg(output)
+        .args(["-t", "30", "-i"])
+        .arg(source)
+        .args(["-filter_complex", &graph, "-f", "null", "-"])
+        .output()
+        .context("run ffmpeg's ssim filter")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .rev()
+        .find_map(|line| line.split("All:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .with_context(|| format!("no SSIM in ffmpeg's output: {}", text.trim()))
 }
 
 /// 60 s of 1080p30 H.264 with noise (not trivially compressible) and an audio track,
@@ -221,7 +435,7 @@ fn measure(
         std::thread::sleep(Duration::from_millis(200));
     }
     let owner = cluster.execute(db, "INSERT INTO users (id, email, password_hash, first_name, last_name, city, country) \
-        VALUES (gen_random_uuid(), 'bench@example.com', 'x', 'Bench', 'Runner', 'Cali', 'Colombia') RETURNING id")?;
+        VALUES (gen_random_uuid(), 'bench-queue@example.com', 'x', 'Bench', 'Queue', 'Cali', 'Colombia') RETURNING id")?;
     let owner = owner.lines().next().unwrap_or_default().trim().to_owned();
     let mut ids = Vec::new();
     for _ in 0..videos {
