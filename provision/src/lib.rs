@@ -60,7 +60,6 @@ pub struct StackOptions {
 pub struct Stack {
     pub config: Config,
     pub aws: Aws,
-    account_id: String,
     ami: String,
     verbose: bool,
     release: Option<String>,
@@ -84,7 +83,6 @@ impl Stack {
             safeguards,
         )
         .await?;
-        let account_id = aws.account_id.clone();
         let ami = match config.instances.ami.as_str() {
             "" => resources::compute::latest_debian_ami(&aws).await?,
             ami => ami.to_owned(),
@@ -92,7 +90,6 @@ impl Stack {
         Ok(Self {
             config,
             aws,
-            account_id,
             ami,
             verbose,
             release,
@@ -101,7 +98,7 @@ impl Stack {
     }
 
     pub fn bucket(&self) -> String {
-        names::bucket_name(&self.config, &self.account_id)
+        names::bucket_name(&self.config, &self.aws.account_id)
     }
 
     /// Desired versus observed, in creation order, orphans last.
@@ -127,7 +124,7 @@ impl Stack {
 
     fn desired(&self, release: userdata::Release) -> Vec<model::Resource> {
         let inputs = desired::Inputs {
-            account_id: &self.account_id,
+            account_id: &self.aws.account_id,
             ami: &self.ami,
             release,
             over_tls: self.over_tls,
@@ -161,7 +158,7 @@ impl Stack {
             );
             return Ok(0);
         }
-        self.check_release(&todo).await?;
+        self.check_release(&changes, &todo)?;
         eprintln!(
             "Applying {} change(s) to stack {}:",
             todo.len(),
@@ -257,8 +254,9 @@ impl Stack {
         Ok(())
     }
 
-    /// Refuses to write launch templates whose instances could not install their release.
-    async fn check_release(&self, todo: &[&Change]) -> anyhow::Result<()> {
+    /// Refuses to write launch templates whose instances could not install their release:
+    /// a template whose binary digest `changes` found no checksum for in the bucket.
+    fn check_release(&self, changes: &[Change], todo: &[&Change]) -> anyhow::Result<()> {
         let Some(template) = todo.iter().find(|c| c.kind == model::Kind::LaunchTemplate) else {
             return Ok(());
         };
@@ -268,15 +266,16 @@ impl Stack {
             "no release to deploy: `cargo xtask up` builds and publishes one, or run \
              `provision publish --release NAME api=FILE worker=FILE` then `provision up --release NAME`"
         );
-        let published = self.aws.published_digests(&self.bucket(), &release).await?;
-        let missing: Vec<String> = deploy::ARTIFACTS
+        let missing: Vec<String> = changes
             .iter()
-            .filter(|name| !published.contains_key(**name))
-            .map(|name| {
+            .filter(|c| c.kind == model::Kind::LaunchTemplate)
+            .filter(|c| c.desired.get("binary_sha256").is_none_or(String::is_empty))
+            .map(|c| {
+                let binary = names::Tier::of_launch_template(&c.name).binary();
                 format!(
                     "s3://{}/{}",
                     self.bucket(),
-                    deploy::artifact_key(&release, name)
+                    deploy::artifact_key(&release, binary)
                 )
             })
             .collect();
@@ -365,7 +364,7 @@ impl Stack {
     /// Deletes everything carrying the stack tag, dependents first. Goes on past failures
     /// and returns what is left (empty when clean); running it again continues.
     pub async fn down(&self) -> anyhow::Result<Vec<String>> {
-        let bucket = names::bucket_name(&self.config, &self.account_id);
+        let bucket = names::bucket_name(&self.config, &self.aws.account_id);
         let observed = self.aws.observe(&bucket).await?;
         if observed.is_empty() {
             eprintln!(
@@ -407,11 +406,7 @@ fn refuse_swapped_binaries(
     {
         let props = &template.resource.props;
         let pinned = props.get("binary_sha256").map_or("", String::as_str);
-        let tier = if template.resource.name.ends_with("-web-template") {
-            names::Tier::Web
-        } else {
-            names::Tier::Worker
-        };
+        let tier = names::Tier::of_launch_template(&template.resource.name);
         let in_bucket = release.sha256_for(tier);
         let same_release = props.get("release").map(String::as_str) == Some(release.name);
         anyhow::ensure!(

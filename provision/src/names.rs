@@ -18,6 +18,23 @@ impl Tier {
             Tier::Worker => "worker",
         }
     }
+
+    /// The release binary its instances run.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Tier::Web => "api",
+            Tier::Worker => "worker",
+        }
+    }
+
+    /// The tier a launch template (`<stack>-<tier>-template`) starts instances of.
+    pub fn of_launch_template(name: &str) -> Tier {
+        if name.ends_with("-web-template") {
+            Tier::Web
+        } else {
+            Tier::Worker
+        }
+    }
 }
 
 /// Logical names of the stack's own resources: `<stack>-<what>`.

@@ -6,6 +6,7 @@
 // This crate's whole job is running other programs.
 #![allow(clippy::disallowed_methods)]
 
+mod api_client;
 mod bench;
 mod ci;
 mod deploy;

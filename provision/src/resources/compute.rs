@@ -266,12 +266,7 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
     let templates = aws
         .ec2
         .describe_launch_templates()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name(format!("tag:{STACK_TAG}"))
-                .values(&aws.stack)
-                .build(),
-        )
+        .filters(aws.stack_filter())
         .send()
         .await
         .context("describe launch templates")?;

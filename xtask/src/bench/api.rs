@@ -8,9 +8,9 @@ use anyhow::Context;
 
 use super::{generate_once, percentile, verdict, ApiBench};
 use crate::postgres::PrivateCluster;
-use crate::scratch_dir;
 use crate::system::stop;
 use crate::system::{ensure_installed, output};
+use crate::{api_client, scratch_dir};
 
 const UPLOAD_GOAL_MB_S: f64 = 200.0;
 const RSS_GOAL_MB: f64 = 150.0;
@@ -149,7 +149,7 @@ async fn upload_phase(
     args: &ApiBench,
 ) -> anyhow::Result<UploadFigures> {
     let client = reqwest::Client::new();
-    let token = bench_token(&client, base).await?;
+    let token = api_client::signup_and_login(&client, base, "Bench", "bench@example.com").await?;
     let deadline = Instant::now() + Duration::from_secs(args.upload_seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -208,31 +208,6 @@ async fn upload_phase(
     figures.bytes = figures.uploads as u64 * video_bytes;
     figures.latencies.sort();
     Ok(figures)
-}
-
-pub(super) async fn bench_token(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let signup = serde_json::json!({
-        "first_name": "Bench", "last_name": "Runner", "email": "bench@example.com",
-        "password1": "Canasta2026", "password2": "Canasta2026", "city": "Cali", "country": "Colombia",
-    });
-    client
-        .post(format!("{base}/api/auth/signup"))
-        .json(&signup)
-        .send()
-        .await?
-        .error_for_status()?;
-    let login: serde_json::Value = client
-        .post(format!("{base}/api/auth/login"))
-        .json(&serde_json::json!({"email": "bench@example.com", "password": "Canasta2026"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    login["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .context("no access_token in login response")
 }
 
 /// 1 000 players with one public video each, and 100 000 votes (100 per fan).

@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 
 use super::verdict;
 use crate::postgres::PrivateCluster;
-use crate::scratch_dir;
 use crate::system::stop;
 use crate::system::{ensure_installed, output, run_command};
+use crate::{api_client, scratch_dir};
 
 const GOAL_VIDEOS_PER_MIN: f64 = 8.0;
 const GOAL_OVERHEAD: f64 = 1.15;
@@ -234,34 +234,17 @@ fn short_clip_latencies(
     let result = runtime.block_on(async {
         crate::system::wait_healthy(&mut api, &base).await?;
         let client = reqwest::Client::new();
-        let token = super::api::bench_token(&client, &base).await?;
+        let token =
+            api_client::signup_and_login(&client, &base, "Bench", "bench@example.com").await?;
         let bytes = tokio::fs::read(&clip).await?;
         let mut latencies = Vec::new();
         for i in 0..SHORT_CLIPS {
-            let part = reqwest::multipart::Part::bytes(bytes.clone())
-                .file_name("clip.mp4")
-                .mime_str("video/mp4")?;
-            let form = reqwest::multipart::Form::new()
-                .text("title", format!("short {i}"))
-                .part("video_file", part);
-            let response = client
-                .post(format!("{base}/api/videos/upload"))
-                .bearer_auth(&token)
-                .multipart(form)
-                .send()
-                .await?
-                .error_for_status()?;
-            let created = Instant::now();
-            let body: serde_json::Value = response.json().await?;
-            let id = body["task_id"].as_str().context("no task_id")?.to_owned();
-            loop {
-                let detail: serde_json::Value = client
-                    .get(format!("{base}/api/videos/{id}"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await?
-                    .json()
+            let id =
+                api_client::upload(&client, &base, &token, bytes.clone(), &format!("short {i}"))
                     .await?;
+            let created = Instant::now();
+            loop {
+                let detail = api_client::video(&client, &base, &token, &id).await?;
                 match detail["status"].as_str() {
                     Some("processed") => break,
                     Some("failed") => bail!("short clip {i} failed: {detail}"),

@@ -83,13 +83,16 @@ fn clean_up(dir: &Path) {
         .stderr(Stdio::null())
         .status();
     let data: PathBuf = dir.join("rds");
-    let _ = Command::new("runuser")
-        .args(["-u", "postgres", "--", "sh", "-c"])
-        .arg("exec \"$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)/pg_ctl\" -D \"$1\" -m fast stop")
-        .arg("pg_ctl")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    if let Ok(bin) = crate::system::postgres_bin_dir() {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "fast", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     let _ = std::fs::remove_dir_all(dir.join("instances"));
 }

@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use super::Report;
-use crate::scratch_dir;
+use crate::{api_client, scratch_dir};
 
 // ------------------------------------------------------------------- smoke flow
 
@@ -79,13 +79,7 @@ async fn smoke(report: &mut Report) -> anyhow::Result<()> {
     let processed = async {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let detail: serde_json::Value = client
-                .get(format!("{base}/api/videos/{video}"))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let detail = api_client::video(&client, base, &token, &video).await?;
             match detail["status"].as_str() {
                 Some("processed") => {
                     return Ok::<_, anyhow::Error>(
@@ -165,39 +159,14 @@ async fn smoke(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A new player, under a fresh email address; the access token.
 async fn signup(client: &reqwest::Client, base: &str, first: &str) -> anyhow::Result<String> {
     let email = format!(
         "{}.{}@example.com",
         first.to_lowercase(),
         std::process::id() ^ rand_suffix()
     );
-    let body = serde_json::json!({
-        "first_name": first, "last_name": "Prueba", "email": email,
-        "password1": "Canasta2026", "password2": "Canasta2026",
-        "city": "Cali", "country": "Colombia",
-    });
-    let response = client
-        .post(format!("{base}/api/auth/signup"))
-        .json(&body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().as_u16() == 201,
-        "signup answered {}: {}",
-        response.status(),
-        response.text().await?
-    );
-    let login: serde_json::Value = client
-        .post(format!("{base}/api/auth/login"))
-        .json(&serde_json::json!({"email": email, "password": "Canasta2026"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    login["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .context("no access_token")
+    api_client::signup_and_login(client, base, first, &email).await
 }
 
 /// Uploads `clip` as the player with `token`; the new video's id.
@@ -208,26 +177,7 @@ async fn upload(
     clip: &Path,
     title: &str,
 ) -> anyhow::Result<String> {
-    let bytes = tokio::fs::read(clip).await?;
-    let part = reqwest::multipart::Part::bytes(bytes)
-        .file_name("clip.mp4")
-        .mime_str("video/mp4")?;
-    let form = reqwest::multipart::Form::new()
-        .text("title", title.to_owned())
-        .part("video_file", part);
-    let response = client
-        .post(format!("{base}/api/videos/upload"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await?;
-    anyhow::ensure!(status.as_u16() == 201, "upload answered {status}: {body}");
-    body["task_id"]
-        .as_str()
-        .map(str::to_owned)
-        .context("no task_id")
+    api_client::upload(client, base, token, tokio::fs::read(clip).await?, title).await
 }
 
 pub(super) fn rand_suffix() -> u32 {
@@ -248,13 +198,7 @@ pub(super) async fn start_job_in_flight(clip: &Path) -> anyhow::Result<String> {
     let video = upload(&client, BASE, &token, clip, "In flight").await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let detail: serde_json::Value = client
-            .get(format!("{BASE}/api/videos/{video}"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let detail = api_client::video(&client, BASE, &token, &video).await?;
         match detail["status"].as_str() {
             Some("processing") => return Ok(video),
             Some("processed") => bail!("the job finished before the worker could be stopped"),

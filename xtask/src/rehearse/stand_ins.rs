@@ -210,13 +210,15 @@ impl Imds {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let region = region.to_owned();
+        // Credentials valid for six hours from now: longer than any rehearsal.
+        let expires = credentials_expiry();
         std::thread::spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let region = region.clone();
+                        let (region, expires) = (region.clone(), expires.clone());
                         std::thread::spawn(move || {
-                            let _ = serve_imds(stream, &region);
+                            let _ = serve_imds(stream, &region, &expires);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -238,7 +240,7 @@ impl Imds {
 const IMDS_TOKEN: &str = "rehearsal-imds-token";
 const ROLE: &str = "rehearsal-instance";
 
-fn serve_imds(stream: TcpStream, region: &str) -> anyhow::Result<()> {
+fn serve_imds(stream: TcpStream, region: &str, expires: &str) -> anyhow::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -262,7 +264,6 @@ fn serve_imds(stream: TcpStream, region: &str) -> anyhow::Result<()> {
     reader.read_exact(&mut body)?;
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let expires = chrono_free_expiry();
     let (status, text) = match (method, path) {
         ("PUT", "/latest/api/token") => (200, IMDS_TOKEN.to_owned()),
         _ if token.as_deref() != Some(IMDS_TOKEN) => (401, String::new()),
@@ -303,7 +304,7 @@ fn serve_imds(stream: TcpStream, region: &str) -> anyhow::Result<()> {
 }
 
 /// Six hours from now, in the format IMDS uses (UTC, RFC 3339), from the system clock.
-fn chrono_free_expiry() -> String {
+fn credentials_expiry() -> String {
     let out = Command::new("date")
         .args(["-u", "-d", "+6 hours", "+%Y-%m-%dT%H:%M:%SZ"])
         .output();
