@@ -16,8 +16,13 @@ use uuid::Uuid;
 
 use crate::settings::{AwsSettings, QueueBackend, QueueSettings};
 
-/// How often the PostgreSQL backend looks for new messages while long-polling.
+/// How often the PostgreSQL backend looks for new messages while long-polling, should a
+/// notification be missed (the listening connection is being re-established).
 const PG_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// The channel the `queue_messages_notify` trigger notifies, with the queue's name.
+const PG_CHANNEL: &str = "queue_messages";
+/// Pause before listening again after the listening connection failed.
+const PG_LISTEN_RETRY: Duration = Duration::from_secs(1);
 /// SQS's longest long-poll wait.
 const SQS_MAX_WAIT: Duration = Duration::from_secs(20);
 
@@ -99,13 +104,31 @@ pub async fn sqs_client(aws: &AwsSettings) -> aws_sdk_sqs::Client {
 // ------------------------------------------------------------------------------- postgres
 
 /// A queue stored in the `queue_messages` table; `FOR UPDATE SKIP LOCKED` lets any number
-/// of consumers receive concurrently without handing one message to two of them.
+/// of consumers receive concurrently without handing one message to two of them. A
+/// long-polling receive is woken by `NOTIFY` the moment a message becomes visible.
 #[derive(Debug, Clone)]
 pub struct PgQueue {
     pool: PgPool,
     name: String,
     /// None for a dead-letter queue itself.
     max_receives: Option<u32>,
+    wakeups: Arc<Wakeups>,
+}
+
+/// Wakes the queue's waiting receivers; fed by one listening connection per queue, opened
+/// at the first long poll and closed when the last clone of the queue is dropped.
+#[derive(Debug, Default)]
+struct Wakeups {
+    notify: tokio::sync::Notify,
+    listener: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get() {
+            listener.abort();
+        }
+    }
 }
 
 impl PgQueue {
@@ -114,6 +137,50 @@ impl PgQueue {
             pool,
             name: name.to_owned(),
             max_receives: Some(max_receives),
+            wakeups: Arc::default(),
+        }
+    }
+
+    fn start_listening(&self) {
+        self.wakeups.listener.get_or_init(|| {
+            let (pool, name) = (self.pool.clone(), self.name.clone());
+            let wakeups = Arc::downgrade(&self.wakeups);
+            tokio::spawn(async move {
+                loop {
+                    let error = match Self::listen(&pool, &name, &wakeups).await {
+                        Ok(()) => return, // the queue is gone
+                        Err(e) => e,
+                    };
+                    tracing::debug!(queue = %name, error = %error, "queue notifications lost; polling until they are back");
+                    tokio::time::sleep(PG_LISTEN_RETRY).await;
+                }
+            })
+        });
+    }
+
+    /// Wakes the receivers at each notification for this queue, until the queue is
+    /// dropped (`Ok`) or the connection fails.
+    async fn listen(
+        pool: &PgPool,
+        name: &str,
+        wakeups: &std::sync::Weak<Wakeups>,
+    ) -> Result<(), sqlx::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(PG_CHANNEL).await?;
+        // Whatever arrived while not listening is found by the receivers' next look.
+        match wakeups.upgrade() {
+            Some(wakeups) => wakeups.notify.notify_waiters(),
+            None => return Ok(()),
+        }
+        loop {
+            let notification = listener.recv().await?;
+            if notification.payload() != name {
+                continue;
+            }
+            match wakeups.upgrade() {
+                Some(wakeups) => wakeups.notify.notify_waiters(),
+                None => return Ok(()),
+            }
         }
     }
 
@@ -202,7 +269,14 @@ impl JobQueue for PgQueue {
         visibility: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
         let deadline = tokio::time::Instant::now() + wait;
+        if !wait.is_zero() {
+            self.start_listening();
+        }
         loop {
+            // Registered before looking, so a message sent during the look still wakes us.
+            let woken = self.wakeups.notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let found = self
                 .try_receive(max, visibility)
                 .await
@@ -211,7 +285,10 @@ impl JobQueue for PgQueue {
             if !found.is_empty() || now >= deadline {
                 return Ok(found);
             }
-            tokio::time::sleep(PG_POLL_INTERVAL.min(deadline - now)).await;
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(PG_POLL_INTERVAL.min(deadline - now)) => {}
+            }
         }
     }
 
@@ -273,6 +350,7 @@ impl JobQueue for PgQueue {
             pool: self.pool.clone(),
             name: self.dead_letter_name(),
             max_receives: None,
+            wakeups: Arc::default(),
         }))
     }
 }

@@ -1,5 +1,5 @@
-//! The video worker: takes jobs from the queue, runs the one ffmpeg pass of
-//! [`pipeline`], stores the result and marks the video processed, deleting the message
+//! The video worker: takes jobs from the queue, runs the ffmpeg steps of
+//! [`pipeline`] through [`transcode`], stores the result and marks the video processed, deleting the message
 //! only then. Delivery is at least once; running a job twice is harmless.
 //!
 //! Architecture invariant: the worker knows nothing of HTTP; its only contract with the API
@@ -7,9 +7,9 @@
 
 pub mod logo;
 pub mod pipeline;
+pub mod transcode;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
+use transcode::TranscodeError;
 use uuid::Uuid;
 
 /// How long to wait before receiving again after the queue itself failed.
@@ -124,7 +125,7 @@ impl From<sqlx::Error> for JobError {
 #[derive(Debug, Default)]
 struct Timings {
     download: Duration,
-    ffmpeg: Duration,
+    ffmpeg: transcode::TranscodeTimings,
     upload: Duration,
 }
 
@@ -134,9 +135,10 @@ pub struct Worker {
     queue: Arc<dyn JobQueue>,
     settings: WorkerSettings,
     processing: ProcessingSettings,
-    /// Holds the logo and each job's scratch folder; removed when the worker is dropped.
+    /// Holds the logo, the bumpers and each job's scratch folder; removed when the worker
+    /// is dropped.
     scratch: tempfile::TempDir,
-    logo: PathBuf,
+    transcoder: transcode::Transcoder,
     /// Receipts of jobs in progress, to hand them back if shutdown cuts them off.
     in_flight: Mutex<HashSet<String>>,
 }
@@ -162,10 +164,12 @@ impl Worker {
             settings.worker.clone(),
             settings.processing.clone(),
         )
+        .await
     }
 
-    /// A worker over already-connected backends.
-    pub fn new(
+    /// A worker over already-connected backends; encodes the bumpers, so a machine that
+    /// cannot run ffmpeg stops here rather than failing every job.
+    pub async fn new(
         pool: PgPool,
         store: Arc<dyn ObjectStore>,
         queue: Arc<dyn JobQueue>,
@@ -184,8 +188,7 @@ impl Worker {
             std::process::id().to_string(),
         )
         .context("cannot write the scratch folder's owner")?;
-        let logo = scratch.path().join("anb-logo.png");
-        logo::write_png(&logo).context("cannot write the logo")?;
+        let transcoder = transcode::Transcoder::prepare(scratch.path(), &processing).await?;
         Ok(Self {
             pool,
             store,
@@ -193,7 +196,7 @@ impl Worker {
             settings,
             processing,
             scratch,
-            logo,
+            transcoder,
             in_flight: Mutex::new(HashSet::new()),
         })
     }
@@ -490,7 +493,8 @@ impl Worker {
             video.id = %job.video_id,
             outcome = outcome_name,
             download_ms = timings.download.as_millis() as u64,
-            ffmpeg_ms = timings.ffmpeg.as_millis() as u64,
+            ffmpeg_ms = (timings.ffmpeg.main + timings.ffmpeg.join).as_millis() as u64,
+            join_ms = timings.ffmpeg.join.as_millis() as u64,
             upload_ms = timings.upload.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             receive_count = delivery.receive_count,
@@ -565,11 +569,18 @@ impl Worker {
         }
         timings.download = step.elapsed();
 
-        let step = Instant::now();
-        let args = pipeline::ffmpeg_args(&input, &self.logo, &output, &self.processing);
-        match media::run_ffmpeg(&args, self.settings.ffmpeg_timeout).await {
-            Ok(()) => {}
-            Err(MediaError::Failed { stderr_tail, .. }) => {
+        match self
+            .transcoder
+            .run(
+                &input,
+                scratch.path(),
+                &output,
+                self.settings.ffmpeg_timeout,
+            )
+            .await
+        {
+            Ok(took) => timings.ffmpeg = took,
+            Err(TranscodeError::Main(MediaError::Failed { stderr_tail, .. })) => {
                 return Err(JobError::Permanent {
                     failure: Failure::Unreadable,
                     detail: format!("ffmpeg could not process the video: {stderr_tail}"),
@@ -577,7 +588,9 @@ impl Worker {
             }
             // Out of time or killed: maybe a busy machine, maybe an input built to be
             // slow. Once more is fair; a second time is the input.
-            Err(e @ (MediaError::Timeout { .. } | MediaError::Killed { .. })) => {
+            Err(TranscodeError::Main(
+                e @ (MediaError::Timeout { .. } | MediaError::Killed { .. }),
+            )) => {
                 let failures = db::record_media_failure(&self.pool, job.video_id).await?;
                 if failures >= MAX_MEDIA_FAILURES {
                     return Err(JobError::Permanent {
@@ -587,9 +600,10 @@ impl Worker {
                 }
                 return Err(JobError::Retryable(anyhow::Error::new(e).context("ffmpeg")));
             }
+            // The join only copies parts this worker made: a failure there is this
+            // machine's, never the input's.
             Err(e) => return Err(JobError::Retryable(anyhow::Error::new(e).context("ffmpeg"))),
         }
-        timings.ffmpeg = step.elapsed();
 
         let probe = media::probe(&output, Duration::from_secs(60))
             .await

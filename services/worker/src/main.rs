@@ -37,15 +37,22 @@ enum Command {
     /// `uploaded` (after an outage, or once a bug is fixed), print how many, and exit.
     /// Messages that are not jobs stay in the dead-letter queue.
     Redrive,
-    /// Print, one per line, the ffmpeg arguments the worker would use for INPUT → OUTPUT
-    /// with the current settings, writing the logo to LOGO: to run or time ffmpeg by hand.
-    FfmpegArgs {
+    /// Process the local file INPUT into OUTPUT exactly as a job would (bumpers encoded
+    /// first, then the main part and the join), without the queue, database or storage:
+    /// to check a problem video or time the processing by hand. Prints each run's seconds
+    /// (main part + join) on standard output, one line per run.
+    Transcode {
         #[arg(long)]
         input: PathBuf,
         #[arg(long)]
         output: PathBuf,
-        #[arg(long)]
-        logo: PathBuf,
+        /// Process the file this many times (the bumpers are encoded once).
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
+        /// Keep the logo, the bumpers and each run's parts in DIR (missing or empty)
+        /// instead of a temporary folder: to look at each part.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
     },
 }
 
@@ -59,20 +66,20 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::FfmpegArgs {
+    if let Some(Command::Transcode {
         input,
         output,
-        logo,
+        runs,
+        work_dir,
     }) = &cli.command
     {
-        if let Err(e) = worker::logo::write_png(logo) {
-            eprintln!("worker: cannot write the logo: {e:#}");
-            return ExitCode::FAILURE;
-        }
-        for arg in worker::pipeline::ffmpeg_args(input, logo, output, &settings.processing) {
-            println!("{}", arg.to_string_lossy());
-        }
-        return ExitCode::SUCCESS;
+        return match transcode(input, output, *runs, work_dir.as_deref(), &settings).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("worker: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     backends::init_tracing(&settings.log);
     let worker = match worker::Worker::build(&settings).await {
@@ -108,6 +115,47 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn transcode(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    runs: u32,
+    work_dir: Option<&std::path::Path>,
+    settings: &backends::settings::Settings,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let timeout = settings.worker.ffmpeg_timeout;
+    let scratch = tempfile::tempdir()?;
+    let dir = match work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            if std::fs::read_dir(dir)?.next().is_some() {
+                anyhow::bail!("{} is not empty", dir.display());
+            }
+            dir
+        }
+        None => scratch.path(),
+    };
+    let started = std::time::Instant::now();
+    let transcoder = worker::transcode::Transcoder::prepare(dir, &settings.processing).await?;
+    eprintln!(
+        "bumpers encoded in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    for run in 1..=runs {
+        let job = dir.join(format!("run-{run}"));
+        std::fs::create_dir_all(&job)?;
+        let took = transcoder.run(input, &job, output, timeout).await?;
+        eprintln!(
+            "run {run}: main part {:.2} s, join {:.2} s",
+            took.main.as_secs_f64(),
+            took.join.as_secs_f64()
+        );
+        println!("{:.3}", (took.main + took.join).as_secs_f64());
+    }
+    Ok(())
 }
 
 async fn wait_for_stop_signal() {

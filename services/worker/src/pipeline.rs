@@ -1,6 +1,7 @@
-//! What one job does to a video: the single ffmpeg invocation that produces the contract's
-//! output, and the check of that output. Pure functions on plain data, so they are tested
-//! without running anything.
+//! What one job does to a video: the ffmpeg invocations that produce the contract's output
+//! (bumpers encoded once, the main part encoded per video, the parts joined without
+//! re-encoding), and the check of that output. Pure functions on plain data, so they are
+//! tested without running anything.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -28,114 +29,127 @@ fn seconds(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64())
 }
 
-/// The filter graph: input 0 is the original, input 1 the logo PNG.
+/// The main part's filter graph: input 0 is the original, input 1 the logo PNG.
 ///
 /// The original is brought to a constant 30 fps, scaled to fit 1280×720 without
 /// distortion (bilinear: for these mostly downscaling ratios it looks the same as bicubic,
-/// and the softer result is cheaper to encode), padded (letterbox/pillarbox) with square pixels, and watermarked; bumpers
-/// are drawn from a colour source with the logo centred; the three are concatenated.
-/// Rotated phone videos arrive upright: ffmpeg applies the rotation before the graph.
-pub fn filter_graph(settings: &ProcessingSettings) -> String {
-    let mut graph = vec![
-        format!(
-            "[0:v]fps={FPS},scale={WIDTH}:{HEIGHT}:force_original_aspect_ratio=decrease:force_divisible_by=2:flags=bilinear,\
-             pad={WIDTH}:{HEIGHT}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p[base]"
-        ),
-        "[1:v]split=3[logo_wm][logo_intro][logo_outro]".to_owned(),
-        format!("[logo_wm]scale=-2:{WATERMARK_HEIGHT}[wm]"),
-        format!("[base][wm]overlay=W-w-{WATERMARK_MARGIN}:H-h-{WATERMARK_MARGIN},format=yuv420p[main]"),
-    ];
-    let mut segments = Vec::new();
-    for (name, length) in [("intro", settings.intro), ("outro", settings.outro)] {
-        if length.is_zero() {
-            continue;
-        }
-        graph.push(format!(
-            "color=c={BUMPER_COLOR}:s={WIDTH}x{HEIGHT}:r={FPS}:d={}[{name}_bg]",
-            seconds(length)
-        ));
-        graph.push(format!(
-            "[logo_{name}]scale=-2:{BUMPER_LOGO_HEIGHT}[{name}_logo]"
-        ));
-        graph.push(format!(
-            "[{name}_bg][{name}_logo]overlay=(W-w)/2:(H-h)/2,setsar=1,format=yuv420p[{name}]"
-        ));
-        segments.push(name);
-    }
-    // Unused logo copies must still be consumed.
-    for (name, length) in [("intro", settings.intro), ("outro", settings.outro)] {
-        if length.is_zero() {
-            graph.push(format!("[logo_{name}]nullsink"));
-        }
-    }
-    let order: Vec<&str> = ["intro", "main", "outro"]
-        .into_iter()
-        .filter(|s| *s == "main" || segments.contains(s))
-        .collect();
-    let inputs: String = order.iter().map(|s| format!("[{s}]")).collect();
-    graph.push(format!("{inputs}concat=n={}:v=1:a=0[out]", order.len()));
-    graph.join(";")
+/// and the softer result is cheaper to encode), padded (letterbox/pillarbox) with square
+/// pixels, and watermarked. Rotated phone videos arrive upright: ffmpeg applies the
+/// rotation before the graph.
+pub fn main_graph() -> String {
+    format!(
+        "[0:v]fps={FPS},scale={WIDTH}:{HEIGHT}:force_original_aspect_ratio=decrease:force_divisible_by=2:flags=bilinear,\
+         pad={WIDTH}:{HEIGHT}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p[base];\
+         [1:v]scale=-2:{WATERMARK_HEIGHT}[wm];\
+         [base][wm]overlay=W-w-{WATERMARK_MARGIN}:H-h-{WATERMARK_MARGIN},format=yuv420p[out]"
+    )
 }
 
-/// Arguments for the one ffmpeg run that turns `input` into the processed `output`.
-/// `-t` before `-i` trims on the input side, so nothing past 30 s is even decoded.
-pub fn ffmpeg_args(
+/// A bumper's filter graph: the logo (input 0) centred on ANB navy for `length`.
+pub fn bumper_graph(length: Duration) -> String {
+    format!(
+        "color=c={BUMPER_COLOR}:s={WIDTH}x{HEIGHT}:r={FPS}:d={}[bg];\
+         [0:v]scale=-2:{BUMPER_LOGO_HEIGHT}[logo];\
+         [bg][logo]overlay=(W-w)/2:(H-h)/2,setsar=1,format=yuv420p[out]",
+        seconds(length)
+    )
+}
+
+/// The encoder settings every part shares. The parts are joined without re-encoding, so
+/// they must carry identical sequence and picture headers: same parameters, and
+/// `stitchable` so that x264 does not tune the headers to each part's content.
+fn encoder_args(settings: &ProcessingSettings) -> Vec<OsString> {
+    let max_rate = settings.max_bitrate_kbps;
+    [
+        "-map",
+        "[out]",
+        "-an",
+        "-sn",
+        "-dn",
+        "-map_metadata",
+        "-1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        &settings.x264_preset,
+        "-crf",
+        &settings.crf.to_string(),
+        "-maxrate",
+        &format!("{max_rate}k"),
+        "-bufsize",
+        &format!("{}k", max_rate * 2),
+        // Whatever the preset, keep the deblocking filter (no blocky edges) and make the
+        // headers joinable. CABAC stays as the preset says: under the bitrate cap it buys
+        // little SSIM for a quarter more encoding time ("ultrafast" drops it).
+        "-x264-params",
+        "deblock=0,0:stitchable=1",
+        "-profile:v",
+        "high",
+        "-pix_fmt",
+        "yuv420p",
+        "-r",
+        &FPS.to_string(),
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect()
+}
+
+/// Arguments for the ffmpeg run that turns `input` into the encoded main part `output`
+/// (MP4, not yet joined). `-t` before `-i` trims on the input side, so nothing past 30 s
+/// is even decoded.
+pub fn main_args(
     input: &Path,
     logo: &Path,
     output: &Path,
     settings: &ProcessingSettings,
 ) -> Vec<OsString> {
-    let max_rate = settings.max_bitrate_kbps;
-    let mut args: Vec<OsString> = Vec::new();
-    let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-    push(&["-y", "-t", &seconds(MAX_MAIN)]);
-    push(&backends::media::UPLOAD_INPUT);
-    push(&["-i"]);
-    args.push(input.as_os_str().to_owned());
-    args.push("-i".into());
-    args.push(logo.as_os_str().to_owned());
-    let graph = filter_graph(settings);
-    let crf = settings.crf.to_string();
-    let maxrate = format!("{max_rate}k");
-    let bufsize = format!("{}k", max_rate * 2);
-    let fps = FPS.to_string();
-    args.extend(
-        [
-            "-filter_complex",
-            &graph,
-            "-map",
-            "[out]",
-            "-an",
-            "-sn",
-            "-dn",
-            "-map_metadata",
-            "-1",
-            "-c:v",
-            "libx264",
-            "-preset",
-            &settings.x264_preset,
-            "-crf",
-            &crf,
-            "-maxrate",
-            &maxrate,
-            "-bufsize",
-            &bufsize,
-            // Whatever the preset, keep CABAC (about 10 % fewer bits) and the deblocking
-            // filter (no blocky edges): "ultrafast" drops both, and they are the cheapest
-            // quality to buy back.
-            "-x264-params",
-            "cabac=1:deblock=0,0",
-            "-profile:v",
-            "high",
-            "-pix_fmt",
-            "yuv420p",
-            "-r",
-            &fps,
-            "-movflags",
-            "+faststart",
-        ]
+    let mut args: Vec<OsString> = vec!["-y".into(), "-t".into(), seconds(MAX_MAIN).into()];
+    args.extend(backends::media::UPLOAD_INPUT.iter().map(OsString::from));
+    args.extend(["-i".into(), input.as_os_str().to_owned()]);
+    args.extend(["-i".into(), logo.as_os_str().to_owned()]);
+    args.extend(["-filter_complex".into(), main_graph().into()]);
+    args.extend(encoder_args(settings));
+    args.push(output.as_os_str().to_owned());
+    args
+}
+
+/// Arguments for the ffmpeg run that encodes one bumper of `length` to `output`. Bumpers
+/// are the same for every video: the worker encodes them once, at start-up.
+pub fn bumper_args(
+    length: Duration,
+    logo: &Path,
+    output: &Path,
+    settings: &ProcessingSettings,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["-y".into(), "-i".into(), logo.as_os_str().to_owned()];
+    args.extend(["-filter_complex".into(), bumper_graph(length).into()]);
+    args.extend(encoder_args(settings));
+    args.push(output.as_os_str().to_owned());
+    args
+}
+
+/// The concat demuxer's list of the parts, in order. Plain file names: the list sits in
+/// the folder with the parts, and the demuxer's safe mode refuses anything else.
+pub fn join_list(parts: &[&str]) -> String {
+    parts
         .iter()
-        .map(OsString::from),
+        .map(|part| format!("file '{part}'\n"))
+        .collect()
+}
+
+/// Arguments for the ffmpeg run that joins the parts listed in `list` into `output`
+/// without re-encoding, with the index at the front so players can start at once.
+pub fn join_args(list: &Path, output: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["-y", "-f", "concat", "-protocol_whitelist", "file", "-i"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    args.push(list.as_os_str().to_owned());
+    args.extend(
+        ["-map", "0:v", "-c", "copy", "-movflags", "+faststart"]
+            .iter()
+            .map(OsString::from),
     );
     args.push(output.as_os_str().to_owned());
     args
@@ -211,60 +225,79 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn trims_on_the_input_side_before_the_original_is_opened() {
-        let args = ffmpeg_args(
+    fn main_args_for_test() -> Vec<OsString> {
+        main_args(
             Path::new("in.mp4"),
             Path::new("logo.png"),
-            Path::new("out.mp4"),
+            Path::new("main.mp4"),
             &settings(),
-        );
+        )
+    }
+
+    #[test]
+    fn trims_on_the_input_side_before_the_original_is_opened() {
+        let args = main_args_for_test();
         let t = args.iter().position(|a| a == "-t").unwrap();
         let input = args.iter().position(|a| a == "in.mp4").unwrap();
         assert!(t < input, "-t must come before -i in.mp4");
         assert_eq!(args[t + 1], "30.000");
-        assert_eq!(args.last().unwrap(), "out.mp4");
+        assert_eq!(args.last().unwrap(), "main.mp4");
     }
 
     #[test]
-    fn encodes_h264_yuv420p_faststart_without_audio_under_the_bitrate_cap() {
-        let args = ffmpeg_args(
-            Path::new("in.mp4"),
-            Path::new("logo.png"),
-            Path::new("out.mp4"),
-            &settings(),
-        );
+    fn encodes_h264_yuv420p_without_audio_under_the_bitrate_cap() {
+        let args = main_args_for_test();
         assert_eq!(arg_after(&args, "-c:v"), ["libx264"]);
         assert_eq!(arg_after(&args, "-pix_fmt"), ["yuv420p"]);
-        assert_eq!(arg_after(&args, "-movflags"), ["+faststart"]);
         assert_eq!(arg_after(&args, "-maxrate"), ["4000k"]);
-        assert_eq!(arg_after(&args, "-x264-params"), ["cabac=1:deblock=0,0"]);
+        assert_eq!(
+            arg_after(&args, "-x264-params"),
+            ["deblock=0,0:stitchable=1"]
+        );
         assert_eq!(arg_after(&args, "-r"), ["30"]);
         assert!(args.iter().any(|a| a == "-an"));
         assert_eq!(arg_after(&args, "-map"), ["[out]"]);
     }
 
     #[test]
-    fn graph_scales_pads_watermarks_and_wraps_in_bumpers() {
-        let graph = filter_graph(&settings());
+    fn bumpers_are_encoded_with_the_main_parts_encoder_settings() {
+        let settings = settings();
+        let bumper = bumper_args(
+            Duration::from_millis(2500),
+            Path::new("logo.png"),
+            Path::new("intro.mp4"),
+            &settings,
+        );
+        let main = main_args_for_test();
+        let encoder = |args: &[OsString]| {
+            let from = args.iter().position(|a| a == "-map").unwrap();
+            args[from..args.len() - 1].to_vec()
+        };
+        assert_eq!(encoder(&bumper), encoder(&main));
+        assert!(bumper_graph(Duration::from_millis(2500)).contains("d=2.500[bg]"));
+    }
+
+    #[test]
+    fn main_graph_scales_pads_and_watermarks_with_square_pixels() {
+        let graph = main_graph();
         assert!(graph.contains("fps=30"));
         assert!(graph.contains("scale=1280:720:force_original_aspect_ratio=decrease"));
         assert!(graph.contains("flags=bilinear"));
         assert!(graph.contains("pad=1280:720:(ow-iw)/2:(oh-ih)/2"));
-        assert!(graph.contains("setsar=1"));
         assert!(graph.contains("[base][wm]overlay=W-w-28:H-h-28"));
-        assert!(graph.contains("d=2.500[intro_bg]") && graph.contains("d=2.500[outro_bg]"));
-        assert!(graph.ends_with("[intro][main][outro]concat=n=3:v=1:a=0[out]"));
     }
 
     #[test]
-    fn graph_without_bumpers_concatenates_the_main_part_alone() {
-        let mut no_bumpers = settings();
-        no_bumpers.intro = Duration::ZERO;
-        no_bumpers.outro = Duration::ZERO;
-        let graph = filter_graph(&no_bumpers);
-        assert!(graph.ends_with("[main]concat=n=1:v=1:a=0[out]"));
-        assert!(graph.contains("[logo_intro]nullsink") && graph.contains("[logo_outro]nullsink"));
+    fn the_join_copies_the_listed_parts_and_puts_the_index_first() {
+        assert_eq!(
+            join_list(&["intro.mp4", "main.mp4"]),
+            "file 'intro.mp4'\nfile 'main.mp4'\n"
+        );
+        let args = join_args(Path::new("parts.txt"), Path::new("out.mp4"));
+        assert_eq!(arg_after(&args, "-f"), ["concat"]);
+        assert_eq!(arg_after(&args, "-c"), ["copy"]);
+        assert_eq!(arg_after(&args, "-movflags"), ["+faststart"]);
+        assert_eq!(args.last().unwrap(), "out.mp4");
     }
 
     fn probe(codec: &str, width: u32, height: u32, seconds: f64, audio: bool) -> Probe {

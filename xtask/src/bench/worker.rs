@@ -34,38 +34,34 @@ pub fn run(videos: usize) -> anyhow::Result<()> {
             .args(["-an", "-f", "null", "-"]),
     )?;
     let floor_out = work.join("floor.mp4");
-    let args = output(
-        Command::new(&worker_bin)
-            .arg("ffmpeg-args")
-            .arg("--input")
-            .arg(&reference)
-            .arg("--output")
-            .arg(&floor_out)
-            .arg("--logo")
-            .arg(work.join("logo.png")),
+    // Two runs, averaged: this machine's timings vary by several percent run to run. The
+    // worker's own `transcode` runs exactly a job's ffmpeg steps (main part + join; the
+    // bumpers are encoded once before).
+    let runs = transcode_runs(
+        &worker_bin,
+        &reference,
+        &floor_out,
+        &work.join("transcode"),
+        2,
     )?;
-    let args: Vec<&str> = args.lines().collect();
-    // Two runs, averaged: this machine's timings vary by several percent run to run.
-    let mut floor = Duration::ZERO;
-    for _ in 0..2 {
-        floor += time(
-            Command::new("ffmpeg")
-                .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
-                .args(&args),
-        )?;
-    }
-    let floor = floor / 2;
+    let floor = runs.iter().sum::<Duration>() / runs.len() as u32;
+    let logo = work.join("transcode/anb-logo.png");
+    let mut short_floor = transcode_runs(
+        &worker_bin,
+        &short_clip(&work)?,
+        &work.join("short.mp4"),
+        &work.join("transcode-short"),
+        5,
+    )?;
+    short_floor.sort();
+
     let (floor_mb, floor_seconds) = probe_output(&floor_out)?;
 
     // The single command many implementations of this design run, on the same file.
     let common_out = work.join("common-command.mp4");
     let mut common = Duration::ZERO;
     for _ in 0..2 {
-        common += time(&mut common_command(
-            &reference,
-            &work.join("logo.png"),
-            &common_out,
-        ))?;
+        common += time(&mut common_command(&reference, &logo, &common_out))?;
     }
     let common = common / 2;
     let (common_mb, common_seconds) = probe_output(&common_out)?;
@@ -155,6 +151,11 @@ pub fn run(videos: usize) -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or_default().as_secs_f64(),
         verdict(p50 <= Duration::from_millis(600))
     );
+    println!(
+        "  of which ffmpeg alone (worker transcode, main part + join), median of {}: {:.2} s",
+        short_floor.len(),
+        super::percentile(&short_floor, 0.5).as_secs_f64()
+    );
     let kbits = |mb: f64, seconds: f64| mb * 8000.0 / seconds;
     println!("Quality and speed next to the common command (`-t 30`, scale/pad, overlay, ultrafast crf 28, 2.5 s bumpers), same file, same run:");
     println!("                                time      SSIM of the 30 s main part   bitrate");
@@ -195,25 +196,7 @@ fn short_clip_latencies(
     storage: &Path,
     work: &Path,
 ) -> anyhow::Result<Vec<Duration>> {
-    let clip = work.join("short-5s-720p.mp4");
-    super::generate_once(
-        &clip,
-        "a 5 s 720p clip",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30:duration=5",
-            "-vf",
-            "noise=alls=12:allf=t",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    )?;
+    let clip = short_clip(work)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -260,6 +243,69 @@ fn short_clip_latencies(
     });
     stop(&mut api);
     result
+}
+
+/// What a phone records: 720p30 H.264 at 8 Mbit/s with AAC sound (noise, so it is not
+/// trivially compressible), about 5 MB; made once.
+fn short_clip(work: &Path) -> anyhow::Result<PathBuf> {
+    let clip = work.join("short-5s-720p-8mbps.mp4");
+    super::generate_once(
+        &clip,
+        "a 5 s 720p clip",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30:duration=5",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=5",
+            "-vf",
+            "noise=alls=12:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-b:v",
+            "8M",
+            "-maxrate",
+            "8M",
+            "-bufsize",
+            "16M",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ],
+    )?;
+    Ok(clip)
+}
+
+/// Seconds of each `worker transcode` run (main part + join) of `input`, `runs` times.
+fn transcode_runs(
+    worker_bin: &Path,
+    input: &Path,
+    result: &Path,
+    work_dir: &Path,
+    runs: u32,
+) -> anyhow::Result<Vec<Duration>> {
+    let _ = std::fs::remove_dir_all(work_dir);
+    let printed = output(
+        Command::new(worker_bin)
+            .args(["transcode", "--runs", &runs.to_string(), "--input"])
+            .arg(input)
+            .arg("--output")
+            .arg(result)
+            .arg("--work-dir")
+            .arg(work_dir),
+    )?;
+    printed
+        .lines()
+        .map(|line| line.trim().parse().map(Duration::from_secs_f64))
+        .collect::<Result<_, _>>()
+        .context("worker transcode printed something other than seconds")
 }
 
 /// Our opening bumper (the default `worker.intro`), skipped to reach the main part.

@@ -222,3 +222,41 @@ async fn postgres_stale_receipt_is_reported_as_such() {
         .unwrap_err();
     assert!(matches!(err, QueueError::StaleReceipt), "{err:?}");
 }
+
+#[tokio::test]
+async fn postgres_notifies_when_a_message_becomes_visible_not_while_a_job_runs() {
+    let db = TestDatabase::create().await;
+    let q = PgQueue::new(db.pool.clone(), "jobs", MAX_RECEIVES);
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen("queue_messages").await.unwrap();
+    q.send("a").await.unwrap();
+    assert_eq!(
+        next_notification(&mut listener).await.as_deref(),
+        Some("jobs"),
+        "sent"
+    );
+    let delivery = q.receive(1, NO_WAIT, LONG).await.unwrap().remove(0);
+    q.change_visibility(&delivery.receipt, LONG).await.unwrap();
+    assert_eq!(
+        next_notification(&mut listener).await,
+        None,
+        "received and kept hidden: nothing to wake for"
+    );
+    q.change_visibility(&delivery.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_notification(&mut listener).await.as_deref(),
+        Some("jobs"),
+        "released"
+    );
+}
+
+async fn next_notification(listener: &mut sqlx::postgres::PgListener) -> Option<String> {
+    tokio::time::timeout(Duration::from_millis(500), listener.recv())
+        .await
+        .ok()
+        .map(|n| n.unwrap().payload().to_owned())
+}

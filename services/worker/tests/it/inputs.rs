@@ -1,6 +1,9 @@
 //! Every shape of input comes out as the contract's 1280×720 video.
 
+use std::time::Duration;
+
 use backends::db::VideoStatus;
+use backends::media;
 use worker::Outcome;
 
 use crate::helpers::{assert_meets_spec, make_video, pixel, rotate_90, Harness};
@@ -180,4 +183,118 @@ async fn portrait_square_tiny_odd_sized_variable_rate_and_rotated_inputs_all_com
             "{name}: the centre is black"
         );
     }
+}
+
+/// The parts are joined by stream copy, which is valid only if each was encoded with the
+/// same sequence and picture headers: whatever the input's size, rate, pixel format or
+/// aspect ratio, the main part's must be the bumpers'. And the joined file must decode
+/// without a single error, every frame of it.
+#[tokio::test]
+async fn the_main_part_shares_the_bumpers_headers_and_the_joined_file_decodes_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let inputs = [
+        make_video(
+            d,
+            "hd.mp4",
+            "testsrc2=size=1920x1080:rate=30:duration=2",
+            &[],
+        )
+        .await,
+        make_video(
+            d,
+            "portrait-25fps-444.mp4",
+            "testsrc2=size=720x1280:rate=25:duration=2",
+            &["-pix_fmt", "yuv444p"],
+        )
+        .await,
+        make_video(
+            d,
+            "anamorphic.mp4",
+            "testsrc2=size=720x576:rate=50:duration=2",
+            &["-vf", "setsar=16/11"],
+        )
+        .await,
+    ];
+    for input in inputs {
+        let work = tempfile::tempdir().unwrap();
+        let output = work.path().join("processed.mp4");
+        let parts = work.path().join("parts");
+        #[allow(clippy::disallowed_methods)] // the test runs the real binary
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .arg("transcode")
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .arg("--work-dir")
+            .arg(&parts)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{}", input.display());
+        let bumper = sequence_headers(&parts.join("intro.mp4"));
+        assert!(!bumper.is_empty());
+        assert_eq!(
+            sequence_headers(&parts.join("run-1/main.mp4")),
+            bumper,
+            "{}: the main part's headers differ from the bumpers'",
+            input.display()
+        );
+        // 2.5 s + 2 s + 2.5 s at 30 fps.
+        assert_eq!(
+            decode_every_frame(&output).await,
+            210,
+            "{}",
+            input.display()
+        );
+    }
+}
+
+/// The video stream's decoder configuration (SPS and PPS), as ffprobe dumps it.
+fn sequence_headers(video: &std::path::Path) -> String {
+    // backends::media parses ffprobe's JSON; the decoder configuration is only in its dump.
+    #[allow(clippy::disallowed_methods)]
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_streams",
+            "-show_data",
+        ])
+        .arg(video)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .skip_while(|line| !line.starts_with("extradata="))
+        .skip(1)
+        .take_while(|line| line.starts_with('0'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Decodes the whole file, failing at the first error (`-xerror`); returns the number of
+/// frames.
+async fn decode_every_frame(video: &std::path::Path) -> u64 {
+    let sums = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    let args = [
+        "-y".to_owned(),
+        "-xerror".to_owned(),
+        "-i".to_owned(),
+        video.display().to_string(),
+        "-f".to_owned(),
+        "framemd5".to_owned(),
+        sums.display().to_string(),
+    ];
+    media::run_ffmpeg(&args, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{} does not decode cleanly: {e}", video.display()));
+    std::fs::read_to_string(&sums)
+        .unwrap()
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .count() as u64
 }
