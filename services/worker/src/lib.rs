@@ -35,6 +35,10 @@ const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
 const DEPENDENCY_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A key no video has: asking storage whether it exists tells whether storage answers.
 const STORAGE_PROBE_KEY: &str = "health/worker-probe";
+/// How long a job waits for the API to mark its video queued before it is retried later,
+/// and how often it looks meanwhile.
+const QUEUED_GRACE: Duration = Duration::from_secs(2);
+const QUEUED_RECHECK: Duration = Duration::from_millis(20);
 /// ffmpeg runs that time out or are killed on the same video before it fails for good.
 const MAX_MEDIA_FAILURES: i32 = 2;
 
@@ -520,7 +524,7 @@ impl Worker {
     /// The work itself; `Ok(true)` when this run processed the video, `Ok(false)` when
     /// there was nothing to do.
     async fn process(&self, job: &VideoJob, timings: &mut Timings) -> Result<bool, JobError> {
-        match db::find_video(&self.pool, job.video_id).await? {
+        match self.find_video_once_queued(job.video_id).await? {
             // Deleted by its owner while queued: nothing to do. Never existed: a bad message.
             None if db::was_deleted(&self.pool, job.video_id).await? => return Ok(false),
             None => return Err(JobError::UnknownVideo),
@@ -637,6 +641,22 @@ impl Worker {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// The job's video, given up to [`QUEUED_GRACE`] to be marked queued: the API marks it
+    /// right after sending the job, and a worker woken by that very send can look first.
+    /// Without the grace that race would cost the video a retry delay.
+    async fn find_video_once_queued(&self, id: Uuid) -> Result<Option<db::Video>, sqlx::Error> {
+        let deadline = Instant::now() + QUEUED_GRACE;
+        loop {
+            let video = db::find_video(&self.pool, id).await?;
+            match &video {
+                Some(v) if !v.queued && Instant::now() < deadline => {
+                    tokio::time::sleep(QUEUED_RECHECK).await;
+                }
+                _ => return Ok(video),
+            }
+        }
     }
 
     /// Deletes, releases or dead-letters the message according to how the job ended.

@@ -155,6 +155,34 @@ async fn running_a_job_twice_is_harmless() {
     assert!(h.queue_is_empty().await);
 }
 
+/// The API sends the job, then marks the video queued; a worker woken by the send can be
+/// faster than that second statement, and must not spend a retry (30 s) on it.
+#[tokio::test]
+async fn a_job_that_arrives_before_its_video_is_marked_queued_waits_for_it() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "ok.mp4",
+        "testsrc2=size=640x360:rate=30:duration=2",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    sqlx::query("UPDATE videos SET queued_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    let pool = h.db.pool.clone();
+    let api_marks_it_queued = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        backends::db::mark_queued(&pool, id).await.unwrap();
+    });
+    assert_eq!(h.worker.handle(h.receive().await).await, Outcome::Processed);
+    api_marks_it_queued.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_video_deleted_while_queued_is_skipped_without_leftovers() {
     let h = Harness::local().await;
