@@ -8,6 +8,7 @@
 
 mod api_client;
 mod bench;
+mod capacity;
 mod ci;
 mod deploy;
 mod dev;
@@ -44,6 +45,10 @@ enum Command {
     Ci(ci::CiArgs),
     /// Measure performance and print figures with ratios to a baseline from the same run.
     Bench(bench::BenchArgs),
+    /// The capacity plan as commands: web and worker load scenarios and a simulation of
+    /// the worker tier's scaling policy, each writing a report with plots under
+    /// target/capacity/.
+    Capacity(capacity::CapacityArgs),
     /// Deploy to AWS: build release binaries of the API and the worker, publish them to
     /// the stack's bucket, run `provision up` with that release (rolling instances on a
     /// new one), wait for healthy instances, print the URL. Never prompts.
@@ -90,6 +95,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
         Command::Dev(args) => dev::run(args),
         Command::Ci(args) => ci::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Capacity(args) => capacity::run(args),
         Command::Up(args) => deploy::up(args),
         Command::Down(args) => deploy::down(args),
         Command::Rehearse(args) => rehearse::run(args),

@@ -5,6 +5,7 @@
 // Running `cargo xtask` as a shell would is the point of these tests.
 #![allow(clippy::disallowed_methods)]
 
+mod capacity;
 mod rehearse;
 
 /// Held by the tests that build or run this workspace's binaries through cargo, so one

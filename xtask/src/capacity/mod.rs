@@ -1,0 +1,147 @@
+//! `cargo xtask capacity …`: the capacity plan as commands. Each writes
+//! `target/capacity/<UTC time>-<scenario>/` with `report.md`, the raw data and PNG plots.
+
+pub mod plot;
+pub mod simulate;
+mod simulate_command;
+mod web;
+mod worker;
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Args)]
+pub struct CapacityArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// How many concurrent users the web tier serves within its SLO (p95 ≤ 1 s, errors
+    /// ≤ 5 %): smoke, ramp-and-hold steps until the SLO breaks, then sustained at 80 % of
+    /// the best step. Locally: release API, private PostgreSQL, no worker.
+    Web(web::WebArgs),
+    /// How many videos a minute the worker tier processes, with 1, 2 and 4 jobs at once
+    /// per worker: a backlog that saturates it, then a steady arrival rate below that.
+    Worker(worker::WorkerArgs),
+    /// What the scaling policy deployed by `provision` does under an arrival pattern: a
+    /// discrete-event simulation of the worker tier, with queue depth, instances, upload →
+    /// processed times and cost.
+    Simulate(simulate_command::SimulateArgs),
+}
+
+pub fn run(args: CapacityArgs) -> anyhow::Result<()> {
+    match args.scenario {
+        Scenario::Web(args) => web::run(args),
+        Scenario::Worker(args) => worker::run(args),
+        Scenario::Simulate(args) => simulate_command::run(args),
+    }
+}
+
+/// One run's folder under `target/capacity`.
+pub struct Report {
+    pub dir: PathBuf,
+}
+
+impl Report {
+    pub fn create(scenario: &str) -> anyhow::Result<Self> {
+        let dir = crate::scratch_dir()
+            .join("capacity")
+            .join(format!("{}-{scenario}", utc_stamp()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn write_text(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        std::fs::write(self.path(name), text)?;
+        Ok(())
+    }
+
+    pub fn write_json(&self, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        self.write_text(name, &serde_json::to_string_pretty(value)?)
+    }
+
+    /// The "machine" lines of a report's setup section.
+    pub fn machine_lines(&self) -> String {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        let memory_gb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+            })
+            .map_or("?".into(), |kb| format!("{:.0}", kb / 1024.0 / 1024.0));
+        format!(
+            "- Machine: {} cores, {cpu}, {memory_gb} GB RAM\n- Run: {} UTC\n",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            utc_stamp()
+        )
+    }
+}
+
+/// `yyyymmdd-hhmmss` in UTC, from the system clock (no date crate needed for this).
+pub fn utc_stamp() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// The newest report of `scenario`, if any.
+pub fn latest_report(scenario: &str) -> Option<PathBuf> {
+    let root = crate::scratch_dir().join("capacity");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(&format!("-{scenario}")))
+                && p.join("report.md").is_file()
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_stamp_is_sortable_and_well_formed() {
+        let stamp = super::utc_stamp();
+        assert_eq!(stamp.len(), 15, "{stamp}");
+        assert!(stamp.starts_with("20"), "{stamp}");
+        assert_eq!(&stamp[8..9], "-");
+    }
+}

@@ -1,0 +1,352 @@
+//! `cargo xtask capacity simulate`: the worker tier's scaling policy, as `provision`
+//! deploys it from `config/aws.toml`, under an arrival pattern.
+
+use anyhow::Context;
+
+use super::simulate::{self, Arrivals, Policy, ServiceTime, Setup};
+use super::{plot, Report};
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The uploads: constant:10/min[:30m], poisson:10/min[:30m], ramp:0-20/min[:30m],
+    /// burst:100, or a CSV file of arrival times in seconds (one per line).
+    #[arg(long, default_value = "burst:100")]
+    arrivals: String,
+    /// Seconds one video takes on a worker (e.g. 4.2s). Default: the service times of the
+    /// newest `capacity worker` report at one job per worker.
+    #[arg(long, value_parser = parse_seconds)]
+    service_time: Option<f64>,
+    /// EC2 type for the cost estimate. Default: the worker's in config/aws.toml.
+    #[arg(long)]
+    instance_type: Option<String>,
+    /// Also run the seed design's step policy (out above 2 per worker, in below 1,
+    /// cooldowns 300/600 s) on the same arrivals, side by side.
+    #[arg(long)]
+    compare: bool,
+    /// Seconds from launch until a new instance takes jobs (EC2 boot + user data:
+    /// packages, release download). The deploy rehearsal measures 42–58 s with a warm
+    /// package cache; 120 s is typical on AWS.
+    #[arg(long, default_value = "120s", value_parser = parse_seconds)]
+    boot_time: f64,
+    /// Target tracking's instance warmup: AWS's default (300 s) as provision sets none.
+    #[arg(long, default_value = "300s", value_parser = parse_seconds)]
+    warmup: f64,
+    /// Random seed (Poisson arrivals, sampled service times).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let number = text.strip_suffix('s').unwrap_or(text);
+    match number.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds.is_finite() => Ok(seconds),
+        _ => Err(format!(
+            "{text:?} is not a positive number of seconds (e.g. 4.5s)"
+        )),
+    }
+}
+
+/// The worker tier's section of config/aws.toml, as provision reads it.
+#[derive(Debug, serde::Deserialize)]
+struct WorkerTier {
+    instance_type: String,
+    min_size: u32,
+    max_size: u32,
+    backlog_per_instance: f64,
+}
+
+fn worker_tier(root: &std::path::Path) -> anyhow::Result<WorkerTier> {
+    let path = root.join("config/aws.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let value: toml::Value = toml::from_str(&text)?;
+    let worker = value
+        .get("worker")
+        .with_context(|| format!("{} has no [worker] section", path.display()))?;
+    worker
+        .clone()
+        .try_into()
+        .with_context(|| format!("[worker] in {}", path.display()))
+}
+
+/// One policy's run.
+struct Run {
+    policy: Policy,
+    outcome: simulate::Outcome,
+    summary: simulate::Summary,
+    cost: simulate::Cost,
+}
+
+pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    let tier = worker_tier(&crate::project_root())?;
+    let instance_type = args
+        .instance_type
+        .clone()
+        .unwrap_or(tier.instance_type.clone());
+    let price = simulate::price(&instance_type)?;
+    let arrivals = Arrivals::parse(&args.arrivals)?;
+    let (service, service_source) = match args.service_time {
+        Some(seconds) => (
+            ServiceTime::Fixed(seconds),
+            format!("{seconds} s (--service-time)"),
+        ),
+        None => {
+            let (dir, samples) = super::worker::measured_service_times().context(
+                "no service time: pass --service-time (e.g. 4s) or run `cargo xtask capacity worker` first",
+            )?;
+            anyhow::ensure!(
+                !samples.is_empty(),
+                "{} holds no service times",
+                dir.display()
+            );
+            let service = ServiceTime::Samples(samples);
+            let source = format!(
+                "measured by `capacity worker` ({}), mean {:.1} s",
+                dir.display(),
+                service.mean()
+            );
+            (service, source)
+        }
+    };
+    let mut policies = vec![Policy::TargetTracking {
+        target: tier.backlog_per_instance,
+        min: tier.min_size,
+        max: tier.max_size,
+        warmup_s: args.warmup,
+    }];
+    if args.compare {
+        policies.push(Policy::seed_step(tier.min_size, tier.max_size));
+    }
+    let times = arrivals.times(&mut simulate::Rng::new(args.seed));
+    anyhow::ensure!(!times.is_empty(), "the arrival pattern has no uploads");
+    let runs: Vec<Run> = policies
+        .into_iter()
+        .map(|policy| {
+            let setup = Setup {
+                policy: policy.clone(),
+                service: service.clone(),
+                jobs_per_instance: 1,
+                boot_s: args.boot_time,
+                seed: args.seed,
+            };
+            let outcome = simulate::simulate(&times, &setup);
+            let summary = simulate::summarize(&outcome);
+            let cost = simulate::cost(&summary, price);
+            Run {
+                policy,
+                outcome,
+                summary,
+                cost,
+            }
+        })
+        .collect();
+
+    let report = Report::create("simulate")?;
+    write_data(&report, &runs)?;
+    draw(&report, &runs)?;
+    let md = markdown(
+        &report,
+        &args,
+        &arrivals,
+        &service_source,
+        &instance_type,
+        &runs,
+    );
+    report.write_text("report.md", &md)?;
+    println!("{md}");
+    println!("Report: {}", report.dir.display());
+    Ok(())
+}
+
+fn short_name(policy: &Policy) -> &'static str {
+    match policy {
+        Policy::TargetTracking { .. } => "target tracking (deployed)",
+        Policy::Step { .. } => "seed step policy",
+        Policy::Fixed { .. } => "fixed",
+    }
+}
+
+fn write_data(report: &Report, runs: &[Run]) -> anyhow::Result<()> {
+    let mut timeline = String::from("policy,t_s,visible,in_flight,in_service,pending,desired\n");
+    let mut jobs = String::from("policy,arrival_s,start_s,end_s,instance\n");
+    for run in runs {
+        let name = short_name(&run.policy);
+        for s in &run.outcome.samples {
+            timeline.push_str(&format!(
+                "{name},{:.0},{},{},{},{},{}\n",
+                s.t, s.visible, s.in_flight, s.in_service, s.pending, s.desired
+            ));
+        }
+        for j in &run.outcome.jobs {
+            jobs.push_str(&format!(
+                "{name},{:.3},{:.3},{:.3},{}\n",
+                j.arrival, j.start, j.end, j.instance
+            ));
+        }
+    }
+    report.write_text("timeline.csv", &timeline)?;
+    report.write_text("jobs.csv", &jobs)?;
+    let summaries: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "policy": r.policy, "summary": r.summary, "cost": r.cost, "actions": r.outcome.actions,
+            })
+        })
+        .collect();
+    report.write_json("summary.json", &summaries)
+}
+
+fn draw(report: &Report, runs: &[Run]) -> anyhow::Result<()> {
+    let minutes = |t: f64| t / 60.0;
+    let mut depth = Vec::new();
+    let mut instances = Vec::new();
+    let mut latency = Vec::new();
+    for run in runs {
+        let name = short_name(&run.policy);
+        depth.push((
+            name,
+            run.outcome
+                .samples
+                .iter()
+                .map(|s| (minutes(s.t), s.visible as f64))
+                .collect(),
+        ));
+        instances.push((
+            name,
+            run.outcome
+                .samples
+                .iter()
+                .map(|s| (minutes(s.t), f64::from(s.in_service)))
+                .collect(),
+        ));
+        let windows = simulate::latency_over_time(&run.outcome, 60.0);
+        latency.push((
+            name,
+            windows
+                .iter()
+                .map(|w| (minutes(w.0), w.2 / 60.0))
+                .collect::<Vec<_>>(),
+        ));
+    }
+    let label = |series: Vec<(&'static str, Vec<(f64, f64)>)>, what: &str| {
+        series
+            .into_iter()
+            .map(|(name, data)| (format!("{what}, {name}"), data))
+            .collect::<Vec<_>>()
+    };
+    let depth = label(depth, "waiting videos");
+    plot::lines(
+        &report.path("queue-depth.png"),
+        "Videos waiting in the queue",
+        "minutes",
+        "videos",
+        &as_refs(&depth),
+    )?;
+    let instances = label(instances, "in service");
+    plot::lines(
+        &report.path("instances.png"),
+        "Worker instances in service",
+        "minutes",
+        "instances",
+        &as_refs(&instances),
+    )?;
+    let latency = label(latency, "p95");
+    plot::lines(
+        &report.path("upload-to-processed.png"),
+        "Upload → processed, p95 of the videos finished in each minute",
+        "minutes",
+        "minutes",
+        &as_refs(&latency),
+    )
+}
+
+fn as_refs(series: &[(String, Vec<(f64, f64)>)]) -> Vec<(&str, Vec<(f64, f64)>)> {
+    series
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect()
+}
+
+fn markdown(
+    report: &Report,
+    args: &SimulateArgs,
+    arrivals: &Arrivals,
+    service_source: &str,
+    instance_type: &str,
+    runs: &[Run],
+) -> String {
+    let mut md = String::from("# Worker tier: scaling policy simulation\n\n## Setup\n\n");
+    md.push_str(&report.machine_lines());
+    md.push_str(&format!(
+        "- Arrivals: {}\n- Service time per video: {service_source}; one job at a time per worker\n- New instance: {} s from launch to taking jobs; CloudWatch 1-minute periods on backlog per instance (waiting messages / in-service instances)\n- Instance type for cost: {instance_type} ({})\n\n",
+        arrivals.describe(),
+        args.boot_time,
+        simulate::PRICE_SOURCE,
+    ));
+    md.push_str("## Results\n\n| policy | videos | p50 upload → processed | p95 | max | longest backlog | most instances | instance-hours | cost | per 1 000 videos |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for run in runs {
+        let s = &run.summary;
+        md.push_str(&format!(
+            "| {} | {} | {:.1} min | {:.1} min | {:.1} min | {} | {} | {:.2} | ${:.4}{} | ${:.3} |\n",
+            short_name(&run.policy),
+            s.videos,
+            s.p50_s / 60.0,
+            s.p95_s / 60.0,
+            s.max_s / 60.0,
+            s.longest_backlog,
+            s.max_instances,
+            s.instance_hours,
+            run.cost.total_usd,
+            if run.cost.surplus_credit_usd > 0.0 {
+                format!(" (incl. ${:.4} CPU credits)", run.cost.surplus_credit_usd)
+            } else {
+                String::new()
+            },
+            run.cost.per_1000_videos_usd,
+        ));
+    }
+    md.push_str("\nPolicies:\n");
+    for run in runs {
+        md.push_str(&format!(
+            "- {}: {}\n",
+            short_name(&run.policy),
+            run.policy.describe()
+        ));
+        for action in &run.outcome.actions {
+            md.push_str(&format!(
+                "  - at {:.1} min: {} → {} ({})\n",
+                action.t / 60.0,
+                action.from,
+                action.to,
+                action.reason
+            ));
+        }
+    }
+    md.push_str("\n## Plots\n\n![queue depth](queue-depth.png)\n\n![instances](instances.png)\n\n![upload to processed](upload-to-processed.png)\n\nRaw data: `timeline.csv` (every 10 s), `jobs.csv` (every video), `summary.json`.\n");
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_accept_a_suffix_and_refuse_nonsense() {
+        assert_eq!(parse_seconds("4.5s"), Ok(4.5));
+        assert_eq!(parse_seconds("120"), Ok(120.0));
+        assert!(parse_seconds("0s").is_err());
+        assert!(parse_seconds("fast").unwrap_err().contains("seconds"));
+    }
+
+    #[test]
+    fn the_policy_is_read_from_the_deploy_configuration() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        let tier = worker_tier(root).unwrap();
+        assert!(tier.min_size >= 1 && tier.max_size >= tier.min_size);
+        assert!(tier.backlog_per_instance > 0.0);
+        simulate::price(&tier.instance_type).unwrap();
+    }
+}

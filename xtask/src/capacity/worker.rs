@@ -1,0 +1,441 @@
+//! `cargo xtask capacity worker`: videos a minute the worker tier processes, and its
+//! service time, with 1, 2 and 4 jobs at once per worker (the real worker binary, release
+//! build, private PostgreSQL, local storage).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::{plot, Report};
+use crate::postgres::PrivateCluster;
+use crate::scratch_dir;
+use crate::system::stop;
+
+const DATABASE: &str = "anb_capacity_worker";
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Size of each video: 50MB or 100MB (60 s of 1080p30, noise, real H.264 + AAC).
+    #[arg(long, default_value = "50MB", value_parser = ["50MB", "100MB"])]
+    size: String,
+    /// Videos in the saturation backlog, per concurrent job.
+    #[arg(long, default_value_t = 4)]
+    backlog_per_job: usize,
+    /// Videos uploaded at a steady rate in the sustained phase, per concurrent job.
+    #[arg(long, default_value_t = 4)]
+    sustained_per_job: usize,
+    /// Short 5 s videos, concurrency 1 and 2 only, a debug build: checks the scenario,
+    /// does not measure capacity (CI runs it).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// What one concurrency level did.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Level {
+    pub concurrency: usize,
+    pub videos_per_min: f64,
+    pub mean_service_s: f64,
+    pub p95_service_s: f64,
+    /// Machine CPU while saturated (100 = every core busy).
+    pub cpu_percent: f64,
+    /// Sustained phase: arrival rate (videos/min), and the queue's trend (videos/min,
+    /// least-squares slope of the waiting count; ≈ 0 when the tier keeps up).
+    pub sustained_rate: f64,
+    pub queue_trend_per_min: f64,
+    pub service_times_s: Vec<f64>,
+}
+
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    crate::system::ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
+    let worker_bin = crate::system::build_binaries(&["worker"], !args.quick)?
+        .remove("worker")
+        .context("worker")?;
+    let work = scratch_dir().join("capacity");
+    std::fs::create_dir_all(&work)?;
+    let video = input_video(&work, &args.size, args.quick)?;
+    let video_mb = std::fs::metadata(&video)?.len() as f64 / 1e6;
+    let mut report = Report::create(if args.quick { "worker-quick" } else { "worker" })?;
+    let cluster =
+        PrivateCluster::start(&scratch_dir().join("capacity-postgres"), 54341, "postgres")?;
+    let levels: &[usize] = if args.quick { &[1, 2] } else { &[1, 2, 4] };
+    let mut results = Vec::new();
+    for &concurrency in levels {
+        eprintln!("capacity worker: {concurrency} job(s) at once per worker");
+        let level = measure_level(&cluster, &worker_bin, &work, &video, concurrency, &args);
+        results.push(level?);
+        let last = results.last().expect("just pushed");
+        eprintln!(
+            "  {:.2} videos/min, service time mean {:.1} s, p95 {:.1} s, CPU {:.0} %, queue trend {:+.2}/min",
+            last.videos_per_min, last.mean_service_s, last.p95_service_s, last.cpu_percent, last.queue_trend_per_min
+        );
+    }
+    cluster.stop();
+    write_report(&mut report, &args, video_mb, &results)
+}
+
+/// Saturation (a backlog of `backlog_per_job × concurrency` at once), then sustained
+/// arrivals at 80 % of the throughput found.
+fn measure_level(
+    cluster: &PrivateCluster,
+    worker_bin: &Path,
+    work: &Path,
+    video: &Path,
+    concurrency: usize,
+    args: &WorkerArgs,
+) -> anyhow::Result<Level> {
+    cluster.drop_database(DATABASE)?;
+    cluster.create_database(DATABASE)?;
+    let storage = work.join("worker-storage");
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(storage.join("original"))?;
+    let log = work.join(format!("worker-{concurrency}.log"));
+    let mut worker = Command::new(worker_bin)
+        .env("APP__DATABASE__URL", cluster.url(DATABASE))
+        .env("APP__STORAGE__LOCAL_DIR", &storage)
+        .env("APP__WORKER__CONCURRENCY", concurrency.to_string())
+        .env("APP__LOG__FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .spawn()
+        .context("cannot start the worker")?;
+    let result = (|| {
+        let owner = wait_for_schema(cluster, &mut worker)?;
+        let backlog = args.backlog_per_job * concurrency;
+        let cpu_before = machine_cpu()?;
+        let started = Instant::now();
+        let ids: Vec<String> = (0..backlog)
+            .map(|_| queue_video(cluster, &storage, video, &owner))
+            .collect::<anyhow::Result<_>>()?;
+        wait_processed(
+            cluster,
+            ids.len(),
+            Duration::from_secs(600 * backlog as u64),
+        )?;
+        let elapsed = started.elapsed();
+        let cpu_percent = machine_cpu()?.busy_percent_since(&cpu_before);
+        let videos_per_min = backlog as f64 / elapsed.as_secs_f64() * 60.0;
+
+        // Sustained: one video every 60 / (0.8 × throughput) seconds; the waiting count
+        // should not grow.
+        let rate = videos_per_min * 0.8;
+        let every = Duration::from_secs_f64(60.0 / rate);
+        let count = args.sustained_per_job * concurrency;
+        let mut depth = Vec::new();
+        let start = Instant::now();
+        for i in 0..count {
+            let due = every * i as u32;
+            while start.elapsed() < due {
+                depth.push((
+                    start.elapsed().as_secs_f64() / 60.0,
+                    waiting(cluster)? as f64,
+                ));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            queue_video(cluster, &storage, video, &owner)?;
+        }
+        depth.push((
+            start.elapsed().as_secs_f64() / 60.0,
+            waiting(cluster)? as f64,
+        ));
+        wait_processed(
+            cluster,
+            backlog + count,
+            Duration::from_secs(600 * count as u64),
+        )?;
+        let service_times_s = service_times(&log)?;
+        Ok::<_, anyhow::Error>(Level {
+            concurrency,
+            videos_per_min,
+            mean_service_s: service_times_s.iter().sum::<f64>()
+                / service_times_s.len().max(1) as f64,
+            p95_service_s: super::simulate::percentile(&service_times_s, 0.95),
+            cpu_percent,
+            sustained_rate: rate,
+            queue_trend_per_min: slope(&depth),
+            service_times_s,
+        })
+    })();
+    stop(&mut worker);
+    result
+}
+
+fn wait_for_schema(cluster: &PrivateCluster, worker: &mut Child) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster
+        .execute(
+            DATABASE,
+            "SELECT to_regclass('public.queue_messages') IS NOT NULL",
+        )?
+        .trim()
+        != "t"
+    {
+        if let Some(status) = worker.try_wait()? {
+            bail!("the worker exited ({status}) before creating the schema");
+        }
+        if Instant::now() > deadline {
+            bail!("the worker did not create the schema in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let owner = cluster.execute(DATABASE, "INSERT INTO users (id, email, password_hash, first_name, last_name, city, country) \
+        VALUES (gen_random_uuid(), 'capacity@example.com', 'x', 'Capacidad', 'Worker', 'Cali', 'Colombia') RETURNING id")?;
+    Ok(owner.lines().next().unwrap_or_default().trim().to_owned())
+}
+
+/// What the API does for an upload: the original stored, the video recorded, the job sent.
+fn queue_video(
+    cluster: &PrivateCluster,
+    storage: &Path,
+    video: &Path,
+    owner: &str,
+) -> anyhow::Result<String> {
+    let id = cluster
+        .execute(DATABASE, "SELECT gen_random_uuid()")?
+        .trim()
+        .to_owned();
+    std::fs::copy(video, storage.join(format!("original/{id}.mp4")))?;
+    cluster.execute(
+        DATABASE,
+        &format!(
+            "INSERT INTO videos (id, owner_id, title) VALUES ('{id}', '{owner}', 'capacidad');
+             INSERT INTO queue_messages (queue, body) VALUES ('video-processing',
+               '{{\"video_id\":\"{id}\",\"original_key\":\"original/{id}.mp4\",\"enqueued_at\":\"2026-01-01T00:00:00Z\"}}')"
+        ),
+    )?;
+    Ok(id)
+}
+
+fn waiting(cluster: &PrivateCluster) -> anyhow::Result<usize> {
+    Ok(cluster
+        .execute(DATABASE, "SELECT count(*) FROM queue_messages WHERE queue = 'video-processing' AND visible_at <= now()")?
+        .trim()
+        .parse()?)
+}
+
+fn wait_processed(cluster: &PrivateCluster, total: usize, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let counts = cluster.execute(DATABASE, "SELECT count(*) FILTER (WHERE status = 'processed'), count(*) FILTER (WHERE status = 'failed') FROM videos")?;
+        let (done, failed) = counts.trim().split_once('|').unwrap_or(("0", "0"));
+        if failed != "0" {
+            bail!("{failed} video(s) failed; see the worker log");
+        }
+        if done.parse::<usize>()? >= total {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {total} videos were processed in time");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Each processed job's total time (seconds) from the worker's "job finished" lines.
+fn service_times(log: &Path) -> anyhow::Result<Vec<f64>> {
+    Ok(std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["message"] == "job finished" && v["outcome"] == "processed")
+        .filter_map(|v| v["total_ms"].as_f64())
+        .map(|ms| ms / 1000.0)
+        .collect())
+}
+
+/// Least-squares slope of (x, y) points; 0 for fewer than two.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let covariance: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let variance: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if variance == 0.0 {
+        0.0
+    } else {
+        covariance / variance
+    }
+}
+
+/// Jiffies of the whole machine from /proc/stat: (busy, total).
+struct MachineCpu {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    fn busy_percent_since(&self, before: &MachineCpu) -> f64 {
+        let total = self.total.saturating_sub(before.total).max(1);
+        self.busy.saturating_sub(before.busy) as f64 / total as f64 * 100.0
+    }
+}
+
+fn machine_cpu() -> anyhow::Result<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok(MachineCpu {
+        busy: total - idle,
+        total,
+    })
+}
+
+/// 60 s (quick: 5 s) of 1080p30 noise with sound, at the bitrate that makes `size`.
+fn input_video(work: &Path, size: &str, quick: bool) -> anyhow::Result<PathBuf> {
+    let megabytes: f64 = size.trim_end_matches("MB").parse()?;
+    let seconds = if quick { 5.0 } else { 60.0 };
+    let megabytes = if quick { megabytes / 12.0 } else { megabytes };
+    let kbps = (megabytes * 8000.0 / seconds - 128.0).max(500.0) as u32;
+    let path = work.join(format!("worker-input-{megabytes:.0}mb-{seconds:.0}s.mp4"));
+    crate::bench::generate_once(
+        &path,
+        &format!("a {megabytes:.0} MB, {seconds:.0} s input"),
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size=1920x1080:rate=30:duration={seconds}"),
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("sine=frequency=440:duration={seconds}"),
+            "-vf",
+            "noise=alls=12:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            &format!("{kbps}k"),
+            "-maxrate",
+            &format!("{kbps}k"),
+            "-bufsize",
+            &format!("{}k", kbps * 2),
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-shortest",
+        ],
+    )?;
+    Ok(path)
+}
+
+fn write_report(
+    report: &mut Report,
+    args: &WorkerArgs,
+    video_mb: f64,
+    levels: &[Level],
+) -> anyhow::Result<()> {
+    report.write_json("levels.json", &levels)?;
+    let mut csv = String::from("concurrency,videos_per_min,mean_service_s,p95_service_s,cpu_percent,sustained_rate,queue_trend_per_min\n");
+    for l in levels {
+        csv.push_str(&format!(
+            "{},{:.3},{:.2},{:.2},{:.0},{:.3},{:.3}\n",
+            l.concurrency,
+            l.videos_per_min,
+            l.mean_service_s,
+            l.p95_service_s,
+            l.cpu_percent,
+            l.sustained_rate,
+            l.queue_trend_per_min
+        ));
+    }
+    report.write_text("levels.csv", &csv)?;
+    plot::lines(
+        &report.path("videos-per-minute.png"),
+        "Worker throughput by concurrent jobs",
+        "jobs at once per worker",
+        "videos/min",
+        &[(
+            "videos/min",
+            levels
+                .iter()
+                .map(|l| (l.concurrency as f64, l.videos_per_min))
+                .collect(),
+        )],
+    )?;
+    let best = levels
+        .iter()
+        .max_by(|a, b| a.videos_per_min.total_cmp(&b.videos_per_min))
+        .context("no level measured")?;
+    let mut md = String::from("# Worker tier capacity\n\n## Setup\n\n");
+    md.push_str(&report.machine_lines());
+    md.push_str(&format!(
+        "- Worker: release build, local storage, PostgreSQL queue\n- Input: {video_mb:.1} MB MP4 (1080p30 H.264 + AAC, noise){}\n- Backlog: {} videos per concurrent job; sustained: {} per concurrent job at 80 % of the throughput found\n\n",
+        if args.quick { " — **quick mode**: short inputs, checks the scenario only" } else { "" },
+        args.backlog_per_job,
+        args.sustained_per_job,
+    ));
+    md.push_str("## Results\n\n| jobs at once | videos/min | service time mean | p95 | CPU | sustained at | queue trend |\n|---|---|---|---|---|---|---|\n");
+    for l in levels {
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.1} s | {:.1} s | {:.0} % | {:.2}/min | {:+.2}/min{} |\n",
+            l.concurrency,
+            l.videos_per_min,
+            l.mean_service_s,
+            l.p95_service_s,
+            l.cpu_percent,
+            l.sustained_rate,
+            l.queue_trend_per_min,
+            if l.queue_trend_per_min.abs() < 0.5 {
+                " (≈ 0: keeps up)"
+            } else {
+                " (grows)"
+            }
+        ));
+    }
+    md.push_str(&format!(
+        "\n## Capacity found\n\n**{:.2} videos/min per worker** with {} job(s) at once (mean service time {:.1} s; the CPU was {:.0} % busy). {}\n\nFor `capacity simulate`: `--service-time {:.1}s` (or let it read this report).\n\n![videos per minute](videos-per-minute.png)\n\nRaw data: `levels.csv`, `levels.json` (with every service time).\n",
+        best.videos_per_min,
+        best.concurrency,
+        best.mean_service_s,
+        best.cpu_percent,
+        if best.cpu_percent >= 90.0 {
+            "The bottleneck is ffmpeg's CPU: more jobs at once add nothing once every core is busy."
+        } else {
+            "The CPU was not saturated: the bottleneck is elsewhere (storage, database, the job's serial steps)."
+        },
+        levels[0].mean_service_s,
+    ));
+    report.write_text("report.md", &md)?;
+    println!("{md}");
+    println!("Report: {}", report.dir.display());
+    Ok(())
+}
+
+/// The mean service time (s) at one job per worker from the newest worker report.
+pub fn measured_service_times() -> Option<(PathBuf, Vec<f64>)> {
+    let dir = super::latest_report("worker")?;
+    let levels: Vec<Level> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("levels.json")).ok()?).ok()?;
+    let first = levels.into_iter().find(|l| l.concurrency == 1)?;
+    Some((dir, first.service_times_s))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slope_of_a_line_and_of_a_flat_queue() {
+        assert!((super::slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) - 2.0).abs() < 1e-9);
+        assert_eq!(super::slope(&[(0.0, 2.0), (1.0, 2.0)]), 0.0);
+        assert_eq!(super::slope(&[(0.0, 2.0)]), 0.0);
+    }
+}
