@@ -47,6 +47,8 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     // configuration is run for real (provision's userdata tests).
     ensure_installed(&["shellcheck"], "shellcheck")?;
     ensure_nginx()?;
+    // The page's browser tests (services/api/tests/it/browser.rs).
+    ensure_installed(&["chromium", "chromedriver"], "chromium-driver")?;
     let (admin_url, _private_cluster) = test_database()?;
     let moto_python = ensure_moto()?;
     let schemathesis = ensure_schemathesis()?;

@@ -216,8 +216,15 @@ pub async fn sweep_abandoned_videos(
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    use routes::{health, public, users, videos};
-    cfg.service(health::api_health)
+    use routes::{health, pages, public, users, videos};
+    cfg.service(pages::videos_page)
+        .service(pages::rankings_page)
+        .service(pages::signup_page)
+        .service(pages::login_page)
+        .service(pages::my_videos_page)
+        .service(pages::script)
+        .service(pages::style)
+        .service(health::api_health)
         .service(health::live)
         .service(health::root_health)
         .service(users::signup)

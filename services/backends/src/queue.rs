@@ -105,7 +105,9 @@ pub async fn sqs_client(aws: &AwsSettings) -> aws_sdk_sqs::Client {
 
 /// A queue stored in the `queue_messages` table; `FOR UPDATE SKIP LOCKED` lets any number
 /// of consumers receive concurrently without handing one message to two of them. A
-/// long-polling receive is woken by `NOTIFY` the moment a message becomes visible.
+/// long-polling receive is woken by `NOTIFY` as soon as a message is sent, released or
+/// redriven; one that becomes visible with time (a retry delay, a lapsed visibility
+/// timeout) is found by the next poll. Listening holds one connection per queue.
 #[derive(Debug, Clone)]
 pub struct PgQueue {
     pool: PgPool,

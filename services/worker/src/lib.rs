@@ -615,7 +615,8 @@ impl Worker {
         let bytes = std::fs::metadata(&output)
             .map_err(retryable("output size"))?
             .len();
-        pipeline::check_output(&probe, bytes, self.processing.max_bitrate_kbps).map_err(
+        let bumpers = self.processing.intro + self.processing.outro;
+        pipeline::check_output(&probe, bytes, self.processing.max_bitrate_kbps, bumpers).map_err(
             |problem| JobError::Permanent {
                 failure: Failure::FailedCheck,
                 detail: format!("the processed video failed its check: {problem}"),

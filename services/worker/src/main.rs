@@ -42,12 +42,14 @@ enum Command {
     /// to check a problem video or time the processing by hand. Prints each run's seconds
     /// (main part + join) on standard output, one line per run.
     Transcode {
+        /// The upload to process (MP4/MOV).
         #[arg(long)]
         input: PathBuf,
+        /// Where to write the processed MP4 (replaced if it exists).
         #[arg(long)]
         output: PathBuf,
         /// Process the file this many times (the bumpers are encoded once).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
         /// Keep the logo, the bumpers and each run's parts in DIR (missing or empty)
         /// instead of a temporary folder: to look at each part.

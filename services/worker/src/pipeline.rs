@@ -38,7 +38,7 @@ fn seconds(d: Duration) -> String {
 /// rotation before the graph.
 pub fn main_graph() -> String {
     format!(
-        "[0:v]fps={FPS},scale={WIDTH}:{HEIGHT}:force_original_aspect_ratio=decrease:force_divisible_by=2:flags=bilinear,\
+        "[0:v]fps={FPS},scale={WIDTH}:{HEIGHT}:force_original_aspect_ratio=decrease:force_divisible_by=2:flags=bilinear:out_color_matrix=bt709:out_range=tv,\
          pad={WIDTH}:{HEIGHT}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p[base];\
          [1:v]scale=-2:{WATERMARK_HEIGHT}[wm];\
          [base][wm]overlay=W-w-{WATERMARK_MARGIN}:H-h-{WATERMARK_MARGIN},format=yuv420p[out]"
@@ -87,6 +87,16 @@ fn encoder_args(settings: &ProcessingSettings) -> Vec<OsString> {
         "high",
         "-pix_fmt",
         "yuv420p",
+        // Every part says the same about its colours (phone videos carry their own tags,
+        // which would otherwise reach the main part's headers and not the bumpers').
+        "-colorspace",
+        "bt709",
+        "-color_primaries",
+        "bt709",
+        "-color_trc",
+        "bt709",
+        "-color_range",
+        "tv",
         "-r",
         &FPS.to_string(),
     ]
@@ -155,8 +165,14 @@ pub fn join_args(list: &Path, output: &Path) -> Vec<OsString> {
     args
 }
 
-/// What must hold of the output before the video is marked processed.
-pub fn check_output(probe: &Probe, file_bytes: u64, max_bitrate_kbps: u32) -> Result<(), String> {
+/// What must hold of the output before the video is marked processed; `bumpers` is how
+/// long the intro and outro last together.
+pub fn check_output(
+    probe: &Probe,
+    file_bytes: u64,
+    max_bitrate_kbps: u32,
+    bumpers: Duration,
+) -> Result<(), String> {
     let video = probe
         .video
         .as_ref()
@@ -185,6 +201,13 @@ pub fn check_output(probe: &Probe, file_bytes: u64, max_bitrate_kbps: u32) -> Re
     let duration = probe
         .duration
         .ok_or("the output has no readable duration")?;
+    // An input ffmpeg decodes to no frame at all leaves the bumpers alone.
+    if duration <= bumpers + Duration::from_millis(10) {
+        return Err(format!(
+            "the output lasts {:.1} s: the bumpers with no video between them",
+            duration.as_secs_f64()
+        ));
+    }
     // Frame timing can add a few milliseconds to an exactly 35 s result.
     if duration > MAX_OUTPUT + Duration::from_millis(100) {
         return Err(format!(
@@ -319,18 +342,26 @@ mod tests {
     #[test]
     fn output_check_accepts_the_spec_and_names_what_is_wrong() {
         let mb = 1_000_000;
-        check_output(&probe("h264", 1280, 720, 35.0, false), 10 * mb, 4000).unwrap();
+        let bumpers = Duration::from_secs(5);
+        check_output(
+            &probe("h264", 1280, 720, 35.0, false),
+            10 * mb,
+            4000,
+            bumpers,
+        )
+        .unwrap();
         // A short clip may spend the encoder's initial buffer: 3 MB in 5 s is 4.8 Mbit/s.
-        check_output(&probe("h264", 1280, 720, 5.0, false), 3 * mb, 4000).unwrap();
+        check_output(&probe("h264", 1280, 720, 5.5, false), 3 * mb, 4000, bumpers).unwrap();
         let cases = [
             (probe("hevc", 1280, 720, 30.0, false), 10 * mb, "H.264"),
             (probe("h264", 1920, 1080, 30.0, false), 10 * mb, "1920×1080"),
             (probe("h264", 1280, 720, 30.0, true), 10 * mb, "audio"),
             (probe("h264", 1280, 720, 36.0, false), 10 * mb, "36.0 s"),
             (probe("h264", 1280, 720, 30.0, false), 20 * mb, "kbit/s"),
+            (probe("h264", 1280, 720, 5.0, false), mb, "no video between"),
         ];
         for (probe, bytes, expected) in cases {
-            let err = check_output(&probe, bytes, 4000).unwrap_err();
+            let err = check_output(&probe, bytes, 4000, bumpers).unwrap_err();
             assert!(err.contains(expected), "{err}");
         }
     }

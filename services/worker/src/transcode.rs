@@ -27,11 +27,11 @@ pub struct Transcoder {
 /// Which run failed: the main part's failure may be the input's fault, the join's never is.
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
-    #[error("encoding the main part: {0}")]
+    #[error("encoding the main part")]
     Main(#[source] MediaError),
-    #[error("joining the parts: {0}")]
+    #[error("joining the parts")]
     Join(#[source] MediaError),
-    #[error("preparing the parts: {0}")]
+    #[error("preparing the parts")]
     Scratch(#[source] std::io::Error),
 }
 

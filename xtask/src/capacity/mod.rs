@@ -9,6 +9,8 @@ mod worker;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
@@ -133,6 +135,40 @@ pub fn latest_report(scenario: &str) -> Option<PathBuf> {
         .collect();
     dirs.sort();
     dirs.pop()
+}
+
+/// Jiffies of the whole machine from /proc/stat: (busy, total).
+pub struct MachineCpu {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    pub fn busy_percent_since(&self, before: &MachineCpu) -> f64 {
+        let total = self.total.saturating_sub(before.total).max(1);
+        self.busy.saturating_sub(before.busy) as f64 / total as f64 * 100.0
+    }
+}
+
+pub fn machine_cpu() -> anyhow::Result<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        // user … steal; guest time is already counted in user.
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok(MachineCpu {
+        busy: total - idle,
+        total,
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! PNG line charts for the capacity reports (plotters, bitmap backend). Text is drawn with
-//! DejaVu Sans from the system (Debian's fonts-dejavu-core), loaded once.
+//! DejaVu Sans from the system (Debian's fonts-dejavu-core, installed if missing), loaded
+//! once.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -23,13 +24,15 @@ fn register_font() -> anyhow::Result<()> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let bytes = FONT_FILES
-                .iter()
-                .find_map(|path| std::fs::read(path).ok())
-                .ok_or_else(|| {
-                    "no DejaVu Sans font for the plots: apt-get install fonts-dejavu-core"
-                        .to_owned()
-                })?;
+            let read = || FONT_FILES.iter().find_map(|path| std::fs::read(path).ok());
+            let bytes = match read() {
+                Some(bytes) => bytes,
+                None => {
+                    crate::system::install_packages(&["fonts-dejavu-core"])
+                        .map_err(|e| format!("the plots need the DejaVu Sans font: {e:#}"))?;
+                    read().ok_or("fonts-dejavu-core installed no DejaVuSans.ttf")?
+                }
+            };
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
                 .map_err(|_| "cannot read the DejaVu Sans font".to_owned())

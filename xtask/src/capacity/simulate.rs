@@ -17,6 +17,9 @@ use anyhow::{anyhow, bail, Context};
 pub const SAMPLE_EVERY: f64 = 10.0;
 /// CloudWatch's period for the SQS metrics, and so the policies' evaluation clock.
 const POLICY_PERIOD: f64 = 60.0;
+/// Longest the simulation follows the group after the last upload is processed, waiting
+/// for it to scale back in.
+const SCALE_IN_WAIT_LIMIT: f64 = 4.0 * 3600.0;
 /// Length of a rate pattern given without one ("constant:10/min").
 const DEFAULT_MINUTES: f64 = 60.0;
 /// The alarms AWS creates for a target-tracking policy: scale out after 3 one-minute
@@ -508,7 +511,8 @@ pub struct Outcome {
     pub samples: Vec<Sample>,
     pub actions: Vec<ScalingAction>,
     pub instances: Vec<InstanceLife>,
-    /// Time the last job finished (or the last arrival if none).
+    /// When the run ends: the last job finished and, under a scaling policy, the group is
+    /// back at its minimum (or the last arrival, if there are no jobs).
     pub end: f64,
 }
 
@@ -610,6 +614,10 @@ impl EventQueue {
     fn pop(&mut self) -> Option<Event> {
         self.heap.pop()
     }
+
+    fn peek_time(&self) -> Option<f64> {
+        self.heap.peek().map(|event| event.t)
+    }
 }
 
 /// Consecutive policy datapoints above the scale-out and below the scale-in threshold; a
@@ -654,7 +662,8 @@ struct Sim<'a> {
 }
 
 /// Runs the tier on these arrival times (seconds; need not be sorted, non-finite ones are
-/// dropped, negative ones count as 0) until every upload is processed.
+/// dropped, negative ones count as 0) until every upload is processed and the group is
+/// back at its minimum size.
 pub fn simulate(arrivals: &[f64], setup: &Setup) -> Outcome {
     let mut arrival_times: Vec<f64> = arrivals
         .iter()
@@ -722,13 +731,18 @@ impl<'a> Sim<'a> {
         sim
     }
 
+    /// Until every upload is processed and, under a scaling policy, the group is back at
+    /// its minimum: the instances a burst added are paid for until they are scaled in.
     fn run(&mut self) {
-        while self.completed < self.arrivals.len() {
+        while self.completed < self.arrivals.len() || self.scaled_out_after_the_work() {
             // Some instance is always in service or booting (min ≥ 1), so while uploads are
             // outstanding a completion or an instance-ready event is always due.
             let Some(event) = self.events.pop() else {
                 break;
             };
+            if self.completed == self.arrivals.len() {
+                self.end = self.end.max(event.t);
+            }
             self.take_samples(event.t, false);
             match event.kind {
                 EventKind::Completion { instance } => {
@@ -851,6 +865,17 @@ impl<'a> Sim<'a> {
             .rev()
             .copied()
             .find(|&id| wanted(&self.instances[id]))
+    }
+
+    /// Whether, all uploads done, the group still has more than its minimum (and the wait
+    /// for the policy to scale in is below a bound, should a policy never do it).
+    fn scaled_out_after_the_work(&self) -> bool {
+        !matches!(self.setup.policy, Policy::Fixed { .. })
+            && self.live.len() > self.min as usize
+            && self
+                .events
+                .peek_time()
+                .is_some_and(|t| t < self.end + SCALE_IN_WAIT_LIMIT)
     }
 
     /// Removes one instance from the group's capacity; false if there is none to remove.
@@ -1453,6 +1478,7 @@ mod tests {
             Policy::seed_step(1, 3),
         ] {
             let name = policy.describe();
+            let fixed = matches!(policy, Policy::Fixed { .. });
             let outcome = simulate(
                 &arrivals,
                 &setup(policy, ServiceTime::Samples(service_samples.clone())),
@@ -1491,7 +1517,19 @@ mod tests {
                 }
             }
             let last_end = outcome.jobs.iter().map(|job| job.end).fold(0.0, f64::max);
-            assert!((outcome.end - last_end).abs() < 1e-9, "{name}");
+            let running_at_end = outcome
+                .instances
+                .iter()
+                .filter(|life| life.terminated.is_none())
+                .count();
+            if fixed {
+                assert!((outcome.end - last_end).abs() < 1e-9, "{name}");
+                assert_eq!(running_at_end, 2, "{name}");
+            } else {
+                // Followed until the instances the burst added are scaled in and paid for.
+                assert!(outcome.end >= last_end, "{name}");
+                assert_eq!(running_at_end, 1, "{name}: not back at the minimum");
+            }
             assert_eq!(
                 outcome.samples.len(),
                 (outcome.end / SAMPLE_EVERY).floor() as usize + 1,

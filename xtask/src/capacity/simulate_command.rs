@@ -16,7 +16,8 @@ pub struct SimulateArgs {
     /// newest `capacity worker` report at one job per worker.
     #[arg(long, value_parser = parse_seconds)]
     service_time: Option<f64>,
-    /// EC2 type for the cost estimate. Default: the worker's in config/aws.toml.
+    /// EC2 type for the cost estimate. Default: the worker's in config/aws.toml. Only the
+    /// price and CPU credits change: the service time stays the one measured here.
     #[arg(long)]
     instance_type: Option<String>,
     /// Also run the seed design's step policy (out above 2 per worker, in below 1,
@@ -34,6 +35,10 @@ pub struct SimulateArgs {
     /// Random seed (Poisson arrivals, sampled service times).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also copy the whole report (report.md, data, plots) to DIR: the README's
+    /// simulation in docs/capacity is regenerated this way.
+    #[arg(long, value_name = "DIR")]
+    copy_to: Option<std::path::PathBuf>,
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -101,8 +106,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             );
             let service = ServiceTime::Samples(samples);
             let source = format!(
-                "measured by `capacity worker` ({}), mean {:.1} s",
-                dir.display(),
+                "measured by `capacity worker` (target/capacity/{}), mean {:.1} s",
+                dir.file_name().unwrap_or_default().to_string_lossy(),
                 service.mean()
             );
             (service, source)
@@ -153,6 +158,15 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         &runs,
     );
     report.write_text("report.md", &md)?;
+    if let Some(dir) = &args.copy_to {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(&report.dir)? {
+            let from = entry?.path();
+            let to = dir.join(from.file_name().unwrap_or_default());
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        }
+    }
     println!("{md}");
     println!("Report: {}", report.dir.display());
     Ok(())
@@ -279,7 +293,7 @@ fn markdown(
     let mut md = String::from("# Worker tier: scaling policy simulation\n\n## Setup\n\n");
     md.push_str(&report.machine_lines());
     md.push_str(&format!(
-        "- Arrivals: {}\n- Service time per video: {service_source}; one job at a time per worker\n- New instance: {} s from launch to taking jobs; CloudWatch 1-minute periods on backlog per instance (waiting messages / in-service instances)\n- Instance type for cost: {instance_type} ({})\n\n",
+        "- Arrivals: {}\n- Service time per video: {service_source}; one job at a time per worker\n- New instance: {} s from launch to taking jobs; CloudWatch 1-minute periods on backlog per instance (waiting messages / in-service instances); followed until the group is back at its minimum, so the instances a burst adds are paid for until they are scaled in\n- Instance type for cost: {instance_type}, price only (the service time is this machine's) — {}\n\n",
         arrivals.describe(),
         args.boot_time,
         simulate::PRICE_SOURCE,

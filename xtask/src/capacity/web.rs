@@ -129,19 +129,29 @@ pub struct Phase {
     pub failures: BTreeMap<u16, usize>,
     /// The API process's CPU (100 = one core) and resident memory; None against a target.
     pub api_cpu_percent: Option<f64>,
+    /// The whole machine's CPU (100 = every core busy) over the hold: on one machine the
+    /// API, PostgreSQL, ffprobe and the generator share it. None against a target.
+    pub machine_cpu_percent: Option<f64>,
     pub api_rss_mb: Option<f64>,
     /// Per action: (requests, p95 ms).
     pub by_action: BTreeMap<String, (usize, f64)>,
+    /// Users whose sign-up or log-in failed (counted as errors).
+    pub failed_logins: usize,
 }
 
 impl Phase {
+    /// goose keeps times of a second or more to the nearest second: a p95 recorded as
+    /// 1000 ms may be anything from 950 to 1499 ms, so it counts as over.
     fn within_slo(&self) -> bool {
-        self.p95_ms <= MAX_P95.as_secs_f64() * 1000.0 && self.error_rate <= MAX_ERROR_RATE
+        self.p95_ms < MAX_P95.as_secs_f64() * 1000.0 && self.error_rate <= MAX_ERROR_RATE
     }
 }
 
 static UPLOAD_BYTES: OnceLock<&'static [u8]> = OnceLock::new();
 static NEXT_USER: AtomicUsize = AtomicUsize::new(0);
+/// Users of the current phase whose sign-up or log-in failed: they send no uploads, so
+/// their failures would otherwise be invisible in the figures.
+static FAILED_LOGINS: AtomicUsize = AtomicUsize::new(0);
 
 struct Session {
     token: String,
@@ -180,12 +190,31 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
                     ramp.as_secs(),
                     hold.as_secs()
                 );
-                let before = api_pid.map(process_cpu_seconds).transpose()?;
-                let metrics = attack(&base, users, ramp, hold, route, mix).await?;
+                FAILED_LOGINS.store(0, Ordering::SeqCst);
+                // goose measures the hold only (it resets once every user is launched): the
+                // API's CPU is read over the same span.
+                let cpu_at_hold = async {
+                    tokio::time::sleep(ramp).await;
+                    (
+                        std::time::Instant::now(),
+                        api_pid.map(process_cpu_seconds).transpose(),
+                    )
+                };
+                let (metrics, (hold_started, before)) =
+                    tokio::join!(attack(&base, users, ramp, hold, route, mix), cpu_at_hold);
+                let metrics = metrics?;
                 let after = api_pid.map(process_cpu_seconds).transpose()?;
                 let mut phase = summarize(&name, users, &metrics);
-                if let (Some(before), Some(after)) = (before, after) {
-                    phase.api_cpu_percent = Some((after - before) / phase.seconds * 100.0);
+                if let (Some(before), Some(after)) = (before?, after) {
+                    let seconds = hold_started.elapsed().as_secs_f64().max(1.0);
+                    phase.api_cpu_percent = Some((after - before) / seconds * 100.0);
+                }
+                phase.failed_logins = FAILED_LOGINS.load(Ordering::SeqCst);
+                if phase.failed_logins > 0 {
+                    let attempts = phase.requests + phase.failed_logins;
+                    let failed =
+                        phase.error_rate * phase.requests as f64 + phase.failed_logins as f64;
+                    phase.error_rate = failed / attempts as f64;
                 }
                 phase.api_rss_mb = api_pid.map(process_rss_mb).transpose()?;
                 eprintln!(
@@ -200,10 +229,10 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
         // The generator's own ceiling: the same users on the no-op liveness route.
         let ceiling_users = max_users.min(step * 3);
         let ceiling = measure(
-            "generator ceiling (GET /api/health/live)".into(),
+            "no-op route ceiling (GET /api/health/live, no pauses)".into(),
             ceiling_users,
-            durations.ramp / 3,
-            durations.hold,
+            durations.ramp / 18,
+            durations.smoke,
             Route::NoOp,
         )
         .await?;
@@ -247,9 +276,7 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
         phases.push(sustained);
         Ok::<_, anyhow::Error>((ceiling, phases, best))
     });
-    if let Some(platform) = local {
-        platform.stop();
-    }
+    drop(local);
     let (ceiling, phases, best) = result?;
     write_report(
         &mut report,
@@ -345,8 +372,11 @@ impl LocalPlatform {
             }
         });
     }
+}
 
-    fn stop(mut self) {
+/// Stopped however the run ends, including a start that never became healthy.
+impl Drop for LocalPlatform {
+    fn drop(&mut self) {
         self.sweeping.store(false, Ordering::SeqCst);
         stop(&mut self.api);
         self.cluster.stop();
@@ -427,7 +457,10 @@ async fn log_in(user: &mut GooseUser) -> TransactionResult {
         .await
     {
         Ok(token) => user.set_session_data(Session { token }),
-        Err(e) => eprintln!("capacity web: user {n} could not log in: {e:#}"),
+        Err(e) => {
+            FAILED_LOGINS.fetch_add(1, Ordering::SeqCst);
+            eprintln!("capacity web: user {n} could not log in: {e:#}");
+        }
     }
     Ok(())
 }
@@ -517,8 +550,10 @@ fn summarize(name: &str, users: usize, metrics: &GooseMetrics) -> Phase {
         },
         failures,
         api_cpu_percent: None,
+        machine_cpu_percent: None,
         api_rss_mb: None,
         by_action,
+        failed_logins: 0,
     }
 }
 
@@ -669,7 +704,7 @@ fn write_report(
     md.push_str("# Web tier capacity\n\n## Setup\n\n");
     md.push_str(&report.machine_lines());
     md.push_str(&format!(
-        "- Target: {}\n- Build: {}\n- Upload size: {upload_mb:.1} MB real MP4 (lavfi 720p); mix {}\n- Users: think 0.5–1.5 s between actions; log in once at start (not measured)\n- SLO: p95 ≤ {} ms and errors ≤ {} %\n- Load generator: goose {} with coordinated-omission mitigation (average cadence){}\n\n",
+        "- Target: {}\n- Build: {}\n- Upload size: {upload_mb:.1} MB real MP4 (lavfi 720p); mix {}\n- Users: think 0.5–1.5 s between actions; log in once at start (not measured)\n- SLO: p95 < {} ms (goose records times of a second or more to the nearest second) and errors ≤ {} %, counting users who could not log in\n- Load generator: goose {} with coordinated-omission mitigation (average cadence){}\n\n",
         if args.target.is_some() { base.to_owned() } else { format!("local platform at {base} (API + private PostgreSQL, no worker)") },
         if args.target.is_some() { "as deployed" } else if args.quick { "debug (quick mode)" } else { "release" },
         args.mix,
@@ -678,10 +713,10 @@ fn write_report(
         GOOSE_VERSION,
         if args.quick { "\n- **Quick mode**: phases of seconds; checks the scenario, does not measure capacity" } else { "" },
     ));
-    md.push_str("## Phases\n\n| phase | users | requests/s | p50 ms | p95 ms | p99 ms | errors | API CPU | API RSS |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("## Phases\n\n| phase | users | requests/s | p50 ms | p95 ms | p99 ms | errors | API CPU | machine CPU | API RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for p in std::iter::once(ceiling).chain(phases) {
         md.push_str(&format!(
-            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} %{} | {} | {} |\n",
+            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} %{} | {} | {} | {} |\n",
             p.name,
             p.users,
             p.rps,
@@ -689,19 +724,24 @@ fn write_report(
             p.p95_ms,
             p.p99_ms,
             p.error_rate * 100.0,
-            if p.failures.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " ({})",
-                    p.failures
-                        .iter()
-                        .map(|(s, c)| format!("{c}× {s}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+            {
+                let mut kinds: Vec<String> = p
+                    .failures
+                    .iter()
+                    .map(|(s, c)| format!("{c}× {s}"))
+                    .collect();
+                if p.failed_logins > 0 {
+                    kinds.push(format!("{} users could not log in", p.failed_logins));
+                }
+                if kinds.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", kinds.join(", "))
+                }
             },
             p.api_cpu_percent
+                .map_or("–".into(), |c| format!("{c:.0} %")),
+            p.machine_cpu_percent
                 .map_or("–".into(), |c| format!("{c:.0} %")),
             p.api_rss_mb.map_or("–".into(), |m| format!("{m:.0} MB")),
         ));
@@ -718,11 +758,15 @@ fn write_report(
             ));
             match broke {
                 Some(b) => md.push_str(&format!(
-                    "At {} users the SLO broke: p95 {:.0} ms, errors {:.2} %{}.\n",
+                    "At {} users the SLO broke: p95 {:.0} ms, errors {:.2} %{}{}.\n",
                     b.users,
                     b.p95_ms,
                     b.error_rate * 100.0,
-                    b.api_cpu_percent.map_or(String::new(), |c| format!(", API CPU {c:.0} %"))
+                    b.api_cpu_percent.map_or(String::new(), |c| format!(", API CPU {c:.0} %")),
+                    b.machine_cpu_percent.map_or(String::new(), |c| format!(
+                        ", machine CPU {c:.0} %{}",
+                        if c >= 90.0 { " — the cores were saturated (API, PostgreSQL, ffprobe and the generator share them)" } else { "" }
+                    )),
                 )),
                 None => md.push_str("The SLO still held at the last step (--max-users): the capacity is at least this.\n"),
             }
@@ -739,7 +783,7 @@ fn write_report(
             .unwrap_or_else(|| "–".into())
     ));
     md.push_str(&format!(
-        "\nGenerator ceiling: {:.0} requests/s on the no-op route with {} users; the best step used {} of it{}.\n",
+        "\nGenerator ceiling: {:.0} requests/s on the no-op route with {} users and no pauses (goose, the API's routing and loopback together); the best step used {} of it{}.\n",
         ceiling.rps,
         ceiling.users,
         ratio.map_or("–".into(), |r| format!("{:.1} %", r * 100.0)),

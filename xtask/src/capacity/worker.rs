@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::{plot, Report};
+use super::{machine_cpu, plot, Report};
 use crate::postgres::PrivateCluster;
 use crate::scratch_dir;
 use crate::system::stop;
@@ -111,6 +111,7 @@ fn measure_level(
             .collect::<anyhow::Result<_>>()?;
         wait_processed(
             cluster,
+            &mut worker,
             ids.len(),
             Duration::from_secs(600 * backlog as u64),
         )?;
@@ -142,6 +143,7 @@ fn measure_level(
         ));
         wait_processed(
             cluster,
+            &mut worker,
             backlog + count,
             Duration::from_secs(600 * count as u64),
         )?;
@@ -215,9 +217,29 @@ fn waiting(cluster: &PrivateCluster) -> anyhow::Result<usize> {
         .parse()?)
 }
 
-fn wait_processed(cluster: &PrivateCluster, total: usize, limit: Duration) -> anyhow::Result<()> {
+/// Waits until `total` videos are processed; stops at the first failed video, dead
+/// letter or exit of the worker rather than waiting out `limit`.
+fn wait_processed(
+    cluster: &PrivateCluster,
+    worker: &mut Child,
+    total: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
+        if let Some(status) = worker.try_wait()? {
+            bail!("the worker exited ({status}); see its log");
+        }
+        let dead = cluster.execute(
+            DATABASE,
+            "SELECT count(*) FROM queue_messages WHERE queue = 'video-processing-dlq'",
+        )?;
+        if dead.trim() != "0" {
+            bail!(
+                "{} job(s) went to the dead-letter queue; see the worker log",
+                dead.trim()
+            );
+        }
         let counts = cluster.execute(DATABASE, "SELECT count(*) FILTER (WHERE status = 'processed'), count(*) FILTER (WHERE status = 'failed') FROM videos")?;
         let (done, failed) = counts.trim().split_once('|').unwrap_or(("0", "0"));
         if failed != "0" {
@@ -261,38 +283,6 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     } else {
         covariance / variance
     }
-}
-
-/// Jiffies of the whole machine from /proc/stat: (busy, total).
-struct MachineCpu {
-    busy: u64,
-    total: u64,
-}
-
-impl MachineCpu {
-    fn busy_percent_since(&self, before: &MachineCpu) -> f64 {
-        let total = self.total.saturating_sub(before.total).max(1);
-        self.busy.saturating_sub(before.busy) as f64 / total as f64 * 100.0
-    }
-}
-
-fn machine_cpu() -> anyhow::Result<MachineCpu> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .context("empty /proc/stat")?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().sum();
-    // idle and iowait are the 4th and 5th fields.
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    Ok(MachineCpu {
-        busy: total - idle,
-        total,
-    })
 }
 
 /// 60 s (quick: 5 s) of 1080p30 noise with sound, at the bitrate that makes `size`.
@@ -379,7 +369,8 @@ fn write_report(
     let mut md = String::from("# Worker tier capacity\n\n## Setup\n\n");
     md.push_str(&report.machine_lines());
     md.push_str(&format!(
-        "- Worker: release build, local storage, PostgreSQL queue\n- Input: {video_mb:.1} MB MP4 (1080p30 H.264 + AAC, noise){}\n- Backlog: {} videos per concurrent job; sustained: {} per concurrent job at 80 % of the throughput found\n\n",
+        "- Worker: {} build, local storage, PostgreSQL queue\n- Input: {video_mb:.1} MB MP4 (1080p30 H.264 + AAC, noise){}\n- Backlog: {} videos per concurrent job; sustained: {} per concurrent job at 80 % of the throughput found\n\n",
+        if args.quick { "debug" } else { "release" },
         if args.quick { " — **quick mode**: short inputs, checks the scenario only" } else { "" },
         args.backlog_per_job,
         args.sustained_per_job,

@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per area of the contract.
 
 pub mod health;
+pub mod pages;
 pub mod public;
 pub mod users;
 pub mod videos;
@@ -37,7 +38,10 @@ impl KnownPaths {
                 (ResourceDef::new(path.as_str()), methods)
             })
             .collect();
-        for undocumented in ["/health", "/api/videos/", "/api/docs"] {
+        for undocumented in ["/health", "/api/videos/", "/api/docs"]
+            .into_iter()
+            .chain(pages::PATHS)
+        {
             known.push((ResourceDef::new(undocumented), vec!["GET"]));
         }
         Self(known)

@@ -109,6 +109,8 @@ async fn a_known_path_asked_with_another_method_is_405_with_allow() {
         ("POST", "/api/public/rankings".to_owned(), "GET"),
         ("POST", "/api/health".to_owned(), "GET"),
         ("DELETE", "/health".to_owned(), "GET"),
+        ("POST", "/".to_owned(), "GET"),
+        ("DELETE", "/mis-videos".to_owned(), "GET"),
     ] {
         let response = app
             .client

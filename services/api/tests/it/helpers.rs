@@ -24,6 +24,9 @@ pub struct TestApp {
     pub queue: Arc<dyn JobQueue>,
     /// Local storage root, when the app uses local storage.
     pub storage_dir: Option<tempfile::TempDir>,
+    /// The settings the app was built with, as variables: a worker built from them works
+    /// on the same database, storage and queue.
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -70,7 +73,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v)),
     );
-    let settings = Settings::load_from(&[], env).expect("test settings");
+    let settings = Settings::load_from(&[], env.clone()).expect("test settings");
     let app = api::Application::build(settings).await.expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
@@ -85,6 +88,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         store,
         queue,
         storage_dir,
+        env,
     }
 }
 

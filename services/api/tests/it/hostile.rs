@@ -80,7 +80,7 @@ async fn malformed_framing_is_refused_before_it_can_fill_memory() {
     let tiny: String = (0..10_000)
         .map(|i| part_header(&format!("f{i}"), None) + "v\r\n")
         .collect::<String>()
-        + &format!("--{BOUNDARY}--\r\n");
+        + format!("--{BOUNDARY}--\r\n").as_str();
     let response = post_raw(&app, &player.token, tiny.into_bytes()).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert!(detail(response).await.contains("partes"));

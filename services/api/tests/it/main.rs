@@ -5,11 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod browser;
 mod docs_and_health;
 mod faults;
 mod fuzz;
 mod helpers;
 mod hostile;
+mod pages;
 mod public;
 mod s3_sqs;
 mod shutdown;

@@ -208,6 +208,27 @@ async fn the_main_part_shares_the_bumpers_headers_and_the_joined_file_decodes_cl
             &["-pix_fmt", "yuv444p"],
         )
         .await,
+        // What phones record: colour tags of their own, here BT.601 at full range.
+        make_video(
+            d,
+            "tagged-full-range.mp4",
+            "testsrc2=size=1280x720:rate=30:duration=2",
+            &[
+                "-vf",
+                "scale=out_range=full",
+                "-pix_fmt",
+                "yuvj420p",
+                "-color_range",
+                "pc",
+                "-colorspace",
+                "bt470bg",
+                "-color_primaries",
+                "bt470bg",
+                "-color_trc",
+                "smpte170m",
+            ],
+        )
+        .await,
         make_video(
             d,
             "anamorphic.mp4",
@@ -216,15 +237,22 @@ async fn the_main_part_shares_the_bumpers_headers_and_the_joined_file_decodes_cl
         )
         .await,
     ];
-    for input in inputs {
+    // The default preset on every input; one with B-frames (parts then carry reordering
+    // delays of their own) on the first.
+    let runs = inputs
+        .iter()
+        .map(|input| (input, "ultrafast"))
+        .chain([(&inputs[0], "veryfast")]);
+    for (input, preset) in runs {
         let work = tempfile::tempdir().unwrap();
         let output = work.path().join("processed.mp4");
         let parts = work.path().join("parts");
         #[allow(clippy::disallowed_methods)] // the test runs the real binary
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .env("APP__PROCESSING__X264_PRESET", preset)
             .arg("transcode")
             .arg("--input")
-            .arg(&input)
+            .arg(input)
             .arg("--output")
             .arg(&output)
             .arg("--work-dir")
@@ -232,20 +260,20 @@ async fn the_main_part_shares_the_bumpers_headers_and_the_joined_file_decodes_cl
             .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
-        assert!(status.success(), "{}", input.display());
+        assert!(status.success(), "{} ({preset})", input.display());
         let bumper = sequence_headers(&parts.join("intro.mp4"));
         assert!(!bumper.is_empty());
         assert_eq!(
             sequence_headers(&parts.join("run-1/main.mp4")),
             bumper,
-            "{}: the main part's headers differ from the bumpers'",
+            "{} ({preset}): the main part's headers differ from the bumpers'",
             input.display()
         );
         // 2.5 s + 2 s + 2.5 s at 30 fps.
         assert_eq!(
             decode_every_frame(&output).await,
             210,
-            "{}",
+            "{} ({preset})",
             input.display()
         );
     }

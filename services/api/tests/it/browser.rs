@@ -1,0 +1,310 @@
+//! The page in a real browser: Debian's chromium, headless, driven through chromedriver
+//! (thirtyfour), against the real API, a real worker, PostgreSQL and local storage. A player
+//! signs up, uploads with the progress bar, sees the video become "Procesado" without a
+//! reload; a fan plays it, votes, and finds the player first in the rankings. A hostile
+//! title stays text. Screenshots of each page at phone and desktop widths land in
+//! `target/screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backends::settings::Settings;
+use testkit::{eventually, free_port, videos};
+use thirtyfour::prelude::*;
+
+use crate::helpers::spawn_app;
+
+const PHONE: (u32, u32) = (360, 800);
+const DESKTOP: (u32, u32) = (1280, 900);
+const WAIT: Duration = Duration::from_secs(60);
+
+/// chromedriver on a free port, stopped (killed) when dropped.
+struct Chromedriver {
+    _process: tokio::process::Child,
+    url: String,
+}
+
+impl Chromedriver {
+    async fn start() -> Self {
+        for program in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+            assert!(
+                Path::new(program).is_file(),
+                "{program} is missing: apt-get install chromium chromium-driver (cargo xtask ci does)"
+            );
+        }
+        let port = free_port();
+        #[allow(clippy::disallowed_methods)] // the browser's driver, not a media tool
+        let process = tokio::process::Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromedriver");
+        let url = format!("http://127.0.0.1:{port}");
+        let status = format!("{url}/status");
+        eventually("chromedriver to be ready", Duration::from_secs(20), || {
+            let status = status.clone();
+            async move {
+                let body: serde_json::Value =
+                    reqwest::get(&status).await.ok()?.json().await.ok()?;
+                body["value"]["ready"].as_bool().filter(|ready| *ready)
+            }
+        })
+        .await;
+        Self {
+            _process: process,
+            url,
+        }
+    }
+
+    async fn browser(&self, profile: &Path) -> WebDriver {
+        let mut caps = DesiredCapabilities::chrome();
+        caps.set_binary("/usr/bin/chromium").unwrap();
+        for arg in [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--autoplay-policy=no-user-gesture-required",
+            "--lang=es",
+        ] {
+            caps.add_arg(arg).unwrap();
+        }
+        caps.add_arg(&format!("--user-data-dir={}", profile.display()))
+            .unwrap();
+        WebDriver::new(&self.url, caps)
+            .await
+            .expect("a chromium session")
+    }
+}
+
+fn screenshots_dir() -> PathBuf {
+    let dir = testkit::workspace_root().join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The current page at phone and desktop widths, as `<name>-phone.png` and `-desktop.png`.
+async fn screenshots(driver: &WebDriver, name: &str) {
+    for (label, (width, height)) in [("phone", PHONE), ("desktop", DESKTOP)] {
+        driver.set_window_rect(0, 0, width, height).await.unwrap();
+        let path = screenshots_dir().join(format!("{name}-{label}.png"));
+        driver.screenshot(&path).await.unwrap();
+        if label == "phone" {
+            // Nothing wider than the phone: no sideways scrolling.
+            let overflow: i64 = driver
+                .execute(
+                    "return document.documentElement.scrollWidth - window.innerWidth;",
+                    vec![],
+                )
+                .await
+                .unwrap()
+                .convert()
+                .unwrap();
+            assert!(overflow <= 0, "{name}: {overflow} px wider than a phone");
+        }
+    }
+    driver
+        .set_window_rect(0, 0, DESKTOP.0, DESKTOP.1)
+        .await
+        .unwrap();
+}
+
+async fn fill(driver: &WebDriver, css: &str, text: &str) {
+    let field = driver.find(By::Css(css)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+async fn sign_up(driver: &WebDriver, base: &str, first: &str, last: &str, email: &str) {
+    driver.goto(format!("{base}/registro")).await.unwrap();
+    for (css, value) in [
+        ("#first_name", first),
+        ("#last_name", last),
+        ("#email", email),
+        ("#password1", "Canasta2026"),
+        ("#password2", "Canasta2026"),
+        ("#city", "Cali"),
+        ("#country", "Colombia"),
+    ] {
+        fill(driver, css, value).await;
+    }
+    driver
+        .find(By::Css("#registro button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually("the player's own page after sign-up", WAIT, || async {
+        let url = driver.current_url().await.ok()?;
+        url.path().ends_with("/mis-videos").then_some(())
+    })
+    .await;
+}
+
+/// The text of the first element `css` selects, if there is one yet.
+async fn text_of(driver: &WebDriver, css: &str) -> Option<String> {
+    driver.find(By::Css(css)).await.ok()?.text().await.ok()
+}
+
+async fn upload(driver: &WebDriver, title: &str, file: &Path) {
+    fill(driver, "#titulo", title).await;
+    driver
+        .find(By::Css("#archivo"))
+        .await
+        .unwrap()
+        .send_keys(file.display().to_string())
+        .await
+        .unwrap();
+    driver
+        .find(By::Css("#subir button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_uploads_and_a_fan_plays_votes_and_finds_the_player_ranked_first() {
+    let app = spawn_app().await;
+    let settings = Settings::load_from(&[], app.env.clone()).unwrap();
+    let worker = Arc::new(worker::Worker::build(&settings).await.unwrap());
+    let (stop_worker, stopped) = tokio::sync::watch::channel(false);
+    let worker_run = tokio::spawn(worker.run(stopped));
+    let inputs = tempfile::tempdir().unwrap();
+    let clip = inputs.path().join("jugada.mp4");
+    videos::mp4(&clip, 3, 640, 360, true).await;
+
+    let chromedriver = Chromedriver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let driver = chromedriver.browser(profile.path()).await;
+    let base = app.address.clone();
+
+    async {
+        driver.goto(format!("{base}/")).await.unwrap();
+        let playable: String = driver
+            .execute(
+                r#"return document.createElement("video").canPlayType('video/mp4; codecs="avc1.64001f"');"#,
+                vec![],
+            )
+            .await
+            .unwrap()
+            .convert()
+            .unwrap();
+        assert!(!playable.is_empty(), "this chromium cannot play H.264 MP4");
+        screenshots(&driver, "videos-empty").await;
+
+        // The player.
+        sign_up(&driver, &base, "Ana", "Pérez", "ana@example.com").await;
+        driver
+            .execute("window.sinRecargar = true;", vec![])
+            .await
+            .unwrap();
+        upload(&driver, "Mi mejor clavada", &clip).await;
+        eventually("the upload to be accepted", WAIT, || async {
+            let notice = text_of(&driver, "#aviso").await?;
+            notice.contains("Video subido").then_some(())
+        })
+        .await;
+        let progress: f64 = driver
+            .execute("return document.querySelector('#progreso').value;", vec![])
+            .await
+            .unwrap()
+            .convert()
+            .unwrap();
+        assert_eq!(progress, 100.0, "the progress bar did not reach the end");
+        eventually("the video to become Procesado on the page", WAIT, || async {
+            let status = text_of(&driver, "#mios tbody tr[data-status] td.status").await?;
+            (status == "Procesado").then_some(())
+        })
+        .await;
+        let same_page: bool = driver
+            .execute("return window.sinRecargar === true;", vec![])
+            .await
+            .unwrap()
+            .convert()
+            .unwrap();
+        assert!(same_page, "the page reloaded to show the new state");
+
+        // A hostile title is shown as the text it is.
+        let hostile = "<img src=x onerror=alert(1)>";
+        upload(&driver, hostile, &clip).await;
+        eventually("the hostile title in the list", WAIT, || async {
+            let first = text_of(&driver, "#mios tbody tr td").await?;
+            (first == hostile).then_some(())
+        })
+        .await;
+        let images: i64 = driver
+            .execute("return document.querySelectorAll('#mios img').length;", vec![])
+            .await
+            .unwrap()
+            .convert()
+            .unwrap();
+        assert_eq!(images, 0, "the title became markup");
+        screenshots(&driver, "mis-videos").await;
+
+        // The fan.
+        driver.find(By::Css("#salir")).await.unwrap().click().await.unwrap();
+        sign_up(&driver, &base, "Luis", "Gómez", "luis@example.com").await;
+        driver.goto(format!("{base}/")).await.unwrap();
+        eventually("the processed video on the public page", WAIT, || async {
+            let cards = driver.find_all(By::Css("#videos .card")).await.ok()?;
+            (!cards.is_empty()).then_some(())
+        })
+        .await;
+        let started: f64 = driver
+            .execute_async(
+                "const done = arguments[arguments.length - 1]; \
+                 const v = document.querySelector('#videos video'); v.muted = true; \
+                 v.play().then(() => setTimeout(() => done(v.currentTime), 1500), () => done(-1));",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .convert()
+            .unwrap();
+        assert!(started > 0.5, "the video did not play (currentTime {started})");
+        let vote = driver
+            .find(By::XPath("//li[contains(@class,'card')][.//h2[text()='Mi mejor clavada']]//button"))
+            .await
+            .unwrap();
+        vote.click().await.unwrap();
+        eventually("the vote to be acknowledged", WAIT, || async {
+            let label = vote.text().await.ok()?;
+            (label == "Ya votaste").then_some(())
+        })
+        .await;
+        screenshots(&driver, "videos").await;
+
+        driver.goto(format!("{base}/rankings")).await.unwrap();
+        eventually("the player first in the rankings", WAIT, || async {
+            let first = driver
+                .find(By::Css("#ranking tbody tr:first-child td:nth-child(2)"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (first == "Ana Pérez").then_some(())
+        })
+        .await;
+        screenshots(&driver, "rankings").await;
+        driver.goto(format!("{base}/ingresar")).await.unwrap();
+        screenshots(&driver, "ingresar").await;
+    }
+    .await;
+    driver.quit().await.unwrap();
+    stop_worker.send(true).unwrap();
+    worker_run.await.unwrap().unwrap();
+}
