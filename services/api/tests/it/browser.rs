@@ -1,8 +1,8 @@
 //! The page in a real browser: Debian's chromium, headless, driven through chromedriver
 //! (thirtyfour), against the real API, a real worker, PostgreSQL and local storage. A player
 //! signs up, uploads with the progress bar, sees the video become "Procesado" without a
-//! reload; a fan plays it, votes, and finds the player first in the rankings. A hostile
-//! title stays text. Screenshots of each page at phone and desktop widths land in
+//! reload; a fan plays it, votes, and finds the player first in the rankings; the player
+//! logs back in with the keyboard alone. A hostile title stays text. Screenshots of each page at phone and desktop widths land in
 //! `target/screenshots/`.
 
 use std::path::{Path, PathBuf};
@@ -175,6 +175,12 @@ async fn upload(driver: &WebDriver, title: &str, file: &Path) {
         .unwrap();
 }
 
+/// Keys typed into whatever has the focus, as a keyboard does.
+async fn type_keys(driver: &WebDriver, keys: impl Into<TypingData>) {
+    let focused = driver.active_element().await.unwrap();
+    focused.send_keys(keys).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_uploads_and_a_fan_plays_votes_and_finds_the_player_ranked_first() {
     let app = spawn_app().await;
@@ -300,8 +306,30 @@ async fn a_player_uploads_and_a_fan_plays_votes_and_finds_the_player_ranked_firs
         })
         .await;
         screenshots(&driver, "rankings").await;
+
+        // With the keyboard alone: out, then back in as the player.
+        driver.find(By::Css("#salir")).await.unwrap().click().await.unwrap();
         driver.goto(format!("{base}/ingresar")).await.unwrap();
         screenshots(&driver, "ingresar").await;
+        let mut reached_email = false;
+        for _ in 0..20 {
+            let focused = driver.active_element().await.unwrap();
+            if focused.attr("id").await.unwrap().as_deref() == Some("email") {
+                reached_email = true;
+                break;
+            }
+            type_keys(&driver, Key::Tab).await;
+        }
+        assert!(reached_email, "Tab never reaches the e-mail field");
+        type_keys(&driver, "ana@example.com").await;
+        type_keys(&driver, Key::Tab).await;
+        type_keys(&driver, "Canasta2026").await;
+        type_keys(&driver, Key::Enter).await;
+        eventually("the player's page after a keyboard-only log-in", WAIT, || async {
+            let url = driver.current_url().await.ok()?;
+            url.path().ends_with("/mis-videos").then_some(())
+        })
+        .await;
     }
     .await;
     driver.quit().await.unwrap();
