@@ -1,5 +1,6 @@
 //! The videos bucket (S3): public access blocked, encrypted by default, TLS only when AWS
-//! is reached over TLS, tagged with the stack; emptied (every version) before it is deleted.
+//! is reached over TLS, cross-origin reads allowed (for presigned downloads from the page),
+//! tagged with the stack; emptied (every version) before it is deleted.
 
 use anyhow::Context;
 
@@ -25,8 +26,41 @@ pub(crate) fn desired(name: String, over_tls: bool) -> Resource {
             ("block_public_access", "true".into()),
             ("encryption", "AES256".into()),
             ("policy", policy),
+            ("cross_origin", CROSS_ORIGIN_READS.into()),
         ],
     )
+}
+
+/// The bucket's only CORS rule. The API answers a download with a redirect to a presigned
+/// URL; the page's script follows it with `fetch`, which S3 then answers cross-origin
+/// (after a cross-origin redirect the request's origin is opaque, hence `*`). A presigned
+/// URL is itself the credential, and public access stays blocked: the rule lets a browser
+/// read what the URL already grants, nothing more.
+const CROSS_ORIGIN_READS: &str = "GET, HEAD from *";
+
+/// The rule [`CROSS_ORIGIN_READS`] describes.
+fn cross_origin_reads() -> Result<aws_sdk_s3::types::CorsRule, aws_sdk_s3::error::BuildError> {
+    aws_sdk_s3::types::CorsRule::builder()
+        .allowed_methods("GET")
+        .allowed_methods("HEAD")
+        .allowed_origins("*")
+        .max_age_seconds(3600)
+        .build()
+}
+
+/// The CORS rules as `METHODS from ORIGINS`, `; `-separated: one canonical text to compare.
+fn describe_cors(rules: &[aws_sdk_s3::types::CorsRule]) -> String {
+    rules
+        .iter()
+        .map(|rule| {
+            format!(
+                "{} from {}",
+                rule.allowed_methods().join(", "),
+                rule.allowed_origins().join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The bucket's whole policy: deny every request not made over TLS. Compared as
@@ -157,6 +191,17 @@ pub(crate) async fn observe(aws: &Aws, bucket: &str) -> anyhow::Result<Vec<Obser
     )?
     .and_then(|r| r.policy().map(normalised_policy))
     .unwrap_or_default();
+    let cross_origin = setting(
+        aws.s3
+            .get_bucket_cors()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await,
+        "cross-origin rules",
+    )?
+    .map(|r| describe_cors(r.cors_rules()))
+    .unwrap_or_default();
     Ok(vec![observed(
         Kind::Bucket,
         bucket.to_owned(),
@@ -165,6 +210,7 @@ pub(crate) async fn observe(aws: &Aws, bucket: &str) -> anyhow::Result<Vec<Obser
             ("block_public_access", blocked.to_string()),
             ("encryption", encryption),
             ("policy", policy),
+            ("cross_origin", cross_origin),
         ],
     )])
 }
@@ -209,14 +255,26 @@ pub(crate) async fn delete(aws: &Aws, id: &str) -> Result<(), DeleteError> {
     empty_and_delete(aws, id).await.map_err(DeleteError::Other)
 }
 
-/// Blocks public access, sets default encryption, and sets `policy` as the bucket's whole
-/// policy (none when empty).
+/// Blocks public access, sets default encryption, sets `policy` as the bucket's whole
+/// policy (none when empty), and [`CROSS_ORIGIN_READS`] as its only CORS rule.
 async fn secure(aws: &Aws, bucket: &str, policy: &str) -> anyhow::Result<()> {
     let owner = aws.account_id.as_str();
     use aws_sdk_s3::types::{
-        PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
-        ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
+        CorsConfiguration, PublicAccessBlockConfiguration, ServerSideEncryption,
+        ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
     };
+    aws.s3
+        .put_bucket_cors()
+        .bucket(bucket)
+        .expected_bucket_owner(owner)
+        .cors_configuration(
+            CorsConfiguration::builder()
+                .cors_rules(cross_origin_reads()?)
+                .build()?,
+        )
+        .send()
+        .await
+        .context("set the bucket's cross-origin rule")?;
     aws.s3
         .put_public_access_block()
         .bucket(bucket)
@@ -346,4 +404,18 @@ async fn empty_and_delete(aws: &Aws, bucket: &str) -> anyhow::Result<()> {
     anyhow::bail!(
         "bucket {bucket} still holds objects after {MAX_EMPTYING_ROUNDS} rounds of deleting"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cross_origin_rule_set_is_the_one_read_back() {
+        assert_eq!(
+            describe_cors(&[cross_origin_reads().unwrap()]),
+            CROSS_ORIGIN_READS
+        );
+        assert_eq!(describe_cors(&[]), "");
+    }
 }

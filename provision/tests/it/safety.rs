@@ -388,6 +388,15 @@ async fn drift_in_rules_and_policies_is_seen_and_repaired() {
         .send()
         .await
         .unwrap();
+    // The page's downloads need the cross-origin rule: removing it is drift too.
+    stack
+        .aws
+        .s3
+        .delete_bucket_cors()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
 
     assert_eq!(status_exit_code(endpoint, &name), 2, "the drift is seen");
     let changes = stack.changes().await.unwrap();
@@ -408,6 +417,7 @@ async fn drift_in_rules_and_policies_is_seen_and_repaired() {
         render(&changes)
     );
     assert!(drift(&bucket, "policy"), "{}", render(&changes));
+    assert!(drift(&bucket, "cross_origin"), "{}", render(&changes));
     let text = render(&changes);
     assert!(text.contains("tcp:0-65535 from 0.0.0.0/0"), "{text}");
     assert!(text.contains("tcp:22 from ::/0"), "{text}");

@@ -235,7 +235,14 @@ function myVideoRow(reload) {
     const state = STATUS[video.status] || video.status;
     const files = el("td", {});
     files.append(downloadButton(video, "original", "Original"));
-    if (video.status === "processed") files.append(" ", downloadButton(video, "processed", "Procesado"));
+    if (video.status === "processed") {
+      // A processed video is public: a plain link also follows the API's redirect to
+      // storage (a presigned URL on S3), which a script's fetch could not read.
+      files.append(
+        " ",
+        el("a", { href: `/api/videos/${video.video_id}/processed`, download: `${video.title}.mp4` }, "Descargar procesado"),
+      );
+    }
     const actions = el("td", {});
     if (video.status !== "processed") {
       const remove = el("button", { type: "button" }, "Eliminar");
@@ -261,6 +268,9 @@ function myVideoRow(reload) {
   };
 }
 
+// The original is the owner's only, so the request carries the token: fetched by the
+// script, then saved. (On S3 storage the API answers with a redirect to a presigned URL,
+// which the bucket must allow cross-origin; see the README.)
 function downloadButton(video, kind, label) {
   const button = el("button", { type: "button", class: "link" }, `Descargar ${label.toLowerCase()}`);
   button.addEventListener("click", async () => {

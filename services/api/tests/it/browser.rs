@@ -235,6 +235,18 @@ async fn a_player_uploads_and_a_fan_plays_votes_and_finds_the_player_ranked_firs
             (status == "Procesado").then_some(())
         })
         .await;
+        // The processed file is public: a plain link that a fan could open too.
+        let href = driver
+            .find(By::Css("#mios tbody tr[data-status=processed] a[download]"))
+            .await
+            .unwrap()
+            .prop("href")
+            .await
+            .unwrap()
+            .unwrap();
+        let download = reqwest::get(&href).await.unwrap();
+        assert_eq!(download.status(), 200, "{href}");
+        assert_eq!(download.headers()["content-type"], "video/mp4", "{href}");
         let same_page: bool = driver
             .execute("return window.sinRecargar === true;", vec![])
             .await
