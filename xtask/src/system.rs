@@ -203,6 +203,30 @@ pub async fn wait_healthy(api: &mut Child, base: &str) -> anyhow::Result<()> {
     bail!("the API did not become healthy at {base}/api/health within 30 s")
 }
 
+/// The release or debug API at `api_bin`, ready to spawn on a free loopback port over
+/// `database_url` and the local folder `storage`, with a throwaway signing key and warnings
+/// only; with its base URL. Callers add what their run needs and spawn it.
+pub fn local_api(
+    api_bin: &Path,
+    database_url: &str,
+    storage: &Path,
+) -> anyhow::Result<(Command, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut api = Command::new(api_bin);
+    api.env("APP__DATABASE__URL", database_url)
+        .env("APP__SERVER__PORT", port.to_string())
+        .env("APP__STORAGE__LOCAL_DIR", storage)
+        .env(
+            "APP__AUTH__JWT_SECRET",
+            "xtask-local-secret-xtask-local-secret-01",
+        )
+        .env("APP__LOG__FILTER", "warn")
+        .stdin(std::process::Stdio::null());
+    Ok((api, format!("http://127.0.0.1:{port}")))
+}
+
 /// Asks the process to stop gracefully (SIGTERM), then waits for it.
 pub fn stop(child: &mut Child) {
     if child.try_wait().ok().flatten().is_some() {

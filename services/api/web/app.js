@@ -72,16 +72,15 @@ function rememberVote(id) {
 
 // ------------------------------------------------------------------------------ pages
 
-async function videosPage() {
-  const list = $("#videos");
+// Loads `path` with the city filter's value and hands the rows to `show`, now and on
+// each filter submit.
+async function filtered(path, show) {
   const load = async () => {
     const city = $("#ciudad").value.trim();
     const query = new URLSearchParams({ limit: "20" });
     if (city) query.set("city", city);
     try {
-      const videos = await api(`/api/public/videos?${query}`);
-      list.replaceChildren(...videos.map(videoCard));
-      say(videos.length ? "" : "Todavía no hay videos públicos.");
+      show(await api(`${path}?${query}`));
     } catch (error) {
       say(error.message, "error");
     }
@@ -91,6 +90,13 @@ async function videosPage() {
     load();
   });
   await load();
+}
+
+async function videosPage() {
+  await filtered("/api/public/videos", (videos) => {
+    $("#videos").replaceChildren(...videos.map(videoCard));
+    say(videos.length ? "" : "Todavía no hay videos públicos.");
+  });
 }
 
 const votesText = (n) => `${n} ${n === 1 ? "voto" : "votos"}`;
@@ -143,28 +149,14 @@ function videoCard(video) {
 }
 
 async function rankingsPage() {
-  const body = $("#ranking tbody");
-  const load = async () => {
-    const city = $("#ciudad").value.trim();
-    const query = new URLSearchParams({ limit: "20" });
-    if (city) query.set("city", city);
-    try {
-      const rows = await api(`/api/public/rankings?${query}`);
-      body.replaceChildren(
-        ...rows.map((row) =>
-          el("tr", {}, el("td", {}, row.position), el("td", {}, row.username), el("td", {}, row.city), el("td", {}, row.votes)),
-        ),
-      );
-      say(rows.length ? "" : "Sin votos todavía.");
-    } catch (error) {
-      say(error.message, "error");
-    }
-  };
-  $("#filtro").addEventListener("submit", (event) => {
-    event.preventDefault();
-    load();
+  await filtered("/api/public/rankings", (rows) => {
+    $("#ranking tbody").replaceChildren(
+      ...rows.map((row) =>
+        el("tr", {}, el("td", {}, row.position), el("td", {}, row.username), el("td", {}, row.city), el("td", {}, row.votes)),
+      ),
+    );
+    say(rows.length ? "" : "Sin votos todavía.");
   });
-  await load();
 }
 
 async function logIn(email, password) {

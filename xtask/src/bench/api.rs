@@ -1,7 +1,7 @@
 //! `cargo xtask bench api`: upload throughput and memory, then public read throughput and latency.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -35,24 +35,12 @@ pub(super) fn bench_api(args: ApiBench) -> anyhow::Result<()> {
     let storage = work.join("storage");
     let _ = std::fs::remove_dir_all(&storage);
     std::fs::create_dir_all(&storage)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut api = Command::new(&api_bin)
-        .env("APP__DATABASE__URL", cluster.url("anb_bench"))
-        .env("APP__SERVER__PORT", port.to_string())
-        .env("APP__STORAGE__LOCAL_DIR", &storage)
-        .env(
-            "APP__AUTH__JWT_SECRET",
-            "benchmark-secret-benchmark-secret-0123",
-        )
-        .env("APP__LOG__FILTER", "warn")
+    let (mut api, base) = crate::system::local_api(&api_bin, &cluster.url("anb_bench"), &storage)?;
+    let mut api = api
         // The 8 upload clients share one account: each may have its upload in flight.
         .env("APP__UPLOAD__MAX_IN_FLIGHT_PER_USER", "8")
-        .stdin(Stdio::null())
         .spawn()
         .context("cannot start the API")?;
-    let base = format!("http://127.0.0.1:{port}");
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         crate::system::wait_healthy(&mut api, &base).await?;

@@ -197,22 +197,9 @@ fn short_clip_latencies(
     work: &Path,
 ) -> anyhow::Result<Vec<Duration>> {
     let clip = short_clip(work)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut api = Command::new(api_bin)
-        .env("APP__DATABASE__URL", cluster.url("anb_bench_worker"))
-        .env("APP__SERVER__PORT", port.to_string())
-        .env("APP__STORAGE__LOCAL_DIR", storage)
-        .env(
-            "APP__AUTH__JWT_SECRET",
-            "benchmark-secret-benchmark-secret-0123",
-        )
-        .env("APP__LOG__FILTER", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .context("cannot start the API")?;
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut api, base) =
+        crate::system::local_api(api_bin, &cluster.url("anb_bench_worker"), storage)?;
+    let mut api = api.spawn().context("cannot start the API")?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         crate::system::wait_healthy(&mut api, &base).await?;

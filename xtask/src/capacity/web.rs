@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -313,25 +313,14 @@ impl LocalPlatform {
         let storage = work.join("storage");
         let _ = std::fs::remove_dir_all(&storage);
         std::fs::create_dir_all(&storage)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let api = Command::new(&api_bin)
-            .env("APP__DATABASE__URL", cluster.url("anb_capacity"))
-            .env("APP__SERVER__PORT", port.to_string())
-            .env("APP__STORAGE__LOCAL_DIR", &storage)
-            .env(
-                "APP__AUTH__JWT_SECRET",
-                "capacity-secret-capacity-secret-0123",
-            )
-            .env("APP__LOG__FILTER", "warn")
+        let (mut api, base) =
+            crate::system::local_api(&api_bin, &cluster.url("anb_capacity"), &storage)?;
+        let api = api
             .env("APP__LIMITS__AUTH_PER_MINUTE", "0")
             .env("APP__LIMITS__VOTES_PER_MINUTE", "0")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .context("cannot start the API")?;
-        let base = format!("http://127.0.0.1:{port}");
         let mut platform = Self {
             cluster,
             api,

@@ -89,17 +89,24 @@ fn page(page: &str, title: &str, main: Markup) -> HttpResponse {
         .body(body.into_string())
 }
 
+/// The city filter the videos and rankings pages share (the script reloads on submit).
+fn city_filter() -> Markup {
+    html! {
+        form id="filtro" class="inline" {
+            label for="ciudad" { "Ciudad" }
+            input id="ciudad" name="city" type="text" autocomplete="address-level2";
+            button type="submit" { "Filtrar" }
+        }
+    }
+}
+
 #[get("/")]
 pub async fn videos_page() -> HttpResponse {
     page(
         "videos",
         "Videos de los jugadores",
         html! {
-            form id="filtro" class="inline" {
-                label for="ciudad" { "Ciudad" }
-                input id="ciudad" name="city" type="text" autocomplete="address-level2";
-                button type="submit" { "Filtrar" }
-            }
+            (city_filter())
             ul id="videos" class="cards" aria-label="Videos públicos" {}
         },
     )
@@ -111,11 +118,7 @@ pub async fn rankings_page() -> HttpResponse {
         "rankings",
         "Rankings",
         html! {
-            form id="filtro" class="inline" {
-                label for="ciudad" { "Ciudad" }
-                input id="ciudad" name="city" type="text";
-                button type="submit" { "Filtrar" }
-            }
+            (city_filter())
             table id="ranking" {
                 caption { "Jugadores por votos" }
                 thead { tr { th scope="col" { "Posición" } th scope="col" { "Jugador" } th scope="col" { "Ciudad" } th scope="col" { "Votos" } } }
