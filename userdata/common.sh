@@ -139,6 +139,8 @@ print("postgres://%s:%s@%s:%s/%s?sslmode=verify-full&sslrootcert=%s"
     install -d -m 0700 /run/anb
     {
         echo "APP__DATABASE__URL=$url"
+        # A rotated password is read again from here without a restart.
+        echo "APP__DATABASE__PASSWORD_SECRET=$secret"
         if [ "$service" = api ]; then
             echo "APP__AUTH__JWT_SECRET=$(aws secretsmanager get-secret-value \
                 --secret-id "$TOKEN_SECRET" --query SecretString --output text)"

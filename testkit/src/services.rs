@@ -2,7 +2,7 @@
 //! and SQS emulator) per test process, and generated test videos.
 //!
 //! `cargo xtask ci` provides both services; run alone, `cargo test` needs
-//! `ANB_TEST_DATABASE_URL` (a role that may create databases) and `ANB_MOTO_PYTHON` (a
+//! `ANB_TEST_DATABASE_URL` (a role that may create databases and roles) and `ANB_MOTO_PYTHON` (a
 //! Python with `moto[server]`), or the defaults that `cargo xtask ci` sets up.
 
 use std::io::Write;
@@ -92,7 +92,7 @@ impl TestDatabase {
         let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
             panic!(
                 "cannot reach the test PostgreSQL at {admin_url} ({e}); run `cargo xtask ci`, \
-                 or set ANB_TEST_DATABASE_URL to a role that may create databases"
+                 or set ANB_TEST_DATABASE_URL to a role that may create databases and roles"
             )
         });
         let name = format!("anb_test_{}", uuid::Uuid::new_v4().simple());

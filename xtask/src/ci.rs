@@ -84,7 +84,7 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     )
 }
 
-/// A PostgreSQL URL whose role may create databases: ANB_TEST_DATABASE_URL if set, else the
+/// A PostgreSQL URL whose role may create databases and roles: ANB_TEST_DATABASE_URL if set, else the
 /// machine's cluster (Debian's pg_ctlcluster, started if down), else a private cluster.
 fn test_database() -> anyhow::Result<(String, Option<PrivateCluster>)> {
     if let Ok(url) = std::env::var("ANB_TEST_DATABASE_URL") {
@@ -97,7 +97,8 @@ fn test_database() -> anyhow::Result<(String, Option<PrivateCluster>)> {
         let port = start_machine_cluster()?;
         let role = format!(
             "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{TEST_ROLE}') THEN \
-             CREATE ROLE {TEST_ROLE} LOGIN CREATEDB PASSWORD '{TEST_ROLE}'; END IF; END$$;"
+             CREATE ROLE {TEST_ROLE} LOGIN PASSWORD '{TEST_ROLE}'; END IF; \
+             ALTER ROLE {TEST_ROLE} CREATEDB CREATEROLE; END$$;"
         );
         run_command(Command::new("runuser").args([
             "-u",

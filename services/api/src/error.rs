@@ -61,9 +61,13 @@ impl ApiError {
 }
 
 /// A database failure is the database being unavailable until proven otherwise: the pool
-/// times out, the server restarts, the network drops.
+/// times out, the server restarts, the network drops, the password was just rotated.
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
+        backends::password_rotation::note(&err);
+        if backends::password_rotation::is_refused_password(&err) {
+            return Self::unavailable("Base de datos no disponible.", err);
+        }
         match err {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed

@@ -1,12 +1,14 @@
 //! What the API and the worker share: the database, object storage, the job queue, media
 //! probing, settings, logging set-up and the job message.
 //!
-//! Architecture invariant: this crate knows nothing of HTTP and links only the S3 and SQS
-//! SDKs; the rest of AWS belongs to `provision`.
+//! Architecture invariant: this crate knows nothing of HTTP and links only the S3, SQS and
+//! Secrets Manager SDKs (the last to follow a rotated database password); the rest of AWS
+//! belongs to `provision`.
 
 pub mod db;
 pub mod job;
 pub mod media;
+pub mod password_rotation;
 pub mod queue;
 pub mod settings;
 pub mod storage;
@@ -29,6 +31,9 @@ pub struct Backends {
 impl Backends {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let pool = db::connect_lazy(&settings.database).context("database url")?;
+        if let Some(secret) = &settings.database.password_secret {
+            password_rotation::follow(pool.clone(), secret.clone(), &settings.aws).await;
+        }
         if settings.database.migrate {
             db::migrate(&pool)
                 .await

@@ -59,6 +59,8 @@ pub struct DatabaseSettings {
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
     pub migrate: bool,
+    #[serde(deserialize_with = "empty_as_none")]
+    pub password_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

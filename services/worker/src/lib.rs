@@ -121,6 +121,7 @@ enum JobError {
 
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
+        backends::password_rotation::note(&e);
         Self::Retryable(anyhow::Error::new(e).context("database"))
     }
 }
@@ -298,7 +299,10 @@ impl Worker {
         let database = tokio::time::timeout(DEPENDENCY_CHECK_TIMEOUT, db::ping(&self.pool)).await;
         match database {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("database: {e}")),
+            Ok(Err(e)) => {
+                backends::password_rotation::note(&e);
+                return Err(format!("database: {e}"));
+            }
             Err(_) => return Err("database: no answer".to_owned()),
         }
         let storage = tokio::time::timeout(

@@ -26,7 +26,7 @@ mod smoke;
 mod stand_ins;
 
 use instance::{debian_rootfs, Instance};
-use smoke::{after_restart, rand_suffix, smoke_flow, start_job_in_flight};
+use smoke::{after_restart, after_rotation, rand_suffix, smoke_flow, start_job_in_flight};
 use stand_ins::{stand_in_database, truststore, Imds, Pki};
 
 use crate::postgres::PrivateCluster;
@@ -271,10 +271,11 @@ fn rehearse(
 }
 
 /// The second scenario: the database password is rotated (in Secrets Manager and in the
-/// database, as RDS does), a job is put in flight, both instances shut down (the worker
-/// with the job in hand) and boot again. The services must come back on their own with
-/// the new password read again, and the job must end processed: finished within the
-/// worker's grace, or handed back and done after the restart.
+/// database, as RDS does) and the services' connections are ended: the API must answer
+/// with the new password, without a restart, and the worker must take a job. Then, with
+/// that job in flight, both instances shut down (the worker with the job in hand) and boot
+/// again. The services must come back on their own, and the job must end processed:
+/// finished within the worker's grace, or handed back and done after the restart.
 fn restarts(
     dir: &Path,
     world: &mut World,
@@ -297,12 +298,30 @@ fn restarts(
         "postgres",
         &format!("ALTER ROLE \"{}\" PASSWORD '{rotated}'", facts.db_user),
     )?;
+    // The services' open connections would outlive the old password for up to their
+    // lifetime; ending them now makes both tiers connect again at once, as they will
+    // sooner or later after a real rotation.
+    database.execute(
+        "postgres",
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{}'",
+            facts.db_user
+        ),
+    )?;
     report.pass(
         "password rotated",
-        "in Secrets Manager and in the database".into(),
+        "in Secrets Manager and in the database; the services' connections ended".into(),
     );
 
     let runtime = tokio::runtime::Runtime::new()?;
+    let rotation = runtime.block_on(after_rotation());
+    match rotation {
+        Ok(detail) => report.pass("new password, no restart", detail),
+        Err(e) => {
+            report.fail("new password, no restart", &e);
+            return Err(e);
+        }
+    }
     let long_clip = dir.join("clip-30s.mp4");
     crate::bench::generate_once(
         &long_clip,

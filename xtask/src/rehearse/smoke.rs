@@ -208,7 +208,32 @@ pub(super) async fn start_job_in_flight(clip: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// A login (the API reads the rotated password again at start) and the job in flight
+/// Sign-up and log-in once the API has read the rotated password again (its first
+/// requests on new connections may be refused with 503 until then); how long that took.
+pub(super) async fn after_rotation() -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        match signup(&client, BASE, "Rotated").await {
+            Ok(_) => {
+                return Ok(format!(
+                    "sign-up and log-in work {:.1} s after the rotation ({refused} refused before)",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            Err(e) if started.elapsed() > Duration::from_secs(30) => {
+                return Err(e.context("the API does not use the rotated password 30 s later"));
+            }
+            Err(_) => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A login (the API reads the password again at start) and the job in flight
 /// processed.
 pub(super) async fn after_restart(video: &str) -> anyhow::Result<String> {
     let client = reqwest::Client::builder()

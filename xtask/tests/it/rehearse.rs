@@ -52,6 +52,10 @@ fn a_rehearsed_deploy_boots_both_tiers_and_serves_the_smoke_flow() {
         "processed by the worker instance",
         "download processed",
         "vote + rankings",
+        "password rotated",
+        "new password, no restart",
+        "worker stopped with a job in hand",
+        "after restart (new password read)",
     ] {
         assert!(
             stdout

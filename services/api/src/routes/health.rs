@@ -53,7 +53,10 @@ async fn check(state: &AppState) -> Result<HttpResponse, ApiError> {
     let unavailable = "Base de datos no disponible.";
     match tokio::time::timeout(DB_CHECK_TIMEOUT, backends::db::ping(&state.pool)).await {
         Ok(Ok(())) => Ok(HttpResponse::Ok().json(Health { status: "ok" })),
-        Ok(Err(e)) => Err(ApiError::unavailable(unavailable, e)),
+        Ok(Err(e)) => {
+            backends::password_rotation::note(&e);
+            Err(ApiError::unavailable(unavailable, e))
+        }
         Err(elapsed) => Err(ApiError::unavailable(unavailable, elapsed)),
     }
 }

@@ -3,5 +3,6 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
+mod password_rotation;
 mod queue_contract;
 mod storage_contract;
