@@ -17,6 +17,7 @@ pub mod config;
 pub mod deploy;
 pub mod desired;
 mod engine;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod plan;

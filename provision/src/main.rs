@@ -84,6 +84,18 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// Print the stack's CloudWatch figures over a time range, a point a minute: load
+    /// balancer requests, response time (mean, p95) and 5xx, instances in service and CPU
+    /// of each tier, videos waiting and in flight. `--output json` for programs (the
+    /// capacity commands read it).
+    Metrics {
+        /// Start: an RFC 3339 time (2026-12-01T10:00:00Z) or a duration ago (30m, 2h).
+        #[arg(long, value_parser = parse_time, default_value = "1h")]
+        since: chrono::DateTime<chrono::Utc>,
+        /// End: an RFC 3339 time or a duration ago (default: now).
+        #[arg(long, value_parser = parse_time, default_value = "0s")]
+        until: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 #[tokio::main]
@@ -133,6 +145,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         release: cli.release.clone(),
         safeguards,
     };
+    if let Command::Metrics { since, until } = cli.command {
+        // Reads CloudWatch only: no image lookup or other set-up of a stack to change.
+        let aws = provision::aws::Aws::connect(
+            &config.stack.name,
+            &config.stack.region,
+            options.endpoint.as_deref(),
+            Safeguards::default(),
+        )
+        .await?;
+        let metrics = aws.metrics(since, until).await?;
+        match cli.output {
+            Output::Text => print!("{}", metrics.render()),
+            Output::Json => println!("{}", serde_json::to_string_pretty(&metrics)?),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let stack = Stack::open(config, options).await?;
     Ok(match cli.command {
         Command::Plan => {
@@ -172,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Sync::InSync => ExitCode::SUCCESS,
             Sync::Drift => ExitCode::from(2),
         },
+        Command::Metrics { .. } => unreachable!("answered above"),
         Command::Down { yes, .. } => {
             if !yes && !provision::confirm_down(&stack.config.stack.name)? {
                 eprintln!("Not confirmed: nothing deleted.");
@@ -190,6 +219,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// An RFC 3339 time, or a duration before now ("30m", "2h", "0s").
+fn parse_time(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(time.with_timezone(&chrono::Utc));
+    }
+    let ago = humantime_serde::re::humantime::parse_duration(value).map_err(|_| {
+        format!(
+            "{value:?} is neither an RFC 3339 time (2026-12-01T10:00:00Z) nor a duration ago (30m)"
+        )
+    })?;
+    chrono::Duration::from_std(ago)
+        .map(|ago| chrono::Utc::now() - ago)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_release(value: &str) -> Result<String, String> {

@@ -171,7 +171,7 @@ pub fn provision(args: &[String]) -> anyhow::Result<u8> {
 }
 
 /// `provision`, in a debug build (it spends its time waiting on AWS, not computing).
-fn provision_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn provision_binary() -> anyhow::Result<PathBuf> {
     build_binaries(&["provision"], false)?
         .remove("provision")
         .context("provision")

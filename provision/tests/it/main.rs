@@ -6,6 +6,7 @@
 
 mod deploy;
 mod helpers;
+mod metrics;
 mod safety;
 mod stack;
 mod web_tier;

@@ -1,11 +1,13 @@
 //! `cargo xtask capacity …`: the capacity plan as commands. Each writes
 //! `target/capacity/<UTC time>-<scenario>/` with `report.md`, the raw data and PNG plots.
 
+mod cloudwatch;
 pub mod plot;
 pub mod simulate;
 mod simulate_command;
 mod web;
 mod worker;
+mod worker_target;
 
 use std::path::PathBuf;
 
@@ -23,10 +25,12 @@ pub struct CapacityArgs {
 enum Scenario {
     /// How many concurrent users the web tier serves within its SLO (p95 ≤ 1 s, errors
     /// ≤ 5 %): smoke, ramp-and-hold steps until the SLO breaks, then sustained at 80 % of
-    /// the best step. Locally: release API, private PostgreSQL, no worker.
+    /// the best step. Locally: release API, private PostgreSQL, no worker. With --target,
+    /// a deployed stack, and its CloudWatch figures of the run.
     Web(web::WebArgs),
     /// How many videos a minute the worker tier processes, with 1, 2 and 4 jobs at once
     /// per worker: a backlog that saturates it, then a steady arrival rate below that.
+    /// With --target, a deployed tier as it is, through its API (and CloudWatch).
     Worker(worker::WorkerArgs),
     /// What the scaling policy deployed by `provision` does under an arrival pattern: a
     /// discrete-event simulation of the worker tier, with queue depth, instances, upload →
@@ -62,6 +66,15 @@ impl Report {
 
     pub fn write_text(&self, name: &str, text: &str) -> anyhow::Result<()> {
         std::fs::write(self.path(name), text)?;
+        Ok(())
+    }
+
+    pub fn append_text(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.path(name))?;
+        file.write_all(text.as_bytes())?;
         Ok(())
     }
 

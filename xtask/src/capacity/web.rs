@@ -13,6 +13,7 @@ use anyhow::Context;
 use goose::metrics::{GooseCoordinatedOmissionMitigation, GooseMetrics};
 use goose::prelude::*;
 
+use super::cloudwatch::{self, CloudWatchArgs};
 use super::{plot, Report};
 use crate::postgres::PrivateCluster;
 use crate::system::stop;
@@ -25,7 +26,8 @@ const MAX_ERROR_RATE: f64 = 0.05;
 #[derive(Debug, clap::Args)]
 pub struct WebArgs {
     /// A deployed stack's URL (e.g. http://anb-alb-….elb.amazonaws.com). Without it the
-    /// local platform is started (release build, private PostgreSQL, no worker).
+    /// local platform is started (release build, private PostgreSQL, no worker). The
+    /// users and uploads it makes stay (processed videos are public): use a test stack.
     #[arg(long)]
     target: Option<String>,
     /// Every phase in seconds instead of minutes, steps of 10 users, a debug build: to
@@ -45,6 +47,8 @@ pub struct WebArgs {
     /// Stop stepping here even if the SLO still holds.
     #[arg(long, default_value_t = 1000)]
     max_users: usize,
+    #[command(flatten)]
+    cloudwatch: CloudWatchArgs,
 }
 
 /// How long each part of the plan lasts.
@@ -180,6 +184,7 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let api_pid = local.as_ref().map(|p| p.api.id());
+    let run_started = chrono::Utc::now();
     let result = runtime.block_on(async {
         let mut phases = Vec::new();
         let measure = |name: String, users: usize, ramp: Duration, hold: Duration, route: Route| {
@@ -278,6 +283,23 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
     });
     drop(local);
     let (ceiling, phases, best) = result?;
+    let cloudwatch = match &args.target {
+        Some(_) if !args.cloudwatch.no_cloudwatch => {
+            // A minute before the run, so the first minute's points are whole.
+            let since = run_started - chrono::Duration::minutes(1);
+            let until = chrono::Utc::now();
+            eprintln!("capacity web: reading the stack's CloudWatch figures of the run");
+            let metrics = cloudwatch::read(&args.cloudwatch, since, until);
+            Some(cloudwatch::section(
+                &report,
+                &args.cloudwatch,
+                metrics,
+                since,
+                until,
+            )?)
+        }
+        _ => None,
+    };
     write_report(
         &mut report,
         &args,
@@ -287,6 +309,11 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
         &phases,
         best.as_ref(),
     )?;
+    if let Some(cloudwatch) = cloudwatch {
+        report.append_text("report.md", &cloudwatch)?;
+        println!("{cloudwatch}");
+    }
+    println!("Report: {}", report.dir.display());
     Ok(())
 }
 
@@ -783,8 +810,6 @@ fn write_report(
     ));
     if args.target.is_none() {
         md.push_str("\nOn one machine the generator, the API and PostgreSQL share the cores: the figures are a lower bound for a web instance with the same cores.\n");
-    } else {
-        md.push_str("\nCloudWatch figures of the run (ALB request count, target response time, 5xx, in-service instances, CPU) are not read yet: open the stack's dashboard for the run's time range.\n");
     }
     md.push_str(
         "\n## Plots\n\n![throughput and p95](throughput-and-p95.png)\n\n![errors](errors.png)\n",
@@ -795,7 +820,6 @@ fn write_report(
     md.push_str("\nRaw data: `phases.csv`, `phases.json`.\n");
     report.write_text("report.md", &md)?;
     println!("{md}");
-    println!("Report: {}", report.dir.display());
     Ok(())
 }
 

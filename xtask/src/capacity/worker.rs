@@ -17,19 +17,30 @@ const DATABASE: &str = "anb_capacity_worker";
 
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
+    /// A deployed stack's URL: its worker tier is measured as deployed (instances, jobs
+    /// per worker, scaling), with videos uploaded through the API by a new player. They
+    /// stay public once processed: use a test stack.
+    #[arg(long)]
+    target: Option<String>,
     /// Size of each video: 50MB or 100MB (60 s of 1080p30, noise, real H.264 + AAC).
     #[arg(long, default_value = "50MB", value_parser = ["50MB", "100MB"])]
-    size: String,
+    pub(super) size: String,
     /// Videos in the saturation backlog, per concurrent job.
     #[arg(long, default_value_t = 4)]
     backlog_per_job: usize,
     /// Videos uploaded at a steady rate in the sustained phase, per concurrent job.
     #[arg(long, default_value_t = 4)]
     sustained_per_job: usize,
+    /// With --target: videos in the saturation backlog, and again in the sustained phase
+    /// (default 12; 2 with --quick).
+    #[arg(long, requires = "target")]
+    pub(super) videos: Option<usize>,
     /// Short 5 s videos, concurrency 1 and 2 only, a debug build: checks the scenario,
     /// does not measure capacity (CI runs it).
     #[arg(long)]
-    quick: bool,
+    pub(super) quick: bool,
+    #[command(flatten)]
+    pub(super) cloudwatch: super::cloudwatch::CloudWatchArgs,
 }
 
 /// What one concurrency level did.
@@ -50,6 +61,9 @@ pub struct Level {
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     crate::system::ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
+    if let Some(target) = &args.target {
+        return super::worker_target::run(&args, target);
+    }
     let worker_bin = crate::system::build_binaries(&["worker"], !args.quick)?
         .remove("worker")
         .context("worker")?;
@@ -267,7 +281,7 @@ fn service_times(log: &Path) -> anyhow::Result<Vec<f64>> {
 }
 
 /// Least-squares slope of (x, y) points; 0 for fewer than two.
-fn slope(points: &[(f64, f64)]) -> f64 {
+pub(super) fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
     if points.len() < 2 {
         return 0.0;
@@ -286,7 +300,7 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 }
 
 /// 60 s (quick: 5 s) of 1080p30 noise with sound, at the bitrate that makes `size`.
-fn input_video(work: &Path, size: &str, quick: bool) -> anyhow::Result<PathBuf> {
+pub(super) fn input_video(work: &Path, size: &str, quick: bool) -> anyhow::Result<PathBuf> {
     let megabytes: f64 = size.trim_end_matches("MB").parse()?;
     let seconds = if quick { 5.0 } else { 60.0 };
     let megabytes = if quick { megabytes / 12.0 } else { megabytes };

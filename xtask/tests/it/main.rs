@@ -58,6 +58,11 @@ fn copy_tree(to: &Path) {
 /// `cargo xtask <args>` in `dir`, as from a shell there: without the variables `cargo test`
 /// set for this test, sharing this build's target directory.
 fn cargo_xtask(dir: &Path, args: &[&str]) -> Output {
+    cargo_xtask_command(dir, args).output().unwrap()
+}
+
+/// The command [`cargo_xtask`] runs, to add to or spawn.
+fn cargo_xtask_command(dir: &Path, args: &[&str]) -> Command {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     for (name, _) in std::env::vars() {
         if testkit::tools::is_set_by_cargo(&name) {
@@ -73,9 +78,8 @@ fn cargo_xtask(dir: &Path, args: &[&str]) -> Output {
         .env("ANB_MOTO_PYTHON", "/unused")
         .env("ANB_SCHEMATHESIS", "/unused")
         .arg("xtask")
-        .args(args)
-        .output()
-        .unwrap()
+        .args(args);
+    cargo
 }
 
 /// Two clones sharing a target directory share one xtask binary: cargo does not rebuild

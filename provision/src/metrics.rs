@@ -1,0 +1,314 @@
+//! `provision metrics`: the stack's CloudWatch figures over a time range, one point a
+//! minute (`GetMetricData`), for capacity reports and for reading a load test's effect:
+//! the load balancer's requests, response time and 5xx, each tier's instances in service
+//! and CPU, and the video queue's depth.
+
+use anyhow::Context;
+use aws_sdk_cloudwatch::primitives::DateTime as AwsDateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+use chrono::{DateTime, Utc};
+
+use crate::aws::{error_kind, Aws, ErrorKind};
+use crate::names::{asg_name, load_balancer_name, queue_name};
+
+/// The period asked for. The ALB, SQS and the groups' metrics (collected at 1 minute by
+/// the stack) have a point a minute; EC2 CPU has one every 5 minutes (basic monitoring).
+pub const PERIOD_SECONDS: i32 = 60;
+
+/// One metric over the range: a point a minute where CloudWatch has data.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Series {
+    /// A stable key (`requests`, `web_cpu`, …) for programs reading the JSON.
+    pub id: String,
+    pub label: String,
+    pub unit: String,
+    /// (time, value), oldest first.
+    pub points: Vec<(DateTime<Utc>, f64)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Metrics {
+    pub stack: String,
+    pub region: String,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub period_seconds: i32,
+    pub series: Vec<Series>,
+    /// What could not be read, and why (no load balancer yet, say).
+    pub notes: Vec<String>,
+}
+
+/// What to ask CloudWatch for: (id, label, unit, namespace, metric, dimension, statistic).
+type Query = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    (&'static str, String),
+    &'static str,
+);
+
+impl Aws {
+    /// The stack's figures between `since` and `until`.
+    pub async fn metrics(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<Metrics> {
+        anyhow::ensure!(since < until, "--since must be before --until");
+        let mut notes = Vec::new();
+        let queue = queue_name(&self.stack);
+        let (web, worker) = (
+            asg_name(&self.stack, "web"),
+            asg_name(&self.stack, "worker"),
+        );
+        let mut queries: Vec<Query> = vec![
+            (
+                "web_in_service",
+                "web instances in service",
+                "instances",
+                "AWS/AutoScaling",
+                "GroupInServiceInstances",
+                ("AutoScalingGroupName", web.clone()),
+                "Average",
+            ),
+            (
+                "worker_in_service",
+                "worker instances in service",
+                "instances",
+                "AWS/AutoScaling",
+                "GroupInServiceInstances",
+                ("AutoScalingGroupName", worker.clone()),
+                "Average",
+            ),
+            (
+                "web_cpu",
+                "web CPU (mean of instances)",
+                "percent",
+                "AWS/EC2",
+                "CPUUtilization",
+                ("AutoScalingGroupName", web),
+                "Average",
+            ),
+            (
+                "worker_cpu",
+                "worker CPU (mean of instances)",
+                "percent",
+                "AWS/EC2",
+                "CPUUtilization",
+                ("AutoScalingGroupName", worker),
+                "Average",
+            ),
+            (
+                "queue_waiting",
+                "videos waiting in the queue (max)",
+                "messages",
+                "AWS/SQS",
+                "ApproximateNumberOfMessagesVisible",
+                ("QueueName", queue.clone()),
+                "Maximum",
+            ),
+            (
+                "queue_in_flight",
+                "videos being processed (max)",
+                "messages",
+                "AWS/SQS",
+                "ApproximateNumberOfMessagesNotVisible",
+                ("QueueName", queue),
+                "Maximum",
+            ),
+        ];
+        match self.load_balancer_dimension().await? {
+            Some(lb) => queries.extend([
+                (
+                    "requests",
+                    "load balancer requests",
+                    "requests/min",
+                    "AWS/ApplicationELB",
+                    "RequestCount",
+                    ("LoadBalancer", lb.clone()),
+                    "Sum",
+                ),
+                (
+                    "response_time",
+                    "target response time (mean)",
+                    "seconds",
+                    "AWS/ApplicationELB",
+                    "TargetResponseTime",
+                    ("LoadBalancer", lb.clone()),
+                    "Average",
+                ),
+                (
+                    "response_time_p95",
+                    "target response time (p95)",
+                    "seconds",
+                    "AWS/ApplicationELB",
+                    "TargetResponseTime",
+                    ("LoadBalancer", lb.clone()),
+                    "p95",
+                ),
+                (
+                    "target_5xx",
+                    "5xx from the API",
+                    "responses/min",
+                    "AWS/ApplicationELB",
+                    "HTTPCode_Target_5XX_Count",
+                    ("LoadBalancer", lb.clone()),
+                    "Sum",
+                ),
+                (
+                    "elb_5xx",
+                    "5xx from the load balancer",
+                    "responses/min",
+                    "AWS/ApplicationELB",
+                    "HTTPCode_ELB_5XX_Count",
+                    ("LoadBalancer", lb),
+                    "Sum",
+                ),
+            ]),
+            None => notes.push(format!(
+                "no load balancer {}: its metrics are left out",
+                load_balancer_name(&self.stack)
+            )),
+        }
+
+        let mut series: Vec<Series> = queries
+            .iter()
+            .map(|(id, label, unit, ..)| Series {
+                id: (*id).to_owned(),
+                label: (*label).to_owned(),
+                unit: (*unit).to_owned(),
+                points: Vec::new(),
+            })
+            .collect();
+        let mut request = self
+            .cloudwatch
+            .get_metric_data()
+            .start_time(AwsDateTime::from_secs(since.timestamp()))
+            .end_time(AwsDateTime::from_secs(until.timestamp()));
+        for (id, _, _, namespace, metric, (dimension, value), statistic) in &queries {
+            request = request.metric_data_queries(
+                MetricDataQuery::builder()
+                    .id(*id)
+                    .metric_stat(
+                        MetricStat::builder()
+                            .metric(
+                                Metric::builder()
+                                    .namespace(*namespace)
+                                    .metric_name(*metric)
+                                    .dimensions(
+                                        Dimension::builder().name(*dimension).value(value).build(),
+                                    )
+                                    .build(),
+                            )
+                            .period(PERIOD_SECONDS)
+                            .stat(*statistic)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let mut next_token: Option<String> = None;
+        loop {
+            let page = request
+                .clone()
+                .set_next_token(next_token.clone())
+                .send()
+                .await
+                .context("CloudWatch GetMetricData")?;
+            for result in page.metric_data_results() {
+                let Some(target) = series
+                    .iter_mut()
+                    .find(|s| Some(s.id.as_str()) == result.id())
+                else {
+                    continue;
+                };
+                for (time, value) in result.timestamps().iter().zip(result.values()) {
+                    if let Some(time) = DateTime::from_timestamp(time.secs(), 0) {
+                        target.points.push((time, *value));
+                    }
+                }
+            }
+            next_token = page.next_token().map(str::to_owned);
+            if next_token.is_none() {
+                break;
+            }
+        }
+        for s in &mut series {
+            s.points.sort_by_key(|(time, _)| *time);
+            s.points.dedup_by_key(|(time, _)| *time);
+        }
+        Ok(Metrics {
+            stack: self.stack.clone(),
+            region: self.region.clone(),
+            since,
+            until,
+            period_seconds: PERIOD_SECONDS,
+            series,
+            notes,
+        })
+    }
+
+    /// The ALB's metric dimension, its ARN's suffix (`app/<name>/<id>`), if it exists.
+    async fn load_balancer_dimension(&self) -> anyhow::Result<Option<String>> {
+        let name = load_balancer_name(&self.stack);
+        match self.elb.describe_load_balancers().names(&name).send().await {
+            Ok(found) => Ok(found
+                .load_balancers()
+                .first()
+                .and_then(|lb| lb.load_balancer_arn())
+                .and_then(|arn| arn.split_once(":loadbalancer/"))
+                .map(|(_, suffix)| suffix.to_owned())),
+            Err(e) if error_kind(&e) == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("describe the load balancer"),
+        }
+    }
+}
+
+impl Metrics {
+    /// A table: each metric's points, minimum, mean and maximum over the range.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "CloudWatch figures of stack {} ({}) from {} to {} (one point a minute):\n",
+            self.stack,
+            self.region,
+            self.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.until.format("%Y-%m-%d %H:%M:%S UTC"),
+        );
+        out.push_str(&format!(
+            "  {:<36} {:>6} {:>10} {:>10} {:>10}  unit\n",
+            "metric", "points", "min", "mean", "max"
+        ));
+        for s in &self.series {
+            let values: Vec<f64> = s.points.iter().map(|(_, v)| *v).collect();
+            if values.is_empty() {
+                out.push_str(&format!(
+                    "  {:<36} {:>6} {:>10} {:>10} {:>10}  {}\n",
+                    s.label, 0, "-", "-", "-", s.unit
+                ));
+                continue;
+            }
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            out.push_str(&format!(
+                "  {:<36} {:>6} {:>10.3} {:>10.3} {:>10.3}  {}\n",
+                s.label,
+                values.len(),
+                min,
+                mean,
+                max,
+                s.unit
+            ));
+        }
+        for note in &self.notes {
+            out.push_str(&format!("  note: {note}\n"));
+        }
+        out.push_str(
+            "CloudWatch publishes a minute's figures one to three minutes after it ends: \
+             read again later for the last minutes.\n",
+        );
+        out
+    }
+}
