@@ -39,6 +39,23 @@ async fn put(
         .unwrap();
 }
 
+/// `provision metrics --stack <stack> --endpoint-url <moto> <args> --config <config>`.
+fn metrics_cli(
+    stack: &str,
+    endpoint: &str,
+    args: &[String],
+    config: &std::path::Path,
+) -> std::process::Output {
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args(["metrics", "--stack", stack, "--endpoint-url", endpoint])
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn metrics_reads_the_stacks_figures_a_point_a_minute() {
     let moto = testkit::moto();
@@ -148,22 +165,8 @@ async fn metrics_reads_the_stacks_figures_a_point_a_minute() {
     .await;
 
     let config = config_file();
-    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
-    let out = Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args([
-            "metrics",
-            "--stack",
-            &name,
-            "--endpoint-url",
-            &moto.endpoint,
-            "--output",
-            "json",
-        ])
-        .args(&range)
-        .arg("--config")
-        .arg(config.path())
-        .output()
-        .unwrap();
+    let json = [&range[..], &["--output".to_owned(), "json".to_owned()]].concat();
+    let out = metrics_cli(&name, &moto.endpoint, &json, config.path());
     assert!(
         out.status.success(),
         "{}",
@@ -202,20 +205,7 @@ async fn metrics_reads_the_stacks_figures_a_point_a_minute() {
     assert!(metrics.notes.is_empty(), "{:?}", metrics.notes);
 
     // The text form: a row per metric with its figures, and the publication delay.
-    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
-    let text = Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args([
-            "metrics",
-            "--stack",
-            &name,
-            "--endpoint-url",
-            &moto.endpoint,
-        ])
-        .args(&range)
-        .arg("--config")
-        .arg(config.path())
-        .output()
-        .unwrap();
+    let text = metrics_cli(&name, &moto.endpoint, &range, config.path());
     let text = String::from_utf8(text.stdout).unwrap();
     let row = text
         .lines()
@@ -225,23 +215,8 @@ async fn metrics_reads_the_stacks_figures_a_point_a_minute() {
     assert!(text.contains("one to three minutes"), "{text}");
 
     // A range that ends before it starts is refused with a clear message.
-    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
-    let backwards = Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args([
-            "metrics",
-            "--stack",
-            &name,
-            "--endpoint-url",
-            &moto.endpoint,
-            "--since",
-            "1m",
-            "--until",
-            "1h",
-            "--config",
-        ])
-        .arg(config.path())
-        .output()
-        .unwrap();
+    let backwards_range = ["--since", "1m", "--until", "1h"].map(str::to_owned);
+    let backwards = metrics_cli(&name, &moto.endpoint, &backwards_range, config.path());
     assert_eq!(backwards.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&backwards.stderr).contains("--since must be before --until"));
 }

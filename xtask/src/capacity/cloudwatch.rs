@@ -40,7 +40,7 @@ pub struct CloudWatchArgs {
 }
 
 /// The figures of `since..until`, by `provision metrics`.
-pub fn read(
+fn read(
     args: &CloudWatchArgs,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
@@ -72,9 +72,28 @@ pub fn read(
     serde_json::from_slice(&out.stdout).context("provision metrics printed no figures")
 }
 
+/// The CloudWatch section of a `--target` run of `scenario` that began at `run_started`
+/// (from a minute before, so the first minute's points are whole, until now); None with
+/// `--no-cloudwatch`.
+pub fn section_of_run(
+    report: &Report,
+    args: &CloudWatchArgs,
+    scenario: &str,
+    run_started: DateTime<Utc>,
+) -> anyhow::Result<Option<String>> {
+    if args.no_cloudwatch {
+        return Ok(None);
+    }
+    let since = run_started - chrono::Duration::minutes(1);
+    let until = Utc::now();
+    eprintln!("capacity {scenario}: reading the stack's CloudWatch figures of the run");
+    let metrics = read(args, since, until);
+    section(report, args, metrics, since, until).map(Some)
+}
+
 /// The report's CloudWatch section (and its files): the figures when `metrics` could be
 /// read, else why not and the command that reads them later.
-pub fn section(
+fn section(
     report: &Report,
     args: &CloudWatchArgs,
     metrics: anyhow::Result<Metrics>,

@@ -284,21 +284,8 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
     drop(local);
     let (ceiling, phases, best) = result?;
     let cloudwatch = match &args.target {
-        Some(_) if !args.cloudwatch.no_cloudwatch => {
-            // A minute before the run, so the first minute's points are whole.
-            let since = run_started - chrono::Duration::minutes(1);
-            let until = chrono::Utc::now();
-            eprintln!("capacity web: reading the stack's CloudWatch figures of the run");
-            let metrics = cloudwatch::read(&args.cloudwatch, since, until);
-            Some(cloudwatch::section(
-                &report,
-                &args.cloudwatch,
-                metrics,
-                since,
-                until,
-            )?)
-        }
-        _ => None,
+        Some(_) => cloudwatch::section_of_run(&report, &args.cloudwatch, "web", run_started)?,
+        None => None,
     };
     write_report(
         &mut report,

@@ -65,21 +65,7 @@ pub fn run(args: &WorkerArgs, target: &str) -> anyhow::Result<()> {
     let run_started = Utc::now();
     let runtime = tokio::runtime::Runtime::new()?;
     let outcome = runtime.block_on(measure(&base, bytes, videos))?;
-    let cloudwatch = if args.cloudwatch.no_cloudwatch {
-        None
-    } else {
-        let since = run_started - chrono::Duration::minutes(1);
-        let until = Utc::now();
-        eprintln!("capacity worker: reading the stack's CloudWatch figures of the run");
-        let metrics = cloudwatch::read(&args.cloudwatch, since, until);
-        Some(cloudwatch::section(
-            &report,
-            &args.cloudwatch,
-            metrics,
-            since,
-            until,
-        )?)
-    };
+    let cloudwatch = cloudwatch::section_of_run(&report, &args.cloudwatch, "worker", run_started)?;
     write_report(&mut report, args, &base, video_mb, &outcome)?;
     if let Some(cloudwatch) = cloudwatch {
         report.append_text("report.md", &cloudwatch)?;
