@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{generate_once, percentile, verdict, ApiBench};
+use super::{percentile, verdict, ApiBench, NoiseClip};
 use crate::postgres::PrivateCluster;
 use crate::system::stop;
 use crate::system::{ensure_installed, output};
@@ -69,32 +69,16 @@ pub(super) fn bench_api(args: ApiBench) -> anyhow::Result<()> {
 /// A ≈50 MB 720p MP4 with noise (so it is not trivially compressible), made once.
 fn reference_upload(work: &Path) -> anyhow::Result<PathBuf> {
     let path = work.join("upload-50mb.mp4");
-    generate_once(
-        &path,
-        "the 50 MB reference upload",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30:duration=20",
-            "-vf",
-            "noise=alls=25:allf=t",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "20M",
-            "-maxrate",
-            "20M",
-            "-bufsize",
-            "20M",
-            "-pix_fmt",
-            "yuv420p",
-            "-movflags",
-            "+faststart",
-        ],
-    )?;
+    NoiseClip {
+        width: 1280,
+        height: 720,
+        seconds: 20,
+        kbps: 20_000,
+        noise: 25,
+        preset: "ultrafast",
+        audio: false,
+    }
+    .generate_once(&path, "the 50 MB reference upload")?;
     Ok(path)
 }
 

@@ -80,6 +80,72 @@ pub fn generate_once(path: &Path, what: &str, args: &[&str]) -> anyhow::Result<(
     Ok(())
 }
 
+/// A test input the benchmarks and capacity runs upload: lavfi's `testsrc2` with temporal
+/// noise (so the encoder cannot make it trivially small), H.264 yuv420p at a constant
+/// bitrate, with a 440 Hz tone in AAC when `audio`.
+pub struct NoiseClip {
+    pub width: u32,
+    pub height: u32,
+    pub seconds: u32,
+    pub kbps: u32,
+    /// Strength of the noise filter (`alls`).
+    pub noise: u32,
+    pub preset: &'static str,
+    pub audio: bool,
+}
+
+impl NoiseClip {
+    /// Makes `path` unless it exists (see [`generate_once`]).
+    pub fn generate_once(&self, path: &Path, what: &str) -> anyhow::Result<()> {
+        let Self {
+            width,
+            height,
+            seconds,
+            kbps,
+            noise,
+            preset,
+            audio,
+        } = self;
+        let mut args: Vec<String> = [
+            "-f".into(),
+            "lavfi".into(),
+            "-i".into(),
+            format!("testsrc2=size={width}x{height}:rate=30:duration={seconds}"),
+        ]
+        .into();
+        if *audio {
+            args.extend([
+                "-f".into(),
+                "lavfi".into(),
+                "-i".into(),
+                format!("sine=frequency=440:duration={seconds}"),
+            ]);
+        }
+        args.extend([
+            "-vf".into(),
+            format!("noise=alls={noise}:allf=t"),
+            "-c:v".into(),
+            "libx264".into(),
+            "-preset".into(),
+            (*preset).into(),
+            "-b:v".into(),
+            format!("{kbps}k"),
+            "-maxrate".into(),
+            format!("{kbps}k"),
+            "-bufsize".into(),
+            format!("{}k", kbps * 2),
+            "-pix_fmt".into(),
+            "yuv420p".into(),
+        ]);
+        if *audio {
+            args.extend(["-c:a", "aac", "-b:a", "128k", "-shortest"].map(String::from));
+        }
+        args.extend(["-movflags", "+faststart"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        generate_once(path, what, &args)
+    }
+}
+
 pub(crate) fn verdict(ok: bool) -> &'static str {
     if ok {
         "meets goal"

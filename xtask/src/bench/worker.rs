@@ -236,37 +236,16 @@ fn short_clip_latencies(
 /// trivially compressible), about 5 MB; made once.
 fn short_clip(work: &Path) -> anyhow::Result<PathBuf> {
     let clip = work.join("short-5s-720p-8mbps.mp4");
-    super::generate_once(
-        &clip,
-        "a 5 s 720p clip",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30:duration=5",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:duration=5",
-            "-vf",
-            "noise=alls=12:allf=t",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-b:v",
-            "8M",
-            "-maxrate",
-            "8M",
-            "-bufsize",
-            "16M",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ],
-    )?;
+    super::NoiseClip {
+        width: 1280,
+        height: 720,
+        seconds: 5,
+        kbps: 8000,
+        noise: 12,
+        preset: "veryfast",
+        audio: true,
+    }
+    .generate_once(&clip, "a 5 s 720p clip")?;
     Ok(clip)
 }
 
@@ -364,39 +343,16 @@ fn main_segment_ssim(output: &Path, source: &Path, skip: f64) -> anyhow::Result<
 /// about 50 MB; made once.
 fn reference_input(work: &Path) -> anyhow::Result<PathBuf> {
     let path = work.join("reference-60s-1080p.mp4");
-    super::generate_once(
-        &path,
-        "the 60 s 1080p reference input",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1920x1080:rate=30:duration=60",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:duration=60",
-            "-vf",
-            "noise=alls=12:allf=t",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "6500k",
-            "-maxrate",
-            "6500k",
-            "-bufsize",
-            "13M",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "128k",
-            "-shortest",
-        ],
-    )?;
+    super::NoiseClip {
+        width: 1920,
+        height: 1080,
+        seconds: 60,
+        kbps: 6500,
+        noise: 12,
+        preset: "ultrafast",
+        audio: true,
+    }
+    .generate_once(&path, "the 60 s 1080p reference input")?;
     Ok(path)
 }
 

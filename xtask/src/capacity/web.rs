@@ -604,31 +604,16 @@ fn upload_file(work: &Path, size: &str) -> anyhow::Result<std::path::PathBuf> {
     let megabytes: u32 = size.trim_end_matches("MB").parse()?;
     let path = work.join(format!("upload-{megabytes}mb.mp4"));
     // 720p noise at 8 Mbit/s is 1 MB a second.
-    let seconds = megabytes.to_string();
-    crate::bench::generate_once(
-        &path,
-        &format!("a {size} upload"),
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("testsrc2=size=1280x720:rate=30:duration={seconds}"),
-            "-vf",
-            "noise=alls=12:allf=t",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "8M",
-            "-maxrate",
-            "8M",
-            "-bufsize",
-            "16M",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    )?;
+    crate::bench::NoiseClip {
+        width: 1280,
+        height: 720,
+        seconds: megabytes,
+        kbps: 8000,
+        noise: 12,
+        preset: "ultrafast",
+        audio: false,
+    }
+    .generate_once(&path, &format!("a {size} upload"))?;
     Ok(path)
 }
 

@@ -306,39 +306,16 @@ pub(super) fn input_video(work: &Path, size: &str, quick: bool) -> anyhow::Resul
     let megabytes = if quick { megabytes / 12.0 } else { megabytes };
     let kbps = (megabytes * 8000.0 / seconds - 128.0).max(500.0) as u32;
     let path = work.join(format!("worker-input-{megabytes:.0}mb-{seconds:.0}s.mp4"));
-    crate::bench::generate_once(
-        &path,
-        &format!("a {megabytes:.0} MB, {seconds:.0} s input"),
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("testsrc2=size=1920x1080:rate=30:duration={seconds}"),
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("sine=frequency=440:duration={seconds}"),
-            "-vf",
-            "noise=alls=12:allf=t",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            &format!("{kbps}k"),
-            "-maxrate",
-            &format!("{kbps}k"),
-            "-bufsize",
-            &format!("{}k", kbps * 2),
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "128k",
-            "-shortest",
-        ],
-    )?;
+    crate::bench::NoiseClip {
+        width: 1920,
+        height: 1080,
+        seconds: seconds as u32,
+        kbps,
+        noise: 12,
+        preset: "ultrafast",
+        audio: true,
+    }
+    .generate_once(&path, &format!("a {megabytes:.0} MB, {seconds:.0} s input"))?;
     Ok(path)
 }
 
