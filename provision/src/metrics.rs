@@ -24,6 +24,26 @@ pub struct Series {
     pub unit: String,
     /// (time, value), oldest first.
     pub points: Vec<(DateTime<Utc>, f64)>,
+    /// Over the points; None without any.
+    pub summary: Option<Summary>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub min: f64,
+    pub mean: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    fn of(values: impl Iterator<Item = f64> + Clone) -> Option<Self> {
+        let count = values.clone().count();
+        (count > 0).then(|| Self {
+            min: values.clone().fold(f64::INFINITY, f64::min),
+            max: values.clone().fold(f64::NEG_INFINITY, f64::max),
+            mean: values.sum::<f64>() / count as f64,
+        })
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -180,6 +200,7 @@ impl Aws {
                 label: (*label).to_owned(),
                 unit: (*unit).to_owned(),
                 points: Vec::new(),
+                summary: None,
             })
             .collect();
         let mut request = self
@@ -238,6 +259,7 @@ impl Aws {
         for s in &mut series {
             s.points.sort_by_key(|(time, _)| *time);
             s.points.dedup_by_key(|(time, _)| *time);
+            s.summary = Summary::of(s.points.iter().map(|(_, v)| *v));
         }
         Ok(Metrics {
             stack: self.stack.clone(),
@@ -281,25 +303,15 @@ impl Metrics {
             "metric", "points", "min", "mean", "max"
         ));
         for s in &self.series {
-            let values: Vec<f64> = s.points.iter().map(|(_, v)| *v).collect();
-            if values.is_empty() {
-                out.push_str(&format!(
-                    "  {:<36} {:>6} {:>10} {:>10} {:>10}  {}\n",
-                    s.label, 0, "-", "-", "-", s.unit
-                ));
-                continue;
-            }
-            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let (points, [min, mean, max]) = match s.summary {
+                Some(Summary { min, mean, max }) => {
+                    (s.points.len(), [min, mean, max].map(|v| format!("{v:.3}")))
+                }
+                None => (0, ["-", "-", "-"].map(String::from)),
+            };
             out.push_str(&format!(
-                "  {:<36} {:>6} {:>10.3} {:>10.3} {:>10.3}  {}\n",
-                s.label,
-                values.len(),
-                min,
-                mean,
-                max,
-                s.unit
+                "  {:<36} {points:>6} {min:>10} {mean:>10} {max:>10}  {}\n",
+                s.label, s.unit
             ));
         }
         for note in &self.notes {

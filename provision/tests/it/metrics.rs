@@ -202,6 +202,14 @@ async fn metrics_reads_the_stacks_figures_a_point_a_minute() {
         at(6, 0),
         "a point names the start of its minute"
     );
+    assert_eq!(
+        requests.summary,
+        Some(provision::metrics::Summary {
+            min: 120.0,
+            mean: 210.0,
+            max: 300.0
+        })
+    );
     assert!(metrics.notes.is_empty(), "{:?}", metrics.notes);
 
     // The text form: a row per metric with its figures, and the publication delay.

@@ -24,6 +24,14 @@ pub struct Series {
     pub label: String,
     pub unit: String,
     pub points: Vec<(DateTime<Utc>, f64)>,
+    pub summary: Option<Summary>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub min: f64,
+    pub mean: f64,
+    pub max: f64,
 }
 
 /// Which stack a `--target` run reads CloudWatch of.
@@ -131,20 +139,15 @@ fn section(
         until.format("%H:%M:%S"),
     );
     for s in &metrics.series {
-        let values: Vec<f64> = s.points.iter().map(|(_, v)| *v).collect();
-        if values.is_empty() {
-            md.push_str(&format!("| {} | 0 | – | – | – | {} |\n", s.label, s.unit));
-            continue;
+        match s.summary {
+            Some(Summary { min, mean, max }) => md.push_str(&format!(
+                "| {} | {} | {min:.3} | {mean:.3} | {max:.3} | {} |\n",
+                s.label,
+                s.points.len(),
+                s.unit
+            )),
+            None => md.push_str(&format!("| {} | 0 | – | – | – | {} |\n", s.label, s.unit)),
         }
-        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let mean = values.iter().sum::<f64>() / values.len() as f64;
-        md.push_str(&format!(
-            "| {} | {} | {min:.3} | {mean:.3} | {max:.3} | {} |\n",
-            s.label,
-            values.len(),
-            s.unit
-        ));
     }
     for note in &metrics.notes {
         md.push_str(&format!("\nNote: {note}.\n"));
