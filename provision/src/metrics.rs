@@ -15,6 +15,9 @@ use crate::names::{asg_name, load_balancer_name, queue_name};
 /// the stack) have a point a minute; EC2 CPU has one every 5 minutes (basic monitoring).
 pub const PERIOD_SECONDS: i32 = 60;
 
+/// The series that count events (a minute without a point had none).
+const COUNTS: [&str; 3] = ["requests", "target_5xx", "elb_5xx"];
+
 /// One metric over the range: a point a minute where CloudWatch has data.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Series {
@@ -161,7 +164,7 @@ impl Aws {
                 ),
                 (
                     "response_time_p95",
-                    "target response time (p95)",
+                    "target response time (each minute's p95)",
                     "seconds",
                     "AWS/ApplicationELB",
                     "TargetResponseTime",
@@ -238,7 +241,28 @@ impl Aws {
                 .send()
                 .await
                 .context("CloudWatch GetMetricData")?;
+            for message in page.messages() {
+                notes.push(format!(
+                    "CloudWatch: {}",
+                    message.value().unwrap_or_default()
+                ));
+            }
             for result in page.metric_data_results() {
+                if let Some(status) = result.status_code() {
+                    if status.as_str() != "Complete" {
+                        notes.push(format!(
+                            "{}: CloudWatch returned {} data ({})",
+                            result.id().unwrap_or_default(),
+                            status.as_str(),
+                            result
+                                .messages()
+                                .iter()
+                                .filter_map(|m| m.value())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ));
+                    }
+                }
                 let Some(target) = series
                     .iter_mut()
                     .find(|s| Some(s.id.as_str()) == result.id())
@@ -259,6 +283,42 @@ impl Aws {
         for s in &mut series {
             s.points.sort_by_key(|(time, _)| *time);
             s.points.dedup_by_key(|(time, _)| *time);
+        }
+        // The load balancer publishes no count for a minute without any: those minutes are
+        // zeros, up to the newest minute CloudWatch has published for the stack (later
+        // ones may only be unpublished yet).
+        let newest = series
+            .iter()
+            .filter_map(|s| s.points.last())
+            .map(|(t, _)| *t)
+            .max();
+        let oldest = series
+            .iter()
+            .filter_map(|s| s.points.first())
+            .map(|(t, _)| *t)
+            .min();
+        if let (Some(oldest), Some(newest)) = (oldest, newest) {
+            // On the grid CloudWatch answered on (whole minutes on AWS).
+            let period = chrono::Duration::seconds(i64::from(PERIOD_SECONDS));
+            let mut first = oldest;
+            while first - period >= since {
+                first -= period;
+            }
+            for s in series
+                .iter_mut()
+                .filter(|s| COUNTS.contains(&s.id.as_str()))
+            {
+                let mut minute = first;
+                while minute <= newest {
+                    if !s.points.iter().any(|(t, _)| *t == minute) {
+                        s.points.push((minute, 0.0));
+                    }
+                    minute += period;
+                }
+                s.points.sort_by_key(|(time, _)| *time);
+            }
+        }
+        for s in &mut series {
             s.summary = Summary::of(s.points.iter().map(|(_, v)| *v));
         }
         Ok(Metrics {

@@ -186,8 +186,9 @@ async fn metrics_reads_the_stacks_figures_a_point_a_minute() {
     };
     assert_eq!(
         values("requests"),
-        [120.0, 300.0],
-        "summed per minute, oldest first"
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 120.0, 300.0, 0.0],
+        "summed per minute, oldest first; a count's minutes without a point are zeros up to \
+         the newest minute published"
     );
     assert_eq!(
         values("queue_waiting"),
@@ -198,15 +199,15 @@ async fn metrics_reads_the_stacks_figures_a_point_a_minute() {
     assert!(values("web_cpu").is_empty());
     let requests = metrics.series.iter().find(|s| s.id == "requests").unwrap();
     assert_eq!(
-        requests.points[0].0,
+        requests.points[6].0,
         at(6, 0),
         "a point names the start of its minute"
     );
     assert_eq!(
         requests.summary,
         Some(provision::metrics::Summary {
-            min: 120.0,
-            mean: 210.0,
+            min: 0.0,
+            mean: 420.0 / 9.0,
             max: 300.0
         })
     );
@@ -219,7 +220,7 @@ async fn metrics_reads_the_stacks_figures_a_point_a_minute() {
         .lines()
         .find(|line| line.contains("load balancer requests"))
         .unwrap_or_else(|| panic!("{text}"));
-    assert!(row.contains("120.000") && row.contains("300.000"), "{row}");
+    assert!(row.contains("46.667") && row.contains("300.000"), "{row}");
     assert!(text.contains("one to three minutes"), "{text}");
 
     // A range that ends before it starts is refused with a clear message.

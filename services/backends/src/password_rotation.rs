@@ -7,8 +7,9 @@
 //! health checks a few minutes after a rotation until someone restarted them.
 //!
 //! When `database.password_secret` names the secret, a task reads it again whenever a
-//! connection is refused for its password (the error paths call [`note`]) and every few
-//! minutes besides, and gives the pool's future connections the new login.
+//! connection is refused for its password (the main error paths call [`note`]) and every
+//! few minutes besides (for refusals seen elsewhere), and gives the pool's future
+//! connections the new login.
 
 use std::time::Duration;
 
@@ -49,39 +50,53 @@ struct Login {
     password: String,
 }
 
-/// Starts the task that keeps `pool`'s login equal to the secret `secret_id` (an RDS
-/// managed secret: JSON with `username` and `password`). Runs for the life of the process.
+/// Reads the secret `secret_id` (an RDS managed secret: JSON with `username` and
+/// `password`) once, so the pool's login is current when this returns, then starts the task
+/// that keeps it so for the life of the process. A failed read is logged, not fatal: the
+/// URL's login stays until a read succeeds.
 pub async fn follow(pool: PgPool, secret_id: String, aws: &AwsSettings) {
     let client = aws_sdk_secretsmanager::Client::new(&crate::aws_sdk_config(aws).await);
+    let mut current: Option<Login> = None;
+    apply(&pool, &client, &secret_id, &mut current).await;
     tokio::spawn(async move {
-        let mut current: Option<Login> = None;
         loop {
-            match read(&client, &secret_id).await {
-                Ok(login) if current.as_ref() != Some(&login) => {
-                    let options = (*pool.connect_options())
-                        .clone()
-                        .username(&login.username)
-                        .password(&login.password);
-                    pool.set_connect_options(options);
-                    if current.is_some() {
-                        tracing::info!(
-                            secret = secret_id,
-                            "the database password changed in Secrets Manager; new connections use it"
-                        );
-                    }
-                    current = Some(login);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(
-                    secret = secret_id,
-                    error = format!("{e:#}"),
-                    "cannot read the database password again; new connections keep the last one"
-                ),
-            }
             tokio::time::sleep(MIN_INTERVAL).await;
             let _ = tokio::time::timeout(PERIOD, REFUSED.notified()).await;
+            apply(&pool, &client, &secret_id, &mut current).await;
         }
     });
+}
+
+/// Reads the secret (bounded by the AWS settings' operation timeout) and gives the pool's
+/// new connections its login if it differs from `current`.
+async fn apply(
+    pool: &PgPool,
+    client: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+    current: &mut Option<Login>,
+) {
+    match read(client, secret_id).await {
+        Ok(login) if current.as_ref() != Some(&login) => {
+            let options = (*pool.connect_options())
+                .clone()
+                .username(&login.username)
+                .password(&login.password);
+            pool.set_connect_options(options);
+            if current.is_some() {
+                tracing::info!(
+                    secret = secret_id,
+                    "the database password changed in Secrets Manager; new connections use it"
+                );
+            }
+            *current = Some(login);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            secret = secret_id,
+            error = format!("{e:#}"),
+            "cannot read the database password; new connections keep the last one"
+        ),
+    }
 }
 
 async fn read(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> anyhow::Result<Login> {

@@ -42,9 +42,26 @@ pub struct CloudWatchArgs {
     /// the stack named in config/aws.toml).
     #[arg(long)]
     pub stack: Option<String>,
+    /// With --target: the stack's AWS region (default: the one in config/aws.toml).
+    #[arg(long)]
+    pub region: Option<String>,
     /// With --target: do not read CloudWatch (no AWS credentials here).
     #[arg(long)]
     pub no_cloudwatch: bool,
+}
+
+impl CloudWatchArgs {
+    /// `--stack` and `--region` for provision, as given.
+    fn provision_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(stack) = &self.stack {
+            flags.extend(["--stack".to_owned(), stack.clone()]);
+        }
+        if let Some(region) = &self.region {
+            flags.extend(["--region".to_owned(), region.clone()]);
+        }
+        flags
+    }
 }
 
 /// The figures of `since..until`, by `provision metrics`.
@@ -64,9 +81,7 @@ fn read(
         "--until",
         &rfc3339(until),
     ]);
-    if let Some(stack) = &args.stack {
-        command.args(["--stack", stack]);
-    }
+    command.args(args.provision_flags());
     let out = command
         .stdin(Stdio::null())
         .output()
@@ -96,7 +111,12 @@ pub fn section_of_run(
     let until = Utc::now();
     eprintln!("capacity {scenario}: reading the stack's CloudWatch figures of the run");
     let metrics = read(args, since, until);
-    section(report, args, metrics, since, until).map(Some)
+    // The run's own figures are measured already: a failure here must not lose them.
+    Ok(Some(
+        section(report, args, metrics, since, until, run_started).unwrap_or_else(|e| {
+            format!("\n## CloudWatch\n\nRead, but not written into the report: {e:#}.\n")
+        }),
+    ))
 }
 
 /// The report's CloudWatch section (and its files): the figures when `metrics` could be
@@ -107,12 +127,14 @@ fn section(
     metrics: anyhow::Result<Metrics>,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
+    run_started: DateTime<Utc>,
 ) -> anyhow::Result<String> {
     let again = format!(
         "`cargo xtask provision metrics{} --since {} --until {}`",
-        args.stack
-            .as_ref()
-            .map_or(String::new(), |stack| format!(" --stack {stack}")),
+        args.provision_flags()
+            .iter()
+            .map(|flag| format!(" {flag}"))
+            .collect::<String>(),
         rfc3339(since),
         rfc3339(until)
     );
@@ -162,7 +184,7 @@ fn section(
             .iter()
             .filter(|s| s.id == id)
             .flat_map(|s| s.points.iter())
-            .map(|(time, value)| ((*time - since).num_seconds() as f64 / 60.0, *value))
+            .map(|(time, value)| ((*time - run_started).num_seconds() as f64 / 60.0, *value))
             .collect()
     };
     // (file, title, y axis, [(series id, legend)]).

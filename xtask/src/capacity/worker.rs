@@ -377,8 +377,8 @@ fn write_report(
             l.cpu_percent,
             l.sustained_rate,
             l.queue_trend_per_min,
-            if l.queue_trend_per_min.abs() < 0.5 {
-                " (≈ 0: keeps up)"
+            if l.queue_trend_per_min < 0.5 {
+                " (≈ 0 or falling: keeps up)"
             } else {
                 " (grows)"
             }

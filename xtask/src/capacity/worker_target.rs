@@ -46,6 +46,9 @@ struct Outcome {
     /// Sustained uploads that took longer than the interval between them (the uploader,
     /// not the tier, set the rate).
     late_uploads: usize,
+    /// Whether any video of the backlog was seen waiting: if none was, the tier kept up
+    /// with the uploads and the rate is the uploader's.
+    backlog_built: bool,
     census: Vec<Census>,
 }
 
@@ -115,24 +118,25 @@ async fn measure(base: &str, bytes: Vec<u8>, videos: usize) -> anyhow::Result<Ou
             .into_iter()
             .collect::<anyhow::Result<_>>()?;
         let done = wait_processed(&client, base, &token, &ids, &census).await?;
-        let mut finished: Vec<DateTime<Utc>> =
-            done.iter().map(|(_, processed)| *processed).collect();
-        finished.sort();
+        let last_done = done
+            .iter()
+            .map(|(_, processed)| *processed)
+            .max()
+            .context("no video")?;
         let first_upload = done
             .iter()
             .map(|(uploaded, _)| *uploaded)
             .min()
             .context("no video")?;
-        let minutes = |from: DateTime<Utc>, to: DateTime<Utc>| {
-            (to - from).num_milliseconds().max(1) as f64 / 60_000.0
-        };
-        // Between completions when there are enough (the first job's own time is not a
-        // rate); else from the first upload.
-        let videos_per_min = if finished.len() >= 3 {
-            (finished.len() - 1) as f64 / minutes(finished[0], finished[finished.len() - 1])
-        } else {
-            finished.len() as f64 / minutes(first_upload, finished[finished.len() - 1])
-        };
+        // From the first upload (the tier starts on it at once) to the last completion:
+        // the jobs in flight at the start are counted in full, not as free.
+        let videos_per_min = done.len() as f64
+            / ((last_done - first_upload).num_milliseconds().max(1) as f64 / 60_000.0);
+        let backlog_built = census
+            .lock()
+            .expect("poller panicked")
+            .iter()
+            .any(|c| c.waiting > 0);
         let time_in_system_s = done
             .iter()
             .map(|(uploaded, processed)| {
@@ -140,6 +144,9 @@ async fn measure(base: &str, bytes: Vec<u8>, videos: usize) -> anyhow::Result<Ou
             })
             .collect();
         eprintln!("  {videos_per_min:.2} videos/min while the backlog lasted");
+        if !backlog_built {
+            eprintln!("  no video ever waited: the uploads, not the tier, may have set that rate");
+        }
 
         // Sustained: 80 % of that rate, one upload at a time.
         let rate = videos_per_min * 0.8;
@@ -187,6 +194,7 @@ async fn measure(base: &str, bytes: Vec<u8>, videos: usize) -> anyhow::Result<Ou
             sustained_videos: videos,
             queue_trend_per_min: slope(&waiting),
             late_uploads,
+            backlog_built,
             census: Vec::new(),
         })
     }
@@ -355,8 +363,11 @@ fn write_report(
         outcome.sustained_videos,
         outcome.sustained_rate,
         outcome.queue_trend_per_min,
-        if outcome.queue_trend_per_min.abs() < 0.5 { " (≈ 0: keeps up)" } else { " (grows)" },
+        if outcome.queue_trend_per_min < 0.5 { " (≈ 0 or falling: keeps up)" } else { " (grows)" },
     ));
+    if !outcome.backlog_built {
+        md.push_str("\nNo video of the backlog was ever seen waiting: the tier kept up with the uploads, so the rate above is the uploader's, a lower bound for the tier. Upload from closer to the stack, or more videos (`--videos`).\n");
+    }
     if outcome.late_uploads > 0 {
         md.push_str(&format!(
             "\n{} sustained upload(s) took longer than the interval between arrivals: the uploader's bandwidth, not the tier, set part of the rate.\n",

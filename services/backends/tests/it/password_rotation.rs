@@ -95,11 +95,6 @@ async fn a_rotated_password_is_read_again_and_new_connections_use_it() {
         refused.get() > 0,
         "the old password was never refused: the test did not make the pool reconnect"
     );
-    assert_eq!(
-        pool.connect_options().get_username(),
-        user,
-        "the login is the secret's"
-    );
 
     pool.close().await;
     drop(db);
