@@ -25,18 +25,18 @@ pub struct WorkerArgs {
     /// Size of each video: 50MB or 100MB (60 s of 1080p30, noise, real H.264 + AAC).
     #[arg(long, default_value = "50MB", value_parser = ["50MB", "100MB"])]
     pub(super) size: String,
-    /// Videos in the saturation backlog, per concurrent job.
-    #[arg(long, default_value_t = 4)]
+    /// Locally: videos in the saturation backlog, per concurrent job.
+    #[arg(long, default_value_t = 4, conflicts_with = "target")]
     backlog_per_job: usize,
-    /// Videos uploaded at a steady rate in the sustained phase, per concurrent job.
-    #[arg(long, default_value_t = 4)]
+    /// Locally: videos uploaded at a steady rate in the sustained phase, per concurrent job.
+    #[arg(long, default_value_t = 4, conflicts_with = "target")]
     sustained_per_job: usize,
     /// With --target: videos in the saturation backlog, and again in the sustained phase
     /// (default 12; 2 with --quick).
     #[arg(long, requires = "target")]
     pub(super) videos: Option<usize>,
-    /// Short 5 s videos, concurrency 1 and 2 only, a debug build: checks the scenario,
-    /// does not measure capacity (CI runs it).
+    /// Short 5 s videos (locally: concurrency 1 and 2 only, a debug build): checks the
+    /// scenario, does not measure capacity (CI runs it).
     #[arg(long)]
     pub(super) quick: bool,
     #[command(flatten)]
