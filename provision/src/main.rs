@@ -118,6 +118,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(region) = cli.region {
         config.stack.region = region;
     }
+    if let Command::Metrics { since, until } = cli.command {
+        // Reads CloudWatch only: no image lookup or other set-up of a stack to change.
+        let aws = provision::aws::Aws::connect(
+            &config.stack.name,
+            &config.stack.region,
+            cli.endpoint_url.as_deref(),
+            Safeguards::default(),
+        )
+        .await?;
+        let metrics = aws.metrics(since, until).await?;
+        match cli.output {
+            Output::Text => print!("{}", metrics.render()),
+            Output::Json => println!("{}", serde_json::to_string_pretty(&metrics)?),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let safeguards = match &cli.command {
         Command::Up {
             replace_database,
@@ -145,22 +161,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         release: cli.release.clone(),
         safeguards,
     };
-    if let Command::Metrics { since, until } = cli.command {
-        // Reads CloudWatch only: no image lookup or other set-up of a stack to change.
-        let aws = provision::aws::Aws::connect(
-            &config.stack.name,
-            &config.stack.region,
-            options.endpoint.as_deref(),
-            Safeguards::default(),
-        )
-        .await?;
-        let metrics = aws.metrics(since, until).await?;
-        match cli.output {
-            Output::Text => print!("{}", metrics.render()),
-            Output::Json => println!("{}", serde_json::to_string_pretty(&metrics)?),
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
     let stack = Stack::open(config, options).await?;
     Ok(match cli.command {
         Command::Plan => {

@@ -35,13 +35,13 @@ struct Census {
 
 #[derive(Debug, serde::Serialize)]
 struct Outcome {
+    /// In the backlog, and again in the sustained phase.
     videos: usize,
     /// Saturation: completions a minute while the backlog lasted.
     videos_per_min: f64,
     /// Upload → processed (server clocks), saturation phase.
     time_in_system_s: Vec<f64>,
     sustained_rate: f64,
-    sustained_videos: usize,
     queue_trend_per_min: f64,
     /// Sustained uploads that took longer than the interval between them (the uploader,
     /// not the tier, set the rate).
@@ -191,7 +191,6 @@ async fn measure(base: &str, bytes: Vec<u8>, videos: usize) -> anyhow::Result<Ou
             videos_per_min,
             time_in_system_s,
             sustained_rate: rate,
-            sustained_videos: videos,
             queue_trend_per_min: slope(&waiting),
             late_uploads,
             backlog_built,
@@ -351,7 +350,7 @@ fn write_report(
     md.push_str(&format!(
         "- Target: {base} (the worker tier as deployed: its instances, jobs per worker and scaling)\n- Input: {video_mb:.1} MB MP4 (1080p30 H.264 + AAC, noise), uploaded through the API, {PARALLEL_UPLOADS} at a time for the backlog\n- Backlog: {} videos; sustained: {} videos at 80 % of the rate found\n- The capacity player's videos stay (processed videos are public and cannot be deleted through the API): run this against a test stack{}\n\n",
         outcome.videos,
-        outcome.sustained_videos,
+        outcome.videos,
         if args.quick { "\n- **Quick mode**: short inputs, checks the scenario, does not measure capacity" } else { "" },
     ));
     md.push_str(&format!(
@@ -360,7 +359,7 @@ fn write_report(
         outcome.videos_per_min,
         p(0.5),
         p(0.95),
-        outcome.sustained_videos,
+        outcome.videos,
         outcome.sustained_rate,
         outcome.queue_trend_per_min,
         if outcome.queue_trend_per_min < 0.5 { " (≈ 0 or falling: keeps up)" } else { " (grows)" },

@@ -89,6 +89,25 @@ fn page(page: &str, title: &str, main: Markup) -> HttpResponse {
         .body(body.into_string())
 }
 
+/// A labelled, required input whose name is its id.
+fn field(id: &str, label: &str, kind: &str, autocomplete: &str) -> Markup {
+    html! {
+        label for=(id) { (label) }
+        input id=(id) name=(id) type=(kind) required autocomplete=(autocomplete);
+    }
+}
+
+/// An empty table the script fills: its caption and column headings.
+fn table(id: &str, caption: &str, columns: &[&str]) -> Markup {
+    html! {
+        table id=(id) {
+            caption { (caption) }
+            thead { tr { @for column in columns { th scope="col" { (column) } } } }
+            tbody {}
+        }
+    }
+}
+
 /// The city filter the videos and rankings pages share (the script reloads on submit).
 fn city_filter() -> Markup {
     html! {
@@ -119,23 +138,13 @@ pub async fn rankings_page() -> HttpResponse {
         "Rankings",
         html! {
             (city_filter())
-            table id="ranking" {
-                caption { "Jugadores por votos" }
-                thead { tr { th scope="col" { "Posición" } th scope="col" { "Jugador" } th scope="col" { "Ciudad" } th scope="col" { "Votos" } } }
-                tbody {}
-            }
+            (table("ranking", "Jugadores por votos", &["Posición", "Jugador", "Ciudad", "Votos"]))
         },
     )
 }
 
 #[get("/registro")]
 pub async fn signup_page() -> HttpResponse {
-    let field = |id: &str, label: &str, kind: &str, autocomplete: &str| {
-        html! {
-            label for=(id) { (label) }
-            input id=(id) name=(id) type=(kind) required autocomplete=(autocomplete);
-        }
-    };
     page(
         "registro",
         "Crea tu cuenta",
@@ -161,10 +170,8 @@ pub async fn login_page() -> HttpResponse {
         "Ingresa",
         html! {
             form id="ingresar" class="stack" {
-                label for="email" { "Correo" }
-                input id="email" name="email" type="email" required autocomplete="email";
-                label for="password" { "Contraseña" }
-                input id="password" name="password" type="password" required autocomplete="current-password";
+                (field("email", "Correo", "email", "email"))
+                (field("password", "Contraseña", "password", "current-password"))
                 button type="submit" { "Ingresar" }
             }
             p { "¿Sin cuenta? " a href="/registro" { "Regístrate" } }
@@ -187,11 +194,7 @@ pub async fn my_videos_page() -> HttpResponse {
                 progress id="progreso" max="100" value="0" hidden aria-label="Progreso de la subida" {}
                 button type="submit" { "Subir" }
             }
-            table id="mios" {
-                caption { "Tus videos (se actualizan solos)" }
-                thead { tr { th scope="col" { "Título" } th scope="col" { "Estado" } th scope="col" { "Archivos" } th scope="col" { "Acciones" } } }
-                tbody {}
-            }
+            (table("mios", "Tus videos (se actualizan solos)", &["Título", "Estado", "Archivos", "Acciones"]))
         },
     )
 }
