@@ -14,7 +14,7 @@ use goose::metrics::{GooseCoordinatedOmissionMitigation, GooseMetrics};
 use goose::prelude::*;
 
 use super::cloudwatch::{self, CloudWatchArgs};
-use super::{plot, Report};
+use super::{machine_cpu, plot, Report};
 use crate::postgres::PrivateCluster;
 use crate::system::stop;
 use crate::{api_client, scratch_dir};
@@ -203,9 +203,10 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
                     (
                         std::time::Instant::now(),
                         api_pid.map(process_cpu_seconds).transpose(),
+                        api_pid.map(|_| machine_cpu()).transpose(),
                     )
                 };
-                let (metrics, (hold_started, before)) =
+                let (metrics, (hold_started, before, machine_before)) =
                     tokio::join!(attack(&base, users, ramp, hold, route, mix), cpu_at_hold);
                 let metrics = metrics?;
                 let after = api_pid.map(process_cpu_seconds).transpose()?;
@@ -213,6 +214,10 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
                 if let (Some(before), Some(after)) = (before?, after) {
                     let seconds = hold_started.elapsed().as_secs_f64().max(1.0);
                     phase.api_cpu_percent = Some((after - before) / seconds * 100.0);
+                }
+                if let Some(machine_before) = machine_before? {
+                    phase.machine_cpu_percent =
+                        Some(machine_cpu()?.busy_percent_since(&machine_before));
                 }
                 phase.failed_logins = FAILED_LOGINS.load(Ordering::SeqCst);
                 if phase.failed_logins > 0 {
