@@ -47,6 +47,9 @@ pub(super) fn debian_rootfs(dir: &Path) -> anyhow::Result<(PathBuf, bool)> {
 
 // -------------------------------------------------------------------- instances
 
+/// The target group's health check (provision's `health_check_path`), through nginx.
+const LOAD_BALANCER_HEALTH_CHECK: &str = "http://127.0.0.1:80/api/health/live";
+
 /// One instance: a copy of the root filesystem booted by systemd-nspawn.
 pub(super) struct Instance {
     pub(super) tier: &'static str,
@@ -203,8 +206,9 @@ impl Instance {
         )
     }
 
-    /// Waits until the user data has run and the tier's service is active; seconds since
-    /// boot.
+    /// Waits until the user data has run, the tier's service is active and, on the web
+    /// tier, nginx answers the load balancer's health check (the unit is active as soon as
+    /// the API process starts, a few seconds before it listens); seconds since boot.
     pub(super) fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<f64> {
         let booted = self.booted.context("not booted")?;
         let mut last_report = Instant::now();
@@ -227,7 +231,7 @@ impl Instance {
             let service = self
                 .exec(&["systemctl", "is-active", self.unit])
                 .unwrap_or_default();
-            if user_data_done && service.trim() == "active" {
+            if user_data_done && service.trim() == "active" && self.passes_health_check() {
                 return Ok(booted.elapsed().as_secs_f64());
             }
             if booted.elapsed() > limit {
@@ -254,6 +258,24 @@ impl Instance {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+
+    /// What the load balancer asks of a web instance before it sends it requests; the
+    /// worker tier has no load balancer in front.
+    fn passes_health_check(&self) -> bool {
+        self.tier != "web"
+            || self
+                .exec(&[
+                    "curl",
+                    "--fail",
+                    "--silent",
+                    "--max-time",
+                    "2",
+                    "--output",
+                    "/dev/null",
+                    LOAD_BALANCER_HEALTH_CHECK,
+                ])
+                .is_ok()
     }
 
     pub(super) fn unit_states(&self) -> String {
