@@ -182,12 +182,14 @@ pub async fn insert_pending_video(
 }
 
 /// The upload's file is stored and its job queued: the video is the owner's to see.
-pub async fn mark_queued(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+/// False when its row is gone: the upload took longer than `upload.abandoned_after` and
+/// the sweep of abandoned uploads removed it.
+pub async fn mark_queued(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     sqlx::query("UPDATE videos SET queued_at = now() WHERE id = $1")
         .bind(id)
         .execute(pool)
         .await
-        .map(drop)
+        .map(|done| done.rows_affected() == 1)
 }
 
 /// Videos whose upload was cut off (the process died between recording and queueing):

@@ -23,6 +23,8 @@ const STORAGE_DOWN: &str = "El almacenamiento de videos no está disponible; int
 const DELETE_UNFINISHED: &str =
     "El borrado de este video no terminó; vuelva a borrarlo (código: borrado-pendiente).";
 const QUEUE_DOWN: &str = "La cola de procesamiento no está disponible; intente de nuevo.";
+const TOO_SLOW_TO_KEEP: &str =
+    "El servidor tardó demasiado en guardar el video y lo descartó; intente de nuevo.";
 
 /// Room for the multipart framing and the title around the file itself.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
@@ -166,7 +168,16 @@ async fn store_record_enqueue(
     // If this last step fails the client gets 503, as for any other step: the row stays
     // pending, so the sweep of abandoned uploads removes it and its file, and the worker
     // skips the job it finds (pending, then deleted).
-    db::mark_queued(&state.pool, video_id).await?;
+    if !db::mark_queued(&state.pool, video_id).await? {
+        // The sweep was first: it took this upload for one cut off, and removed it.
+        undo_store(state, &key).await;
+        return Err(ApiError::unavailable(
+            TOO_SLOW_TO_KEEP,
+            anyhow::anyhow!(
+                "the sweep of abandoned uploads removed {video_id} before it was queued"
+            ),
+        ));
+    }
     tracing::debug!(video.id = %video_id, bytes = size, "upload stored");
     Ok(video_id)
 }

@@ -177,7 +177,7 @@ async fn a_job_that_arrives_before_its_video_is_marked_queued_waits_for_it() {
     let pool = h.db.pool.clone();
     let api_marks_it_queued = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        backends::db::mark_queued(&pool, id).await.unwrap();
+        assert!(backends::db::mark_queued(&pool, id).await.unwrap());
     });
     assert_eq!(h.worker.handle(h.receive().await).await, Outcome::Processed);
     api_marks_it_queued.await.unwrap();
