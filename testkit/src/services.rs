@@ -171,16 +171,30 @@ impl Moto {
             }
         }
         let python = moto_python();
-        let port = free_port();
-        let child = spawn_moto(&python, port, Stdio::null()).unwrap_or_else(|e| {
-            panic!(
-                "cannot start moto with {} ({e}); run `cargo xtask ci` once, or set \
-                     ANB_MOTO_PYTHON to a python with moto[server]=={MOTO_VERSION}",
-                python.display()
-            )
-        });
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for_port(address, Duration::from_secs(60));
+        // The free port is only free when picked: another process may take it before moto
+        // binds it, and moto then exits. Another port is tried.
+        let (child, address) = (0..3)
+            .find_map(|_| {
+                let port = free_port();
+                let mut child = spawn_moto(&python, port, Stdio::null()).unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start moto with {} ({e}); run `cargo xtask ci` once, or set \
+                         ANB_MOTO_PYTHON to a python with moto[server]=={MOTO_VERSION}",
+                        python.display()
+                    )
+                });
+                let address = SocketAddr::from(([127, 0, 0, 1], port));
+                match wait_for_port(&mut child, address, Duration::from_secs(60)) {
+                    Ok(()) => Some((child, address)),
+                    Err(status) => {
+                        eprintln!(
+                            "moto exited at start on port {port} ({status}); trying another port"
+                        );
+                        None
+                    }
+                }
+            })
+            .expect("moto exited at start three times (its errors are above)");
         Moto {
             endpoint: format!("http://{address}"),
             child: Mutex::new(child),
@@ -343,15 +357,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(address: SocketAddr, limit: Duration) {
+/// Waits until `server` listens on `address`; its exit status if it exits first.
+fn wait_for_port(
+    server: &mut Child,
+    address: SocketAddr,
+    limit: Duration,
+) -> Result<(), std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = server.try_wait() {
+            return Err(status);
+        }
         assert!(
             Instant::now() < deadline,
             "moto did not start listening on {address}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
 }
 
 /// Polls `check` until it returns `Some`, or panics after `limit` naming `what`.

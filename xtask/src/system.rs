@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use testkit::tools::is_set_by_cargo;
 
 use anyhow::{bail, Context};
@@ -186,7 +186,9 @@ pub fn cargo() -> Command {
 /// Polls `/api/health` until it answers, failing early if the API process exits.
 pub async fn wait_healthy(api: &mut Child, base: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    for _ in 0..300 {
+    // Generous: a debug build migrating its database on a busy machine.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
         if let Some(status) = api.try_wait()? {
             bail!("the API exited during start-up ({status}); its log is above");
         }
@@ -200,7 +202,7 @@ pub async fn wait_healthy(api: &mut Child, base: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("the API did not become healthy at {base}/api/health within 30 s")
+    bail!("the API did not become healthy at {base}/api/health within 120 s")
 }
 
 /// The release or debug API at `api_bin`, ready to spawn on a free loopback port over

@@ -202,9 +202,14 @@ fn through(nginx: &Nginx, api: &TcpListener, request: &str) -> (String, Option<S
     let mut client = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
     client.write_all(request.as_bytes()).unwrap();
     api.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_millis(500);
+    client.set_nonblocking(true).unwrap();
+    // Until nginx either passes the request on or answers it itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
     let mut received = None;
     while Instant::now() < deadline {
+        if client.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
+            break;
+        }
         if let Ok((upstream, _)) = api.accept() {
             upstream.set_nonblocking(false).unwrap();
             let mut upstream = BufReader::new(upstream);
@@ -225,6 +230,7 @@ fn through(nginx: &Nginx, api: &TcpListener, request: &str) -> (String, Option<S
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    client.set_nonblocking(false).unwrap();
     (response(&mut client), received)
 }
 

@@ -222,9 +222,12 @@ impl Instance {
                     "rehearsal-user-data.service",
                 ])
                 .unwrap_or_default();
-            // On a later boot the user data is skipped (it runs once, as on EC2).
-            let user_data_done = user_data.contains("ActiveState=active")
-                || user_data.contains("ConditionResult=no");
+            // Written when the user data has run, on the first boot (later boots skip it,
+            // as on EC2). Not the unit's condition result: that reads "no" before it runs.
+            let user_data_done = self
+                .root
+                .join("var/lib/cloud/instance/boot-finished")
+                .exists();
             if user_data.contains("Result=exit-code") || user_data.contains("ActiveState=failed") {
                 bail!("the user data failed ({})", user_data.replace('\n', " "));
             }

@@ -120,6 +120,7 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
     ensure_installed(&["nginx"], "nginx")?;
     ensure_installed(&["openssl"], "openssl")?;
     ensure_installed(&["ffmpeg"], "ffmpeg")?;
+    let _one_at_a_time = machine_lock()?;
     let dir = scratch_dir().join("rehearse");
     std::fs::create_dir_all(&dir)?;
     interruption::watch(&dir);
@@ -452,6 +453,23 @@ impl World {
 /// Where the root filesystem is kept between runs: in the cargo target directory when it
 /// is shared by every clone on this machine (as CI's is), so a fresh clone finds it too;
 /// otherwise under this clone's `target/`.
+/// Held for the whole rehearsal: it uses what there is one of on a machine (port 80, the
+/// metadata address, the firewall table, the machines' names, the cached root filesystem),
+/// so a rehearsal from another clone waits for this one.
+fn machine_lock() -> anyhow::Result<std::fs::File> {
+    let path = std::env::temp_dir().join("anb-rehearse.lock");
+    let lock = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "rehearse: another rehearsal is running on this machine; waiting for it (lock {})",
+            path.display()
+        );
+        lock.lock()?;
+    }
+    Ok(lock)
+}
+
 fn cache_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(|dir| PathBuf::from(dir).join("anb-rehearse"))

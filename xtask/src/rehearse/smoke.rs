@@ -135,8 +135,8 @@ async fn smoke(report: &mut Report) -> anyhow::Result<()> {
             "vote answered {}",
             response.status()
         );
-        // The public snapshot refreshes every few seconds.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // The rankings are a snapshot refreshed every `public.rankings_refresh` (30 s).
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let rankings: serde_json::Value = client
                 .get(format!("{base}/api/public/rankings"))
@@ -196,7 +196,9 @@ pub(super) async fn start_job_in_flight(clip: &Path) -> anyhow::Result<String> {
         .build()?;
     let token = signup(&client, BASE, "Restart").await?;
     let video = upload(&client, BASE, &token, clip, "In flight").await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A job the worker received before it read the rotated password comes back after the
+    // queue's retry delay (30 s).
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let detail = api_client::video(&client, BASE, &token, &video).await?;
         match detail["status"].as_str() {

@@ -82,10 +82,17 @@ fn the_three_capacity_commands_write_reports_with_their_figures() {
             "| smoke | 5 |",
             "| step 10 users | 10 |",
             "## Capacity found",
-            "concurrent users",
             "Generator ceiling:",
             "coordinated-omission",
         ],
+    );
+    // Whether 10 users stay within the SLO is a measurement of this machine at this moment
+    // (the cores are shared with other tests), not something the test decides.
+    let report = std::fs::read_to_string(web.join("report.md")).unwrap();
+    assert!(
+        report.contains("concurrent users** within the SLO")
+            || report.contains("No step met the SLO."),
+        "no capacity verdict in:\n{report}"
     );
 
     let worker = capacity(&["worker", "--quick"]);

@@ -281,18 +281,28 @@ async fn a_player_uploads_and_a_fan_plays_votes_and_finds_the_player_ranked_firs
             (!cards.is_empty()).then_some(())
         })
         .await;
-        let started: f64 = driver
+        let plays: bool = driver
             .execute_async(
                 "const done = arguments[arguments.length - 1]; \
                  const v = document.querySelector('#videos video'); v.muted = true; \
-                 v.play().then(() => setTimeout(() => done(v.currentTime), 1500), () => done(-1));",
+                 v.play().then(() => done(true), () => done(false));",
                 vec![],
             )
             .await
             .unwrap()
             .convert()
             .unwrap();
-        assert!(started > 0.5, "the video did not play (currentTime {started})");
+        assert!(plays, "the browser refused to play the video");
+        eventually("the video's time to advance", WAIT, || async {
+            let time: f64 = driver
+                .execute("return document.querySelector('#videos video').currentTime;", vec![])
+                .await
+                .ok()?
+                .convert()
+                .ok()?;
+            (time > 0.5).then_some(())
+        })
+        .await;
         let vote = driver
             .find(By::XPath("//li[contains(@class,'card')][.//h2[text()='Mi mejor clavada']]//button"))
             .await

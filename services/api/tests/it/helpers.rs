@@ -324,7 +324,7 @@ pub async fn start_api(env: &[(String, String)]) -> (tokio::process::Child, Stri
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    eventually("the API to come up", Duration::from_secs(30), || async {
+    eventually("the API to come up", Duration::from_secs(120), || async {
         client
             .get(format!("{base}/api/health"))
             .send()

@@ -233,14 +233,14 @@ async fn postgres_notifies_when_a_message_becomes_visible_not_while_a_job_runs()
     listener.listen("queue_messages").await.unwrap();
     q.send("a").await.unwrap();
     assert_eq!(
-        next_notification(&mut listener).await.as_deref(),
+        next_notification(&mut listener, EXPECTED).await.as_deref(),
         Some("jobs"),
         "sent"
     );
     let delivery = q.receive(1, NO_WAIT, LONG).await.unwrap().remove(0);
     q.change_visibility(&delivery.receipt, LONG).await.unwrap();
     assert_eq!(
-        next_notification(&mut listener).await,
+        next_notification(&mut listener, UNEXPECTED).await,
         None,
         "received and kept hidden: nothing to wake for"
     );
@@ -248,14 +248,22 @@ async fn postgres_notifies_when_a_message_becomes_visible_not_while_a_job_runs()
         .await
         .unwrap();
     assert_eq!(
-        next_notification(&mut listener).await.as_deref(),
+        next_notification(&mut listener, EXPECTED).await.as_deref(),
         Some("jobs"),
         "released"
     );
 }
 
-async fn next_notification(listener: &mut sqlx::postgres::PgListener) -> Option<String> {
-    tokio::time::timeout(Duration::from_millis(500), listener.recv())
+/// How long a notification that must come may take (a busy machine), and how long one
+/// that must not come is waited for (a notification is sent at commit: it would be there).
+const EXPECTED: Duration = Duration::from_secs(10);
+const UNEXPECTED: Duration = Duration::from_millis(500);
+
+async fn next_notification(
+    listener: &mut sqlx::postgres::PgListener,
+    within: Duration,
+) -> Option<String> {
+    tokio::time::timeout(within, listener.recv())
         .await
         .ok()
         .map(|n| n.unwrap().payload().to_owned())
