@@ -176,8 +176,9 @@ fn remove_abandoned_uploads(staging_dir: &std::path::Path) {
 }
 
 /// Removes, at start and then every minute (or sooner, when `abandoned_after` is shorter),
-/// the videos whose upload was cut off between recording and queueing: their stored file,
-/// then their row (a tombstone makes the worker skip a job one of them may have queued).
+/// the videos whose upload was cut off between recording and queueing: each is claimed
+/// (a late upload can no longer mark it queued), then its stored file, then its row are
+/// removed (a tombstone makes the worker skip a job one of them may have queued).
 fn sweep_abandoned_videos_forever(
     pool: PgPool,
     store: Arc<dyn ObjectStore>,
@@ -206,6 +207,11 @@ pub async fn sweep_abandoned_videos(
 ) -> anyhow::Result<usize> {
     let mut removed = 0;
     for id in backends::db::abandoned_uploads(pool, abandoned_after).await? {
+        // Claimed first: an upload that was only slow and marks its video queued now is
+        // refused (503) rather than answered 201 for a file removed under it.
+        if !backends::db::claim_abandoned_upload(pool, id).await? {
+            continue;
+        }
         store.delete(&original_key(id)).await?;
         if backends::db::remove_abandoned_upload(pool, id).await? {
             removed += 1;

@@ -182,10 +182,10 @@ pub async fn insert_pending_video(
 }
 
 /// The upload's file is stored and its job queued: the video is the owner's to see.
-/// False when its row is gone: the upload took longer than `upload.abandoned_after` and
-/// the sweep of abandoned uploads removed it.
+/// False when the sweep of abandoned uploads has claimed or removed it (the upload took
+/// longer than `upload.abandoned_after`): its file is being or has been removed.
 pub async fn mark_queued(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query("UPDATE videos SET queued_at = now() WHERE id = $1")
+    sqlx::query("UPDATE videos SET queued_at = now() WHERE id = $1 AND status = 'uploaded'")
         .bind(id)
         .execute(pool)
         .await
@@ -205,6 +205,20 @@ pub async fn abandoned_uploads(
     .bind(older_than.as_secs_f64())
     .fetch_all(pool)
     .await
+}
+
+/// Claims a pending upload for the sweep before its file is removed: from then on
+/// [`mark_queued`] refuses it, so an upload that was only slow never gets its 201 for a
+/// file the sweep deletes. Returns whether it was claimed (false: it was queued meanwhile).
+pub async fn claim_abandoned_upload(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "UPDATE videos SET status = 'failed', error = 'subida abandonada'
+         WHERE id = $1 AND queued_at IS NULL",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected() == 1)
 }
 
 /// Removes an abandoned upload's row, leaving a tombstone so a job it may have queued is

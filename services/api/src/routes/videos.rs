@@ -169,7 +169,7 @@ async fn store_record_enqueue(
     // pending, so the sweep of abandoned uploads removes it and its file, and the worker
     // skips the job it finds (pending, then deleted).
     if !db::mark_queued(&state.pool, video_id).await? {
-        // The sweep was first: it took this upload for one cut off, and removed it.
+        // The sweep was first: it took this upload for one cut off and claimed it.
         undo_store(state, &key).await;
         return Err(ApiError::unavailable(
             TOO_SLOW_TO_KEEP,

@@ -78,6 +78,39 @@ async fn an_upload_cut_off_between_recording_and_queueing_is_swept_away() {
 }
 
 #[tokio::test]
+async fn a_slow_upload_and_the_sweep_never_both_win() {
+    let app = spawn_app_with(Options::default()).await;
+    let player = app.signup("Ana", "Ruiz", "Cali").await;
+    let owner = player.id.parse().unwrap();
+    let pool = &app.db.pool;
+    // The sweep claims it first: the upload can no longer mark it queued (it answers 503).
+    let overtaken = uuid::Uuid::new_v4();
+    backends::db::insert_pending_video(pool, overtaken, owner, "lenta")
+        .await
+        .unwrap();
+    assert!(backends::db::claim_abandoned_upload(pool, overtaken)
+        .await
+        .unwrap());
+    assert!(!backends::db::mark_queued(pool, overtaken).await.unwrap());
+    // The upload marks it first: the sweep leaves it (and its file) alone.
+    let in_time = uuid::Uuid::new_v4();
+    backends::db::insert_pending_video(pool, in_time, owner, "a tiempo")
+        .await
+        .unwrap();
+    assert!(backends::db::mark_queued(pool, in_time).await.unwrap());
+    assert!(!backends::db::claim_abandoned_upload(pool, in_time)
+        .await
+        .unwrap());
+    assert_eq!(
+        backends::db::find_video(pool, in_time)
+            .await
+            .unwrap()
+            .map(|v| v.status),
+        Some(backends::db::VideoStatus::Uploaded)
+    );
+}
+
+#[tokio::test]
 async fn an_api_killed_during_eight_uploads_leaves_no_orphan_and_every_201_is_processed() {
     let db = TestDatabase::create().await;
     let backends = TestBackends::local(&db, 5);
