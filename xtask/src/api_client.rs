@@ -2,6 +2,30 @@
 
 use anyhow::Context;
 
+/// Signs a new player up under a fresh email address (`<first_name>.<n>@example.com`) and
+/// logs in; the access token.
+pub async fn signup_new_player(
+    client: &reqwest::Client,
+    base: &str,
+    first_name: &str,
+) -> anyhow::Result<String> {
+    let email = format!(
+        "{}.{}@example.com",
+        first_name.to_lowercase(),
+        unique_number()
+    );
+    signup_and_login(client, base, first_name, &email).await
+}
+
+/// A number that differs between processes and calls (for names, not for secrets).
+pub fn unique_number() -> u32 {
+    std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default()
+}
+
 /// Signs a player up with `email` and logs in; the access token.
 pub async fn signup_and_login(
     client: &reqwest::Client,

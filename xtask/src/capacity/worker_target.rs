@@ -82,14 +82,7 @@ async fn measure(base: &str, bytes: Vec<u8>, videos: usize) -> anyhow::Result<Ou
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;
-    let email = format!(
-        "capacidad.{}@example.com",
-        std::process::id()
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .subsec_nanos()
-    );
-    let token = api_client::signup_and_login(&client, base, "Capacidad", &email)
+    let token = api_client::signup_new_player(&client, base, "Capacidad")
         .await
         .with_context(|| format!("sign up a capacity player at {base}"))?;
     let started = Instant::now();

@@ -26,7 +26,7 @@ mod smoke;
 mod stand_ins;
 
 use instance::{debian_rootfs, Instance};
-use smoke::{after_restart, after_rotation, rand_suffix, smoke_flow, start_job_in_flight};
+use smoke::{after_restart, after_rotation, smoke_flow, start_job_in_flight};
 use stand_ins::{stand_in_database, truststore, Imds, Pki};
 
 use crate::postgres::PrivateCluster;
@@ -284,7 +284,7 @@ fn restarts(
     facts: &StackFacts,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let rotated = format!("Rotated-{}-x", rand_suffix());
+    let rotated = format!("Rotated-{}-x", crate::api_client::unique_number());
     output(Command::new(python).args([
         "-c",
         ROTATE_PASSWORD,

@@ -55,7 +55,7 @@ async fn smoke(report: &mut Report) -> anyhow::Result<()> {
                 }
             }
         };
-    let player = signup(&client, base, "Rehearsal").await;
+    let player = api_client::signup_new_player(&client, base, "Rehearsal").await;
     step(
         report,
         "signup + login (via nginx)",
@@ -124,7 +124,7 @@ async fn smoke(report: &mut Report) -> anyhow::Result<()> {
     .await;
     step(report, "download processed", download)?;
     let vote = async {
-        let fan = signup(&client, base, "Fan").await?;
+        let fan = api_client::signup_new_player(&client, base, "Fan").await?;
         let response = client
             .post(format!("{base}/api/public/videos/{video}/vote"))
             .bearer_auth(&fan)
@@ -159,16 +159,6 @@ async fn smoke(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A new player, under a fresh email address; the access token.
-async fn signup(client: &reqwest::Client, base: &str, first: &str) -> anyhow::Result<String> {
-    let email = format!(
-        "{}.{}@example.com",
-        first.to_lowercase(),
-        std::process::id() ^ rand_suffix()
-    );
-    api_client::signup_and_login(client, base, first, &email).await
-}
-
 /// Uploads `clip` as the player with `token`; the new video's id.
 async fn upload(
     client: &reqwest::Client,
@@ -180,13 +170,6 @@ async fn upload(
     api_client::upload(client, base, token, tokio::fs::read(clip).await?, title).await
 }
 
-pub(super) fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default()
-}
-
 const BASE: &str = "http://127.0.0.1:80";
 
 /// Uploads `clip` and returns its id once the worker has taken it.
@@ -194,7 +177,7 @@ pub(super) async fn start_job_in_flight(clip: &Path) -> anyhow::Result<String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
-    let token = signup(&client, BASE, "Restart").await?;
+    let token = api_client::signup_new_player(&client, BASE, "Restart").await?;
     let video = upload(&client, BASE, &token, clip, "In flight").await?;
     // A job the worker received before it read the rotated password comes back after the
     // queue's retry delay (30 s).
@@ -219,7 +202,7 @@ pub(super) async fn after_rotation() -> anyhow::Result<String> {
     let started = Instant::now();
     let mut refused = 0;
     loop {
-        match signup(&client, BASE, "Rotated").await {
+        match api_client::signup_new_player(&client, BASE, "Rotated").await {
             Ok(_) => {
                 return Ok(format!(
                     "sign-up and log-in work {:.1} s after the rotation ({refused} refused before)",
@@ -241,7 +224,7 @@ pub(super) async fn after_restart(video: &str) -> anyhow::Result<String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
-    let token = signup(&client, BASE, "Again").await?;
+    let token = api_client::signup_new_player(&client, BASE, "Again").await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let public: serde_json::Value = client
