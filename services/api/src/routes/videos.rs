@@ -99,7 +99,7 @@ pub struct DeleteResponse {
         (status = 400, description = "Not an MP4, corrupt, no video stream, over 100 MB, over the picture size, frame rate or stream count limits, a malformed form, or title missing", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 429, description = "The user has the most uploads in flight already (default 2); retry after `Retry-After` seconds", body = ErrorBody),
-        (status = 503, description = "Storage, database or queue unavailable; nothing was kept. Retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Storage, database or queue unavailable, or the upload took so long to store that it was discarded; nothing was kept. Retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[post("/api/videos/upload")]
