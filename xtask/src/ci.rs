@@ -66,6 +66,9 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
+    // Before the tests, so the test runner's summary stays the last thing printed.
+    eprintln!("xtask: speed guard (bench worker --quick --guard)");
+    crate::bench::worker_guard()?;
     eprintln!("xtask: tests");
     run_command(
         crate::system::cargo()

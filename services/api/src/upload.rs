@@ -19,7 +19,7 @@ use crate::multipart_limits::{
 };
 
 /// Longest title accepted, in characters (as the OpenAPI document states).
-const MAX_TITLE_CHARS: usize = 500;
+pub const MAX_TITLE_CHARS: usize = 500;
 
 const NOT_MULTIPART: &str =
     "Se esperaba un formulario multipart/form-data con los campos video_file y title.";
@@ -308,6 +308,8 @@ mod tests {
                 height,
                 pixel_format: None,
                 frame_rate: Some(30.0),
+                color_matrix: None,
+                color_range: None,
             }),
             has_audio: false,
             streams: 1,

@@ -170,6 +170,11 @@ pub struct VideoStream {
     pub pixel_format: Option<String>,
     /// Frames per second on average (frames over duration), when ffprobe can tell.
     pub frame_rate: Option<f64>,
+    /// The YCbCr matrix the stream is tagged with (ffprobe's `color_space`: "bt709",
+    /// "smpte170m", …); none when untagged.
+    pub color_matrix: Option<String>,
+    /// ffprobe's `color_range`: "tv" (limited) or "pc" (full); none when untagged.
+    pub color_range: Option<String>,
 }
 
 impl Probe {
@@ -214,6 +219,8 @@ struct RawStream {
     height: Option<u32>,
     pix_fmt: Option<String>,
     avg_frame_rate: Option<String>,
+    color_space: Option<String>,
+    color_range: Option<String>,
     #[serde(default)]
     disposition: std::collections::HashMap<String, i64>,
 }
@@ -223,6 +230,11 @@ fn ratio(text: &str) -> Option<f64> {
     let (num, den) = text.split_once('/')?;
     let (num, den): (f64, f64) = (num.parse().ok()?, den.parse().ok()?);
     (den > 0.0 && num > 0.0).then(|| num / den)
+}
+
+/// ffprobe writes "unknown" for a property the stream leaves untagged.
+fn tagged(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|v| v != "unknown" && !v.is_empty())
 }
 
 #[derive(Deserialize)]
@@ -255,6 +267,8 @@ pub fn parse_probe(json: &[u8]) -> Result<Probe, MediaError> {
                 height: s.height?,
                 pixel_format: s.pix_fmt.clone(),
                 frame_rate: s.avg_frame_rate.as_deref().and_then(ratio),
+                color_matrix: tagged(&s.color_space),
+                color_range: tagged(&s.color_range),
             })
         });
     Ok(Probe {
@@ -376,7 +390,14 @@ mod tests {
         let video = probe.video.unwrap();
         assert_eq!(video.height, 720);
         assert!((video.frame_rate.unwrap() - 29.97).abs() < 0.01);
+        assert_eq!(video.color_matrix, None);
         assert_eq!(ratio("0/0"), None);
+
+        let json = br#"{"streams":[{"codec_type":"video","codec_name":"h264","width":1920,
+            "height":1080,"color_space":"bt709","color_range":"unknown"}]}"#;
+        let video = parse_probe(json).unwrap().video.unwrap();
+        assert_eq!(video.color_matrix.as_deref(), Some("bt709"));
+        assert_eq!(video.color_range, None);
     }
 
     #[test]

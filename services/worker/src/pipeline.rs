@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use backends::media::Probe;
+use backends::media::{Probe, VideoStream};
 use backends::settings::ProcessingSettings;
 
 pub const WIDTH: u32 = 1280;
@@ -29,16 +29,76 @@ fn seconds(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64())
 }
 
+/// How the source's samples encode colour: what the main part's scaler must know to
+/// bring them to the output's BT.709 limited range. Converting costs as much as the rest of
+/// the main part's work together (swscale leaves its fast path for every pixel), so it is
+/// done only when the source differs from the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceColors {
+    /// swscale's name for the source's YCbCr matrix (`in_color_matrix`).
+    pub matrix: &'static str,
+    pub full_range: bool,
+}
+
+impl SourceColors {
+    /// What every part of the output is, and says it is (see [`encoder_args`]).
+    pub const OUTPUT: Self = Self {
+        matrix: "bt709",
+        full_range: false,
+    };
+
+    /// Reads the stream's tags; an untagged stream is taken as players take it: HD (wider
+    /// than 1024 or taller than 576) is BT.709, smaller is BT.601, and only the JPEG pixel
+    /// formats are full range.
+    pub fn of(video: &VideoStream) -> Self {
+        let matrix = match video.color_matrix.as_deref() {
+            Some("bt709") => "bt709",
+            Some("bt470bg" | "smpte170m") => "bt601",
+            Some("fcc") => "fcc",
+            Some("smpte240m") => "smpte240m",
+            Some("bt2020nc" | "bt2020c") => "bt2020",
+            // Untagged, or a matrix swscale cannot read (RGB, YCgCo): guess from the size.
+            _ if video.width > 1024 || video.height > 576 => "bt709",
+            _ => "bt601",
+        };
+        let full_range = match video.color_range.as_deref() {
+            Some("pc") => true,
+            Some(_) => false,
+            None => video
+                .pixel_format
+                .as_deref()
+                .is_some_and(|format| format.starts_with("yuvj")),
+        };
+        Self { matrix, full_range }
+    }
+
+    /// The scale filter's options that convert these colours to the output's; none when
+    /// they are the output's already.
+    fn conversion(self) -> String {
+        if self == Self::OUTPUT {
+            return String::new();
+        }
+        let range = if self.full_range { "pc" } else { "tv" };
+        format!(
+            ":in_color_matrix={}:in_range={range}:out_color_matrix={}:out_range=tv",
+            self.matrix,
+            Self::OUTPUT.matrix
+        )
+    }
+}
+
 /// The main part's filter graph: input 0 is the original, input 1 the logo PNG.
 ///
-/// The original is brought to a constant 30 fps, scaled to fit 1280×720 without
-/// distortion (bilinear: for these mostly downscaling ratios it looks the same as bicubic,
-/// and the softer result is cheaper to encode), padded (letterbox/pillarbox) with square
-/// pixels, and watermarked. Rotated phone videos arrive upright: ffmpeg applies the
+/// The original's first real video stream (`V`: never cover art) is brought to a constant
+/// 30 fps, scaled to fit 1280×720 without distortion (bilinear: for these mostly
+/// downscaling ratios it looks the same as bicubic, and the softer result is cheaper to
+/// encode) with its colours brought to the output's, padded (letterbox/pillarbox) with
+/// square pixels, and watermarked. Rotated phone videos arrive upright: ffmpeg applies the
 /// rotation before the graph.
-pub fn main_graph() -> String {
+pub fn main_graph(colors: SourceColors) -> String {
+    let conversion = colors.conversion();
     format!(
-        "[0:v]fps={FPS},scale={WIDTH}:{HEIGHT}:force_original_aspect_ratio=decrease:force_divisible_by=2:flags=bilinear:out_color_matrix=bt709:out_range=tv,\
+        "[0:V:0]fps={FPS},scale={WIDTH}:{HEIGHT}:force_original_aspect_ratio=decrease:force_divisible_by=2:flags=bilinear{conversion},\
          pad={WIDTH}:{HEIGHT}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p[base];\
          [1:v]scale=-2:{WATERMARK_HEIGHT}[wm];\
          [base][wm]overlay=W-w-{WATERMARK_MARGIN}:H-h-{WATERMARK_MARGIN},format=yuv420p[out]"
@@ -110,6 +170,7 @@ fn encoder_args(settings: &ProcessingSettings) -> Vec<OsString> {
 /// is even decoded.
 pub fn main_args(
     input: &Path,
+    colors: SourceColors,
     logo: &Path,
     output: &Path,
     settings: &ProcessingSettings,
@@ -118,7 +179,7 @@ pub fn main_args(
     args.extend(backends::media::UPLOAD_INPUT.iter().map(OsString::from));
     args.extend(["-i".into(), input.as_os_str().to_owned()]);
     args.extend(["-i".into(), logo.as_os_str().to_owned()]);
-    args.extend(["-filter_complex".into(), main_graph().into()]);
+    args.extend(["-filter_complex".into(), main_graph(colors).into()]);
     args.extend(encoder_args(settings));
     args.push(output.as_os_str().to_owned());
     args
@@ -251,6 +312,7 @@ mod tests {
     fn main_args_for_test() -> Vec<OsString> {
         main_args(
             Path::new("in.mp4"),
+            SourceColors::OUTPUT,
             Path::new("logo.png"),
             Path::new("main.mp4"),
             &settings(),
@@ -302,12 +364,76 @@ mod tests {
 
     #[test]
     fn main_graph_scales_pads_and_watermarks_with_square_pixels() {
-        let graph = main_graph();
-        assert!(graph.contains("fps=30"));
+        let graph = main_graph(SourceColors::OUTPUT);
+        assert!(graph.starts_with("[0:V:0]fps=30"), "{graph}");
         assert!(graph.contains("scale=1280:720:force_original_aspect_ratio=decrease"));
         assert!(graph.contains("flags=bilinear"));
         assert!(graph.contains("pad=1280:720:(ow-iw)/2:(oh-ih)/2"));
         assert!(graph.contains("[base][wm]overlay=W-w-28:H-h-28"));
+    }
+
+    fn stream(
+        width: u32,
+        height: u32,
+        format: &str,
+        matrix: Option<&str>,
+        range: Option<&str>,
+    ) -> VideoStream {
+        VideoStream {
+            codec: "h264".into(),
+            width,
+            height,
+            pixel_format: Some(format.into()),
+            frame_rate: Some(30.0),
+            color_matrix: matrix.map(Into::into),
+            color_range: range.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn colours_are_converted_only_when_the_source_differs_from_the_output() {
+        let cases = [
+            // Untagged HD is BT.709, as players take it: nothing to convert.
+            (stream(1920, 1080, "yuv420p", None, None), None),
+            (
+                stream(1080, 1920, "yuv420p", Some("bt709"), Some("tv")),
+                None,
+            ),
+            // Untagged SD is BT.601.
+            (
+                stream(640, 480, "yuv420p", None, None),
+                Some("in_color_matrix=bt601:in_range=tv"),
+            ),
+            (
+                stream(1920, 1080, "yuv420p", Some("smpte170m"), Some("tv")),
+                Some("in_color_matrix=bt601:in_range=tv"),
+            ),
+            (
+                stream(1280, 720, "yuvj420p", Some("bt470bg"), None),
+                Some("in_color_matrix=bt601:in_range=pc"),
+            ),
+            (
+                stream(1920, 1080, "yuv420p", Some("bt709"), Some("pc")),
+                Some("in_color_matrix=bt709:in_range=pc"),
+            ),
+            (
+                stream(3840, 2160, "yuv420p10le", Some("bt2020nc"), Some("tv")),
+                Some("in_color_matrix=bt2020:in_range=tv"),
+            ),
+        ];
+        for (video, expected) in cases {
+            let graph = main_graph(SourceColors::of(&video));
+            match expected {
+                None => assert!(
+                    !graph.contains("color_matrix") && !graph.contains("range="),
+                    "{video:?}: {graph}"
+                ),
+                Some(conversion) => assert!(
+                    graph.contains(&format!("{conversion}:out_color_matrix=bt709:out_range=tv")),
+                    "{video:?}: {graph}"
+                ),
+            }
+        }
     }
 
     #[test]
@@ -333,6 +459,8 @@ mod tests {
                 height,
                 pixel_format: Some("yuv420p".into()),
                 frame_rate: Some(30.0),
+                color_matrix: None,
+                color_range: None,
             }),
             has_audio: audio,
             streams: 1 + usize::from(audio),

@@ -86,8 +86,17 @@ impl Transcoder {
     ) -> Result<TranscodeTimings, TranscodeError> {
         let started = Instant::now();
         let main = job_dir.join("main.mp4");
+        let probe = media::probe(input, timeout)
+            .await
+            .map_err(TranscodeError::Main)?;
+        // Without a video stream the encoder's run below fails and says why, as for any
+        // other input it cannot read.
+        let colors = probe
+            .video
+            .as_ref()
+            .map_or(pipeline::SourceColors::OUTPUT, pipeline::SourceColors::of);
         media::run_ffmpeg(
-            pipeline::main_args(input, &self.logo, &main, &self.settings),
+            pipeline::main_args(input, colors, &self.logo, &main, &self.settings),
             timeout,
         )
         .await

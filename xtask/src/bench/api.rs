@@ -77,6 +77,7 @@ fn reference_upload(work: &Path) -> anyhow::Result<PathBuf> {
         noise: 25,
         preset: "ultrafast",
         audio: false,
+        tagged_bt709: false,
     }
     .generate_once(&path, "the 50 MB reference upload")?;
     Ok(path)

@@ -32,10 +32,19 @@ enum BenchTarget {
 }
 
 #[derive(Debug, Args)]
-struct WorkerBench {
+pub struct WorkerBench {
     /// Videos the worker processes in the measured run.
     #[arg(long, default_value_t = 5)]
     videos: usize,
+    /// Only the side-by-side check (about a minute): the worker's ffmpeg runs against the
+    /// common command on a 10 s 1080p reference, three rounds each, in turn.
+    #[arg(long)]
+    quick: bool,
+    /// Exit non-zero when ours takes more than 1.25× the common command measured in the
+    /// same run (end to end; with --quick, the worker's ffmpeg runs). Both are measured
+    /// side by side, so a slow or busy machine moves both.
+    #[arg(long)]
+    guard: bool,
 }
 
 #[derive(Debug, Args)]
@@ -54,10 +63,19 @@ struct ApiBench {
     read_seconds: u64,
 }
 
+/// `cargo xtask bench worker --quick --guard`, as CI runs it.
+pub fn worker_guard() -> anyhow::Result<()> {
+    worker::run(&WorkerBench {
+        videos: 0,
+        quick: true,
+        guard: true,
+    })
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.target {
         BenchTarget::Api(api) => api::bench_api(api),
-        BenchTarget::Worker(worker) => worker::run(worker.videos),
+        BenchTarget::Worker(worker) => worker::run(&worker),
         BenchTarget::Provision => provision::run(),
     }
 }
@@ -92,6 +110,9 @@ pub struct NoiseClip {
     pub noise: u32,
     pub preset: &'static str,
     pub audio: bool,
+    /// Tags the stream BT.709 at limited range, as phones do; untagged otherwise, as many
+    /// encoders leave HD.
+    pub tagged_bt709: bool,
 }
 
 impl NoiseClip {
@@ -105,6 +126,7 @@ impl NoiseClip {
             noise,
             preset,
             audio,
+            tagged_bt709,
         } = self;
         let mut args: Vec<String> = [
             "-f".into(),
@@ -137,6 +159,21 @@ impl NoiseClip {
             "-pix_fmt".into(),
             "yuv420p".into(),
         ]);
+        if *tagged_bt709 {
+            args.extend(
+                [
+                    "-colorspace",
+                    "bt709",
+                    "-color_primaries",
+                    "bt709",
+                    "-color_trc",
+                    "bt709",
+                    "-color_range",
+                    "tv",
+                ]
+                .map(String::from),
+            );
+        }
         if *audio {
             args.extend(["-c:a", "aac", "-b:a", "128k", "-shortest"].map(String::from));
         }

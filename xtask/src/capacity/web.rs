@@ -617,6 +617,7 @@ fn upload_file(work: &Path, size: &str) -> anyhow::Result<std::path::PathBuf> {
         noise: 12,
         preset: "ultrafast",
         audio: false,
+        tagged_bt709: false,
     }
     .generate_once(&path, &format!("a {size} upload"))?;
     Ok(path)

@@ -314,6 +314,7 @@ pub(super) fn input_video(work: &Path, size: &str, quick: bool) -> anyhow::Resul
         noise: 12,
         preset: "ultrafast",
         audio: true,
+        tagged_bt709: false,
     }
     .generate_once(&path, &format!("a {megabytes:.0} MB, {seconds:.0} s input"))?;
     Ok(path)

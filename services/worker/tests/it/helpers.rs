@@ -227,6 +227,47 @@ pub async fn make_video(
     path
 }
 
+/// Moves the movie header's user data (where MP4 keeps cover art) before the tracks, so a
+/// demuxer lists the cover art as the first stream, as some tagging tools leave files.
+/// The boxes keep their sizes, so every offset into the media data stays true.
+pub fn put_cover_art_first(video: &Path) {
+    fn children(bytes: &[u8], from: usize, to: usize) -> Vec<(usize, usize, [u8; 4])> {
+        let mut boxes = Vec::new();
+        let mut at = from;
+        while at + 8 <= to {
+            let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            assert!(
+                size >= 8 && at + size <= to,
+                "an MP4 box size this helper cannot read"
+            );
+            boxes.push((at, size, bytes[at + 4..at + 8].try_into().unwrap()));
+            at += size;
+        }
+        boxes
+    }
+    let mut bytes = std::fs::read(video).unwrap();
+    let (moov, size, _) = children(&bytes, 0, bytes.len())
+        .into_iter()
+        .find(|(_, _, kind)| kind == b"moov")
+        .expect("a movie box");
+    let mut inside = children(&bytes, moov + 8, moov + size);
+    assert!(
+        inside.iter().any(|(_, _, kind)| kind == b"udta"),
+        "no user data to move"
+    );
+    inside.sort_by_key(|(_, _, kind)| match kind {
+        b"mvhd" => 0,
+        b"udta" => 1,
+        _ => 2,
+    });
+    let reordered: Vec<u8> = inside
+        .iter()
+        .flat_map(|(at, size, _)| bytes[*at..at + size].to_vec())
+        .collect();
+    bytes[moov + 8..moov + size].copy_from_slice(&reordered);
+    std::fs::write(video, bytes).unwrap();
+}
+
 /// Marks `video` as recorded rotated by 90°, the way phones do: the frames stay landscape
 /// and the track header's display matrix says how to turn them. (ffmpeg 5.1 has no option
 /// to write one, so the matrix is patched in.)
@@ -248,6 +289,24 @@ pub fn rotate_90(video: &Path) {
 
 /// The RGB colour of one pixel of `video` at `seconds`.
 pub async fn pixel(video: &Path, seconds: f64, x: u32, y: u32) -> [u8; 3] {
+    rgb_at(video, seconds, x, y, "format=rgb24").await
+}
+
+/// The pixel at (`x`, `y`) as a player shows it, reading the samples with the YCbCr
+/// `matrix` and range (`full_range`) given, whatever the file's tags say.
+pub async fn pixel_shown_as(
+    video: &Path,
+    seconds: f64,
+    (x, y): (u32, u32),
+    matrix: &str,
+    full_range: bool,
+) -> [u8; 3] {
+    let range = if full_range { "pc" } else { "tv" };
+    let to_rgb = format!("scale=in_color_matrix={matrix}:in_range={range},format=rgb24");
+    rgb_at(video, seconds, x, y, &to_rgb).await
+}
+
+async fn rgb_at(video: &Path, seconds: f64, x: u32, y: u32, to_rgb: &str) -> [u8; 3] {
     let out = tempfile::NamedTempFile::new().unwrap().into_temp_path();
     let args = [
         "-y".to_owned(),
@@ -258,7 +317,7 @@ pub async fn pixel(video: &Path, seconds: f64, x: u32, y: u32) -> [u8; 3] {
         "-frames:v".to_owned(),
         "1".to_owned(),
         "-vf".to_owned(),
-        format!("format=rgb24,crop=1:1:{x}:{y}"),
+        format!("{to_rgb},crop=1:1:{x}:{y}"),
         "-f".to_owned(),
         "rawvideo".to_owned(),
         "-pix_fmt".to_owned(),

@@ -6,7 +6,9 @@ use backends::db::VideoStatus;
 use backends::media;
 use worker::Outcome;
 
-use crate::helpers::{assert_meets_spec, make_video, pixel, rotate_90, Harness};
+use crate::helpers::{
+    assert_meets_spec, make_video, pixel, pixel_shown_as, put_cover_art_first, rotate_90, Harness,
+};
 
 fn is_dark(rgb: [u8; 3]) -> bool {
     rgb.iter().all(|c| *c < 40)
@@ -244,23 +246,8 @@ async fn the_main_part_shares_the_bumpers_headers_and_the_joined_file_decodes_cl
         .map(|input| (input, "ultrafast"))
         .chain([(&inputs[0], "veryfast")]);
     for (input, preset) in runs {
-        let work = tempfile::tempdir().unwrap();
-        let output = work.path().join("processed.mp4");
+        let (work, output) = transcode(input, preset);
         let parts = work.path().join("parts");
-        #[allow(clippy::disallowed_methods)] // the test runs the real binary
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-            .env("APP__PROCESSING__X264_PRESET", preset)
-            .arg("transcode")
-            .arg("--input")
-            .arg(input)
-            .arg("--output")
-            .arg(&output)
-            .arg("--work-dir")
-            .arg(&parts)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "{} ({preset})", input.display());
         let bumper = sequence_headers(&parts.join("intro.mp4"));
         assert!(!bumper.is_empty());
         assert_eq!(
@@ -277,6 +264,226 @@ async fn the_main_part_shares_the_bumpers_headers_and_the_joined_file_decodes_cl
             input.display()
         );
     }
+}
+
+/// Runs the worker's own `worker transcode` (a job's ffmpeg runs, no queue or database)
+/// on `input` with the x264 `preset`; returns the work folder (parts under `parts/`) and
+/// the joined output.
+fn transcode(input: &std::path::Path, preset: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let output = work.path().join("processed.mp4");
+    #[allow(clippy::disallowed_methods)] // the test runs the real binary
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .env("APP__PROCESSING__X264_PRESET", preset)
+        .arg("transcode")
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(&output)
+        .arg("--work-dir")
+        .arg(work.path().join("parts"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{} ({preset})", input.display());
+    (work, output)
+}
+
+/// A flat green the BT.601 and BT.709 readings of the same samples tell apart (by 12, 23
+/// and 4 in R, G, B), as do the two ranges (by about 10 each).
+const GREEN: &str = "0x28B43C";
+/// Largest difference, in any RGB channel, between the source and the output as shown.
+const COLOUR_TOLERANCE: u8 = 5;
+
+/// Each source's colours reach the output as a player shows them: the output (tagged BT.709
+/// limited range) looks like the source read with its own matrix and range. Untagged HD is
+/// read as BT.709, as players do; untagged SD as BT.601.
+#[tokio::test]
+async fn colours_come_out_as_the_source_shows_them_whatever_its_matrix_and_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let tags = |matrix: &'static str, range: &'static str| {
+        [
+            "-colorspace",
+            matrix,
+            "-color_primaries",
+            if matrix == "bt709" {
+                "bt709"
+            } else {
+                "smpte170m"
+            },
+            "-color_trc",
+            if matrix == "bt709" {
+                "bt709"
+            } else {
+                "smpte170m"
+            },
+            "-color_range",
+            range,
+        ]
+    };
+    // (name, size, swscale matrix and full range the samples are made with, tags)
+    let cases: [(&str, &str, &str, bool, Vec<&str>); 4] = [
+        ("untagged 1080p", "1920x1080", "bt709", false, vec![]),
+        (
+            "phone-like BT.709 portrait",
+            "1080x1920",
+            "bt709",
+            false,
+            tags("bt709", "tv").to_vec(),
+        ),
+        (
+            "BT.601 SD",
+            "640x480",
+            "bt601",
+            false,
+            tags("smpte170m", "tv").to_vec(),
+        ),
+        (
+            "full-range BT.601",
+            "1280x720",
+            "bt601",
+            true,
+            tags("bt470bg", "pc").to_vec(),
+        ),
+    ];
+    for (name, size, matrix, full_range, tags) in cases {
+        let range = if full_range { "pc" } else { "tv" };
+        let format = if full_range { "yuvj420p" } else { "yuv420p" };
+        let source = format!(
+            "color=c={GREEN}:s={size}:r=30:d=2,format=rgb24,\
+             scale=out_color_matrix={matrix}:out_range={range},format={format}"
+        );
+        let mut extra = tags.clone();
+        extra.extend(["-pix_fmt", format]);
+        let input = make_video(
+            dir.path(),
+            &format!("{}.mp4", name.replace(' ', "-")),
+            &source,
+            &extra,
+        )
+        .await;
+        let (width, height) = size.split_once('x').unwrap();
+        let centre = (
+            width.parse::<u32>().unwrap() / 2,
+            height.parse::<u32>().unwrap() / 2,
+        );
+        let shown = pixel_shown_as(&input, 1.0, centre, matrix, full_range).await;
+
+        let (work, output) = transcode(&input, "ultrafast");
+        // 2.5 s of intro, then the main part.
+        let came_out = pixel_shown_as(&output, 3.5, (640, 360), "bt709", false).await;
+        let differs = shown
+            .iter()
+            .zip(came_out)
+            .map(|(a, b)| a.abs_diff(b))
+            .max()
+            .unwrap();
+        assert!(
+            differs <= COLOUR_TOLERANCE,
+            "{name}: the source shows {shown:?}, the output {came_out:?}"
+        );
+        // Every part says the same about its colours, so the stream-copy join holds.
+        let parts = work.path().join("parts");
+        assert_eq!(
+            sequence_headers(&parts.join("run-1/main.mp4")),
+            sequence_headers(&parts.join("intro.mp4")),
+            "{name}: the main part's headers differ from the bumpers'"
+        );
+        assert_eq!(decode_every_frame(&output).await, 210, "{name}");
+        let probe = media::probe(&output, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let video = probe.video.unwrap();
+        assert_eq!(
+            (video.color_matrix.as_deref(), video.color_range.as_deref()),
+            (Some("bt709"), Some("tv")),
+            "{name}"
+        );
+    }
+}
+
+/// An upload whose cover art is its first stream: the encoded (and checked) stream is the
+/// video, never the picture.
+#[tokio::test]
+async fn the_video_is_encoded_when_cover_art_comes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = make_video(
+        dir.path(),
+        "green.mp4",
+        &format!("color=c={GREEN}:s=1280x720:r=30:d=2"),
+        &[],
+    )
+    .await;
+    let cover = dir.path().join("cover.png");
+    let with_cover = dir.path().join("with-cover.mp4");
+    let args = [
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:s=640x640",
+        "-frames:v",
+        "1",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([cover.display().to_string()]);
+    media::run_ffmpeg(&args.collect::<Vec<_>>(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let args: Vec<String> = [
+        "-y".to_owned(),
+        "-i".to_owned(),
+        cover.display().to_string(),
+        "-i".to_owned(),
+        video.display().to_string(),
+        "-map".to_owned(),
+        "0".to_owned(),
+        "-map".to_owned(),
+        "1".to_owned(),
+        "-c:v:0".to_owned(),
+        "png".to_owned(),
+        "-c:v:1".to_owned(),
+        "copy".to_owned(),
+        "-disposition:v:0".to_owned(),
+        "attached_pic".to_owned(),
+        with_cover.display().to_string(),
+    ]
+    .into();
+    media::run_ffmpeg(&args, Duration::from_secs(30))
+        .await
+        .unwrap();
+    put_cover_art_first(&with_cover);
+    let streams = ffprobe_streams(&with_cover);
+    assert!(
+        streams.starts_with("png,1\nh264,0"),
+        "the test input's cover art does not come first: {streams}"
+    );
+
+    let (_work, output) = transcode(&with_cover, "ultrafast");
+    let centre = pixel(&output, 3.5, 640, 360).await;
+    assert!(
+        centre[1] > 150 && centre[0] < 80,
+        "the main part shows the cover art, not the video: {centre:?}"
+    );
+}
+
+/// Each stream's codec and whether it is attached art, one line a stream ("png,1").
+fn ffprobe_streams(video: &std::path::Path) -> String {
+    #[allow(clippy::disallowed_methods)] // media::probe keeps only the first real video
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name:stream_disposition=attached_pic",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(video)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The video stream's decoder configuration (SPS and PPS), as ffprobe dumps it.
