@@ -10,8 +10,6 @@ use uuid::Uuid;
 
 use crate::settings::DatabaseSettings;
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
 /// Opens a pool without waiting for the server: the API starts (and answers 503 on
 /// `/health`) even while the database is still coming up.
 pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
@@ -22,8 +20,15 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> 
         .connect_lazy_with(options))
 }
 
+/// Applies the migrations this binary knows and the database lacks. Migrations the
+/// database has and this binary does not (a newer release ran first) are left alone: an
+/// older release rolled back to must start, not loop refusing the schema under
+/// `Restart=always`. That holds because every migration only adds (a release's schema
+/// is a superset of the previous one's), which the review of each migration keeps true.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await
 }
 
 /// Cheap liveness probe for `/health`.

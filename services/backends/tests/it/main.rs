@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
+mod migrations;
 mod password_rotation;
 mod queue_contract;
 mod storage_contract;
