@@ -636,8 +636,13 @@ impl Worker {
         timings.upload = step.elapsed();
 
         if !db::finish_processing(&self.pool, job.video_id).await? {
-            // Deleted while processing: do not leave its processed file behind.
-            if db::find_video(&self.pool, job.video_id).await?.is_none() {
+            // Deleted while processing (the row gone, or claimed by a delete that may
+            // already have removed the files): do not leave the processed file behind. Only
+            // a video another delivery finished keeps it.
+            let finished_elsewhere = db::find_video(&self.pool, job.video_id)
+                .await?
+                .is_some_and(|video| video.status == db::VideoStatus::Processed);
+            if !finished_elsewhere {
                 self.store
                     .delete(&key)
                     .await

@@ -359,6 +359,40 @@ async fn a_video_claimed_for_deletion_mid_job_is_never_published() {
     assert_eq!(error.as_deref(), Some("borrado pendiente"));
 }
 
+/// The owner deletes while the worker encodes: the API has claimed the video (and may
+/// have removed its files already, before the worker stores its output). The worker's
+/// output is removed too: no `processed/` object outlives the delete.
+#[tokio::test]
+async fn a_delete_during_processing_leaves_no_processed_object() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "ok.mp4",
+        "testsrc2=size=1280x720:rate=30:duration=4",
+        &[],
+    )
+    .await;
+    let id = h.enqueue(&input).await;
+    let delivery = h.receive().await;
+    let owner_deletes = async {
+        h.wait_for(id, VideoStatus::Processing, Duration::from_secs(30))
+            .await;
+        assert!(
+            backends::db::claim_for_deletion(&h.db.pool, id, h.owner, "borrado pendiente")
+                .await
+                .unwrap()
+        );
+    };
+    let (outcome, ()) = tokio::join!(h.worker.handle(delivery), owner_deletes);
+    assert_eq!(outcome, Outcome::AlreadyDone);
+    assert_eq!(h.status(id).await.0, VideoStatus::Failed);
+    assert!(
+        !h.store.exists(&processed_key(id)).await.unwrap(),
+        "the processed video of a deleted upload is left in storage"
+    );
+}
+
 #[tokio::test]
 async fn scratch_folders_of_workers_that_are_gone_are_swept_at_start() {
     let work = tempfile::tempdir().unwrap();
