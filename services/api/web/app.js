@@ -5,7 +5,6 @@
 
 const TOKEN = "anb.token";
 const VOTED = "anb.voted";
-const MAX_BYTES = 100 * 1024 * 1024;
 const STATUS = {
   uploaded: "En cola",
   processing: "Procesando…",
@@ -295,7 +294,11 @@ function setUpUpload(reload) {
     if (!file) return say("Elige un video.", "error");
     const isMp4 = file.type === "video/mp4" || file.name.toLowerCase().endsWith(".mp4");
     if (!isMp4) return say("El video debe ser un archivo MP4.", "error");
-    if (file.size > MAX_BYTES) return say("El video supera los 100 MB.", "error");
+    // The server's limit, as the page states it (rendered from its settings).
+    const limit = $("#archivo").dataset;
+    if (file.size > Number(limit.maxBytes)) {
+      return say(`El video supera los ${limit.maxMegabytes} MB.`, "error");
+    }
     const data = new FormData();
     data.append("title", title);
     data.append("video_file", file);

@@ -10,8 +10,11 @@
 use std::sync::LazyLock;
 
 use actix_web::http::header;
-use actix_web::{get, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
+
+use crate::state::AppState;
+use crate::upload::MAX_TITLE_CHARS;
 
 const SCRIPT: &str = include_str!("../../web/app.js");
 const STYLE: &str = include_str!("../../web/app.css");
@@ -149,7 +152,7 @@ pub async fn signup_page() -> HttpResponse {
         "registro",
         "Crea tu cuenta",
         html! {
-            form id="registro" class="stack" {
+            form id="registro" class="stack" method="post" {
                 (field("first_name", "Nombre", "text", "given-name"))
                 (field("last_name", "Apellido", "text", "family-name"))
                 (field("email", "Correo", "email", "email"))
@@ -169,7 +172,7 @@ pub async fn login_page() -> HttpResponse {
         "ingresar",
         "Ingresa",
         html! {
-            form id="ingresar" class="stack" {
+            form id="ingresar" class="stack" method="post" {
                 (field("email", "Correo", "email", "email"))
                 (field("password", "Contraseña", "password", "current-password"))
                 button type="submit" { "Ingresar" }
@@ -179,18 +182,29 @@ pub async fn login_page() -> HttpResponse {
     )
 }
 
+/// `bytes` in decimal megabytes, as the page states a limit: "100", "50", "2.5".
+fn megabytes(bytes: u64) -> String {
+    let tenths = (bytes as f64 / 100_000.0).round() / 10.0;
+    format!("{tenths}")
+}
+
+/// The upload form states the server's own limits (`upload.max_bytes` and the title's
+/// length): the script refuses a larger file before sending it, with the same figure.
 #[get("/mis-videos")]
-pub async fn my_videos_page() -> HttpResponse {
+pub async fn my_videos_page(state: web::Data<AppState>) -> HttpResponse {
+    let max_bytes = state.upload.max_bytes;
+    let max_megabytes = megabytes(max_bytes);
     page(
         "mis-videos",
         "Mis videos",
         html! {
-            form id="subir" class="stack" {
+            form id="subir" class="stack" method="post" {
                 h2 { "Subir un video" }
                 label for="titulo" { "Título" }
-                input id="titulo" name="title" type="text" required maxlength="200";
-                label for="archivo" { "Video MP4 (hasta 100 MB)" }
-                input id="archivo" name="video_file" type="file" accept="video/mp4" required;
+                input id="titulo" name="title" type="text" required maxlength=(MAX_TITLE_CHARS);
+                label for="archivo" { "Video MP4 (hasta " (max_megabytes) " MB)" }
+                input id="archivo" name="video_file" type="file" accept="video/mp4" required
+                    data-max-bytes=(max_bytes) data-max-megabytes=(max_megabytes);
                 progress id="progreso" max="100" value="0" hidden aria-label="Progreso de la subida" {}
                 button type="submit" { "Subir" }
             }
@@ -215,4 +229,16 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
         .content_type(content_type.to_owned())
         .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
         .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::megabytes;
+
+    #[test]
+    fn limits_are_stated_in_decimal_megabytes() {
+        assert_eq!(megabytes(100_000_000), "100");
+        assert_eq!(megabytes(50_000_000), "50");
+        assert_eq!(megabytes(2_500_000), "2.5");
+    }
 }

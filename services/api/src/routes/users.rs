@@ -255,11 +255,14 @@ pub async fn login(
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
     }
     let user = user.ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))?;
-    Ok(HttpResponse::Ok().json(TokenResponse {
-        access_token: keys.issue(user.id)?,
-        token_type: "Bearer",
-        expires_in: keys.ttl().as_secs(),
-    }))
+    // A bearer token must never sit in a shared or browser cache.
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(TokenResponse {
+            access_token: keys.issue(user.id)?,
+            token_type: "Bearer",
+            expires_in: keys.ttl().as_secs(),
+        }))
 }
 
 /// Largest login body read; credentials are a few hundred bytes.

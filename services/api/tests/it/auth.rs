@@ -137,6 +137,11 @@ async fn login_returns_a_bearer_token_for_json_and_form_bodies() {
         .await
         .unwrap();
     assert_eq!(json_login.status(), StatusCode::OK);
+    assert_eq!(
+        json_login.headers()["cache-control"],
+        "no-store",
+        "a token must never be cached"
+    );
     let body: Value = json_login.json().await.unwrap();
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 3600);

@@ -4,7 +4,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with, Options};
 
 #[tokio::test]
 async fn every_page_is_html_in_spanish_under_a_strict_content_security_policy() {
@@ -93,4 +93,23 @@ fn the_script_never_writes_markup() {
     ] {
         assert!(!script.contains(sink), "app.js uses {sink}");
     }
+}
+
+/// The upload form states the server's limits, from its settings: with
+/// `upload.max_bytes` at 50 MB the page says 50 MB and gives its script that figure, and
+/// the title's limit is the API's.
+#[tokio::test]
+async fn the_upload_form_states_the_servers_own_limits() {
+    let app = spawn_app_with(Options {
+        extra_env: vec![("APP__UPLOAD__MAX_BYTES", "50000000".to_owned())],
+        ..Options::default()
+    })
+    .await;
+    let html = app.get("/mis-videos", None).await.text().await.unwrap();
+    assert!(html.contains("Video MP4 (hasta 50 MB)"), "{html}");
+    assert!(
+        html.contains(r#"data-max-bytes="50000000" data-max-megabytes="50""#),
+        "{html}"
+    );
+    assert!(html.contains(r#"maxlength="500""#), "{html}");
 }
