@@ -9,17 +9,23 @@ use crate::config::Config;
 use crate::model::{Kind, Observed, Props, Resource};
 use crate::names::{dead_letter_queue_name, queue_name, Names};
 
-/// The dead-letter queue (kept 14 days, SQS's longest).
+/// 14 days, SQS's longest retention, in seconds. Both queues keep their messages this long:
+/// SQS counts a dead letter's age from its first enqueue, so a dead-letter queue that kept
+/// them less than the source queue would drop some on arrival.
+const LONGEST_RETENTION: &str = "1209600";
+
+/// The dead-letter queue.
 pub(crate) fn desired_dead_letter_queue(n: &Names) -> Resource {
     Resource::new(
         Kind::Queue,
         dead_letter_queue_name(&n.stack),
-        &[("message_retention", "1209600".into())],
+        &[("message_retention", LONGEST_RETENTION.into())],
     )
 }
 
 /// The queue the API sends jobs to, redriving to the dead-letter queue after
-/// `queue.max_receives` receives.
+/// `queue.max_receives` receives. It keeps jobs 14 days (SQS's default is 4): a worker tier
+/// scaled to zero or paused for a lab's budget finds its backlog when it comes back.
 pub(crate) fn desired_queue(n: &Names, config: &Config) -> Resource {
     Resource::new(
         Kind::Queue,
@@ -33,6 +39,7 @@ pub(crate) fn desired_queue(n: &Names, config: &Config) -> Resource {
                 "receive_wait",
                 config.queue.receive_wait.as_secs().to_string(),
             ),
+            ("message_retention", LONGEST_RETENTION.into()),
             ("dead_letter", dead_letter_queue_name(&n.stack)),
             ("max_receives", config.queue.max_receives.to_string()),
         ],
@@ -203,6 +210,9 @@ mod tests {
         assert_eq!(queue.props["receive_wait"], "20");
         assert_eq!(queue.props["max_receives"], "5");
         let dead_letters = desired_dead_letter_queue(&n);
+        // Jobs outlive a paused worker tier, and dead letters are not dropped on arrival.
+        assert_eq!(queue.props["message_retention"], "1209600");
+        assert_eq!(dead_letters.props["message_retention"], "1209600");
         assert_eq!(queue.props["dead_letter"], dead_letters.name);
         assert_eq!(dead_letters.name, "anb-video-processing-dlq");
     }

@@ -92,9 +92,13 @@ pub fn policy(tier: Tier, config: &Config, account_id: &str) -> Value {
     ];
     match tier {
         Tier::Web => statements.extend([
-            json!({"Sid": "Videos", "Effect": "Allow",
+            json!({"Sid": "Originals", "Effect": "Allow",
                    "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                   "Resource": objects(&["original", "processed"])}),
+                   "Resource": objects(&["original"])}),
+            // Presigned downloads and deletes; only the worker writes processed videos.
+            json!({"Sid": "Processed", "Effect": "Allow",
+                   "Action": ["s3:GetObject", "s3:DeleteObject"],
+                   "Resource": objects(&["processed"])}),
             json!({"Sid": "Jobs", "Effect": "Allow",
                    "Action": ["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
                    "Resource": queue(queue_name(stack))}),
@@ -406,6 +410,17 @@ mod tests {
         assert_eq!(
             originals["Action"], "s3:GetObject",
             "the worker only reads originals"
+        );
+        let web_processed = web["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "Processed")
+            .unwrap();
+        assert_eq!(
+            web_processed["Action"],
+            json!(["s3:GetObject", "s3:DeleteObject"]),
+            "the web tier never writes processed videos"
         );
     }
 
