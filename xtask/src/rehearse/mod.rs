@@ -111,6 +111,14 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
              (run it as root on Debian 12)"
         );
     }
+    if let Some(sign) = ec2_host_sign(Path::new("/")) {
+        bail!(
+            "this machine is an EC2 instance ({sign}): cargo xtask rehearse redirects the \
+             metadata address 169.254.169.254 for the whole host to its stand-in, which would \
+             hide this instance's own metadata service (and its credentials) while it runs; \
+             rehearse on a machine outside EC2"
+        );
+    }
     if ["systemd-nspawn", "debootstrap", "nft"]
         .iter()
         .any(|program| which(program).is_none())
@@ -553,5 +561,55 @@ impl StackFacts {
             output(Command::new(python).args(["-c", READ_FACTS, endpoint, STACK, "us-east-1"]))
                 .context("read the launch templates and the database back from moto")?;
         serde_json::from_str(&text).context("moto's answer")
+    }
+}
+
+/// What marks the machine under `root` as an EC2 instance, if anything does: Nitro and Xen
+/// instances name Amazon in their DMI vendor fields, and older Xen ones start their
+/// hypervisor UUID with "ec2".
+fn ec2_host_sign(root: &Path) -> Option<String> {
+    for field in [
+        "sys/class/dmi/id/sys_vendor",
+        "sys/class/dmi/id/board_vendor",
+        "sys/class/dmi/id/bios_vendor",
+    ] {
+        let value = std::fs::read_to_string(root.join(field)).unwrap_or_default();
+        if value.trim().starts_with("Amazon") {
+            return Some(format!("/{field} says {:?}", value.trim()));
+        }
+    }
+    let uuid = std::fs::read_to_string(root.join("sys/hypervisor/uuid")).unwrap_or_default();
+    uuid.to_ascii_lowercase()
+        .starts_with("ec2")
+        .then(|| format!("/sys/hypervisor/uuid is {}", uuid.trim()))
+}
+
+#[cfg(test)]
+mod ec2_host_tests {
+    use super::ec2_host_sign;
+
+    #[test]
+    fn an_ec2_instance_is_recognised_by_its_dmi_vendor_or_hypervisor_uuid() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(
+            ec2_host_sign(root.path()),
+            None,
+            "an empty root is no EC2 host"
+        );
+        let dmi = root.path().join("sys/class/dmi/id");
+        std::fs::create_dir_all(&dmi).unwrap();
+        std::fs::write(dmi.join("sys_vendor"), "QEMU\n").unwrap();
+        assert_eq!(ec2_host_sign(root.path()), None);
+        std::fs::write(dmi.join("board_vendor"), "Amazon EC2\n").unwrap();
+        assert!(ec2_host_sign(root.path()).unwrap().contains("Amazon EC2"));
+
+        let xen = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(xen.path().join("sys/hypervisor")).unwrap();
+        std::fs::write(
+            xen.path().join("sys/hypervisor/uuid"),
+            "ec2e1916-9099-7caf-fd21-012345abcdef\n",
+        )
+        .unwrap();
+        assert!(ec2_host_sign(xen.path()).unwrap().contains("ec2e1916"));
     }
 }
