@@ -56,12 +56,19 @@ pub fn side_by_side() -> anyhow::Result<f64> {
     ours.sort();
     common.sort();
     let (ours, common) = (ours[1], common[1]);
-    let ours_ssim = main_segment_ssim(&ours_out, &reference, INTRO_SECONDS, QUICK_SECONDS)?;
+    let ours_ssim = main_segment_ssim(
+        &ours_out,
+        &reference,
+        INTRO_SECONDS,
+        QUICK_SECONDS,
+        Geometry::Even,
+    )?;
     let common_ssim = main_segment_ssim(
         &common_out,
         &reference,
         COMMON_BUMPER_SECONDS,
         QUICK_SECONDS,
+        Geometry::Exact,
     )?;
     let ratio = ours.as_secs_f64() / common.as_secs_f64();
     println!("\n== cargo xtask bench worker --quick ==");
@@ -119,9 +126,15 @@ impl PhoneComparison {
         }
         Ok(Self {
             ours,
-            ours_ssim: main_segment_ssim(&ours_out, &clip, INTRO_SECONDS, 30)?,
+            ours_ssim: main_segment_ssim(&ours_out, &clip, INTRO_SECONDS, 30, Geometry::Even)?,
             common: common / 2,
-            common_ssim: main_segment_ssim(&common_out, &clip, COMMON_BUMPER_SECONDS, 30)?,
+            common_ssim: main_segment_ssim(
+                &common_out,
+                &clip,
+                COMMON_BUMPER_SECONDS,
+                30,
+                Geometry::Exact,
+            )?,
         })
     }
 
@@ -209,6 +222,17 @@ pub fn common_command(reference: &Path, logo: &Path, out: &Path) -> Command {
     command
 }
 
+/// How an output scaled the source's picture, so that the reference is scaled the same
+/// way and a one-pixel difference in width (a portrait clip is 405 pixels wide at 720
+/// high; ours rounds to 404, as yuv420p needs) is not counted as a loss of quality.
+#[derive(Debug, Clone, Copy)]
+pub enum Geometry {
+    /// To even dimensions: ours.
+    Even,
+    /// To the exact fit: the common command.
+    Exact,
+}
+
 /// SSIM (ffmpeg's `ssim` filter, "All") of the `seconds` after `skip` seconds of
 /// `output` against the source's first `seconds` brought to the same 1280×720 geometry. The
 /// bench's sources are HD that is (or is taken as) BT.709 like both outputs, so no side's
@@ -218,10 +242,15 @@ pub fn main_segment_ssim(
     source: &Path,
     skip: f64,
     seconds: u32,
+    geometry: Geometry,
 ) -> anyhow::Result<f64> {
+    let even = match geometry {
+        Geometry::Even => ":force_divisible_by=2",
+        Geometry::Exact => "",
+    };
     let graph = format!(
         "[0:v]trim=start={skip}:duration={seconds},setpts=PTS-STARTPTS,format=yuv420p[a];\
-         [1:v]scale=1280:720:force_original_aspect_ratio=decrease,\
+         [1:v]scale=1280:720:force_original_aspect_ratio=decrease{even},\
          pad=1280:720:(ow-iw)/2:(oh-ih)/2,setsar=1,fps=30,trim=duration={seconds},\
          setpts=PTS-STARTPTS,format=yuv420p[b];[a][b]ssim"
     );

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 mod compare;
 
 use compare::{
-    common_command, main_segment_ssim, time, transcode_runs, PhoneComparison,
+    common_command, main_segment_ssim, time, transcode_runs, Geometry, PhoneComparison,
     COMMON_BUMPER_SECONDS, GUARD_MAX_RATIO, INTRO_SECONDS,
 };
 
@@ -95,8 +95,14 @@ fn full(videos: usize) -> anyhow::Result<f64> {
     }
     let common = common / 2;
     let (common_mb, common_seconds) = probe_output(&common_out)?;
-    let ours_ssim = main_segment_ssim(&floor_out, &reference, INTRO_SECONDS, 30)?;
-    let common_ssim = main_segment_ssim(&common_out, &reference, COMMON_BUMPER_SECONDS, 30)?;
+    let ours_ssim = main_segment_ssim(&floor_out, &reference, INTRO_SECONDS, 30, Geometry::Even)?;
+    let common_ssim = main_segment_ssim(
+        &common_out,
+        &reference,
+        COMMON_BUMPER_SECONDS,
+        30,
+        Geometry::Exact,
+    )?;
     let phone = PhoneComparison::measure(&worker_bin, &work, &logo)?;
 
     let cluster = PrivateCluster::start(&scratch_dir().join("bench-postgres"), 54331, "postgres")?;
