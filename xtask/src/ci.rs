@@ -16,7 +16,7 @@ const TEST_ROLE: &str = "anb_test";
 
 #[derive(Debug, Args)]
 pub struct CiArgs {
-    /// Only run the tests (skip rustfmt and clippy).
+    /// Only run the tests (skip rustfmt, clippy and the worker's speed guard).
     #[arg(long)]
     tests_only: bool,
     /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
@@ -65,10 +65,10 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // Before the tests, so the test runner's summary stays the last thing printed.
+        eprintln!("xtask: speed guard (bench worker --quick --guard)");
+        crate::bench::worker_guard()?;
     }
-    // Before the tests, so the test runner's summary stays the last thing printed.
-    eprintln!("xtask: speed guard (bench worker --quick --guard)");
-    crate::bench::worker_guard()?;
     eprintln!("xtask: tests");
     run_command(
         crate::system::cargo()

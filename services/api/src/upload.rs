@@ -37,8 +37,15 @@ pub struct StagedUpload {
 pub fn too_large(max_bytes: u64) -> ApiError {
     ApiError::bad_request(format!(
         "El archivo supera el tamaño máximo permitido de {} MB.",
-        max_bytes / 1_000_000
+        megabytes(max_bytes)
     ))
+}
+
+/// `bytes` in decimal megabytes, as the API and the page state the upload limit: "100",
+/// "50", "2.5".
+pub fn megabytes(bytes: u64) -> String {
+    let tenths = (bytes as f64 / 100_000.0).round() / 10.0;
+    format!("{tenths}")
 }
 
 /// Reads the form, writing `video_file` to a file in `staging_dir`. Stops reading and

@@ -30,7 +30,9 @@ fn seconds(d: Duration) -> String {
 }
 
 /// How the source's samples encode colour: what the main part's scaler must know to
-/// bring them to the output's BT.709 limited range. Converting costs as much as the rest of
+/// bring them to the output's BT.709 matrix and limited range. Only the matrix and range
+/// are converted, not primaries or transfer: a BT.2020 or HDR source keeps its wider
+/// gamut's numbers and looks paler (tone mapping is not done). Converting costs as much as the rest of
 /// the main part's work together (swscale leaves its fast path for every pixel), so it is
 /// done only when the source differs from the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

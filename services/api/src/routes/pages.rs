@@ -14,7 +14,7 @@ use actix_web::{get, web, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
 
 use crate::state::AppState;
-use crate::upload::MAX_TITLE_CHARS;
+use crate::upload::{megabytes, MAX_TITLE_CHARS};
 
 const SCRIPT: &str = include_str!("../../web/app.js");
 const STYLE: &str = include_str!("../../web/app.css");
@@ -182,12 +182,6 @@ pub async fn login_page() -> HttpResponse {
     )
 }
 
-/// `bytes` in decimal megabytes, as the page states a limit: "100", "50", "2.5".
-fn megabytes(bytes: u64) -> String {
-    let tenths = (bytes as f64 / 100_000.0).round() / 10.0;
-    format!("{tenths}")
-}
-
 /// The upload form states the server's own limits (`upload.max_bytes` and the title's
 /// length): the script refuses a larger file before sending it, with the same figure.
 #[get("/mis-videos")]
@@ -233,7 +227,7 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::megabytes;
+    use crate::upload::megabytes;
 
     #[test]
     fn limits_are_stated_in_decimal_megabytes() {
