@@ -120,14 +120,11 @@ impl PhoneComparison {
         )?;
         let ours = runs.iter().sum::<Duration>() / 2;
         let common_out = work.join("phone-common.mp4");
-        let mut common = Duration::ZERO;
-        for _ in 0..2 {
-            common += time(&mut common_command(&clip, logo, &common_out))?;
-        }
+        let common = common_command_mean(&clip, logo, &common_out, 2)?;
         Ok(Self {
             ours,
             ours_ssim: main_segment_ssim(&ours_out, &clip, INTRO_SECONDS, 30, Geometry::Even)?,
-            common: common / 2,
+            common,
             common_ssim: main_segment_ssim(
                 &common_out,
                 &clip,
@@ -269,6 +266,20 @@ pub fn main_segment_ssim(
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|value| value.parse().ok())
         .with_context(|| format!("no SSIM in ffmpeg's output: {}", text.trim()))
+}
+
+/// Mean time of `runs` runs of the common command on `input`.
+pub fn common_command_mean(
+    input: &Path,
+    logo: &Path,
+    out: &Path,
+    runs: u32,
+) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for _ in 0..runs {
+        total += time(&mut common_command(input, logo, out))?;
+    }
+    Ok(total / runs)
 }
 
 pub fn time(command: &mut Command) -> anyhow::Result<Duration> {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 mod compare;
 
 use compare::{
-    common_command, main_segment_ssim, time, transcode_runs, Geometry, PhoneComparison,
+    common_command_mean, main_segment_ssim, time, transcode_runs, Geometry, PhoneComparison,
     COMMON_BUMPER_SECONDS, GUARD_MAX_RATIO, INTRO_SECONDS,
 };
 
@@ -89,11 +89,7 @@ fn full(videos: usize) -> anyhow::Result<f64> {
 
     // The single command many implementations of this design run, on the same file.
     let common_out = work.join("common-command.mp4");
-    let mut common = Duration::ZERO;
-    for _ in 0..2 {
-        common += time(&mut common_command(&reference, &logo, &common_out))?;
-    }
-    let common = common / 2;
+    let common = common_command_mean(&reference, &logo, &common_out, 2)?;
     let (common_mb, common_seconds) = probe_output(&common_out)?;
     let ours_ssim = main_segment_ssim(&floor_out, &reference, INTRO_SECONDS, 30, Geometry::Even)?;
     let common_ssim = main_segment_ssim(
