@@ -36,8 +36,12 @@ impl Application {
     /// listener (port 0 picks a free one: see [`Application::port`]).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate_for_api()?;
-        let backends::Backends { pool, store, queue } =
-            backends::Backends::connect(&settings).await?;
+        let backends::Backends {
+            pool,
+            health_pool,
+            store,
+            queue,
+        } = backends::Backends::connect(&settings).await?;
         let staging_dir = settings.upload.staging_dir.clone().unwrap_or_else(|| {
             match settings.storage.backend {
                 // Same filesystem as the store, so storing an upload is a rename.
@@ -56,6 +60,7 @@ impl Application {
         );
         let state = web::Data::new(AppState {
             pool,
+            health_pool,
             store,
             queue,
             upload: settings.upload.clone(),

@@ -22,6 +22,8 @@ use crate::snapshot::Snapshot;
 #[derive(Debug)]
 pub struct AppState {
     pub pool: PgPool,
+    /// For `/api/health` alone (see [`backends::Backends::health_pool`]).
+    pub health_pool: PgPool,
     pub store: Arc<dyn ObjectStore>,
     pub queue: Arc<dyn JobQueue>,
     pub upload: UploadSettings,

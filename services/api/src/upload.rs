@@ -5,7 +5,6 @@ use std::path::Path;
 
 use actix_multipart::{Field, Multipart, MultipartError};
 use actix_web::error::PayloadError;
-use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use backends::media::{self, MediaError, Probe};
 use backends::settings::UploadSettings;
@@ -14,9 +13,7 @@ use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::ApiError;
-use crate::multipart_limits::{
-    boundary_of, FramingViolation, WatchedBody, MAX_FRAMING_RUN, MAX_PARTS,
-};
+use crate::multipart_limits::{BodyBudget, BudgetedBody, MAX_HELD};
 
 /// Longest title accepted, in characters (as the OpenAPI document states).
 pub const MAX_TITLE_CHARS: usize = 500;
@@ -49,44 +46,30 @@ pub fn megabytes(bytes: u64) -> String {
 }
 
 /// Reads the form, writing `video_file` to a file in `staging_dir`. Stops reading and
-/// fails as soon as more than `max_bytes` have arrived, or the framing around the fields
-/// passes its bounds (see [`crate::multipart_limits`]).
+/// fails as soon as more than `max_bytes` have arrived, or the parser holds more than
+/// [`MAX_HELD`] of framing (see [`crate::multipart_limits`]).
 pub async fn receive(
     req: &HttpRequest,
     payload: web::Payload,
     staging_dir: &Path,
     max_bytes: u64,
 ) -> Result<StagedUpload, ApiError> {
-    let boundary = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.to_ascii_lowercase().starts_with("multipart/"))
-        .and_then(boundary_of)
-        .ok_or_else(|| ApiError::bad_request(NOT_MULTIPART))?;
-    let (body, watch) = WatchedBody::new(payload, &boundary);
+    let (body, budget) = BudgetedBody::new(payload);
+    // actix takes the boundary from its own parse of the Content-Type (quoted parameters
+    // and all) and refuses a missing or foreign one on the first field.
     let form = Multipart::new(req.headers(), body);
-    let refused = |e: MultipartError| {
-        let violation = watch.lock().unwrap_or_else(|e| e.into_inner()).violation();
-        match (e, violation) {
-            (
-                MultipartError::Payload(PayloadError::Overflow),
-                Some(FramingViolation::RunTooLong),
-            ) => ApiError::bad_request(format!(
-                "Los encabezados de una parte del formulario superan {} KiB.",
-                MAX_FRAMING_RUN / 1024
-            )),
-            (
-                MultipartError::Payload(PayloadError::Overflow),
-                Some(FramingViolation::TooManyParts),
-            ) => ApiError::bad_request(format!("El formulario tiene más de {MAX_PARTS} partes.")),
-            _ => ApiError::bad_request(NOT_MULTIPART),
-        }
-    };
-    read_form(form, staging_dir, max_bytes)
+    read_form(form, &budget, staging_dir, max_bytes)
         .await
         .map_err(|e| match e {
-            FormError::Multipart(e) => refused(e),
+            FormError::Multipart(MultipartError::Payload(PayloadError::Overflow))
+                if budget.exceeded() =>
+            {
+                ApiError::bad_request(format!(
+                    "Los encabezados y separadores del formulario superan {} KiB.",
+                    MAX_HELD / 1024
+                ))
+            }
+            FormError::Multipart(_) => ApiError::bad_request(NOT_MULTIPART),
             FormError::Api(e) => e,
         })
 }
@@ -112,6 +95,7 @@ impl From<MultipartError> for FormError {
 
 async fn read_form(
     mut form: Multipart,
+    budget: &BodyBudget,
     staging_dir: &Path,
     max_bytes: u64,
 ) -> Result<StagedUpload, FormError> {
@@ -127,19 +111,19 @@ async fn read_form(
                     );
                 }
                 let room = max_bytes.saturating_sub(received_total);
-                let (path, size) = stage_file(field, staging_dir, room, max_bytes).await?;
+                let (path, size) = stage_file(field, budget, staging_dir, room, max_bytes).await?;
                 received_total += size;
                 staged = Some((path, size));
             }
             "title" => {
                 // A character is at most 4 bytes in UTF-8.
-                let text = read_small(field, 4 * MAX_TITLE_CHARS).await?;
+                let text = read_small(field, budget, 4 * MAX_TITLE_CHARS).await?;
                 title = Some(text);
             }
             _ => {
                 // Unknown fields are read and dropped, but count towards the size limit.
                 let mut field = field;
-                while let Some(chunk) = field.try_next().await? {
+                while let Some(chunk) = next_chunk(&mut field, budget).await? {
                     received_total += chunk.len() as u64;
                     if received_total > max_bytes {
                         return Err(too_large(max_bytes).into());
@@ -158,8 +142,21 @@ async fn read_form(
     Ok(StagedUpload { title, file, size })
 }
 
+/// The field's next chunk of content, reported to the body's budget.
+async fn next_chunk(
+    field: &mut Field,
+    budget: &BodyBudget,
+) -> Result<Option<web::Bytes>, MultipartError> {
+    let chunk = field.try_next().await?;
+    if let Some(chunk) = &chunk {
+        budget.handed_out(chunk.len());
+    }
+    Ok(chunk)
+}
+
 async fn stage_file(
     mut field: Field,
+    budget: &BodyBudget,
     staging_dir: &Path,
     room: u64,
     max_bytes: u64,
@@ -177,7 +174,7 @@ async fn stage_file(
     let (file, path) = temp.into_parts();
     let mut file = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
     let mut size = 0u64;
-    while let Some(chunk) = field.try_next().await? {
+    while let Some(chunk) = next_chunk(&mut field, budget).await? {
         size += chunk.len() as u64;
         if size > room {
             // `path` is dropped: the partial file goes too.
@@ -189,9 +186,13 @@ async fn stage_file(
     Ok((path, size))
 }
 
-async fn read_small(mut field: Field, limit: usize) -> Result<String, FormError> {
+async fn read_small(
+    mut field: Field,
+    budget: &BodyBudget,
+    limit: usize,
+) -> Result<String, FormError> {
     let mut bytes = Vec::new();
-    while let Some(chunk) = field.try_next().await? {
+    while let Some(chunk) = next_chunk(&mut field, budget).await? {
         bytes.extend_from_slice(&chunk);
         if bytes.len() > limit {
             return Err(ApiError::bad_request(format!(

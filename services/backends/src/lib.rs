@@ -17,13 +17,16 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
-use settings::{AwsSettings, LogFormat, LogSettings, Settings};
+use settings::{AwsSettings, DatabaseSettings, LogFormat, LogSettings, Settings};
 
 /// What both services run on: the database (migrated first when `database.migrate`),
 /// object storage and the job queue, as configured.
 #[derive(Debug)]
 pub struct Backends {
     pub pool: sqlx::PgPool,
+    /// One connection of its own for health checks: a flood of requests queued on `pool`
+    /// (300 logins, say) must not read as the database being down.
+    pub health_pool: sqlx::PgPool,
     pub store: Arc<dyn storage::ObjectStore>,
     pub queue: Arc<dyn queue::JobQueue>,
 }
@@ -31,8 +34,14 @@ pub struct Backends {
 impl Backends {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let pool = db::connect_lazy(&settings.database).context("database url")?;
+        let health_pool = db::connect_lazy(&DatabaseSettings {
+            max_connections: 1,
+            ..settings.database.clone()
+        })
+        .context("database url")?;
         if let Some(secret) = &settings.database.password_secret {
-            password_rotation::follow(pool.clone(), secret.clone(), &settings.aws).await;
+            let pools = vec![pool.clone(), health_pool.clone()];
+            password_rotation::follow(pools, secret.clone(), &settings.aws).await;
         }
         if settings.database.migrate {
             db::migrate(&pool)
@@ -45,7 +54,12 @@ impl Backends {
         let queue = queue::from_settings(&settings.queue, &settings.aws, &pool)
             .await
             .context("job queue")?;
-        Ok(Self { pool, store, queue })
+        Ok(Self {
+            pool,
+            health_pool,
+            store,
+            queue,
+        })
     }
 }
 

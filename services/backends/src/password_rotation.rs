@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::settings::AwsSettings;
 
-/// Woken by [`note`]: process-wide because a refused password is news for the one pool a
+/// Woken by [`note`]: process-wide because a refused password is news for every pool a
 /// service has, wherever the error surfaces.
 static REFUSED: Notify = Notify::const_new();
 
@@ -51,37 +51,39 @@ struct Login {
 }
 
 /// Reads the secret `secret_id` (an RDS managed secret: JSON with `username` and
-/// `password`) once, so the pool's login is current when this returns, then starts the task
+/// `password`) once, so the pools' login is current when this returns, then starts the task
 /// that keeps it so for the life of the process. A failed read is logged, not fatal: the
 /// URL's login stays until a read succeeds.
-pub async fn follow(pool: PgPool, secret_id: String, aws: &AwsSettings) {
+pub async fn follow(pools: Vec<PgPool>, secret_id: String, aws: &AwsSettings) {
     let client = aws_sdk_secretsmanager::Client::new(&crate::aws_sdk_config(aws).await);
     let mut current: Option<Login> = None;
-    apply(&pool, &client, &secret_id, &mut current).await;
+    apply(&pools, &client, &secret_id, &mut current).await;
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(MIN_INTERVAL).await;
             let _ = tokio::time::timeout(PERIOD, REFUSED.notified()).await;
-            apply(&pool, &client, &secret_id, &mut current).await;
+            apply(&pools, &client, &secret_id, &mut current).await;
         }
     });
 }
 
-/// Reads the secret (bounded by the AWS settings' operation timeout) and gives the pool's
+/// Reads the secret (bounded by the AWS settings' operation timeout) and gives the pools'
 /// new connections its login if it differs from `current`.
 async fn apply(
-    pool: &PgPool,
+    pools: &[PgPool],
     client: &aws_sdk_secretsmanager::Client,
     secret_id: &str,
     current: &mut Option<Login>,
 ) {
     match read(client, secret_id).await {
         Ok(login) if current.as_ref() != Some(&login) => {
-            let options = (*pool.connect_options())
-                .clone()
-                .username(&login.username)
-                .password(&login.password);
-            pool.set_connect_options(options);
+            for pool in pools {
+                let options = (*pool.connect_options())
+                    .clone()
+                    .username(&login.username)
+                    .password(&login.password);
+                pool.set_connect_options(options);
+            }
             if current.is_some() {
                 tracing::info!(
                     secret = secret_id,

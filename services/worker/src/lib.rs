@@ -160,8 +160,9 @@ impl Worker {
     /// Validates the settings and connects the database, storage and queue.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         settings.validate_for_worker()?;
-        let backends::Backends { pool, store, queue } =
-            backends::Backends::connect(settings).await?;
+        let backends::Backends {
+            pool, store, queue, ..
+        } = backends::Backends::connect(settings).await?;
         Self::new(
             pool,
             store,

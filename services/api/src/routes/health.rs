@@ -51,7 +51,7 @@ pub async fn root_health(state: web::Data<AppState>) -> Result<HttpResponse, Api
 
 async fn check(state: &AppState) -> Result<HttpResponse, ApiError> {
     let unavailable = "Base de datos no disponible.";
-    match tokio::time::timeout(DB_CHECK_TIMEOUT, backends::db::ping(&state.pool)).await {
+    match tokio::time::timeout(DB_CHECK_TIMEOUT, backends::db::ping(&state.health_pool)).await {
         Ok(Ok(())) => Ok(HttpResponse::Ok().json(Health { status: "ok" })),
         Ok(Err(e)) => {
             backends::password_rotation::note(&e);

@@ -43,6 +43,36 @@ async fn health_is_503_when_the_database_is_unreachable() {
     assert_eq!(rankings.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// `/api/health` says whether the database answers, not whether the request pool has a
+/// connection free: seen in CI, 300 parallel logins queued on the pool made it 503.
+#[tokio::test]
+async fn health_is_ok_while_every_pooled_connection_is_busy() {
+    let app = spawn_app_with(Options {
+        extra_env: vec![("APP__DATABASE__MAX_CONNECTIONS", "1".into())],
+        ..Options::default()
+    })
+    .await;
+    // The pool's one connection waits on a lock the test holds: a login looks up its user.
+    let mut lock = app.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let login = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url("/api/auth/login"));
+        async move {
+            let body = serde_json::json!({"email": "nadie@example.com", "password": "x"});
+            client.post(url).json(&body).send().await.unwrap().status()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!login.is_finished(), "the login did not wait on the lock");
+    let health = app.get("/api/health", None).await;
+    assert_eq!(health.status(), StatusCode::OK);
+    lock.rollback().await.unwrap();
+    assert_eq!(login.await.unwrap(), StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn openapi_document_lists_every_contract_route() {
     let app = spawn_app().await;

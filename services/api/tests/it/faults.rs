@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use testkit::{eventually, TestBackends, TestDatabase};
 
-use crate::helpers::{fixtures, spawn_app_with, start_api, token_for, Options};
+use crate::helpers::{fixtures, peak_rss_kib, spawn_app_with, start_api, token_for, Options};
 
 #[tokio::test]
 async fn an_upload_cut_off_between_recording_and_queueing_is_swept_away() {
@@ -235,16 +235,6 @@ async fn an_api_killed_during_eight_uploads_leaves_no_orphan_and_every_201_is_pr
         accepted.len(),
         rows.len()
     );
-}
-
-/// The largest resident size the process has had, in KiB (VmHWM).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test]

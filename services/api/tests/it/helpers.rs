@@ -336,6 +336,16 @@ pub async fn start_api(env: &[(String, String)]) -> (tokio::process::Child, Stri
     (server, base)
 }
 
+/// The largest resident size the process has had, in KiB (VmHWM).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// Signs a new player up and logs them in; returns the access token.
 pub async fn token_for(client: &reqwest::Client, base: &str) -> String {
     let email = format!("ana.{}@example.com", uuid::Uuid::new_v4().simple());

@@ -9,7 +9,10 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use tokio::sync::mpsc;
 
-use crate::helpers::{detail, fixtures, spawn_app, spawn_app_with, Options, TestApp};
+use crate::helpers::{
+    detail, fixtures, peak_rss_kib, spawn_app, spawn_app_with, start_api, token_for, Options,
+    TestApp,
+};
 
 const BOUNDARY: &str = "anbtestboundary";
 
@@ -83,13 +86,112 @@ async fn malformed_framing_is_refused_before_it_can_fill_memory() {
         + format!("--{BOUNDARY}--\r\n").as_str();
     let response = post_raw(&app, &player.token, tiny.into_bytes()).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(detail(response).await.contains("partes"));
+    assert!(detail(response).await.contains("encabezados"));
 
     // A preamble that never reaches the first boundary.
     let response = post_raw(&app, &player.token, vec![b'p'; 100_000]).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
     app.assert_nothing_left_behind().await;
+}
+
+/// Sends an upload over a raw connection: `head`, then `filler` bytes with no newline, with
+/// a Content-Length covering both; the status the API answers (it may answer before the
+/// body ends, so the two run at once) and how long that took.
+async fn upload_raw(
+    base: &str,
+    token: &str,
+    content_type: &str,
+    head: &[u8],
+    filler: usize,
+) -> (u16, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let connection = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut reader, mut writer) = connection.into_split();
+    let request = format!(
+        "POST /api/videos/upload HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        head.len() + filler
+    );
+    let head = [request.as_bytes(), head].concat();
+    let started = std::time::Instant::now();
+    let sender = tokio::spawn(async move {
+        writer.write_all(&head).await?;
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut left = filler;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            writer.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        std::io::Result::Ok(writer)
+    });
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = reader.read(&mut buffer).await.expect("read the answer");
+            assert!(n > 0, "the API closed the connection without answering");
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await
+    .expect("the API did not answer within 120 s");
+    let took = started.elapsed();
+    sender.abort();
+    let status_line = String::from_utf8_lossy(&answer);
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, took)
+}
+
+/// Review 3, N1: two bodies got past the old framing guard, and actix buffered what followed
+/// them (measured: the API grew by 35-40 MiB for 40 MiB sent). Each is refused at once now,
+/// having held at most the multipart budget.
+#[tokio::test]
+async fn framing_the_old_guard_misread_is_refused_before_the_api_grows() {
+    let db = testkit::TestDatabase::create().await;
+    let storage = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("APP__DATABASE__URL".to_owned(), db.url.clone()),
+        (
+            "APP__STORAGE__LOCAL_DIR".to_owned(),
+            storage.path().display().to_string(),
+        ),
+    ];
+    let (server, base) = start_api(&env).await;
+    let token = token_for(&reqwest::Client::new(), &base).await;
+    let before_mib = peak_rss_kib(server.id().unwrap()) / 1024;
+    let cases = [
+        (
+            "a first line that only starts with the boundary",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+            format!("--{BOUNDARY}X\r\n\r\n"),
+        ),
+        (
+            "a boundary inside a quoted parameter",
+            format!("multipart/form-data; charset=\"x;boundary=evil\"; boundary={BOUNDARY}"),
+            "--evil\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n".to_owned(),
+        ),
+    ];
+    for (case, content_type, head) in cases {
+        let (status, took) =
+            upload_raw(&base, &token, &content_type, head.as_bytes(), 40 << 20).await;
+        eprintln!("{case}: {status} after {took:?}");
+        assert_eq!(status, 400, "{case}");
+        assert!(
+            took < Duration::from_secs(20),
+            "{case}: answered after {took:?}"
+        );
+    }
+    let grown_mib = (peak_rss_kib(server.id().unwrap()) / 1024).saturating_sub(before_mib);
+    eprintln!("the API's peak RSS grew by {grown_mib} MiB");
+    assert!(grown_mib < 30, "the API grew by {grown_mib} MiB");
+    let videos: i64 = sqlx::query_scalar("SELECT count(*) FROM videos")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(videos, 0, "a video was recorded");
 }
 
 #[tokio::test]

@@ -51,7 +51,7 @@ async fn a_rotated_password_is_read_again_and_new_connections_use_it() {
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(options);
-    password_rotation::follow(pool.clone(), secret_arn.clone(), &moto.aws_settings()).await;
+    password_rotation::follow(vec![pool.clone()], secret_arn.clone(), &moto.aws_settings()).await;
     backends::db::ping(&pool).await.unwrap();
 
     // The rotation: the secret and the role change; the open connections are ended.
