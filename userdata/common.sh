@@ -227,13 +227,14 @@ install_log_agent() {
     gpg --homedir "$dir/gnupg" --batch --verify "$dir/agent.deb.sig" "$dir/agent.deb"
     dpkg -i "$dir/agent.deb"
     rm -rf "$dir"
-    install -d -m 0755 /var/log/anb
+    install -d -m 0755 /var/log/anb /var/lib/anb
+    # Resumes at its cursor after a restart; logrotate (copytruncate) bounds it (N5).
     cat >/etc/systemd/system/anb-journal.service <<UNIT
 [Unit]
 Description=Copy the journal of $units to /var/log/anb for the CloudWatch agent
 
 [Service]
-ExecStart=/bin/sh -c 'exec journalctl --follow --lines=all --output=short-iso $units >>/var/log/anb/$TIER.log'
+ExecStart=/bin/sh -c 'exec journalctl --follow --lines=all --cursor-file=/var/lib/anb/journal.cursor --output=short-iso $units >>/var/log/anb/$TIER.log'
 Restart=always
 
 [Install]
@@ -247,6 +248,17 @@ UNIT
    "log_stream_name": "{instance_id}/$TIER-boot", "retention_in_days": $LOG_RETENTION_DAYS}
 ]}}}}
 JSON
+    cat >/etc/logrotate.d/anb <<'ROTATE'
+/var/log/anb/*.log {
+    maxsize 100M
+    rotate 1
+    copytruncate
+    missingok
+    notifempty
+}
+ROTATE
+    install -d /etc/systemd/system/logrotate.timer.d
+    printf '[Timer]\nOnCalendar=\nOnCalendar=hourly\n' >/etc/systemd/system/logrotate.timer.d/anb.conf
     systemctl daemon-reload
     systemctl enable --now anb-journal.service
     /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 \

@@ -56,6 +56,9 @@ pub struct Delivery {
     pub receive_count: u32,
 }
 
+/// The longest SQS lets a sent message wait before it is visible.
+const MAX_SEND_DELAY: Duration = Duration::from_secs(15 * 60);
+
 #[async_trait]
 pub trait JobQueue: Send + Sync + Debug {
     /// Enqueues `body`; returns the message id.
@@ -74,6 +77,10 @@ pub trait JobQueue: Send + Sync + Debug {
     async fn delete(&self, receipt: &str) -> Result<(), QueueError>;
     /// Moves a received message to the dead-letter queue now (malformed or hopeless jobs).
     async fn dead_letter(&self, delivery: &Delivery) -> Result<(), QueueError>;
+    /// Hands a received message back as a new one, visible after `delay` (at most 15
+    /// minutes, SQS's limit): its receives count from zero again, for a try that failed
+    /// through no fault of the job's.
+    async fn requeue(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError>;
     /// Receives after which a message is dead-lettered, if the queue has a dead-letter queue.
     fn max_receives(&self) -> Option<u32>;
     /// The dead-letter queue itself, to inspect or redrive what landed there.
@@ -342,6 +349,24 @@ impl JobQueue for PgQueue {
         Ok(())
     }
 
+    async fn requeue(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        let requeued = sqlx::query(
+            "UPDATE queue_messages SET receive_count = 0, receipt = NULL,
+                    visible_at = now() + make_interval(secs => $3::float8 / 1000)
+             WHERE queue = $1 AND receipt = $2",
+        )
+        .bind(&self.name)
+        .bind(Self::receipt(&delivery.receipt)?)
+        .bind(Self::millis(delay.min(MAX_SEND_DELAY)))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| backend("requeue")(e.into()))?;
+        if requeued.rows_affected() == 0 {
+            return Err(QueueError::StaleReceipt);
+        }
+        Ok(())
+    }
+
     fn max_receives(&self) -> Option<u32> {
         self.max_receives
     }
@@ -515,6 +540,20 @@ impl JobQueue for SqsQueue {
             .send()
             .await
             .map_err(|e| backend("dead_letter")(e.into()))?;
+        self.delete(&delivery.receipt).await
+    }
+
+    async fn requeue(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        // Send then delete, as for a dead letter: a crash in between leaves a duplicate,
+        // which the worker finds done, never a loss.
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(&delivery.body)
+            .delay_seconds(whole_seconds(delay.min(MAX_SEND_DELAY)))
+            .send()
+            .await
+            .map_err(|e| backend("requeue")(e.into()))?;
         self.delete(&delivery.receipt).await
     }
 

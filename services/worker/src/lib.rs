@@ -146,6 +146,9 @@ pub struct Worker {
     transcoder: transcode::Transcoder,
     /// Receipts of jobs in progress, to hand them back if shutdown cuts them off.
     in_flight: Mutex<HashSet<String>>,
+    /// Free space the work directory needs before a job is taken: room for the largest
+    /// upload and its output, for each job that may run at once.
+    min_free_bytes: u64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -163,12 +166,14 @@ impl Worker {
         let backends::Backends {
             pool, store, queue, ..
         } = backends::Backends::connect(settings).await?;
+        let min_free_bytes = 2 * settings.upload.max_bytes * settings.worker.concurrency as u64;
         Self::new(
             pool,
             store,
             queue,
             settings.worker.clone(),
             settings.processing.clone(),
+            min_free_bytes,
         )
         .await
     }
@@ -181,6 +186,7 @@ impl Worker {
         queue: Arc<dyn JobQueue>,
         settings: WorkerSettings,
         processing: ProcessingSettings,
+        min_free_bytes: u64,
     ) -> anyhow::Result<Self> {
         let parent = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&parent)
@@ -204,6 +210,7 @@ impl Worker {
             scratch,
             transcoder,
             in_flight: Mutex::new(HashSet::new()),
+            min_free_bytes,
         })
     }
 
@@ -295,7 +302,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Whether the database and storage answer now; the error says which does not.
+    /// Whether the database and storage answer now and the work directory has room for a
+    /// job; the error says which does not.
     pub async fn check_dependencies(&self) -> Result<(), String> {
         let database = tokio::time::timeout(DEPENDENCY_CHECK_TIMEOUT, db::ping(&self.pool)).await;
         match database {
@@ -312,14 +320,29 @@ impl Worker {
         )
         .await;
         match storage {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("storage: {e:#}")),
-            Err(_) => Err("storage: no answer".to_owned()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("storage: {e:#}")),
+            Err(_) => return Err("storage: no answer".to_owned()),
+        }
+        let megabytes = |bytes: u64| bytes / 1_000_000;
+        match free_bytes(self.scratch.path()) {
+            Ok(free) if free >= self.min_free_bytes => Ok(()),
+            Ok(free) => Err(format!(
+                "work directory {}: {} MB free, a job may need {} MB",
+                self.scratch.path().display(),
+                megabytes(free),
+                megabytes(self.min_free_bytes)
+            )),
+            Err(e) => Err(format!(
+                "work directory {}: {e}",
+                self.scratch.path().display()
+            )),
         }
     }
 
-    /// Waits until the database and storage answer, checking less and less often (one
-    /// log line when they go down, one when they are back). False if shutdown came first.
+    /// Waits until [`Self::check_dependencies`] passes, checking less and less often (one
+    /// log line when a dependency goes down, one when all are back). False if shutdown came
+    /// first.
     async fn wait_for_dependencies(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
         let mut pause = Duration::from_secs(1);
         let mut down_since: Option<Instant> = None;
@@ -329,7 +352,7 @@ impl Worker {
                     if let Some(since) = down_since {
                         tracing::info!(
                             down_s = since.elapsed().as_secs(),
-                            "database and storage are back: taking jobs again"
+                            "database, storage and work directory are back: taking jobs again"
                         );
                     }
                     return true;
@@ -589,6 +612,14 @@ impl Worker {
             .await
         {
             Ok(took) => timings.ffmpeg = took,
+            // A full disk is this machine's fault, not the input's.
+            Err(TranscodeError::Main(MediaError::Failed { stderr_tail, .. }))
+                if stderr_tail.contains(DISK_FULL) =>
+            {
+                return Err(JobError::Retryable(anyhow::anyhow!(
+                    "ffmpeg: {DISK_FULL}: {stderr_tail}"
+                )))
+            }
             Err(TranscodeError::Main(MediaError::Failed { stderr_tail, .. })) => {
                 return Err(JobError::Permanent {
                     failure: Failure::Unreadable,
@@ -695,6 +726,9 @@ impl Worker {
                 }
                 self.delete(delivery, Outcome::Failed(detail)).await
             }
+            Err(JobError::Retryable(error)) if format!("{error:#}").contains(DISK_FULL) => {
+                self.requeue(delivery, format!("{error:#}")).await
+            }
             Err(JobError::Retryable(error)) => {
                 let reason = format!("{error:#}");
                 let out_of_tries = self
@@ -740,6 +774,27 @@ impl Worker {
         Outcome::Retry(reason)
     }
 
+    /// A job cut off by a full work directory goes back as a new message after the retry
+    /// delay: its receives start again, so a disk that stays full for an hour dead-letters
+    /// nothing, and meanwhile [`Self::check_dependencies`] takes no job until space returns.
+    async fn requeue(&self, delivery: &Delivery, reason: String) -> Outcome {
+        tracing::warn!(
+            reason,
+            "the work directory is full: job handed back to the queue"
+        );
+        match self
+            .queue
+            .requeue(delivery, self.settings.retry_delay)
+            .await
+        {
+            Ok(()) => Outcome::Retry(reason),
+            Err(e) => {
+                self.retry(delivery, format!("could not hand the job back: {e:#}"))
+                    .await
+            }
+        }
+    }
+
     /// Moves the message to the dead-letter queue; marks the video failed (gave up) when
     /// there is one. `reason` is for the logs.
     async fn dead_letter(
@@ -769,6 +824,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// How the system says ENOSPC (`strerror`), in ffmpeg's messages and in Rust's I/O errors.
+const DISK_FULL: &str = "No space left on device";
+
+/// Bytes an unprivileged process may still write on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let stats = rustix::fs::statvfs(path)?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Scratch folders are named so, and hold the id of the process that made them.

@@ -92,3 +92,122 @@ async fn an_emulator_outage_longer_than_the_retry_budget_loses_no_video() {
     signal(&moto.pid().to_string(), "CONT");
     nothing_was_lost(&h, &ids, worker).await;
 }
+
+/// A tmpfs of `size` mounted for the test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Self { dir };
+        disk.mount_with(
+            &format!("size={size}"),
+            "mount a tmpfs (the tests run as root)",
+        );
+        disk
+    }
+
+    fn resize(&self, size: &str) {
+        self.mount_with(&format!("remount,size={size}"), "resize the tmpfs");
+    }
+
+    fn mount_with(&self, options: &str, what: &str) {
+        #[allow(clippy::disallowed_methods)] // mount(8): no media tool involved
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot {what}");
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        #[allow(clippy::disallowed_methods)] // umount(8)
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Review 3, N5: with the work directory on a 20 MiB tmpfs, a 30 MB upload ended `failed`
+/// ("no terminó tras varios intentos") and stayed so once space returned. Now a job cut off
+/// by the full disk goes back as a new message (its receives start again: here more times
+/// than the queue allows deliveries), a directory short of room takes no job at all, and the
+/// video is processed once there is space, with no redrive.
+#[tokio::test]
+async fn a_full_work_directory_fails_no_video_and_the_job_runs_once_space_returns() {
+    let disk = SmallDisk::mount("20m");
+    let work_dir = disk.path().display().to_string();
+    let h = Harness::build_on(
+        Topology::Local,
+        &[
+            ("APP__WORKER__WORK_DIR", &work_dir),
+            // Twice this per job must be free: 10 MB, which the empty 20 MiB disk has.
+            ("APP__UPLOAD__MAX_BYTES", "5000000"),
+            ("APP__WORKER__RETRY_DELAY", "1s"),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let clip = make_video(
+        dir.path(),
+        "clip.mp4",
+        "testsrc2=size=640x360:rate=30:duration=3",
+        &[],
+    )
+    .await;
+    // 30 MB: the clip and a `free` box, which every MP4 reader skips.
+    let mut bytes = std::fs::read(&clip).unwrap();
+    let padding = 30_000_000 - bytes.len();
+    bytes.extend_from_slice(&u32::try_from(padding).unwrap().to_be_bytes());
+    bytes.extend_from_slice(b"free");
+    bytes.resize(30_000_000, 0);
+    std::fs::write(&clip, &bytes).unwrap();
+    let id = h.enqueue(&clip).await;
+
+    for attempt in 1..=crate::helpers::MAX_RECEIVES + 1 {
+        let delivery = h.receive().await;
+        assert_eq!(delivery.receive_count, 1, "attempt {attempt} was counted");
+        match h.worker.handle(delivery).await {
+            worker::Outcome::Retry(reason) => {
+                assert!(reason.contains("No space left on device"), "{reason}")
+            }
+            other => panic!("attempt {attempt} on a full disk: {other:?}"),
+        }
+        assert_ne!(h.status(id).await.0, VideoStatus::Failed);
+    }
+
+    // Short of room, the worker takes no job: the same pause as a database outage.
+    let ballast = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 15 << 20]).unwrap();
+    let refused = h.worker.check_dependencies().await.unwrap_err();
+    assert!(refused.contains("work directory"), "{refused}");
+    let (stop, running) = h.run_worker();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let received: i32 = sqlx::query_scalar("SELECT receive_count FROM queue_messages")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(received, 0, "a job was taken without room for it");
+
+    // Space returns: the same worker takes the job and finishes it.
+    std::fs::remove_file(&ballast).unwrap();
+    disk.resize("200m");
+    h.wait_for(id, VideoStatus::Processed, Duration::from_secs(120))
+        .await;
+    assert!(
+        h.dead_letters().await.is_empty(),
+        "the job was dead-lettered"
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
