@@ -273,6 +273,10 @@ boot() {
     say "booting release $RELEASE of stack $STACK"
     install -d -m 0755 /usr/local/lib/anb
     install -m 0700 "$0" "$SELF"
+    # A statement sent to a database that vanished fails after ~100 s of retransmission,
+    # not ~15 min (N19: sqlx cannot set TCP keepalive).
+    echo 'net.ipv4.tcp_retries2 = 8' >/etc/sysctl.d/60-anb.conf
+    sysctl -q -p /etc/sysctl.d/60-anb.conf || say "cannot set net.ipv4.tcp_retries2 here"
     install_tier
     say "ready"
 }

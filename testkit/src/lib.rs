@@ -7,6 +7,10 @@
 pub mod tools;
 
 #[cfg(feature = "services")]
+mod proxy;
+#[cfg(feature = "services")]
 mod services;
+#[cfg(feature = "services")]
+pub use proxy::SilentRelay;
 #[cfg(feature = "services")]
 pub use services::*;

@@ -10,10 +10,30 @@ use uuid::Uuid;
 
 use crate::settings::DatabaseSettings;
 
+/// Longest one statement may run before the server cancels it (review 3, N19): no query
+/// here takes more than milliseconds, so one that runs this long is waiting on a lock.
+pub const STATEMENT_TIMEOUT: &str = "30s";
+/// Longest a session may sit in a transaction doing nothing: a client that vanished
+/// mid-transaction (a black-holed connection) would otherwise hold its locks until the
+/// server's TCP keepalive gives up, hours later.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "1min";
+
 /// Opens a pool without waiting for the server: the API starts (and answers 503 on
 /// `/health`) even while the database is still coming up.
+///
+/// A server that stops answering without closing anything cannot hang a caller for long:
+/// each acquire checks its connection first (sqlx's `test_before_acquire`), and the check
+/// and any connect count against `acquire_timeout`. A statement already sent waits for the
+/// server, bounded on the instances by TCP retransmission (`net.ipv4.tcp_retries2`, set by
+/// the boot script); sqlx 0.8 cannot set TCP keepalive on its sockets.
 pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(settings.url.expose_secret())?;
+    let options = PgConnectOptions::from_str(settings.url.expose_secret())?.options([
+        ("statement_timeout", STATEMENT_TIMEOUT),
+        (
+            "idle_in_transaction_session_timeout",
+            IDLE_IN_TRANSACTION_TIMEOUT,
+        ),
+    ]);
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)

@@ -5,5 +5,6 @@
 
 mod migrations;
 mod password_rotation;
+mod pool;
 mod queue_contract;
 mod storage_contract;

@@ -10,7 +10,7 @@ use backends::db::VideoStatus;
 use uuid::Uuid;
 
 use crate::helpers::{make_video, Harness, Topology};
-use crate::signals::{signal, start_worker_binary};
+use crate::signals::{signal, start_worker_binary, start_worker_binary_logging};
 
 const VIDEOS: usize = 10;
 /// Six times the retry budget above: without the worker's pause, every job in the backlog
@@ -91,6 +91,147 @@ async fn an_emulator_outage_longer_than_the_retry_budget_loses_no_video() {
     tokio::time::sleep(OUTAGE).await;
     signal(&moto.pid().to_string(), "CONT");
     nothing_was_lost(&h, &ids, worker).await;
+}
+
+/// An API in this process with the harness's settings and `extra` over them; its base URL.
+async fn start_api(h: &Harness, extra: &[(&str, &str)]) -> String {
+    let mut env: Vec<(String, String)> = h
+        .env
+        .iter()
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+        .cloned()
+        .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env.push(("APP__AUTH__JWT_SECRET".into(), "x".repeat(32)));
+    env.push(("APP__SERVER__PORT".into(), "0".into()));
+    let settings = backends::settings::Settings::load_from(&[], env).unwrap();
+    let app = api::Application::build(settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    base
+}
+
+/// Signs a player up through the API and logs them in; the bearer token.
+async fn api_token(client: &reqwest::Client, base: &str) -> String {
+    let signup = serde_json::json!({"first_name": "Ana", "last_name": "Ruiz",
+        "email": "ana@example.com", "password1": "Canasta2026", "password2": "Canasta2026",
+        "city": "Cali", "country": "Colombia"});
+    let created = client
+        .post(format!("{base}/api/auth/signup"))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    let login: serde_json::Value = client
+        .post(format!("{base}/api/auth/login"))
+        .json(&serde_json::json!({"email": "ana@example.com", "password": "Canasta2026"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    login["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Review 3, N19: a database that stops answering without closing anything (a stopped
+/// server, a black hole) must hang nothing. Both services reach PostgreSQL through a relay
+/// that falls silent for 25 s during a backlog: the API answers 503 within seconds (its
+/// pool's connection check is bounded by the acquire timeout), the worker says it takes no
+/// job, and once the database answers again every video is processed, none failed.
+#[tokio::test]
+async fn a_database_that_falls_silent_hangs_no_request_and_loses_no_video() {
+    let h = Harness::build_on(Topology::SharedMoto, &[]).await;
+    let server =
+        h.db.url
+            .split_once('@')
+            .unwrap()
+            .1
+            .split('/')
+            .next()
+            .unwrap();
+    let relay = testkit::SilentRelay::start(server.parse().unwrap()).await;
+    let through_relay = relay.url_through(&h.db.url);
+    let base = start_api(
+        &h,
+        &[
+            ("APP__DATABASE__URL", &through_relay),
+            ("APP__DATABASE__ACQUIRE_TIMEOUT", "2s"),
+            ("APP__LIMITS__AUTH_PER_MINUTE", "0"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let token = api_token(&client, &base).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_video(
+        dir.path(),
+        "clip.mp4",
+        "testsrc2=size=640x360:rate=30:duration=3",
+        &[],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..VIDEOS {
+        ids.push(h.enqueue(&input).await);
+    }
+    let log_path = dir.path().join("worker.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut extra = SHORT_RETRIES.to_vec();
+    extra.push(("APP__DATABASE__URL", &through_relay));
+    let worker = start_worker_binary_logging(&h, &extra, log.into());
+    h.wait_for(ids[0], VideoStatus::Processed, Duration::from_secs(120))
+        .await;
+
+    relay.go_silent();
+    for path in ["/api/health", "/api/videos"] {
+        let started = std::time::Instant::now();
+        let response = tokio::time::timeout(
+            Duration::from_secs(20),
+            client
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path} hung on the silent database"))
+        .unwrap();
+        let took = started.elapsed();
+        eprintln!(
+            "{path} on a silent database: {} after {took:?}",
+            response.status()
+        );
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            "{path}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{path} answered after {took:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logged.contains("a dependency is down: taking no jobs"),
+        "the worker did not pause:\n{logged}"
+    );
+    relay.resume();
+    nothing_was_lost(&h, &ids, worker).await;
+    let videos = client
+        .get(format!("{base}/api/videos"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        videos.status(),
+        reqwest::StatusCode::OK,
+        "the API did not come back"
+    );
 }
 
 /// A tmpfs of `size` mounted for the test, unmounted when dropped.

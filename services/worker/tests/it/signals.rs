@@ -10,14 +10,20 @@ use crate::helpers::{make_video, Harness};
 
 /// Starts the worker binary in its own process group with the harness's settings.
 pub fn start_worker_binary(h: &Harness, extra: &[(&str, &str)]) -> tokio::process::Child {
+    start_worker_binary_logging(h, extra, Stdio::null())
+}
+
+/// [`start_worker_binary`] with its log (standard output) sent to `log`.
+pub fn start_worker_binary_logging(
+    h: &Harness,
+    extra: &[(&str, &str)],
+    log: Stdio,
+) -> tokio::process::Child {
     #[allow(clippy::disallowed_methods)] // the test runs the real binary
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"));
     command.envs(h.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     command.envs(extra.iter().copied());
-    command
-        .stdout(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true);
+    command.stdout(log).process_group(0).kill_on_drop(true);
     command.spawn().unwrap()
 }
 
