@@ -58,18 +58,28 @@ impl AppState {
     }
 
     /// A presigned storage URL when the backend has them, else the API's download route.
-    async fn object_url(&self, base: &str, key: &str, route: String) -> Result<String, ApiError> {
+    async fn object_url(
+        &self,
+        base: &str,
+        key: &str,
+        route: String,
+        download_as: Option<&str>,
+    ) -> Result<String, ApiError> {
         let presigned = self
             .store
-            .presigned_url(key, self.presign_ttl)
+            .presigned_url(key, self.presign_ttl, download_as)
             .await
             .map_err(|e| ApiError::unavailable("El almacenamiento no está disponible.", e))?;
         Ok(presigned.unwrap_or_else(|| format!("{base}{route}")))
     }
 
+    /// Where the owner downloads the original: a presigned URL saves it as a file (the
+    /// page navigates to it: its CSP lets no script fetch from storage).
     pub async fn original_url(&self, base: &str, video: &Video) -> Result<String, ApiError> {
         let route = format!("/api/videos/{}/original", video.id);
-        self.object_url(base, &original_key(video.id), route).await
+        let name = download_name(&video.title, "original");
+        self.object_url(base, &original_key(video.id), route, Some(&name))
+            .await
     }
 
     /// Set only once the video is processed.
@@ -85,7 +95,50 @@ impl AppState {
     }
 
     pub async fn processed_url_of(&self, base: &str, id: Uuid) -> Result<String, ApiError> {
+        // Shown in pages' video players as much as downloaded: no file name.
         let route = format!("/api/videos/{id}/processed");
-        self.object_url(base, &processed_key(id), route).await
+        self.object_url(base, &processed_key(id), route, None).await
+    }
+}
+
+/// The name a download of a video's `kind` file is saved as: its title in ASCII letters,
+/// digits and dashes (what any header and file system take), then the kind.
+pub fn download_name(title: &str, kind: &str) -> String {
+    let mut name = String::new();
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            name.push(c);
+        } else if !name.is_empty() && !name.ends_with('-') {
+            name.push('-');
+        }
+        if name.len() >= 60 {
+            break;
+        }
+    }
+    let name = name.trim_end_matches('-');
+    let name = if name.is_empty() { "video" } else { name };
+    format!("{name}-{kind}.mp4")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::download_name;
+
+    #[test]
+    fn download_names_are_plain_ascii_from_the_title() {
+        assert_eq!(
+            download_name("Mi mejor clavada", "original"),
+            "Mi-mejor-clavada-original.mp4"
+        );
+        assert_eq!(
+            download_name("¡Pérez \"3\"!", "processed"),
+            "P-rez-3-processed.mp4"
+        );
+        assert_eq!(
+            download_name("<img src=x>", "original"),
+            "img-src-x-original.mp4"
+        );
+        assert_eq!(download_name("…", "original"), "video-original.mp4");
+        assert!(download_name(&"a".repeat(500), "original").len() < 80);
     }
 }

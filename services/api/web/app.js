@@ -227,8 +227,8 @@ function myVideoRow(reload) {
     const files = el("td", {});
     files.append(downloadButton(video, "original", "Original"));
     if (video.status === "processed") {
-      // A processed video is public: a plain link also follows the API's redirect to
-      // storage (a presigned URL on S3), which a script's fetch could not read.
+      // A processed video is public: a plain link, which follows the API's redirect to
+      // storage (a presigned URL on S3 that saves as a file) as a navigation.
       files.append(
         " ",
         el("a", { href: `/api/videos/${video.video_id}/processed`, download: `${video.title}.mp4` }, "Descargar procesado"),
@@ -259,14 +259,22 @@ function myVideoRow(reload) {
   };
 }
 
-// The original is the owner's only, so the request carries the token: fetched by the
-// script, then saved. (On S3 storage the API answers with a redirect to a presigned URL,
-// which the bucket must allow cross-origin; see the README.)
+// The original is the owner's only. Its record (read with the token) says where it is:
+// on S3 a presigned URL that saves as a file, which the page navigates to (the page's own
+// CSP lets no script fetch from storage, and the redirect from the API's route would be
+// fetched); on local storage the API's route, which needs the token, so the script
+// fetches it and saves what arrives.
 function downloadButton(video, kind, label) {
   const button = el("button", { type: "button", class: "link" }, `Descargar ${label.toLowerCase()}`);
   button.addEventListener("click", async () => {
     try {
-      const response = await fetch(`/api/videos/${video.video_id}/${kind}`, {
+      const record = await api(`/api/videos/${video.video_id}`);
+      const where = new URL(record[`${kind}_url`], location.href);
+      if (where.origin !== location.origin) {
+        location.assign(where.href);
+        return;
+      }
+      const response = await fetch(where.href, {
         headers: { Authorization: `Bearer ${token()}` },
       });
       if (!response.ok) throw new Error(`No se pudo descargar (${response.status}).`);

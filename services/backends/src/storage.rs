@@ -56,12 +56,24 @@ pub trait ObjectStore: Send + Sync + Debug {
     async fn exists(&self, key: &str) -> Result<bool, StorageError>;
     /// Keys under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
-    /// How a client downloads the object; `ttl` bounds presigned URLs.
-    async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError>;
+    /// How a client downloads the object as a file named `file_name`; `ttl` bounds
+    /// presigned URLs.
+    async fn download(
+        &self,
+        key: &str,
+        ttl: Duration,
+        file_name: &str,
+    ) -> Result<Download, StorageError>;
     /// A URL that fetches the object without going through the API, when the backend has
     /// one (S3: presigned, computed locally without a request); `None` for local storage.
-    async fn presigned_url(&self, key: &str, ttl: Duration)
-        -> Result<Option<String>, StorageError>;
+    /// With `download_as`, a browser saves what it fetches as that file instead of
+    /// showing it (S3's `response-content-disposition`).
+    async fn presigned_url(
+        &self,
+        key: &str,
+        ttl: Duration,
+        download_as: Option<&str>,
+    ) -> Result<Option<String>, StorageError>;
 }
 
 /// Builds the configured backend.
@@ -211,7 +223,12 @@ impl ObjectStore for LocalStore {
         Ok(keys)
     }
 
-    async fn download(&self, key: &str, _ttl: Duration) -> Result<Download, StorageError> {
+    async fn download(
+        &self,
+        key: &str,
+        _ttl: Duration,
+        _file_name: &str,
+    ) -> Result<Download, StorageError> {
         let path = self.path_of(key)?;
         if !self.exists(key).await? {
             return Err(StorageError::NotFound {
@@ -225,12 +242,23 @@ impl ObjectStore for LocalStore {
         &self,
         _key: &str,
         _ttl: Duration,
+        _download_as: Option<&str>,
     ) -> Result<Option<String>, StorageError> {
         Ok(None)
     }
 }
 
 // ------------------------------------------------------------------------------------- s3
+
+/// A Content-Disposition that makes a browser save the response as `file_name` (quotes
+/// and backslashes dropped, as the quoted form cannot hold them plainly).
+pub fn attachment(file_name: &str) -> String {
+    let name: String = file_name
+        .chars()
+        .filter(|c| !matches!(c, '"' | '\\'))
+        .collect();
+    format!("attachment; filename=\"{name}\"")
+}
 
 #[derive(Debug, Clone)]
 pub struct S3Store {
@@ -367,26 +395,39 @@ impl ObjectStore for S3Store {
         Ok(keys)
     }
 
-    async fn download(&self, key: &str, ttl: Duration) -> Result<Download, StorageError> {
+    async fn download(
+        &self,
+        key: &str,
+        ttl: Duration,
+        file_name: &str,
+    ) -> Result<Download, StorageError> {
         if !self.exists(key).await? {
             return Err(StorageError::NotFound {
                 key: key.to_owned(),
             });
         }
-        Ok(Download::Presigned(self.presign(key, ttl).await?))
+        Ok(Download::Presigned(
+            self.presign(key, ttl, Some(file_name)).await?,
+        ))
     }
 
     async fn presigned_url(
         &self,
         key: &str,
         ttl: Duration,
+        download_as: Option<&str>,
     ) -> Result<Option<String>, StorageError> {
-        self.presign(key, ttl).await.map(Some)
+        self.presign(key, ttl, download_as).await.map(Some)
     }
 }
 
 impl S3Store {
-    async fn presign(&self, key: &str, ttl: Duration) -> Result<String, StorageError> {
+    async fn presign(
+        &self,
+        key: &str,
+        ttl: Duration,
+        download_as: Option<&str>,
+    ) -> Result<String, StorageError> {
         let config =
             PresigningConfig::expires_in(ttl).map_err(|e| StorageError::backend(key, e))?;
         let request = self
@@ -394,6 +435,7 @@ impl S3Store {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_response_content_disposition(download_as.map(attachment))
             .presigned(config)
             .await
             .map_err(|e| StorageError::backend(key, e))?;

@@ -347,7 +347,8 @@ pub async fn download_original(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let video = downloadable_video(&state, caller, *path).await?;
-    serve(&req, &state, &original_key(video.id)).await
+    let name = crate::state::download_name(&video.title, "original");
+    serve(&req, &state, &original_key(video.id), &name).await
 }
 
 /// The same as `GET /api/videos/{video_id}/original`, at the path existing client
@@ -400,7 +401,8 @@ pub async fn download_processed(
     if video.status != VideoStatus::Processed {
         return Err(ApiError::bad_request("El video aún no ha sido procesado."));
     }
-    serve(&req, &state, &processed_key(video.id)).await
+    let name = crate::state::download_name(&video.title, "procesado");
+    serve(&req, &state, &processed_key(video.id), &name).await
 }
 
 /// The same as `GET /api/videos/{video_id}/processed`, at the path existing client
@@ -444,8 +446,18 @@ async fn downloadable_video(state: &AppState, caller: Caller, id: Uuid) -> Resul
     }
 }
 
-async fn serve(req: &HttpRequest, state: &AppState, key: &str) -> Result<HttpResponse, ApiError> {
-    let download = match state.store.download(key, state.presign_ttl).await {
+/// The file under `key`, saved by a browser as `file_name`.
+async fn serve(
+    req: &HttpRequest,
+    state: &AppState,
+    key: &str,
+    file_name: &str,
+) -> Result<HttpResponse, ApiError> {
+    let download = match state
+        .store
+        .download(key, state.presign_ttl, file_name)
+        .await
+    {
         Ok(download) => download,
         Err(backends::storage::StorageError::NotFound { .. }) => {
             return Err(ApiError::NotFound("Archivo de video no encontrado."))
@@ -460,7 +472,11 @@ async fn serve(req: &HttpRequest, state: &AppState, key: &str) -> Result<HttpRes
             // The `.mp4` name gives the video/mp4 type; NamedFile also answers Range requests.
             let file = actix_files::NamedFile::open_async(&path)
                 .await
-                .map_err(|e| ApiError::unavailable(STORAGE_DOWN, e))?;
+                .map_err(|e| ApiError::unavailable(STORAGE_DOWN, e))?
+                .set_content_disposition(header::ContentDisposition {
+                    disposition: header::DispositionType::Attachment,
+                    parameters: vec![header::DispositionParam::Filename(file_name.to_owned())],
+                });
             Ok(file.into_response(req))
         }
     }

@@ -28,7 +28,7 @@ async fn check_store(store: Arc<dyn ObjectStore>) {
     );
 
     match store
-        .download("processed/a.mp4", Duration::from_secs(60))
+        .download("processed/a.mp4", Duration::from_secs(60), "mi-jugada.mp4")
         .await
         .unwrap()
     {
@@ -39,6 +39,11 @@ async fn check_store(store: Arc<dyn ObjectStore>) {
                 .unwrap()
                 .error_for_status()
                 .unwrap();
+            // A browser that follows the link saves the file rather than showing it.
+            assert_eq!(
+                body.headers()["content-disposition"],
+                "attachment; filename=\"mi-jugada.mp4\""
+            );
             assert_eq!(body.bytes().await.unwrap().as_ref(), b"second");
         }
     }
