@@ -362,11 +362,20 @@ impl Stack {
         })
     }
 
-    /// Deletes everything carrying the stack tag, dependents first. Goes on past failures
-    /// and returns what is left (empty when clean); running it again continues.
+    /// Deletes everything carrying the stack tag, dependents first, but the bucket (with
+    /// the videos: a database snapshot without them would restore rows with no files)
+    /// unless `--delete-videos`. Goes on past failures and returns what is left (empty when
+    /// clean; the kept bucket is not counted); running it again continues.
     pub async fn down(&self) -> anyhow::Result<Vec<String>> {
         let bucket = names::bucket_name(&self.config, &self.aws.account_id);
-        let observed = self.aws.observe(&bucket).await?;
+        let keeps_bucket = !self.aws.safeguards.delete_videos;
+        let to_delete =
+            |o: &model::Observed| !(keeps_bucket && o.resource.kind == model::Kind::Bucket);
+        let all = self.aws.observe(&bucket).await?;
+        if keeps_bucket && all.iter().any(|o| o.resource.kind == model::Kind::Bucket) {
+            self.say_bucket_kept(&bucket).await;
+        }
+        let observed: Vec<model::Observed> = all.into_iter().filter(to_delete).collect();
         if observed.is_empty() {
             eprintln!(
                 "Nothing to delete: no resource carries the stack tag {}.",
@@ -389,8 +398,34 @@ impl Stack {
         let left = self.aws.observe(&bucket).await?;
         Ok(left
             .iter()
+            .filter(|o| to_delete(o))
             .map(|o| format!("{} {} ({})", o.resource.kind, o.resource.name, o.id))
             .collect())
+    }
+
+    /// Says that the stack's bucket stays, with how much is in it, and how to delete it.
+    async fn say_bucket_kept(&self, bucket: &str) {
+        let listed = self
+            .aws
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .expected_bucket_owner(&self.aws.account_id)
+            .send()
+            .await;
+        let Ok(listed) = listed else {
+            return; // no bucket (or not ours): nothing is kept
+        };
+        let objects = listed.key_count().unwrap_or_default();
+        let more = if listed.is_truncated() == Some(true) {
+            " or more"
+        } else {
+            ""
+        };
+        eprintln!(
+            "  keeping bucket {bucket} ({objects}{more} objects: videos and releases); the next \
+             `up` uses it again, `provision down --delete-videos` deletes it"
+        );
     }
 }
 
@@ -453,11 +488,19 @@ impl Stack {
 }
 
 /// Asks on the terminal to type the stack name; refuses when there is no terminal.
-pub fn confirm_down(stack: &str) -> anyhow::Result<bool> {
+pub fn confirm_down(stack: &str, deletes_videos: bool) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("`down` deletes the whole stack: pass --yes to run it without a terminal");
     }
-    eprint!("This deletes every resource of stack {stack}, data included. Type the stack name to go on: ");
+    let videos = if deletes_videos {
+        "the bucket with every video too"
+    } else {
+        "the bucket with the videos stays"
+    };
+    eprint!(
+        "This deletes every resource of stack {stack} (the database after a final snapshot; \
+         {videos}). Type the stack name to go on: "
+    );
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;

@@ -71,7 +71,8 @@ enum Command {
     /// Compare the live stack with the configuration. Exit 0 in sync, 2 drift, 1 error.
     Status,
     /// Delete every resource tagged with the stack, dependents first; re-run until clean.
-    /// The database leaves a final snapshot (`<stack>-final-<time>`) and its automated
+    /// The bucket stays, with the videos and releases in it (the next `up` uses it again);
+    /// the database leaves a final snapshot (`<stack>-final-<time>`) and its automated
     /// backups; the token secret stays restorable for 7 days.
     Down {
         /// Do not ask for confirmation.
@@ -83,6 +84,9 @@ enum Command {
         /// Delete the token secret at once instead of after the 7-day recovery window.
         #[arg(long)]
         purge: bool,
+        /// Delete the bucket too, with every video and published release in it.
+        #[arg(long)]
+        delete_videos: bool,
     },
     /// Print the stack's CloudWatch figures over a time range, a point a minute: load
     /// balancer requests, response time (mean, p95) and 5xx, instances in service and CPU
@@ -147,10 +151,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down {
             skip_final_snapshot,
             purge,
+            delete_videos,
             ..
         } => Safeguards {
             skip_final_snapshot: *skip_final_snapshot,
             purge: *purge,
+            delete_videos: *delete_videos,
             ..Safeguards::default()
         },
         _ => Safeguards::default(),
@@ -201,13 +207,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Sync::Drift => ExitCode::from(2),
         },
         Command::Metrics { .. } => unreachable!("answered above"),
-        Command::Down { yes, .. } => {
-            if !yes && !provision::confirm_down(&stack.config.stack.name)? {
+        Command::Down {
+            yes, delete_videos, ..
+        } => {
+            if !yes && !provision::confirm_down(&stack.config.stack.name, delete_videos)? {
                 eprintln!("Not confirmed: nothing deleted.");
                 return Ok(ExitCode::FAILURE);
             }
             let left = stack.down().await?;
-            if left.is_empty() {
+            if left.is_empty() && !delete_videos {
+                println!(
+                    "Stack {} is gone but for its bucket {} (--delete-videos deletes it).",
+                    stack.config.stack.name,
+                    stack.bucket()
+                );
+                ExitCode::SUCCESS
+            } else if left.is_empty() {
                 println!("Stack {} is gone.", stack.config.stack.name);
                 ExitCode::SUCCESS
             } else {

@@ -88,6 +88,9 @@ pub struct DownArgs {
     /// Delete the token secret at once instead of after its 7-day recovery window.
     #[arg(long)]
     purge: bool,
+    /// Delete the bucket too, with every video and release in it (kept otherwise).
+    #[arg(long)]
+    delete_videos: bool,
 }
 
 impl UpArgs {
@@ -153,6 +156,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
         (args.yes, "--yes"),
         (args.skip_final_snapshot, "--skip-final-snapshot"),
         (args.purge, "--purge"),
+        (args.delete_videos, "--delete-videos"),
     ] {
         if set {
             down.arg(flag);

@@ -37,8 +37,8 @@ pub struct Aws {
 }
 
 /// What a command may do to the stack's data, as its flags say. The defaults are the
-/// safe choices: nothing stateful is replaced, `down` keeps a final snapshot and the
-/// automated backups, and the token secret stays recoverable for 7 days.
+/// safe choices: nothing stateful is replaced, `down` keeps the bucket, a final snapshot
+/// and the automated backups, and the token secret stays recoverable for 7 days.
 #[derive(Debug, Clone, Default)]
 pub struct Safeguards {
     /// `up --replace-database`: a database whose configuration cannot change in place may
@@ -51,6 +51,8 @@ pub struct Safeguards {
     pub skip_final_snapshot: bool,
     /// `down --purge`: delete the token secret at once, without the recovery window.
     pub purge: bool,
+    /// `down --delete-videos`: delete the bucket too, with every video and release in it.
+    pub delete_videos: bool,
 }
 
 impl Aws {

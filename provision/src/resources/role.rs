@@ -109,6 +109,12 @@ pub fn policy(tier: Tier, config: &Config, account_id: &str) -> Value {
         Tier::Worker => statements.extend([
             json!({"Sid": "Originals", "Effect": "Allow", "Action": "s3:GetObject",
                    "Resource": objects(&["original"])}),
+            // The storage probe of its dependency check (HeadObject needs GetObject, or S3
+            // answers 403 even for a missing key) and the bucket's identity, which tells a
+            // worker that its database was restored onto another bucket.
+            json!({"Sid": "Health", "Effect": "Allow",
+                   "Action": ["s3:GetObject", "s3:PutObject"],
+                   "Resource": objects(&["health"])}),
             json!({"Sid": "Processed", "Effect": "Allow",
                    "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
                    "Resource": objects(&["processed"])}),
@@ -410,6 +416,16 @@ mod tests {
         assert_eq!(
             originals["Action"], "s3:GetObject",
             "the worker only reads originals"
+        );
+        let health = worker["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "Health")
+            .expect("the worker may probe storage");
+        assert_eq!(
+            health["Resource"],
+            json!(["arn:aws:s3:::anb-videos-123456789012/health/*"])
         );
         let web_processed = web["Statement"]
             .as_array()

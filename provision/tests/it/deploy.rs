@@ -186,7 +186,12 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
         "status follows the deployed release"
     );
 
-    xtask(&["down", "--yes"], &name, &moto.endpoint, config.path());
+    xtask(
+        &["down", "--yes", "--delete-videos"],
+        &name,
+        &moto.endpoint,
+        config.path(),
+    );
     assert!(
         stack.aws.observe(&stack.bucket()).await.unwrap().is_empty(),
         "something of the stack is left"

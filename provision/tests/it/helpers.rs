@@ -8,10 +8,16 @@ use provision::config::Config;
 use provision::{Stack, StackOptions};
 
 /// Options naming the stand-in release "r1", against `endpoint`.
+/// Release r1 on the emulator at `endpoint`; its `down` deletes the bucket too, so a test
+/// leaves nothing behind (`safety.rs` checks what plain `down` keeps).
 pub fn release_r1(endpoint: &str) -> StackOptions {
     StackOptions {
         endpoint: Some(endpoint.to_owned()),
         release: Some("r1".into()),
+        safeguards: provision::Safeguards {
+            delete_videos: true,
+            ..provision::Safeguards::default()
+        },
         ..StackOptions::default()
     }
 }

@@ -152,9 +152,21 @@ async fn the_database_is_never_replaced_unasked_and_down_leaves_a_snapshot_up_re
     assert_eq!(final_snapshots(&stack).await.len(), 1);
 
     // `down` lifts the deletion protection itself, leaves a final snapshot, keeps the
-    // token secret restorable, and still removes everything.
+    // token secret restorable, and the bucket with what is in it (review 3, N4: a snapshot
+    // without the videos would restore rows with no files); the rest goes.
     std::thread::sleep(std::time::Duration::from_millis(1100)); // snapshot names are per second
-    let down = Stack::open(renamed.clone(), release_r1(endpoint))
+    let video = "original/00000000-0000-0000-0000-000000000001.mp4";
+    stack
+        .aws
+        .s3
+        .put_object()
+        .bucket(stack.bucket())
+        .key(video)
+        .body(b"a player's video".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let down = Stack::open(renamed.clone(), with(Safeguards::default(), endpoint))
         .await
         .unwrap();
     assert!(down.down().await.unwrap().is_empty());
@@ -162,9 +174,31 @@ async fn the_database_is_never_replaced_unasked_and_down_leaves_a_snapshot_up_re
     assert_eq!(snapshots.len(), 2, "{snapshots:?}");
     let secret = token_secret(&stack).await.unwrap();
     assert!(secret.deleted_date().is_some(), "scheduled, not purged");
-    assert!(
-        stack.aws.observe(&stack.bucket()).await.unwrap().is_empty(),
-        "nothing left"
+    let left: Vec<_> = stack
+        .aws
+        .observe(&stack.bucket())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.resource.kind)
+        .collect();
+    assert_eq!(
+        left,
+        [provision::model::Kind::Bucket],
+        "all but the bucket goes"
+    );
+    let kept = stack
+        .aws
+        .s3
+        .get_object()
+        .bucket(stack.bucket())
+        .key(video)
+        .send()
+        .await
+        .expect("the video outlives `down`");
+    assert_eq!(
+        kept.body.collect().await.unwrap().into_bytes().as_ref(),
+        b"a player's video"
     );
 
     // `up --restore-from` creates the database from that snapshot (of the database
@@ -184,7 +218,7 @@ async fn the_database_is_never_replaced_unasked_and_down_leaves_a_snapshot_up_re
     )
     .await
     .unwrap();
-    publish_stand_ins(&restoring, "r1").await; // the bucket went with `down`
+    // The release published before `down` is still in the kept bucket.
     restoring.up(Output::Text).await.unwrap();
     let restored = database(&stack).await;
     let tag = restored
@@ -198,13 +232,14 @@ async fn the_database_is_never_replaced_unasked_and_down_leaves_a_snapshot_up_re
     let again = restoring.up(Output::Text).await.unwrap_err().to_string();
     assert!(again.contains("already has one"), "{again}");
 
-    // Opting out: no snapshot, and the secret is gone at once.
+    // Opting out: no snapshot, the secret gone at once, the bucket and its videos too.
     let purging = Stack::open(
         config_for(&name),
         with(
             Safeguards {
                 skip_final_snapshot: true,
                 purge: true,
+                delete_videos: true,
                 ..Safeguards::default()
             },
             endpoint,
@@ -215,6 +250,10 @@ async fn the_database_is_never_replaced_unasked_and_down_leaves_a_snapshot_up_re
     assert!(purging.down().await.unwrap().is_empty());
     assert_eq!(final_snapshots(&stack).await.len(), 2);
     assert!(token_secret(&stack).await.is_none());
+    assert!(
+        stack.aws.observe(&stack.bucket()).await.unwrap().is_empty(),
+        "nothing left"
+    );
 }
 
 #[tokio::test]

@@ -394,6 +394,47 @@ pub async fn fail_unfinished_video(
     Ok(updated.rows_affected() == 1)
 }
 
+/// The storage identity the videos' files were last checked against, if ever.
+pub async fn storage_mark(pool: &PgPool) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT storage_id FROM storage_mark")
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn set_storage_mark(pool: &PgPool, storage_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO storage_mark (storage_id) VALUES ($1)
+         ON CONFLICT (only_row) DO UPDATE SET storage_id = $1, checked_at = now()",
+    )
+    .bind(storage_id)
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+/// Videos that need a file in storage: every one not failed whose upload completed, with
+/// whether it is processed (then the processed file is what it needs).
+pub async fn videos_needing_files(pool: &PgPool) -> Result<Vec<(Uuid, bool)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status = 'processed' FROM videos
+         WHERE status <> 'failed' AND queued_at IS NOT NULL ORDER BY uploaded_at",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks a video failed whatever its state but failed; true when it was not failed yet.
+pub async fn fail_video(pool: &PgPool, id: Uuid, reason: &str) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE videos SET status = 'failed', error = $2 WHERE id = $1 AND status <> 'failed'",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 /// Counts one more ffmpeg run that timed out or was killed on the video; returns the count.
 pub async fn record_media_failure(pool: &PgPool, id: Uuid) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar(

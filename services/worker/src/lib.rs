@@ -35,6 +35,8 @@ const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
 const DEPENDENCY_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A key no video has: asking storage whether it exists tells whether storage answers.
 const STORAGE_PROBE_KEY: &str = "health/worker-probe";
+/// Where storage keeps its identity (a UUID), written by the first worker to look.
+const STORAGE_ID_KEY: &str = "health/storage-id";
 /// How long a job waits for the API to mark its video queued before it is retried later,
 /// and how often it looks meanwhile.
 const QUEUED_GRACE: Duration = Duration::from_secs(2);
@@ -72,6 +74,9 @@ pub enum Failure {
     TooSlow,
     /// No try produced a result (workers stopped, storage or database kept failing).
     GaveUp,
+    /// Its files are not in the storage the database now works with (restored onto a new
+    /// bucket).
+    FilesLost,
 }
 
 impl Failure {
@@ -82,6 +87,7 @@ impl Failure {
             Self::FailedCheck => "salida-invalida",
             Self::TooSlow => "demasiado-lento",
             Self::GaveUp => "sin-resultado",
+            Self::FilesLost => "archivos-perdidos",
         }
     }
 
@@ -98,6 +104,9 @@ impl Failure {
             Self::TooSlow => "El video tardó demasiado en procesarse y se descartó.",
             Self::GaveUp => {
                 "El procesamiento no terminó tras varios intentos; suba el video de nuevo."
+            }
+            Self::FilesLost => {
+                "Los archivos del video se perdieron al restaurar el sistema; suba el video de nuevo."
             }
         };
         format!("{sentence} (código: {})", self.code())
@@ -237,6 +246,7 @@ impl Worker {
                 }
             }
         });
+        let mut storage_checked = false;
         while !*shutdown.borrow() {
             while jobs.try_join_next().is_some() {}
             let slot = tokio::select! {
@@ -248,6 +258,15 @@ impl Worker {
             // dead-letter the whole backlog. So nothing is taken until both answer.
             if !self.wait_for_dependencies(&mut shutdown).await {
                 break;
+            }
+            if !storage_checked {
+                match self.check_storage_identity().await {
+                    Ok(()) => storage_checked = true,
+                    Err(e) => tracing::warn!(
+                        error = format!("{e:#}"),
+                        "cannot check which storage the database's files are in; will again"
+                    ),
+                }
             }
             // A receive in progress at shutdown is finished, not dropped: SQS may already
             // have handed out a message, which would otherwise stay hidden for the whole
@@ -373,6 +392,68 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Review 3, N4: a database restored onto another bucket (the old one deleted) has rows
+    /// whose files are gone, and a processed one would be public without its file. Storage
+    /// keeps an identity ([`STORAGE_ID_KEY`]) and the database the one its files were last
+    /// checked against; when they differ (or either is missing: the first start of this
+    /// release), every video that needs a file is checked and those without are failed,
+    /// then the identity is recorded. Two workers starting together may both check: the
+    /// check changes nothing the second time.
+    pub async fn check_storage_identity(&self) -> anyhow::Result<()> {
+        let recorded = db::storage_mark(&self.pool).await?;
+        let found = self.read_storage_identity().await?;
+        if found.is_some() && found == recorded {
+            return Ok(());
+        }
+        let identity = match found {
+            Some(identity) => identity,
+            None => {
+                let identity = Uuid::new_v4();
+                let file = tempfile::NamedTempFile::new_in(self.scratch.path())?;
+                std::fs::write(file.path(), identity.to_string())?;
+                self.store
+                    .put_file(STORAGE_ID_KEY, &file.into_temp_path())
+                    .await?;
+                identity
+            }
+        };
+        let videos = db::videos_needing_files(&self.pool).await?;
+        let mut lost = 0;
+        for (id, processed) in &videos {
+            let key = if *processed {
+                processed_key(*id)
+            } else {
+                original_key(*id)
+            };
+            if !self.store.exists(&key).await?
+                && db::fail_video(&self.pool, *id, &Failure::FilesLost.reason()).await?
+            {
+                lost += 1;
+                tracing::warn!(video.id = %id, key, "video failed: its file is not in this storage");
+            }
+        }
+        db::set_storage_mark(&self.pool, identity).await?;
+        tracing::info!(
+            storage = %identity,
+            checked = videos.len(),
+            failed = lost,
+            "checked that the database's videos have their files in this storage"
+        );
+        Ok(())
+    }
+
+    async fn read_storage_identity(&self) -> anyhow::Result<Option<Uuid>> {
+        if !self.store.exists(STORAGE_ID_KEY).await? {
+            return Ok(None);
+        }
+        let copy = tempfile::NamedTempFile::new_in(self.scratch.path())?.into_temp_path();
+        self.store.get_to_file(STORAGE_ID_KEY, &copy).await?;
+        let text = std::fs::read_to_string(&copy)?;
+        Ok(Some(text.trim().parse().with_context(|| {
+            format!("{STORAGE_ID_KEY} holds {text:?}, not a UUID")
+        })?))
     }
 
     /// Moves every job in the dead-letter queue back to the queue and resets its video to

@@ -109,7 +109,7 @@ fn measure(
         ("up (no changes)", vec!["up"]),
         ("status", vec!["status"]),
         ("plan", vec!["plan"]),
-        ("down", vec!["down", "--yes"]),
+        ("down", vec!["down", "--yes", "--delete-videos"]),
     ] {
         // Let moto's log catch up before reading the counter.
         std::thread::sleep(Duration::from_millis(300));

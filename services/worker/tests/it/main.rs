@@ -9,4 +9,5 @@ mod end_to_end;
 mod helpers;
 mod inputs;
 mod outages;
+mod restore;
 mod signals;
