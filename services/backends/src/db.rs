@@ -435,6 +435,29 @@ pub async fn fail_video(pool: &PgPool, id: Uuid, reason: &str) -> Result<bool, s
     Ok(updated.rows_affected() == 1)
 }
 
+/// Videos still waiting for their first try whose job was queued more than `age` ago.
+pub async fn videos_waiting_since(
+    pool: &PgPool,
+    age: std::time::Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM videos WHERE status = 'uploaded'
+           AND queued_at < now() - make_interval(secs => $1::float8) ORDER BY queued_at",
+    )
+    .bind(age.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// Restarts the clock of a video's queued job (a new message was just sent for it).
+pub async fn mark_requeued(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE videos SET queued_at = now() WHERE id = $1 AND status = 'uploaded'")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
 /// Counts one more ffmpeg run that timed out or was killed on the video; returns the count.
 pub async fn record_media_failure(pool: &PgPool, id: Uuid) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar(

@@ -41,6 +41,11 @@ const STORAGE_ID_KEY: &str = "health/storage-id";
 /// and how often it looks meanwhile.
 const QUEUED_GRACE: Duration = Duration::from_secs(2);
 const QUEUED_RECHECK: Duration = Duration::from_millis(20);
+/// A job still untried this long after it was queued may have expired: the queues keep
+/// messages 14 days (`provision`, SQS's longest), and a worker tier stopped that long (a
+/// paused lab) would leave its videos `uploaded` for ever. A day's margin; a job resent
+/// while its first message still waits runs once and finds the second done.
+const RESEND_UNTRIED_AFTER: Duration = Duration::from_secs(13 * 24 * 3600);
 /// ffmpeg runs that time out or are killed on the same video before it fails for good.
 const MAX_MEDIA_FAILURES: i32 = 2;
 
@@ -239,6 +244,9 @@ impl Worker {
                         _ = every.tick() => {
                             if let Err(e) = worker.sweep_dead_letters().await {
                                 tracing::warn!(error = format!("{e:#}"), "dead-letter sweep failed");
+                            }
+                            if let Err(e) = worker.resend_untried_jobs().await {
+                                tracing::warn!(error = format!("{e:#}"), "cannot resend untried jobs");
                             }
                         }
                         _ = shutdown.changed() => return,
@@ -560,6 +568,20 @@ impl Worker {
             }
         }
         Ok(marked)
+    }
+
+    /// Review 3, N18: sends a new job for each video still untried
+    /// [`RESEND_UNTRIED_AFTER`] after it was queued (its message may have expired), rather
+    /// than failing it: its original is still there, so it can still be processed. Returns
+    /// how many were sent.
+    pub async fn resend_untried_jobs(&self) -> anyhow::Result<usize> {
+        let waiting = db::videos_waiting_since(&self.pool, RESEND_UNTRIED_AFTER).await?;
+        for id in &waiting {
+            self.queue.send(&VideoJob::new(*id).to_body()).await?;
+            db::mark_requeued(&self.pool, *id).await?;
+            tracing::warn!(video.id = %id, "video untried for 13 days: its job was sent again");
+        }
+        Ok(waiting.len())
     }
 
     /// Runs one delivery to its end and settles the message: deleted when done or failed

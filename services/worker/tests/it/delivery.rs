@@ -416,3 +416,49 @@ async fn scratch_folders_of_workers_that_are_gone_are_swept_at_start() {
     );
     assert!(running.exists() && unrelated.exists());
 }
+
+/// Review 3, N18: a job the queue let expire (workers stopped for longer than its 14 days)
+/// is sent again, so the video is processed rather than left `uploaded` for ever; a job
+/// queued lately is left alone.
+#[tokio::test]
+async fn a_video_untried_for_13_days_gets_its_job_again_and_is_processed() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let clip = make_video(
+        dir.path(),
+        "clip.mp4",
+        "testsrc2=size=320x240:rate=30:duration=2",
+        &[],
+    )
+    .await;
+    let expired = h.enqueue(&clip).await;
+    let recent = h.enqueue(&clip).await;
+    // The first job's message is gone, as an expired one is; it was queued 14 days ago.
+    let first = h.receive().await;
+    assert_eq!(VideoJob::from_body(&first.body).unwrap().video_id, expired);
+    h.queue.delete(&first.receipt).await.unwrap();
+    let second = h.receive().await;
+    h.queue
+        .change_visibility(&second.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE videos SET queued_at = now() - interval '14 days' WHERE id = $1")
+        .bind(expired)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+
+    assert_eq!(h.worker.resend_untried_jobs().await.unwrap(), 1);
+    assert_eq!(
+        h.worker.resend_untried_jobs().await.unwrap(),
+        0,
+        "its clock restarted"
+    );
+    for _ in 0..2 {
+        assert_eq!(h.worker.handle(h.receive().await).await, Outcome::Processed);
+    }
+    for id in [expired, recent] {
+        assert_eq!(h.status(id).await.0, VideoStatus::Processed);
+    }
+    assert!(h.queue_is_empty().await);
+}
