@@ -227,14 +227,14 @@ install_log_agent() {
     gpg --homedir "$dir/gnupg" --batch --verify "$dir/agent.deb.sig" "$dir/agent.deb"
     dpkg -i "$dir/agent.deb"
     rm -rf "$dir"
-    install -d -m 0755 /var/log/anb /var/lib/anb
+    install -d -m 0755 /var/log/anb /var/lib/anb-journal
     # Resumes at its cursor after a restart; logrotate (copytruncate) bounds it (N5).
     cat >/etc/systemd/system/anb-journal.service <<UNIT
 [Unit]
 Description=Copy the journal of $units to /var/log/anb for the CloudWatch agent
 
 [Service]
-ExecStart=/bin/sh -c 'exec journalctl --follow --lines=all --cursor-file=/var/lib/anb/journal.cursor --output=short-iso $units >>/var/log/anb/$TIER.log'
+ExecStart=/bin/sh -c 'exec journalctl --follow --lines=all --cursor-file=/var/lib/anb-journal/cursor --output=short-iso $units >>/var/log/anb/$TIER.log'
 Restart=always
 
 [Install]

@@ -11,8 +11,13 @@ install_tier() {
     write_settings worker <<SETTINGS
 APP__WORKER__SHUTDOWN_GRACE=${SHUTDOWN_GRACE_SECONDS}s
 SETTINGS
+    # Type=notify: up once it says so; the watchdog restarts a worker whose poll loop
+    # stopped (it feeds it twice a minute from that loop, through jobs of any length).
     install_unit worker "KillMode=mixed
-TimeoutStopSec=$((SHUTDOWN_GRACE_SECONDS + 60))"
+TimeoutStopSec=$((SHUTDOWN_GRACE_SECONDS + 60))
+Type=notify
+TimeoutStartSec=300
+WatchdogSec=60"
     install_log_agent "-u anb-worker"
 }
 

@@ -7,9 +7,11 @@
 
 pub mod logo;
 pub mod pipeline;
+pub mod systemd;
 pub mod transcode;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -163,6 +165,10 @@ pub struct Worker {
     /// Free space the work directory needs before a job is taken: room for the largest
     /// upload and its output, for each job that may run at once.
     min_free_bytes: u64,
+    /// When the poll loop last showed it was running (milliseconds since `created`): the
+    /// systemd watchdog is fed only while it is recent, so a wedged loop gets restarted.
+    last_beat_ms: AtomicU64,
+    created: Instant,
 }
 
 impl std::fmt::Debug for Worker {
@@ -225,6 +231,8 @@ impl Worker {
             transcoder,
             in_flight: Mutex::new(HashSet::new()),
             min_free_bytes,
+            last_beat_ms: AtomicU64::new(0),
+            created: Instant::now(),
         })
     }
 
@@ -257,14 +265,18 @@ impl Worker {
         let mut storage_checked = false;
         while !*shutdown.borrow() {
             while jobs.try_join_next().is_some() {}
+            self.beat();
             let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot?,
+                slot = self.beating(slots.clone().acquire_owned()) => slot?,
                 _ = shutdown.changed() => break,
             };
             // A job taken while the database or storage is down would only fail, and each
             // failure uses up one of its deliveries: an outage of a few minutes would
             // dead-letter the whole backlog. So nothing is taken until both answer.
-            if !self.wait_for_dependencies(&mut shutdown).await {
+            if !self
+                .beating(self.wait_for_dependencies(&mut shutdown))
+                .await
+            {
                 break;
             }
             if !storage_checked {
@@ -284,7 +296,7 @@ impl Worker {
                     .receive(1, self.settings.wait_time, self.settings.visibility_timeout);
             tokio::pin!(receive);
             let received = tokio::select! {
-                received = &mut receive => received,
+                received = self.beating(&mut receive) => received,
                 _ = shutdown.changed() => {
                     if let Ok(deliveries) = receive.await {
                         for delivery in deliveries {
@@ -327,6 +339,31 @@ impl Worker {
         sweeper.abort();
         tracing::info!("worker stopped");
         Ok(())
+    }
+
+    /// How long since the poll loop last showed it runs (see [`Worker::beating`]).
+    pub fn since_last_beat(&self) -> Duration {
+        let last = Duration::from_millis(self.last_beat_ms.load(Ordering::Relaxed));
+        self.created.elapsed().saturating_sub(last)
+    }
+
+    fn beat(&self) {
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_beat_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Awaits `future` while beating every second from the poll loop's own task: waiting
+    /// (for a slot through a 10-minute job, a long poll, an outage) is alive, while a task
+    /// stuck inside a poll (a blocked thread, a deadlock) stops beating.
+    async fn beating<F: std::future::Future>(&self, future: F) -> F::Output {
+        tokio::pin!(future);
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                output = &mut future => return output,
+                _ = every_second.tick() => self.beat(),
+            }
+        }
     }
 
     /// Whether the database and storage answer now and the work directory has room for a

@@ -110,6 +110,11 @@ async fn main() -> ExitCode {
         tracing::info!("stop signal received");
         let _ = stop.send(true);
     });
+    match worker::systemd::Notifier::from_env() {
+        Ok(Some(notifier)) => tell_systemd(notifier, worker.clone()),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable"),
+    }
     match worker.run(stopped).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -158,6 +163,33 @@ async fn transcode(
         println!("{:.3}", (took.main + took.join).as_secs_f64());
     }
     Ok(())
+}
+
+/// Tells systemd the worker is up (`Type=notify`), then feeds its watchdog twice per
+/// `WatchdogSec` while the poll loop beats; when the loop stops beating the feeding stops
+/// and systemd restarts the service (its jobs come back to the queue).
+fn tell_systemd(notifier: worker::systemd::Notifier, worker: Arc<worker::Worker>) {
+    if let Err(e) = notifier.notify("READY=1") {
+        tracing::warn!(error = %e, "cannot tell systemd the worker is ready");
+    }
+    let Some(interval) = worker::systemd::watchdog_interval() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(interval / 2);
+        loop {
+            every.tick().await;
+            let quiet = worker.since_last_beat();
+            if quiet < interval / 2 {
+                let _ = notifier.notify("WATCHDOG=1");
+            } else {
+                tracing::error!(
+                    quiet_s = quiet.as_secs(),
+                    "the poll loop has stopped: no longer feeding the systemd watchdog"
+                );
+            }
+        }
+    });
 }
 
 async fn wait_for_stop_signal() {

@@ -145,3 +145,51 @@ async fn sigterm_past_the_grace_period_hands_the_job_back_at_once() {
     assert_eq!(h.worker.handle(delivery).await, worker::Outcome::Processed);
     assert_eq!(h.status(id).await.0, VideoStatus::Processed);
 }
+
+async fn next_notification(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buffer = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(60), socket.recv(&mut buffer))
+        .await
+        .expect("no notification within 60 s")
+        .unwrap();
+    String::from_utf8_lossy(&buffer[..n]).into_owned()
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): the worker says it is ready, then feeds
+/// the watchdog twice per period from its poll loop, through a job that outlasts the
+/// period (waiting for its slot is alive), so only a wedged loop gets the unit restarted.
+#[tokio::test]
+async fn the_worker_tells_systemd_it_is_ready_and_feeds_the_watchdog_through_a_long_job() {
+    let h = Harness::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let id = h.enqueue(&slow_input(dir.path()).await).await;
+    let mut worker = start_worker_binary(
+        &h,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+            ("APP__PROCESSING__X264_PRESET", "medium"),
+        ],
+    );
+    let next = || next_notification(&socket);
+    assert_eq!(next().await, "READY=1");
+    wait_until_processing(&h, id).await;
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        assert_eq!(next().await, "WATCHDOG=1");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "4 feeds took {took:?}; systemd wants one per 2 s"
+    );
+    assert_eq!(
+        h.status(id).await.0,
+        VideoStatus::Processing,
+        "the job outlasted the feeds"
+    );
+    signal(&worker.id().unwrap().to_string(), "TERM");
+    assert!(worker.wait().await.unwrap().success());
+}
