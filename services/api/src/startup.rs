@@ -25,6 +25,39 @@ use crate::state::AppState;
 use crate::telemetry::RequestSpan;
 use crate::{auth, limits, openapi, routes};
 
+/// The Content-Security-Policy of the Swagger UI under `/api/docs/` (review 3, N13): its
+/// own files, the OpenAPI document from this origin, and the data: images its stylesheet
+/// holds; no inline script, nothing from elsewhere. (The pages have their own, stricter.)
+pub const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+/// Adds [`DOCS_CONTENT_SECURITY_POLICY`] to every answer under `/api/docs`.
+fn with_docs_policy<S>(
+    req: actix_web::dev::ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse, actix_web::Error>>
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+    >,
+{
+    let docs = req.path().starts_with("/api/docs");
+    let response = service.call(req);
+    async move {
+        let mut response = response.await?;
+        if docs {
+            response.headers_mut().insert(
+                actix_web::http::header::CONTENT_SECURITY_POLICY,
+                actix_web::http::header::HeaderValue::from_static(DOCS_CONTENT_SECURITY_POLICY),
+            );
+        }
+        Ok(response)
+    }
+}
+
 /// The API server, bound and ready to run.
 pub struct Application {
     port: u16,
@@ -102,6 +135,7 @@ impl Application {
         let mut server =
             HttpServer::new(move || {
                 App::new()
+                    .wrap_fn(with_docs_policy)
                     .wrap(TracingLogger::<RequestSpan>::new())
                     .app_data(state.clone())
                     .app_data(keys.clone())

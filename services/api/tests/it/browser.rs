@@ -470,3 +470,43 @@ async fn both_downloads_save_the_files_with_s3_storage() {
     stop_worker.send(true).unwrap();
     worker_run.await.unwrap().unwrap();
 }
+
+/// Review 3, N13: `/api/docs/` runs under its own Content-Security-Policy (no inline
+/// script, nothing from elsewhere), and Swagger UI still works under it: it loads the
+/// OpenAPI document, lists the operations and is styled by its own stylesheet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_docs_work_under_their_content_security_policy() {
+    let app = spawn_app().await;
+    let page = app.get("/api/docs/", None).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        page.headers()["content-security-policy"],
+        api::startup::DOCS_CONTENT_SECURITY_POLICY
+    );
+    let chromedriver = Chromedriver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let driver = chromedriver.browser(profile.path()).await;
+    async {
+        driver
+            .goto(format!("{}/api/docs/", app.address))
+            .await
+            .unwrap();
+        eventually("Swagger UI to list the operations", WAIT, || async {
+            let operations = driver.find_all(By::Css(".opblock")).await.ok()?;
+            (operations.len() >= 10).then_some(())
+        })
+        .await;
+        let title_size: String = driver
+            .execute(
+                "return getComputedStyle(document.querySelector('.swagger-ui .info .title')).fontSize;",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .convert()
+            .unwrap();
+        assert_eq!(title_size, "36px", "Swagger UI's stylesheet did not apply");
+    }
+    .await;
+    driver.quit().await.unwrap();
+}
