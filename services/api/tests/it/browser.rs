@@ -510,3 +510,35 @@ async fn the_api_docs_work_under_their_content_security_policy() {
     .await;
     driver.quit().await.unwrap();
 }
+
+/// The page refuses an upload over the server's own limit before sending a byte, naming
+/// the limit it was rendered with (`upload.max_bytes`, here 1 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_refuses_a_file_over_the_servers_limit_before_sending_it() {
+    let app = spawn_app_with(Options {
+        extra_env: vec![("APP__UPLOAD__MAX_BYTES", "1000000".into())],
+        ..Options::default()
+    })
+    .await;
+    let inputs = tempfile::tempdir().unwrap();
+    let large = inputs.path().join("grande.mp4");
+    std::fs::write(&large, vec![0u8; 1_500_000]).unwrap();
+    let chromedriver = Chromedriver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let driver = chromedriver.browser(profile.path()).await;
+    let base = app.address.clone();
+    async {
+        sign_up(&driver, &base, "Ana", "Pérez", "ana@example.com").await;
+        let label = text_of(&driver, "label[for=archivo]").await.unwrap();
+        assert_eq!(label, "Video MP4 (hasta 1 MB)");
+        upload(&driver, "Demasiado grande", &large).await;
+        eventually("the page to refuse the file", WAIT, || async {
+            let notice = text_of(&driver, "#aviso").await?;
+            (notice == "El video supera los 1 MB.").then_some(())
+        })
+        .await;
+    }
+    .await;
+    driver.quit().await.unwrap();
+    assert_eq!(app.count_rows("videos").await, 0, "the upload was sent");
+}
