@@ -205,6 +205,21 @@ CLOUDWATCH_AGENT_KEY=937616F3450B7D806CBD9725D58167303B789C72
 # one stream per instance and tier. The package (the version `logs.cloudwatch_agent_version`
 # names) is installed only if its signature verifies with Amazon's key, itself checked
 # against the fingerprint above.
+# verify_signed DIR FILE SIGNATURE KEY_FILE FINGERPRINT: whether the key of FINGERPRINT
+# signed FILE. Only that key may vouch (N10): it alone is exported into the keyring gpgv
+# checks against, whatever else KEY_FILE holds. DIR is scratch space.
+verify_signed() {
+    local dir=$1 file=$2 signature=$3 key_file=$4 fingerprint=$5
+    install -d -m 0700 "$dir/gnupg"
+    gpg --homedir "$dir/gnupg" --batch --quiet --import "$key_file"
+    gpg --homedir "$dir/gnupg" --batch --export "$fingerprint" >"$dir/pinned.gpg"
+    if [ ! -s "$dir/pinned.gpg" ]; then
+        say "$key_file lacks the pinned key $fingerprint"
+        return 1
+    fi
+    gpgv --homedir "$dir/gnupg" --keyring "$dir/pinned.gpg" "$signature" "$file"
+}
+
 install_log_agent() {
     local units=$1 dir base fingerprint
     [ "$CLOUDWATCH_AGENT" = true ] || return 0
@@ -216,15 +231,8 @@ install_log_agent() {
         "$base/debian/amd64/$CLOUDWATCH_AGENT_VERSION/amazon-cloudwatch-agent.deb"
     retry curl -fsSL -o "$dir/agent.deb.sig" \
         "$base/debian/amd64/$CLOUDWATCH_AGENT_VERSION/amazon-cloudwatch-agent.deb.sig"
-    install -d -m 0700 "$dir/gnupg"
-    fingerprint=$(gpg --homedir "$dir/gnupg" --batch --show-keys --with-colons "$dir/agent.gpg" \
-        | awk -F: '$1 == "fpr" { print $10; exit }')
-    if [ "$fingerprint" != "$CLOUDWATCH_AGENT_KEY" ]; then
-        say "the CloudWatch agent's signing key is $fingerprint, not $CLOUDWATCH_AGENT_KEY: not installing it"
-        return 1
-    fi
-    gpg --homedir "$dir/gnupg" --batch --import "$dir/agent.gpg"
-    gpg --homedir "$dir/gnupg" --batch --verify "$dir/agent.deb.sig" "$dir/agent.deb"
+    verify_signed "$dir" "$dir/agent.deb" "$dir/agent.deb.sig" "$dir/agent.gpg" \
+        "$CLOUDWATCH_AGENT_KEY"
     dpkg -i "$dir/agent.deb"
     rm -rf "$dir"
     install -d -m 0755 /var/log/anb /var/lib/anb-journal

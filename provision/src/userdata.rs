@@ -239,6 +239,55 @@ mod tests {
         );
     }
 
+    /// The log agent's package is installed only if the pinned key signed it: a key file
+    /// that also holds another key vouches for nothing that key signed (review 3, N10).
+    /// Real keys, made here by gpg, and the script's own function.
+    #[test]
+    fn only_the_pinned_key_vouches_for_a_download() {
+        let start = COMMON.find("verify_signed() {").unwrap();
+        let end = start + COMMON[start..].find("\n}\n").unwrap() + 3;
+        let function = &COMMON[start..end];
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!(
+            r#"set -eu
+say() {{ echo "$*" >&2; }}
+{function}
+export GNUPGHOME="{home}/keys"
+install -d -m 0700 "$GNUPGHOME"
+for who in pinned other; do
+    gpg --batch --quiet --passphrase '' --quick-gen-key "$who <$who@example.com>" ed25519 sign never
+done
+fingerprint() {{ gpg --with-colons --list-keys "$1@example.com" | awk -F: '$1 == "fpr" {{ print $10; exit }}'; }}
+gpg --batch --export >"{home}/both.gpg"
+echo package >"{home}/agent.deb"
+for who in pinned other; do
+    gpg --batch --yes --local-user "$who@example.com" --detach-sign -o "{home}/$who.sig" "{home}/agent.deb"
+done
+pinned=$(fingerprint pinned)
+verify_signed "{home}/a" "{home}/agent.deb" "{home}/pinned.sig" "{home}/both.gpg" "$pinned"
+echo "signed by the pinned key: accepted"
+if verify_signed "{home}/b" "{home}/agent.deb" "{home}/other.sig" "{home}/both.gpg" "$pinned"; then
+    echo "signed by the other key: ACCEPTED"; exit 1
+fi
+echo "signed by the other key: refused"
+"#,
+            home = dir.path().display()
+        );
+        #[allow(clippy::disallowed_methods)] // bash runs the script's own function
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("the other key: refused"), "{stdout}");
+    }
+
     /// The rehearsal's seam does nothing on AWS, where /etc/default/anb does not exist:
     /// the script's `aws` wrapper then adds no endpoint.
     #[test]
