@@ -19,6 +19,9 @@ const TLS_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
 /// Load-balancer attribute: requests with header names that are not valid HTTP are
 /// dropped at the ALB instead of being passed to nginx.
 const DROP_INVALID_HEADERS: &str = "routing.http.drop_invalid_header_fields.enabled";
+/// On: a stray `aws elbv2 delete-load-balancer` (or another tool) cannot take the stack's
+/// front door away (review 3, N21); `down` turns it off just before it deletes.
+const DELETION_PROTECTION: &str = "deletion_protection.enabled";
 
 /// The ALB in the public subnets, forwarding HTTP to the web tier's target group, which
 /// checks `/api/health/live` every 30 s: liveness only, so a database failover does not
@@ -48,6 +51,7 @@ pub(crate) fn desired(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> 
                 ),
                 ("security_groups", n.of("alb")),
                 ("drop_invalid_header_fields", "true".into()),
+                ("deletion_protection", "true".into()),
             ],
         ),
     ];
@@ -219,13 +223,17 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
             .send()
             .await
             .context("describe load balancer attributes")?;
-        let drop_invalid_headers = attributes
-            .attributes()
-            .iter()
-            .find(|a| a.key() == Some(DROP_INVALID_HEADERS))
-            .and_then(|a| a.value())
-            .unwrap_or("false")
-            .to_owned();
+        let attribute = |key: &str| {
+            attributes
+                .attributes()
+                .iter()
+                .find(|a| a.key() == Some(key))
+                .and_then(|a| a.value())
+                .unwrap_or("false")
+                .to_owned()
+        };
+        let drop_invalid_headers = attribute(DROP_INVALID_HEADERS);
+        let deletion_protection = attribute(DELETION_PROTECTION);
         out.push(Observed {
             resource: Resource::new(
                 Kind::LoadBalancer,
@@ -240,6 +248,7 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                     ("subnets", subnets.join(",")),
                     ("security_groups", groups.join(",")),
                     ("drop_invalid_header_fields", drop_invalid_headers),
+                    ("deletion_protection", deletion_protection),
                 ],
             ),
             id: arn.clone(),
@@ -449,14 +458,23 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), crate:
             .await
             .map(drop)
             .map_err(DeleteError::from_sdk),
-        Kind::LoadBalancer => aws
-            .elb
-            .delete_load_balancer()
-            .load_balancer_arn(id)
-            .send()
-            .await
-            .map(drop)
-            .map_err(DeleteError::from_sdk),
+        Kind::LoadBalancer => {
+            // AWS refuses to delete a protected load balancer (OperationNotPermitted).
+            aws.elb
+                .modify_load_balancer_attributes()
+                .load_balancer_arn(id)
+                .attributes(attribute(DELETION_PROTECTION, "false"))
+                .send()
+                .await
+                .map_err(DeleteError::from_sdk)?;
+            aws.elb
+                .delete_load_balancer()
+                .load_balancer_arn(id)
+                .send()
+                .await
+                .map(drop)
+                .map_err(DeleteError::from_sdk)
+        }
         Kind::TargetGroup => aws
             .elb
             .delete_target_group()
@@ -471,16 +489,25 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), crate:
     }
 }
 
+fn attribute(
+    key: &str,
+    value: &str,
+) -> aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute {
+    aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute::builder()
+        .key(key)
+        .value(value)
+        .build()
+}
+
 async fn set_attributes(aws: &Aws, arn: &str, p: &Props) -> anyhow::Result<()> {
     aws.elb
         .modify_load_balancer_attributes()
         .load_balancer_arn(arn)
-        .attributes(
-            aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute::builder()
-                .key(DROP_INVALID_HEADERS)
-                .value(&p["drop_invalid_header_fields"])
-                .build(),
-        )
+        .attributes(attribute(
+            DROP_INVALID_HEADERS,
+            &p["drop_invalid_header_fields"],
+        ))
+        .attributes(attribute(DELETION_PROTECTION, &p["deletion_protection"]))
         .send()
         .await
         .context("set the load balancer's attributes")?;

@@ -581,12 +581,24 @@ async fn what_is_created_is_hardened_and_a_swapped_release_is_refused() {
         .send()
         .await
         .unwrap();
-    let drops = attributes
-        .attributes()
-        .iter()
-        .find(|a| a.key() == Some("routing.http.drop_invalid_header_fields.enabled"))
-        .and_then(|a| a.value());
-    assert_eq!(drops, Some("true"));
+    let attribute = |key: &str| {
+        attributes
+            .attributes()
+            .iter()
+            .find(|a| a.key() == Some(key))
+            .and_then(|a| a.value())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        attribute("routing.http.drop_invalid_header_fields.enabled").as_deref(),
+        Some("true")
+    );
+    // And cannot be deleted by mistake (review 3, N21); `down` lifts it first (moto does
+    // not refuse the deletion of a protected one, AWS does: the down tests cover the rest).
+    assert_eq!(
+        attribute("deletion_protection.enabled").as_deref(),
+        Some("true")
+    );
 
     // Instances boot from an encrypted root volume, and their user data pins the digest
     // of the binary they install and the account that must own the bucket.
