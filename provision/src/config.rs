@@ -64,6 +64,33 @@ pub struct WorkerTierConfig {
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancerConfig {
     pub certificate_arn: String,
+    /// The load balancer writes its access logs to the stack's bucket, under
+    /// `alb-logs/` (review 3, N21). Off when a configuration file leaves it out.
+    #[serde(default)]
+    pub access_logs: bool,
+}
+
+/// The account Elastic Load Balancing writes access logs from, per region (AWS's list for
+/// regions older than August 2022; newer ones are not listed, and refused).
+pub fn elb_log_account(region: &str) -> Option<&'static str> {
+    Some(match region {
+        "us-east-1" => "127311923021",
+        "us-east-2" => "033677994240",
+        "us-west-1" => "027434742980",
+        "us-west-2" => "797873946194",
+        "ca-central-1" => "985666609251",
+        "eu-west-1" => "156460612806",
+        "eu-west-2" => "652711504416",
+        "eu-west-3" => "009996457667",
+        "eu-central-1" => "054676820928",
+        "eu-north-1" => "897822967062",
+        "sa-east-1" => "507241528517",
+        "ap-northeast-1" => "582318560864",
+        "ap-southeast-1" => "114774131450",
+        "ap-southeast-2" => "783225319266",
+        "ap-south-1" => "718504428378",
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +171,12 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.load_balancer.access_logs || elb_log_account(&self.stack.region).is_some(),
+            "load_balancer.access_logs: no known Elastic Load Balancing log account for region \
+             {}; set it to false",
+            self.stack.region
+        );
         let name = &self.stack.name;
         let valid_name = !name.is_empty()
             && name.len() <= 20

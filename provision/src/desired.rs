@@ -37,13 +37,27 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
     let vpc = n.of("vpc");
     let mut out = network::desired(&n, config);
     out.extend(security_group::desired(&n));
-    out.push(bucket::desired(bucket_name(config, account_id), over_tls));
+    let log_writer = config
+        .load_balancer
+        .access_logs
+        .then(|| crate::config::elb_log_account(&config.stack.region))
+        .flatten();
+    out.push(bucket::desired(
+        bucket_name(config, account_id),
+        over_tls,
+        log_writer.map(|writer| (writer, account_id)),
+    ));
     out.push(queue::desired_dead_letter_queue(&n));
     out.extend(monitoring::desired(&n, config));
+    let access_logs_bucket = config
+        .load_balancer
+        .access_logs
+        .then(|| bucket_name(config, account_id));
     out.extend(load_balancing::desired(
         &n,
         &vpc,
         &config.load_balancer.certificate_arn,
+        access_logs_bucket.as_deref(),
     ));
     out.extend(database::desired(&n, config));
     out.push(secret::desired(&n));

@@ -12,12 +12,27 @@ use crate::model::{Kind, Observed, Props, Resource};
 const MAX_EMPTYING_ROUNDS: usize = 10_000;
 
 /// The bucket; `over_tls` false (an emulator on plain HTTP) leaves out the TLS-only policy,
-/// which would deny this very tool's requests.
-pub(crate) fn desired(name: String, over_tls: bool) -> Resource {
-    let policy = if over_tls {
-        tls_only_policy(&name).to_string()
-    } else {
+/// which would deny this very tool's requests. With `access_logs` (the Elastic Load
+/// Balancing account of the region, and the stack's), the load balancer may write its
+/// logs under `alb-logs/`.
+pub(crate) fn desired(name: String, over_tls: bool, access_logs: Option<(&str, &str)>) -> Resource {
+    let mut statements = Vec::new();
+    if over_tls {
+        statements.push(deny_insecure_transport(&name));
+    }
+    if let Some((writer, account)) = access_logs {
+        statements.push(serde_json::json!({
+            "Sid": "LoadBalancerAccessLogs",
+            "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:aws:iam::{writer}:root")},
+            "Action": "s3:PutObject",
+            "Resource": format!("arn:aws:s3:::{name}/{ACCESS_LOGS_PREFIX}/AWSLogs/{account}/*"),
+        }));
+    }
+    let policy = if statements.is_empty() {
         String::new()
+    } else {
+        serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
     };
     Resource::new(
         Kind::Bucket,
@@ -63,20 +78,19 @@ fn describe_cors(rules: &[aws_sdk_s3::types::CorsRule]) -> String {
         .join("; ")
 }
 
-/// The bucket's whole policy: deny every request not made over TLS. Compared as
-/// normalised JSON, so any statement added by hand (a cross-account Allow, say) is drift
-/// that `up` removes.
-fn tls_only_policy(bucket: &str) -> serde_json::Value {
+/// Where the load balancer writes its access logs, when it does.
+pub(crate) const ACCESS_LOGS_PREFIX: &str = "alb-logs";
+
+/// Denies every request not made over TLS. The policy is compared as normalised JSON, so
+/// any statement added by hand (a cross-account Allow, say) is drift that `up` removes.
+fn deny_insecure_transport(bucket: &str) -> serde_json::Value {
     serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "DenyInsecureTransport",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }],
+        "Sid": "DenyInsecureTransport",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
     })
 }
 

@@ -22,11 +22,27 @@ const DROP_INVALID_HEADERS: &str = "routing.http.drop_invalid_header_fields.enab
 /// On: a stray `aws elbv2 delete-load-balancer` (or another tool) cannot take the stack's
 /// front door away (review 3, N21); `down` turns it off just before it deletes.
 const DELETION_PROTECTION: &str = "deletion_protection.enabled";
+const ACCESS_LOGS: &str = "access_logs.s3.enabled";
+const ACCESS_LOGS_BUCKET: &str = "access_logs.s3.bucket";
+const ACCESS_LOGS_PREFIX: &str = "access_logs.s3.prefix";
+/// The `access_logs` property when the load balancer keeps none; else `s3://bucket/prefix`.
+const ACCESS_LOGS_OFF: &str = "off";
 
 /// The ALB in the public subnets, forwarding HTTP to the web tier's target group, which
 /// checks `/api/health/live` every 30 s: liveness only, so a database failover does not
 /// make the web group replace every instance (`/api/health` stays for monitoring).
-pub(crate) fn desired(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> {
+/// The load balancer and what goes with it; with `access_logs_bucket`, it logs every
+/// request there, under [`super::bucket::ACCESS_LOGS_PREFIX`].
+pub(crate) fn desired(
+    n: &Names,
+    vpc: &str,
+    certificate: &str,
+    access_logs_bucket: Option<&str>,
+) -> Vec<Resource> {
+    let access_logs = access_logs_bucket.map_or_else(
+        || ACCESS_LOGS_OFF.to_owned(),
+        |bucket| format!("s3://{bucket}/{}", super::bucket::ACCESS_LOGS_PREFIX),
+    );
     let (lb, targets) = (load_balancer_name(&n.stack), target_group_name(&n.stack));
     let mut out = vec![
         Resource::new(
@@ -52,6 +68,7 @@ pub(crate) fn desired(n: &Names, vpc: &str, certificate: &str) -> Vec<Resource> 
                 ("security_groups", n.of("alb")),
                 ("drop_invalid_header_fields", "true".into()),
                 ("deletion_protection", "true".into()),
+                ("access_logs", access_logs),
             ],
         ),
     ];
@@ -234,6 +251,15 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
         };
         let drop_invalid_headers = attribute(DROP_INVALID_HEADERS);
         let deletion_protection = attribute(DELETION_PROTECTION);
+        let access_logs = if attribute(ACCESS_LOGS) == "true" {
+            format!(
+                "s3://{}/{}",
+                attribute(ACCESS_LOGS_BUCKET),
+                attribute(ACCESS_LOGS_PREFIX)
+            )
+        } else {
+            ACCESS_LOGS_OFF.to_owned()
+        };
         out.push(Observed {
             resource: Resource::new(
                 Kind::LoadBalancer,
@@ -249,6 +275,7 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                     ("security_groups", groups.join(",")),
                     ("drop_invalid_header_fields", drop_invalid_headers),
                     ("deletion_protection", deletion_protection),
+                    ("access_logs", access_logs),
                 ],
             ),
             id: arn.clone(),
@@ -500,14 +527,26 @@ fn attribute(
 }
 
 async fn set_attributes(aws: &Aws, arn: &str, p: &Props) -> anyhow::Result<()> {
-    aws.elb
+    let request = aws
+        .elb
         .modify_load_balancer_attributes()
         .load_balancer_arn(arn)
         .attributes(attribute(
             DROP_INVALID_HEADERS,
             &p["drop_invalid_header_fields"],
         ))
-        .attributes(attribute(DELETION_PROTECTION, &p["deletion_protection"]))
+        .attributes(attribute(DELETION_PROTECTION, &p["deletion_protection"]));
+    let request = match p["access_logs"].strip_prefix("s3://") {
+        Some(place) => {
+            let (bucket, prefix) = place.split_once('/').unwrap_or((place, ""));
+            request
+                .attributes(attribute(ACCESS_LOGS, "true"))
+                .attributes(attribute(ACCESS_LOGS_BUCKET, bucket))
+                .attributes(attribute(ACCESS_LOGS_PREFIX, prefix))
+        }
+        None => request.attributes(attribute(ACCESS_LOGS, "false")),
+    };
+    request
         .send()
         .await
         .context("set the load balancer's attributes")?;

@@ -563,6 +563,7 @@ async fn what_is_created_is_hardened_and_a_swapped_release_is_refused() {
     let name = unique("h");
     let mut config = config_for(&name);
     config.instances.create_roles = true;
+    config.load_balancer.access_logs = true;
     let stack = Stack::open(config, release_r1(endpoint)).await.unwrap();
     publish_stand_ins(&stack, "r1").await;
     stack.up(Output::Text).await.unwrap();
@@ -598,6 +599,43 @@ async fn what_is_created_is_hardened_and_a_swapped_release_is_refused() {
     assert_eq!(
         attribute("deletion_protection.enabled").as_deref(),
         Some("true")
+    );
+    // Asked for, it logs every request to the stack's bucket, which lets the region's
+    // Elastic Load Balancing account write there and nowhere else (N21).
+    assert_eq!(attribute("access_logs.s3.enabled").as_deref(), Some("true"));
+    assert_eq!(attribute("access_logs.s3.bucket"), Some(stack.bucket()));
+    assert_eq!(
+        attribute("access_logs.s3.prefix").as_deref(),
+        Some("alb-logs")
+    );
+    let policy = stack
+        .aws
+        .s3
+        .get_bucket_policy()
+        .bucket(stack.bucket())
+        .send()
+        .await
+        .unwrap();
+    let policy: serde_json::Value = serde_json::from_str(policy.policy().unwrap()).unwrap();
+    let logs = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Sid"] == "LoadBalancerAccessLogs")
+        .expect("the log writer's statement");
+    assert_eq!(logs["Principal"]["AWS"], "arn:aws:iam::127311923021:root");
+    assert_eq!(
+        logs["Resource"],
+        format!(
+            "arn:aws:s3:::{}/alb-logs/AWSLogs/{}/*",
+            stack.bucket(),
+            stack.aws.account_id
+        )
+    );
+    assert_eq!(
+        stack.up(Output::Text).await.unwrap(),
+        0,
+        "read back as written"
     );
 
     // Instances boot from an encrypted root volume, and their user data pins the digest
