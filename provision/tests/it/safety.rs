@@ -532,9 +532,15 @@ async fn drift_in_rules_and_policies_is_seen_and_repaired() {
 }
 
 /// `provision status` of a stack whose configuration creates instance roles.
+/// `provision status` with the hardened test's configuration: roles and access logs on.
 fn status_exit_code_with_roles(endpoint: &str, stack: &str) -> i32 {
     crate::helpers::status_exit_code_with(endpoint, stack, |text| {
-        text.replace("create_roles = false", "create_roles = true")
+        let text = text.replace("create_roles = false", "create_roles = true");
+        assert!(
+            text.contains("access_logs = false"),
+            "the seed's access_logs line"
+        );
+        text.replace("access_logs = false", "access_logs = true")
     })
 }
 

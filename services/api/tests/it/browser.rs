@@ -185,6 +185,20 @@ async fn upload(driver: &WebDriver, title: &str, file: &Path) {
         .unwrap();
 }
 
+/// A worker in this process on the app's database, storage and queue; send `true` to stop
+/// it, then await its run.
+async fn start_worker(
+    app: &crate::helpers::TestApp,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let settings = Settings::load_from(&[], app.env.clone()).unwrap();
+    let worker = Arc::new(worker::Worker::build(&settings).await.unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    (stop, tokio::spawn(worker.run(stopped)))
+}
+
 /// Keys typed into whatever has the focus, as a keyboard does.
 async fn type_keys(driver: &WebDriver, keys: impl Into<TypingData>) {
     let focused = driver.active_element().await.unwrap();
@@ -194,10 +208,7 @@ async fn type_keys(driver: &WebDriver, keys: impl Into<TypingData>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_uploads_and_a_fan_plays_votes_and_finds_the_player_ranked_first() {
     let app = spawn_app().await;
-    let settings = Settings::load_from(&[], app.env.clone()).unwrap();
-    let worker = Arc::new(worker::Worker::build(&settings).await.unwrap());
-    let (stop_worker, stopped) = tokio::sync::watch::channel(false);
-    let worker_run = tokio::spawn(worker.run(stopped));
+    let (stop_worker, worker_run) = start_worker(&app).await;
     let inputs = tempfile::tempdir().unwrap();
     let clip = inputs.path().join("jugada.mp4");
     videos::mp4(&clip, 3, 640, 360, true).await;
@@ -395,10 +406,7 @@ async fn both_downloads_save_the_files_with_s3_storage() {
         ..Options::default()
     })
     .await;
-    let settings = Settings::load_from(&[], app.env.clone()).unwrap();
-    let worker = Arc::new(worker::Worker::build(&settings).await.unwrap());
-    let (stop_worker, stopped) = tokio::sync::watch::channel(false);
-    let worker_run = tokio::spawn(worker.run(stopped));
+    let (stop_worker, worker_run) = start_worker(&app).await;
     let inputs = tempfile::tempdir().unwrap();
     let clip = inputs.path().join("jugada.mp4");
     videos::mp4(&clip, 3, 640, 360, true).await;

@@ -10,7 +10,7 @@ use backends::db::VideoStatus;
 use uuid::Uuid;
 
 use crate::helpers::{make_video, Harness, Topology};
-use crate::signals::{signal, start_worker_binary, start_worker_binary_logging};
+use crate::signals::{signal, start_worker_binary_logging};
 
 const VIDEOS: usize = 10;
 /// Six times the retry budget above: without the worker's pause, every job in the backlog
@@ -26,8 +26,13 @@ const SHORT_RETRIES: [(&str, &str); 5] = [
     ("APP__AWS__READ_TIMEOUT", "3s"),
 ];
 
-/// Queues the backlog and starts the worker binary; returns once it is under way.
-async fn backlog_under_way(h: &Harness) -> (Vec<Uuid>, tokio::process::Child) {
+/// Queues the backlog and starts the worker binary (the short retry budget, then `extra`;
+/// its log to `log`); returns once it is under way.
+async fn backlog_under_way(
+    h: &Harness,
+    extra: &[(&str, &str)],
+    log: std::process::Stdio,
+) -> (Vec<Uuid>, tokio::process::Child) {
     let dir = tempfile::tempdir().unwrap();
     let input = make_video(
         dir.path(),
@@ -40,7 +45,8 @@ async fn backlog_under_way(h: &Harness) -> (Vec<Uuid>, tokio::process::Child) {
     for _ in 0..VIDEOS {
         ids.push(h.enqueue(&input).await);
     }
-    let worker = start_worker_binary(h, &SHORT_RETRIES);
+    let settings = [SHORT_RETRIES.as_slice(), extra].concat();
+    let worker = start_worker_binary_logging(h, &settings, log);
     h.wait_for(ids[0], VideoStatus::Processed, Duration::from_secs(120))
         .await;
     (ids, worker)
@@ -73,7 +79,7 @@ async fn nothing_was_lost(h: &Harness, ids: &[Uuid], mut worker: tokio::process:
 #[tokio::test]
 async fn a_database_outage_longer_than_the_retry_budget_loses_no_video() {
     let h = Harness::build_on(Topology::SharedMoto, &[]).await;
-    let (ids, worker) = backlog_under_way(&h).await;
+    let (ids, worker) = backlog_under_way(&h, &[], std::process::Stdio::null()).await;
     h.db.refuse_connections().await;
     tokio::time::sleep(OUTAGE).await;
     h.db.accept_connections().await;
@@ -84,7 +90,7 @@ async fn a_database_outage_longer_than_the_retry_budget_loses_no_video() {
 async fn an_emulator_outage_longer_than_the_retry_budget_loses_no_video() {
     let moto = testkit::Moto::start();
     let h = Harness::build_on(Topology::Moto(&moto), &[]).await;
-    let (ids, worker) = backlog_under_way(&h).await;
+    let (ids, worker) = backlog_under_way(&h, &[], std::process::Stdio::null()).await;
     // The S3 and SQS emulator stops answering (its process is stopped, not killed: the
     // buckets and queues it holds in memory survive, as AWS's do).
     signal(&moto.pid().to_string(), "STOP");
@@ -166,24 +172,10 @@ async fn a_database_that_falls_silent_hangs_no_request_and_loses_no_video() {
     let token = api_token(&client, &base).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let input = make_video(
-        dir.path(),
-        "clip.mp4",
-        "testsrc2=size=640x360:rate=30:duration=3",
-        &[],
-    )
-    .await;
-    let mut ids = Vec::new();
-    for _ in 0..VIDEOS {
-        ids.push(h.enqueue(&input).await);
-    }
     let log_path = dir.path().join("worker.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut extra = SHORT_RETRIES.to_vec();
-    extra.push(("APP__DATABASE__URL", &through_relay));
-    let worker = start_worker_binary_logging(&h, &extra, log.into());
-    h.wait_for(ids[0], VideoStatus::Processed, Duration::from_secs(120))
-        .await;
+    let (ids, worker) =
+        backlog_under_way(&h, &[("APP__DATABASE__URL", &through_relay)], log.into()).await;
 
     relay.go_silent();
     for path in ["/api/health", "/api/videos"] {
