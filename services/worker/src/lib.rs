@@ -866,11 +866,11 @@ impl Worker {
                 }
                 self.delete(delivery, Outcome::Failed(detail)).await
             }
-            Err(JobError::Retryable(error)) if format!("{error:#}").contains(DISK_FULL) => {
-                self.requeue(delivery, format!("{error:#}")).await
-            }
             Err(JobError::Retryable(error)) => {
                 let reason = format!("{error:#}");
+                if reason.contains(DISK_FULL) {
+                    return self.requeue(delivery, reason).await;
+                }
                 let out_of_tries = self
                     .queue
                     .max_receives()
