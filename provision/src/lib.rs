@@ -13,7 +13,7 @@
 //! auto-scaling groups with their scaling policies.
 
 pub mod aws;
-pub mod config;
+pub use stack_config as config;
 pub mod deploy;
 pub mod desired;
 mod engine;

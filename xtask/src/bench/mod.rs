@@ -191,10 +191,12 @@ pub(crate) fn verdict(ok: bool) -> &'static str {
     }
 }
 
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
+/// Nearest-rank p-quantile of durations (see `capacity::stats`); zero for none.
+pub(crate) fn percentile(durations: &[Duration], p: f64) -> Duration {
+    let mut sorted = durations.to_vec();
+    sorted.sort();
+    match capacity::stats::nearest_rank(sorted.len(), p) {
+        0 => Duration::ZERO,
+        rank => sorted[rank - 1],
     }
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
 }

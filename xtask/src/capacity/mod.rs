@@ -3,8 +3,7 @@
 
 mod cloudwatch;
 pub mod plot;
-pub mod simulate;
-mod simulate_command;
+mod simulate;
 mod web;
 mod worker;
 mod worker_target;
@@ -35,14 +34,14 @@ enum Scenario {
     /// What the scaling policy deployed by `provision` does under an arrival pattern: a
     /// discrete-event simulation of the worker tier, with queue depth, instances, upload →
     /// processed times and cost.
-    Simulate(simulate_command::SimulateArgs),
+    Simulate(simulate::SimulateArgs),
 }
 
 pub fn run(args: CapacityArgs) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Web(args) => web::run(args),
         Scenario::Worker(args) => worker::run(args),
-        Scenario::Simulate(args) => simulate_command::run(args),
+        Scenario::Simulate(args) => simulate::run(args),
     }
 }
 

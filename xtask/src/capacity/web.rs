@@ -567,19 +567,7 @@ fn summarize(name: &str, users: usize, metrics: &GooseMetrics) -> Phase {
 
 /// Nearest-rank percentile of a histogram of milliseconds → counts.
 fn histogram_percentile(times: &BTreeMap<usize, usize>, p: f64) -> f64 {
-    let total: usize = times.values().sum();
-    if total == 0 {
-        return 0.0;
-    }
-    let rank = ((p * total as f64).ceil() as usize).max(1);
-    let mut seen = 0;
-    for (ms, count) in times {
-        seen += count;
-        if seen >= rank {
-            return *ms as f64;
-        }
-    }
-    times.keys().next_back().map_or(0.0, |ms| *ms as f64)
+    capacity::stats::percentile_of_counts(times.iter().map(|(&ms, &count)| (ms as f64, count)), p)
 }
 
 /// User + system CPU seconds a process has used so far (Linux /proc).

@@ -167,10 +167,10 @@ fn measure_level(
             videos_per_min,
             mean_service_s: service_times_s.iter().sum::<f64>()
                 / service_times_s.len().max(1) as f64,
-            p95_service_s: super::simulate::percentile(&service_times_s, 0.95),
+            p95_service_s: capacity::stats::percentile(&service_times_s, 0.95),
             cpu_percent,
             sustained_rate: rate,
-            queue_trend_per_min: slope(&depth),
+            queue_trend_per_min: capacity::stats::slope(&depth),
             service_times_s,
         })
     })();
@@ -278,25 +278,6 @@ fn service_times(log: &Path) -> anyhow::Result<Vec<f64>> {
         .filter_map(|v| v["total_ms"].as_f64())
         .map(|ms| ms / 1000.0)
         .collect())
-}
-
-/// Least-squares slope of (x, y) points; 0 for fewer than two.
-pub(super) fn slope(points: &[(f64, f64)]) -> f64 {
-    let n = points.len() as f64;
-    if points.len() < 2 {
-        return 0.0;
-    }
-    let (mx, my) = (
-        points.iter().map(|p| p.0).sum::<f64>() / n,
-        points.iter().map(|p| p.1).sum::<f64>() / n,
-    );
-    let covariance: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let variance: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    if variance == 0.0 {
-        0.0
-    } else {
-        covariance / variance
-    }
 }
 
 /// 60 s (quick: 5 s) of 1080p30 noise with sound, at the bitrate that makes `size`.
@@ -415,10 +396,4 @@ pub fn measured_service_times() -> Option<(PathBuf, Vec<f64>)> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn slope_of_a_line_and_of_a_flat_queue() {
-        assert!((super::slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) - 2.0).abs() < 1e-9);
-        assert_eq!(super::slope(&[(0.0, 2.0), (1.0, 2.0)]), 0.0);
-        assert_eq!(super::slope(&[(0.0, 2.0)]), 0.0);
-    }
 }

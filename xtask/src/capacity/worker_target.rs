@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use super::cloudwatch;
-use super::worker::{input_video, slope, WorkerArgs};
+use super::worker::{input_video, WorkerArgs};
 use super::{plot, Report};
 use crate::{api_client, scratch_dir};
 
@@ -184,7 +184,7 @@ async fn measure(base: &str, bytes: Vec<u8>, videos: usize) -> anyhow::Result<Ou
             videos_per_min,
             time_in_system_s,
             sustained_rate: rate,
-            queue_trend_per_min: slope(&waiting),
+            queue_trend_per_min: capacity::stats::slope(&waiting),
             late_uploads,
             backlog_built,
             census: Vec::new(),
@@ -333,7 +333,7 @@ fn write_report(
             ("processed", over_time(|c| c.processed)),
         ],
     )?;
-    let p = |q| super::simulate::percentile(&outcome.time_in_system_s, q);
+    let p = |q| capacity::stats::percentile(&outcome.time_in_system_s, q);
     let mut md = String::from("# Worker tier capacity (deployed stack)\n\n## Setup\n\n");
     md.push_str(
         &report

@@ -1,4 +1,6 @@
 //! `config/aws.toml`: what the stack should look like. The file's defaults are the seed's.
+//! Its own crate so that `provision` and `cargo xtask` (which must not link the AWS SDK)
+//! read the file with the same types.
 
 use std::path::Path;
 use std::time::Duration;
