@@ -10,7 +10,8 @@ use crate::Rng;
 /// Length of a rate pattern given without one ("constant:10/min").
 const DEFAULT_MINUTES: f64 = 60.0;
 /// Every form the command line accepts, for error messages.
-pub const ACCEPTED_FORMS: &str = "constant:10/min[:30m], poisson:10/min[:30m], ramp:0-20/min[:30m], \
+pub const ACCEPTED_FORMS: &str =
+    "constant:10/min[:30m], poisson:10/min[:30m], ramp:0-20/min[:30m], \
      burst:100, or the path of a CSV file with one arrival time in seconds per line";
 
 /// When uploads arrive.

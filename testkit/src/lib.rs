@@ -1,9 +1,10 @@
 //! What the workspace's tests share, kept out of the shipped crates (a dev-dependency
 //! only): the pinned test tools and how they start ([`tools`], also used by xtask, which
-//! installs them), and, with the default `services` feature, the harness for the
+//! installs them), the one description of a generated clip ([`clip`]), and, with the default `services` feature, the harness for the
 //! services' tests: a fresh PostgreSQL database per test, one moto server per test
 //! process, object storage and queues on either, and generated test videos.
 
+pub mod clip;
 pub mod tools;
 
 #[cfg(feature = "services")]

@@ -402,32 +402,12 @@ pub mod videos {
 
     /// An H.264 MP4 of `seconds` at `width`×`height`, with a sine tone when `audio`.
     pub async fn mp4(path: &Path, seconds: u32, width: u32, height: u32, audio: bool) {
-        let mut args: Vec<String> = vec![
-            "-y".into(),
-            "-f".into(),
-            "lavfi".into(),
-            "-i".into(),
-            format!("testsrc2=size={width}x{height}:rate=30:duration={seconds}"),
-        ];
-        if audio {
-            args.extend(["-f", "lavfi", "-i"].map(String::from));
-            args.push(format!("sine=frequency=440:duration={seconds}"));
-        }
-        args.extend(
-            [
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-pix_fmt",
-                "yuv420p",
-            ]
-            .map(String::from),
-        );
-        if audio {
-            args.extend(["-c:a", "aac", "-shortest"].map(String::from));
-        }
-        args.extend(["-movflags", "+faststart"].map(String::from));
+        let clip = crate::clip::Clip {
+            audio,
+            ..crate::clip::Clip::plain(width, height, seconds)
+        };
+        let mut args = vec!["-y".to_owned()];
+        args.extend(clip.ffmpeg_args());
         args.push(path.display().to_string());
         backends::media::run_ffmpeg(&args, Duration::from_secs(120))
             .await

@@ -1,13 +1,11 @@
 //! `cargo xtask ci`: everything CI checks, with its own set-up, so that one command run on
 //! a fresh Debian machine is enough.
 
-use std::process::Command;
-
 use anyhow::{bail, Context};
 use clap::Args;
 
+use crate::paths::scratch_dir;
 use crate::postgres::PrivateCluster;
-use crate::scratch_dir;
 use crate::system::{ensure_installed, install_packages, is_root, output, run_command, which};
 use crate::tools::{ensure_moto, ensure_schemathesis};
 
@@ -31,7 +29,7 @@ fn ensure_nginx() -> anyhow::Result<()> {
     }
     install_packages(&["nginx"]).context("nginx is needed")?;
     // Debian starts the packaged server on port 80; the tests only need the program.
-    let _ = Command::new("systemctl")
+    let _ = crate::system::command("systemctl")
         .args(["disable", "--now", "nginx"])
         .status();
     Ok(())
@@ -40,7 +38,7 @@ fn ensure_nginx() -> anyhow::Result<()> {
 pub fn run(args: CiArgs) -> anyhow::Result<()> {
     eprintln!(
         "xtask: checking the tree at {}",
-        crate::project_root().display()
+        crate::paths::project_root().display()
     );
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
     // The instances' user data must pass shellcheck, and the web tier's nginx
@@ -103,7 +101,7 @@ fn test_database() -> anyhow::Result<(String, Option<PrivateCluster>)> {
              CREATE ROLE {TEST_ROLE} LOGIN PASSWORD '{TEST_ROLE}'; END IF; \
              ALTER ROLE {TEST_ROLE} CREATEDB CREATEROLE; END$$;"
         );
-        run_command(Command::new("runuser").args([
+        run_command(crate::system::command("runuser").args([
             "-u",
             "postgres",
             "--",
@@ -126,7 +124,7 @@ fn test_database() -> anyhow::Result<(String, Option<PrivateCluster>)> {
 /// Starts the first cluster `pg_lsclusters` lists (creating one if there is none) and
 /// returns its port.
 fn start_machine_cluster() -> anyhow::Result<u16> {
-    let list = output(Command::new("pg_lsclusters").arg("--no-header"))?;
+    let list = output(crate::system::command("pg_lsclusters").arg("--no-header"))?;
     let Some(line) = list.lines().find(|l| !l.trim().is_empty()) else {
         bail!("PostgreSQL is installed but has no cluster: create one with pg_createcluster");
     };
@@ -136,7 +134,7 @@ fn start_machine_cluster() -> anyhow::Result<u16> {
     };
     if status != "online" {
         eprintln!("xtask: starting PostgreSQL cluster {version}/{name}");
-        run_command(Command::new("pg_ctlcluster").args([version, name, "start"]))?;
+        run_command(crate::system::command("pg_ctlcluster").args([version, name, "start"]))?;
     }
     port.parse()
         .with_context(|| format!("bad port in pg_lsclusters output: {line}"))

@@ -2,13 +2,12 @@
 //! `provision` (run as a program, never linked), or tear the stack down.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use sha2::{Digest, Sha256};
 
-use crate::project_root;
+use crate::paths::project_root;
 use crate::system::{build_binaries, output, run_command};
 
 /// The newest glibc the default image (Debian 12) has: binaries built against a newer one
@@ -128,13 +127,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let flags = args.target.flags();
     run_command(
-        Command::new(&provision)
+        crate::system::command(&provision)
             .args(["publish", "--release", &release])
             .arg(format!("api={}", api.display()))
             .arg(format!("worker={}", worker.display()))
             .args(&flags),
     )?;
-    let mut up = Command::new(&provision);
+    let mut up = crate::system::command(&provision);
     up.args(["up", "--release", &release]).args(&flags);
     if args.replace_database {
         up.arg("--replace-database");
@@ -150,7 +149,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 
 pub fn down(args: DownArgs) -> anyhow::Result<()> {
     let provision = provision_binary()?;
-    let mut down = Command::new(provision);
+    let mut down = crate::system::command(provision);
     down.arg("down").args(args.target.flags());
     for (set, flag) in [
         (args.yes, "--yes"),
@@ -167,7 +166,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
 
 /// Runs provision with `args`, attached to this terminal; returns its exit code.
 pub fn provision(args: &[String]) -> anyhow::Result<u8> {
-    let status = Command::new(provision_binary()?)
+    let status = crate::system::command(provision_binary()?)
         .args(args)
         .status()
         .context("cannot start provision")?;
@@ -192,16 +191,15 @@ fn release_name(binaries: &[&Path]) -> anyhow::Result<String> {
     }
     let digest = format!("{:x}", hasher.finalize())[..8].to_owned();
     let root = project_root();
-    let commit =
-        output(
-            Command::new("git")
-                .current_dir(&root)
-                .args(["rev-parse", "--short=10", "HEAD"]),
-        )
-        .map(|c| c.trim().to_owned())
-        .unwrap_or_else(|_| "nogit".to_owned());
+    let commit = output(crate::system::command("git").current_dir(&root).args([
+        "rev-parse",
+        "--short=10",
+        "HEAD",
+    ]))
+    .map(|c| c.trim().to_owned())
+    .unwrap_or_else(|_| "nogit".to_owned());
     let dirty = output(
-        Command::new("git")
+        crate::system::command("git")
             .current_dir(&root)
             .args(["status", "--porcelain"]),
     )
@@ -229,7 +227,7 @@ fn check_glibc(config: Option<&Path>) -> anyhow::Result<()> {
     if own_image {
         return Ok(()); // the operator chose the image and answers for its glibc
     }
-    let Ok(version) = output(Command::new("getconf").arg("GNU_LIBC_VERSION")) else {
+    let Ok(version) = output(crate::system::command("getconf").arg("GNU_LIBC_VERSION")) else {
         return Ok(()); // not glibc (e.g. macOS): cannot build Linux binaries here anyway
     };
     let newer = parse_glibc(&version).is_some_and(|v| v > DEFAULT_IMAGE_GLIBC);

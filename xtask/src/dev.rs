@@ -1,15 +1,15 @@
 //! `cargo xtask dev`: the whole platform on this machine, with one command.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
+use crate::paths::{project_root, scratch_dir};
 use crate::postgres::PrivateCluster;
 use crate::system::ensure_installed;
 use crate::system::{stop, wait_healthy};
-use crate::{project_root, scratch_dir};
 
 /// Port of the private development cluster (another free one is used if it is taken).
 const DEV_POSTGRES_PORT: u16 = 54329;
@@ -41,7 +41,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let storage = scratch_dir().join("dev-storage");
     let start = |binary: &str| {
-        Command::new(&binaries[binary])
+        crate::system::command(&binaries[binary])
             .current_dir(project_root())
             .args(["--config", "config/local.toml"])
             .env("APP__DATABASE__URL", &database_url)

@@ -3,15 +3,14 @@
 //! Architecture invariant: xtask drives the other crates by running them (cargo, their
 //! binaries), never by linking them.
 
-// This crate's whole job is running other programs.
-#![allow(clippy::disallowed_methods)]
-
 mod api_client;
 mod bench;
 mod capacity;
 mod ci;
 mod deploy;
 mod dev;
+mod media;
+mod paths;
 mod postgres;
 mod rehearse;
 mod system;
@@ -19,11 +18,7 @@ mod system;
 mod tidy;
 mod tools;
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::OnceLock;
-
-use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 
@@ -73,9 +68,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match find_project_root() {
+    let result = match paths::find_project_root() {
         Ok(root) => {
-            PROJECT_ROOT.get_or_init(|| root);
+            paths::PROJECT_ROOT.get_or_init(|| root);
             run(cli.command)
         }
         Err(e) => Err(e),
@@ -103,46 +98,4 @@ fn run(command: Command) -> anyhow::Result<u8> {
         Command::Provision { args } => return deploy::provision(&args),
     };
     result.map(|()| 0)
-}
-
-static PROJECT_ROOT: OnceLock<PathBuf> = OnceLock::new();
-
-/// The workspace this xtask works on, found once at start (see [`find_project_root`]).
-pub fn project_root() -> PathBuf {
-    PROJECT_ROOT
-        .get()
-        .expect("main finds the project root before running a command")
-        .clone()
-}
-
-/// The workspace root, found at run time, never compiled in: clones that share a target
-/// directory share one xtask binary (cargo does not rebuild it for a clone at another path),
-/// so a path fixed at build time would be another clone's tree. `cargo xtask` sets
-/// CARGO_MANIFEST_DIR to this clone's `xtask/`; a binary started by hand asks cargo.
-fn find_project_root() -> anyhow::Result<PathBuf> {
-    if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
-        let root = Path::new(&manifest_dir)
-            .parent()
-            .context("CARGO_MANIFEST_DIR has no parent")?;
-        anyhow::ensure!(
-            root.join("Cargo.toml").is_file() && root.join("xtask").is_dir(),
-            "CARGO_MANIFEST_DIR={} is not this workspace's xtask: run `cargo xtask` from the clone",
-            Path::new(&manifest_dir).display()
-        );
-        return Ok(root.to_path_buf());
-    }
-    let manifest = system::output(
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["locate-project", "--workspace", "--message-format", "plain"]),
-    )
-    .context("cannot find the workspace: run `cargo xtask` inside the clone")?;
-    Ok(Path::new(manifest.trim())
-        .parent()
-        .context("cargo locate-project printed no path")?
-        .to_path_buf())
-}
-
-/// Scratch space for xtask (private clusters, tools, bench inputs): always `<root>/target`.
-pub fn scratch_dir() -> PathBuf {
-    project_root().join("target")
 }

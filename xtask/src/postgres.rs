@@ -52,7 +52,7 @@ impl PrivateCluster {
         };
         if as_postgres_user {
             run_command(
-                Command::new("chown")
+                crate::system::command("chown")
                     .args(["-R", "postgres:postgres"])
                     .arg(&cluster.data_dir),
             )
@@ -114,11 +114,11 @@ impl PrivateCluster {
     fn tool(&self, name: &str) -> Command {
         let program = self.bin_dir.join(name);
         if self.as_postgres_user {
-            let mut command = Command::new("runuser");
+            let mut command = crate::system::command("runuser");
             command.args(["-u", "postgres", "--"]).arg(program);
             command
         } else {
-            Command::new(program)
+            crate::system::command(program)
         }
     }
 
@@ -196,9 +196,13 @@ impl PrivateCluster {
         for (name, source) in files {
             let target = self.data_dir.join(name);
             std::fs::copy(source, &target)?;
-            run_command(Command::new("chmod").arg("0600").arg(&target))?;
+            run_command(crate::system::command("chmod").arg("0600").arg(&target))?;
             if self.as_postgres_user {
-                run_command(Command::new("chown").arg("postgres:postgres").arg(&target))?;
+                run_command(
+                    crate::system::command("chown")
+                        .arg("postgres:postgres")
+                        .arg(&target),
+                )?;
             }
         }
         Ok(())

@@ -8,6 +8,13 @@ use testkit::tools::is_set_by_cargo;
 
 use anyhow::{bail, Context};
 
+/// A command for `program`: the one place xtask makes one, since running other programs
+/// is what xtask is for (the workspace forbids spawning elsewhere without a reason).
+#[allow(clippy::disallowed_methods)] // xtask's spawning happens here, see above
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    Command::new(program)
+}
+
 /// Runs `command`, failing with its rendering when it fails.
 pub fn run_command(command: &mut Command) -> anyhow::Result<()> {
     let shown = render(command);
@@ -51,7 +58,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
 }
 
 pub fn is_root() -> bool {
-    output(Command::new("id").arg("-u"))
+    output(command("id").arg("-u"))
         .map(|uid| uid.trim() == "0")
         .unwrap_or(false)
 }
@@ -81,9 +88,9 @@ pub fn install_packages(packages: &[&str]) -> anyhow::Result<()> {
         );
     }
     eprintln!("xtask: installing {} with apt-get", packages.join(", "));
-    run_command(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_command(command("apt-get").args(["update", "-qq"]))?;
     run_command(
-        Command::new("apt-get")
+        command("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
@@ -172,8 +179,8 @@ pub fn build_binaries(
 /// `cargo`, in the workspace root, without the variables `cargo run` set for xtask itself
 /// (see [`is_set_by_cargo`]).
 pub fn cargo() -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.current_dir(crate::project_root());
+    let mut command = command(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(crate::paths::project_root());
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if is_set_by_cargo(&name) {
@@ -216,7 +223,7 @@ pub fn local_api(
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut api = Command::new(api_bin);
+    let mut api = command(api_bin);
     api.env("APP__DATABASE__URL", database_url)
         .env("APP__SERVER__PORT", port.to_string())
         .env("APP__STORAGE__LOCAL_DIR", storage)
@@ -234,7 +241,7 @@ pub fn stop(child: &mut Child) {
     if child.try_wait().ok().flatten().is_some() {
         return;
     }
-    let _ = Command::new("kill")
+    let _ = command("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     for _ in 0..100 {

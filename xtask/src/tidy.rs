@@ -2,7 +2,6 @@
 //! reviewer would otherwise have to remember.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// This clone's root, at run time (a path compiled in could be another clone's).
 fn root() -> PathBuf {
@@ -15,7 +14,7 @@ fn root() -> PathBuf {
 
 /// The files git knows (tracked, or new and not ignored).
 fn files() -> Vec<String> {
-    let listed = Command::new("git")
+    let listed = crate::system::command("git")
         .args(["ls-files", "--cached", "--others", "--exclude-standard"])
         .current_dir(root())
         .output()
@@ -76,7 +75,7 @@ fn processes_are_started_in_the_agreed_places_or_with_a_reason() {
         }
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
-            if !line.contains("Command::new(") {
+            if !line.contains("crate::system::command(") {
                 continue;
             }
             let above = &lines[i.saturating_sub(4)..=i];

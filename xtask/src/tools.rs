@@ -2,12 +2,11 @@
 //! OpenAPI fuzzer — each in a virtualenv of its own under `target/tools`.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::Context;
 use testkit::tools::{moto_venv, schemathesis_venv, MOTO_VERSION, SCHEMATHESIS_VERSION};
 
-use crate::scratch_dir;
+use crate::paths::scratch_dir;
 use crate::system::{install_packages, run_command, which};
 
 /// A Python with the pinned `moto[server]`, in a virtualenv under `target/tools`.
@@ -42,7 +41,7 @@ pub fn ensure_schemathesis() -> anyhow::Result<PathBuf> {
 fn python_tool(venv: PathBuf, requirement: &str, module: &str) -> anyhow::Result<PathBuf> {
     let python = venv.join("bin/python");
     let ready = python.is_file()
-        && Command::new(&python)
+        && crate::system::command(&python)
             .args(["-c", &format!("import {module}")])
             .output()
             .is_ok_and(|o| o.status.success());
@@ -52,7 +51,7 @@ fn python_tool(venv: PathBuf, requirement: &str, module: &str) -> anyhow::Result
     let system_python = which("python3").context("python3 is needed for the test tools")?;
     let _ = std::fs::remove_dir_all(&venv);
     if run_command(
-        Command::new(&system_python)
+        crate::system::command(&system_python)
             .arg("-m")
             .arg("venv")
             .arg(&venv),
@@ -62,7 +61,7 @@ fn python_tool(venv: PathBuf, requirement: &str, module: &str) -> anyhow::Result
         // Debian splits venv support into its own package.
         install_packages(&["python3-venv"])?;
         run_command(
-            Command::new(&system_python)
+            crate::system::command(&system_python)
                 .arg("-m")
                 .arg("venv")
                 .arg(&venv),
@@ -70,7 +69,7 @@ fn python_tool(venv: PathBuf, requirement: &str, module: &str) -> anyhow::Result
     }
     eprintln!("xtask: installing {requirement} into {}", venv.display());
     run_command(
-        Command::new(&python)
+        crate::system::command(&python)
             .args([
                 "-m",
                 "pip",

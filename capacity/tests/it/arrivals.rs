@@ -100,12 +100,16 @@ fn arrival_patterns_generate_the_expected_counts() {
 
 #[test]
 fn csv_text_errors_name_the_source_and_line() {
-    let error = Arrivals::from_csv("0\n-4\n", "times.csv").unwrap_err().to_string();
+    let error = Arrivals::from_csv("0\n-4\n", "times.csv")
+        .unwrap_err()
+        .to_string();
     assert!(error.starts_with("times.csv:2:"), "{error}");
     let error = Arrivals::from_csv("seconds\n1\nsoon\n", "times.csv")
         .unwrap_err()
         .to_string();
     assert!(error.starts_with("times.csv:3:"), "{error}");
-    let error = Arrivals::from_csv("seconds\n\n", "times.csv").unwrap_err().to_string();
+    let error = Arrivals::from_csv("seconds\n\n", "times.csv")
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("holds no arrival times"), "{error}");
 }

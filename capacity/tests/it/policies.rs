@@ -137,8 +137,7 @@ fn scaling_policies_respect_bounds_cooldowns_and_warmup() {
         &setup(target_tracking(), service.clone()),
     );
     assert_within_bounds(&outcome, 1, 3, "target tracking");
-    let scale_ins: Vec<&ScalingAction> =
-        outcome.actions.iter().filter(|a| a.to < a.from).collect();
+    let scale_ins: Vec<&ScalingAction> = outcome.actions.iter().filter(|a| a.to < a.from).collect();
     assert!(
         !scale_ins.is_empty(),
         "target tracking never scaled in: {:?}",
@@ -221,7 +220,11 @@ fn the_seed_step_adds_one_after_two_minutes_above_two_per_worker_then_cools_down
     let got = decisions(&step, &[(5, 2); 8]);
     assert_eq!(got[1], Some((2, 3)));
     assert_eq!(got[2..6], [None; 4], "out cooldown 300 s");
-    assert_eq!(got[6], Some((2, 3)), "out again once cooled (capacity read as given)");
+    assert_eq!(
+        got[6],
+        Some((2, 3)),
+        "out again once cooled (capacity read as given)"
+    );
     // Exactly 2 per worker is not above 2.
     assert_eq!(decisions(&step, &[(4, 2); 3]), [None; 3]);
 }
@@ -261,7 +264,11 @@ fn target_tracking_asks_for_the_capacity_the_backlog_needs_after_three_minutes()
 fn target_tracking_scales_in_one_at_a_time_after_fifteen_minutes_and_never_while_warming_up() {
     let policy = target_tracking();
     let mut got = decisions(&policy, &[(0, 3); 16]);
-    assert_eq!(got.pop(), Some(Some((3, 2))), "fifteen minutes below 90 % of the target");
+    assert_eq!(
+        got.pop(),
+        Some(Some((3, 2))),
+        "fifteen minutes below 90 % of the target"
+    );
     assert!(got[..14].iter().all(Option::is_none), "{got:?}");
     let mut state = PolicyState::default();
     let mut last = None;
@@ -272,6 +279,8 @@ fn target_tracking_scales_in_one_at_a_time_after_fifteen_minutes_and_never_while
         };
         last = policy.decide(&warming, &mut state);
     }
-    assert_eq!(last, None, "an instance in service for 100 s is within the 300 s warmup");
+    assert_eq!(
+        last, None,
+        "an instance in service for 100 s is within the 300 s warmup"
+    );
 }
-

@@ -1,16 +1,17 @@
 //! `cargo xtask bench api`: upload throughput and memory, then public read throughput and latency.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{percentile, verdict, ApiBench, NoiseClip};
+use super::{percentile, verdict, ApiBench};
+use crate::api_client;
+use crate::paths::scratch_dir;
 use crate::postgres::PrivateCluster;
 use crate::system::stop;
 use crate::system::{ensure_installed, output};
-use crate::{api_client, scratch_dir};
 
 const UPLOAD_GOAL_MB_S: f64 = 200.0;
 const RSS_GOAL_MB: f64 = 150.0;
@@ -69,17 +70,20 @@ pub(super) fn bench_api(args: ApiBench) -> anyhow::Result<()> {
 /// A ≈50 MB 720p MP4 with noise (so it is not trivially compressible), made once.
 fn reference_upload(work: &Path) -> anyhow::Result<PathBuf> {
     let path = work.join("upload-50mb.mp4");
-    NoiseClip {
-        width: 1280,
-        height: 720,
-        seconds: 20,
-        kbps: 20_000,
-        noise: 25,
-        preset: "ultrafast",
-        audio: false,
-        tagged_bt709: false,
-    }
-    .generate_once(&path, "the 50 MB reference upload")?;
+    crate::media::generate_once(
+        &crate::media::Clip {
+            width: 1280,
+            height: 720,
+            seconds: 20,
+            kbps: Some(20_000),
+            noise: 25,
+            preset: "ultrafast",
+            audio: false,
+            tagged_bt709: false,
+        },
+        &path,
+        "the 50 MB reference upload",
+    )?;
     Ok(path)
 }
 
@@ -236,7 +240,7 @@ fn read_phase(base: &str, args: &ApiBench) -> anyhow::Result<Vec<ReadFigures>> {
     ];
     let mut figures = Vec::new();
     for (name, path) in targets {
-        let out = output(Command::new("wrk").args([
+        let out = output(crate::system::command("wrk").args([
             "-t2",
             &format!("-c{}", args.connections),
             &format!("-d{}s", args.read_seconds),

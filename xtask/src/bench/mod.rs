@@ -4,13 +4,9 @@ mod api;
 mod provision;
 mod worker;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-
-use crate::system::run_command;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -77,109 +73,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchTarget::Api(api) => api::bench_api(api),
         BenchTarget::Worker(worker) => worker::run(&worker),
         BenchTarget::Provision => provision::run(),
-    }
-}
-
-/// Runs ffmpeg with `args` to make `path` unless it exists; writes to a partial file first
-/// so an interrupted run never leaves a half file under the final name.
-pub fn generate_once(path: &Path, what: &str, args: &[&str]) -> anyhow::Result<()> {
-    if path.is_file() {
-        return Ok(());
-    }
-    eprintln!("xtask: generating {what} (once)");
-    let partial = path.with_extension("partial.mp4");
-    run_command(
-        Command::new("ffmpeg")
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-            .args(args)
-            .arg(&partial),
-    )?;
-    std::fs::rename(&partial, path)?;
-    Ok(())
-}
-
-/// A test input the benchmarks and capacity runs upload: lavfi's `testsrc2` with temporal
-/// noise (so the encoder cannot make it trivially small), H.264 yuv420p at a constant
-/// bitrate, with a 440 Hz tone in AAC when `audio`.
-pub struct NoiseClip {
-    pub width: u32,
-    pub height: u32,
-    pub seconds: u32,
-    pub kbps: u32,
-    /// Strength of the noise filter (`alls`).
-    pub noise: u32,
-    pub preset: &'static str,
-    pub audio: bool,
-    /// Tags the stream BT.709 at limited range, as phones do; untagged otherwise, as many
-    /// encoders leave HD.
-    pub tagged_bt709: bool,
-}
-
-impl NoiseClip {
-    /// Makes `path` unless it exists (see [`generate_once`]).
-    pub fn generate_once(&self, path: &Path, what: &str) -> anyhow::Result<()> {
-        let Self {
-            width,
-            height,
-            seconds,
-            kbps,
-            noise,
-            preset,
-            audio,
-            tagged_bt709,
-        } = self;
-        let mut args: Vec<String> = [
-            "-f".into(),
-            "lavfi".into(),
-            "-i".into(),
-            format!("testsrc2=size={width}x{height}:rate=30:duration={seconds}"),
-        ]
-        .into();
-        if *audio {
-            args.extend([
-                "-f".into(),
-                "lavfi".into(),
-                "-i".into(),
-                format!("sine=frequency=440:duration={seconds}"),
-            ]);
-        }
-        args.extend([
-            "-vf".into(),
-            format!("noise=alls={noise}:allf=t"),
-            "-c:v".into(),
-            "libx264".into(),
-            "-preset".into(),
-            (*preset).into(),
-            "-b:v".into(),
-            format!("{kbps}k"),
-            "-maxrate".into(),
-            format!("{kbps}k"),
-            "-bufsize".into(),
-            format!("{}k", kbps * 2),
-            "-pix_fmt".into(),
-            "yuv420p".into(),
-        ]);
-        if *tagged_bt709 {
-            args.extend(
-                [
-                    "-colorspace",
-                    "bt709",
-                    "-color_primaries",
-                    "bt709",
-                    "-color_trc",
-                    "bt709",
-                    "-color_range",
-                    "tv",
-                ]
-                .map(String::from),
-            );
-        }
-        if *audio {
-            args.extend(["-c:a", "aac", "-b:a", "128k", "-shortest"].map(String::from));
-        }
-        args.extend(["-movflags", "+faststart"].map(String::from));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        generate_once(path, what, &args)
     }
 }
 

@@ -2,14 +2,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::{project_root, scratch_dir};
+use crate::paths::{project_root, scratch_dir};
 
 const GOAL_SECONDS: f64 = 2.0;
 
@@ -115,7 +115,7 @@ fn measure(
         std::thread::sleep(Duration::from_millis(300));
         let before = requests.load(Ordering::Relaxed);
         let started = Instant::now();
-        let status = Command::new(provision)
+        let status = crate::system::command(provision)
             .args(&args)
             .args(["--stack", "bench", "--release", "bench-1"])
             .args(["--endpoint-url", endpoint, "--config"])

@@ -2,7 +2,7 @@
 //! `provision metrics --output json` (xtask links no AWS SDK), written to the report as
 //! `cloudwatch.json`/`cloudwatch.csv`, a table and plots.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -71,7 +71,7 @@ fn read(
     until: DateTime<Utc>,
 ) -> anyhow::Result<Metrics> {
     let provision = crate::deploy::provision_binary()?;
-    let mut command = Command::new(provision);
+    let mut command = crate::system::command(provision);
     command.args([
         "metrics",
         "--output",

@@ -52,7 +52,7 @@ pub struct Report {
 
 impl Report {
     pub fn create(scenario: &str) -> anyhow::Result<Self> {
-        let dir = crate::scratch_dir()
+        let dir = crate::paths::scratch_dir()
             .join("capacity")
             .join(format!("{}-{scenario}", utc_stamp()));
         std::fs::create_dir_all(&dir)?;
@@ -133,7 +133,7 @@ pub fn utc_stamp() -> String {
 
 /// The newest report of `scenario`, if any.
 pub fn latest_report(scenario: &str) -> Option<PathBuf> {
-    let root = crate::scratch_dir().join("capacity");
+    let root = crate::paths::scratch_dir().join("capacity");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .ok()?
         .flatten()

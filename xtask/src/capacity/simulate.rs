@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 
+use super::{plot, Report};
 use capacity::{Arrivals, Policy, ServiceTime, Setup};
 use stack_config::{Config, WorkerTierConfig};
-use super::{plot, Report};
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
@@ -81,7 +81,7 @@ struct Run {
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
-    let tier = worker_tier(&crate::project_root())?;
+    let tier = worker_tier(&crate::paths::project_root())?;
     let instance_type = args
         .instance_type
         .clone()

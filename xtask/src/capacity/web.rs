@@ -15,9 +15,10 @@ use goose::prelude::*;
 
 use super::cloudwatch::{self, CloudWatchArgs};
 use super::{machine_cpu, plot, Report};
+use crate::api_client;
+use crate::paths::scratch_dir;
 use crate::postgres::PrivateCluster;
 use crate::system::stop;
-use crate::{api_client, scratch_dir};
 
 /// The SLO a step must meet to count as within capacity.
 const MAX_P95: Duration = Duration::from_secs(1);
@@ -597,17 +598,20 @@ fn upload_file(work: &Path, size: &str) -> anyhow::Result<std::path::PathBuf> {
     let megabytes: u32 = size.trim_end_matches("MB").parse()?;
     let path = work.join(format!("upload-{megabytes}mb.mp4"));
     // 720p noise at 8 Mbit/s is 1 MB a second.
-    crate::bench::NoiseClip {
-        width: 1280,
-        height: 720,
-        seconds: megabytes,
-        kbps: 8000,
-        noise: 12,
-        preset: "ultrafast",
-        audio: false,
-        tagged_bt709: false,
-    }
-    .generate_once(&path, &format!("a {size} upload"))?;
+    crate::media::generate_once(
+        &crate::media::Clip {
+            width: 1280,
+            height: 720,
+            seconds: megabytes,
+            kbps: Some(8000),
+            noise: 12,
+            preset: "ultrafast",
+            audio: false,
+            tagged_bt709: false,
+        },
+        &path,
+        &format!("a {size} upload"),
+    )?;
     Ok(path)
 }
 

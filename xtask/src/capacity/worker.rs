@@ -3,14 +3,14 @@
 //! build, private PostgreSQL, local storage).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use super::{machine_cpu, plot, Report};
+use crate::paths::scratch_dir;
 use crate::postgres::PrivateCluster;
-use crate::scratch_dir;
 use crate::system::stop;
 
 const DATABASE: &str = "anb_capacity_worker";
@@ -106,7 +106,7 @@ fn measure_level(
     let _ = std::fs::remove_dir_all(&storage);
     std::fs::create_dir_all(storage.join("original"))?;
     let log = work.join(format!("worker-{concurrency}.log"));
-    let mut worker = Command::new(worker_bin)
+    let mut worker = crate::system::command(worker_bin)
         .env("APP__DATABASE__URL", cluster.url(DATABASE))
         .env("APP__STORAGE__LOCAL_DIR", &storage)
         .env("APP__WORKER__CONCURRENCY", concurrency.to_string())
@@ -287,17 +287,20 @@ pub(super) fn input_video(work: &Path, size: &str, quick: bool) -> anyhow::Resul
     let megabytes = if quick { megabytes / 12.0 } else { megabytes };
     let kbps = (megabytes * 8000.0 / seconds - 128.0).max(500.0) as u32;
     let path = work.join(format!("worker-input-{megabytes:.0}mb-{seconds:.0}s.mp4"));
-    crate::bench::NoiseClip {
-        width: 1920,
-        height: 1080,
-        seconds: seconds as u32,
-        kbps,
-        noise: 12,
-        preset: "ultrafast",
-        audio: true,
-        tagged_bt709: false,
-    }
-    .generate_once(&path, &format!("a {megabytes:.0} MB, {seconds:.0} s input"))?;
+    crate::media::generate_once(
+        &crate::media::Clip {
+            width: 1920,
+            height: 1080,
+            seconds: seconds as u32,
+            kbps: Some(kbps),
+            noise: 12,
+            preset: "ultrafast",
+            audio: true,
+            tagged_bt709: false,
+        },
+        &path,
+        &format!("a {megabytes:.0} MB, {seconds:.0} s input"),
+    )?;
     Ok(path)
 }
 
@@ -395,5 +398,4 @@ pub fn measured_service_times() -> Option<(PathBuf, Vec<f64>)> {
 }
 
 #[cfg(test)]
-mod tests {
-}
+mod tests {}

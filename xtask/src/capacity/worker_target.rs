@@ -15,7 +15,8 @@ use futures_util::StreamExt;
 use super::cloudwatch;
 use super::worker::{input_video, WorkerArgs};
 use super::{plot, Report};
-use crate::{api_client, scratch_dir};
+use crate::api_client;
+use crate::paths::scratch_dir;
 
 /// Uploads in flight at once while the backlog is put in place: the API's default limit
 /// per player (`upload.max_in_flight_per_user`), which a third would meet with 429.

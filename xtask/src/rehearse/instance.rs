@@ -2,7 +2,7 @@
 //! data and what EC2 provides, booted with systemd-nspawn, and reached with nsenter.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -26,7 +26,7 @@ pub(super) fn debian_rootfs(dir: &Path) -> anyhow::Result<(PathBuf, bool)> {
     let _ = std::fs::remove_dir_all(&rootfs);
     eprintln!("rehearse: building a Debian 12 root filesystem (debootstrap, about a minute)");
     run_command(
-        Command::new("debootstrap")
+        crate::system::command("debootstrap")
             .args(["--variant=minbase", &format!("--include={BASE_PACKAGES}")])
             .args(["bookworm"])
             .arg(&building)
@@ -76,7 +76,7 @@ impl Instance {
         }
         std::fs::create_dir_all(root.parent().unwrap_or(dir))?;
         run_command(
-            Command::new("cp")
+            crate::system::command("cp")
                 .args(["-a", "--reflink=auto"])
                 .arg(rootfs)
                 .arg(&root),
@@ -99,7 +99,7 @@ impl Instance {
         std::fs::create_dir_all(&cloud)?;
         let script = cloud.join("user-data.txt");
         std::fs::write(&script, user_data)?;
-        run_command(Command::new("chmod").arg("0700").arg(&script))?;
+        run_command(crate::system::command("chmod").arg("0700").arg(&script))?;
         let unit = "rehearsal-user-data.service";
         std::fs::write(
             self.root.join("etc/systemd/system").join(unit),
@@ -145,7 +145,7 @@ impl Instance {
         std::fs::create_dir_all(&anchors)?;
         std::fs::copy(&pki.ca, anchors.join("anb-rehearsal.crt"))?;
         run_command(
-            Command::new("chroot")
+            crate::system::command("chroot")
                 .arg(&self.root)
                 .args(["update-ca-certificates", "--fresh"])
                 .stdout(Stdio::null()),
@@ -162,7 +162,7 @@ impl Instance {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new("systemd-nspawn")
+        let child = crate::system::command("systemd-nspawn")
             .args(["--register=no", "--keep-unit", "-q", "-b"])
             .arg("-D")
             .arg(&self.root)
@@ -200,7 +200,7 @@ impl Instance {
     pub(super) fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
         let leader = self.leader.context("not booted")?;
         output(
-            Command::new("nsenter")
+            crate::system::command("nsenter")
                 .args(["-t", &leader.to_string(), "-a", "--"])
                 .args(args),
         )

@@ -3,7 +3,7 @@
 //! leaves nothing behind; with `--keep`, the signal is what ends the kept run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ pub(super) fn wait() {
 fn clean_up(dir: &Path) {
     let pids: Vec<u32> = STARTED.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for pid in &pids {
-        let _ = Command::new("kill")
+        let _ = crate::system::command("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
     }
@@ -78,13 +78,13 @@ fn clean_up(dir: &Path) {
     {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = Command::new("nft")
+    let _ = crate::system::command("nft")
         .args(["delete", "table", "ip", IMDS_TABLE])
         .stderr(Stdio::null())
         .status();
     let data: PathBuf = dir.join("rds");
     if let Ok(bin) = crate::system::postgres_bin_dir() {
-        let _ = Command::new("runuser")
+        let _ = crate::system::command("runuser")
             .args(["-u", "postgres", "--"])
             .arg(bin.join("pg_ctl"))
             .arg("-D")

@@ -14,7 +14,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -29,9 +29,9 @@ use instance::{debian_rootfs, Instance};
 use smoke::{after_restart, after_rotation, smoke_flow, start_job_in_flight};
 use stand_ins::{stand_in_database, truststore, Imds, Pki};
 
+use crate::paths::{project_root, scratch_dir};
 use crate::postgres::PrivateCluster;
 use crate::system::{ensure_installed, install_packages, is_root, output, which};
-use crate::{project_root, scratch_dir};
 
 /// What cannot be rehearsed here, said with every run.
 const NOT_REHEARSED: &str = "the load balancer (the smoke flow talks to the web \
@@ -293,7 +293,7 @@ fn restarts(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let rotated = format!("Rotated-{}-x", crate::api_client::unique_number());
-    output(Command::new(python).args([
+    output(crate::system::command(python).args([
         "-c",
         ROTATE_PASSWORD,
         &world.endpoint,
@@ -332,21 +332,10 @@ fn restarts(
         }
     }
     let long_clip = dir.join("clip-30s.mp4");
-    crate::bench::generate_once(
+    crate::media::generate_once(
+        &crate::media::Clip::plain(1920, 1080, 30),
         &long_clip,
         "a 30 s 1080p clip",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1920x1080:rate=30:duration=30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ],
     )?;
     let video = runtime.block_on(start_job_in_flight(&long_clip))?;
     let mut worker_stop = 0.0;
@@ -557,9 +546,14 @@ print(json.dumps(out))
 
 impl StackFacts {
     fn read(python: &Path, endpoint: &str) -> anyhow::Result<Self> {
-        let text =
-            output(Command::new(python).args(["-c", READ_FACTS, endpoint, STACK, "us-east-1"]))
-                .context("read the launch templates and the database back from moto")?;
+        let text = output(crate::system::command(python).args([
+            "-c",
+            READ_FACTS,
+            endpoint,
+            STACK,
+            "us-east-1",
+        ]))
+        .context("read the launch templates and the database back from moto")?;
         serde_json::from_str(&text).context("moto's answer")
     }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::Report;
-use crate::{api_client, scratch_dir};
+use crate::api_client;
+use crate::paths::scratch_dir;
 
 // ------------------------------------------------------------------- smoke flow
 
@@ -25,21 +26,10 @@ async fn smoke(report: &mut Report) -> anyhow::Result<()> {
         .build()?;
     let clip = scratch_dir().join("rehearse/clip.mp4");
     if !clip.exists() {
-        crate::bench::generate_once(
+        crate::media::generate_once(
+            &crate::media::Clip::plain(1280, 720, 5),
             &clip,
             "a 5 s 720p clip",
-            &[
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=1280x720:rate=30:duration=5",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-pix_fmt",
-                "yuv420p",
-            ],
         )?;
     }
     let step =

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ impl Pki {
         let ca = dir.join("ca.pem");
         if !ca.exists() {
             run_command(
-                Command::new("openssl")
+                crate::system::command("openssl")
                     .args([
                         "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
                     ])
@@ -57,7 +57,7 @@ impl Pki {
         let extensions = self.dir.join(format!("{host}.ext"));
         std::fs::write(&extensions, format!("subjectAltName=DNS:{host}\n"))?;
         run_command(
-            Command::new("openssl")
+            crate::system::command("openssl")
                 .args(["req", "-newkey", "rsa:2048", "-nodes"])
                 .args(["-subj", &format!("/CN={host}")])
                 .arg("-keyout")
@@ -67,7 +67,7 @@ impl Pki {
                 .stderr(Stdio::null()),
         )?;
         run_command(
-            Command::new("openssl")
+            crate::system::command("openssl")
                 .args(["x509", "-req", "-days", "3650", "-in"])
                 .arg(&request)
                 .arg("-CA")
@@ -158,7 +158,7 @@ pub(super) fn truststore(dir: &Path, pki: &Pki) -> anyhow::Result<Child> {
             key = key.display(),
         ),
     )?;
-    let child = Command::new("nginx")
+    let child = crate::system::command("nginx")
         .arg("-c")
         .arg(&conf)
         .arg("-p")
@@ -190,7 +190,7 @@ impl Imds {
     pub(super) fn start(region: &str) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
-        let _ = Command::new("nft")
+        let _ = crate::system::command("nft")
             .args(["delete", "table", "ip", IMDS_TABLE])
             .stderr(Stdio::null())
             .status();
@@ -203,7 +203,7 @@ impl Imds {
                 "add rule ip {IMDS_TABLE} output ip daddr {IMDS_ADDRESS} tcp dport 80 dnat to 127.0.0.1:{port}"
             ),
         ] {
-            run_command(Command::new("nft").arg(rule))
+            run_command(crate::system::command("nft").arg(rule))
                 .context("route 169.254.169.254 to the metadata service (nftables)")?;
         }
         listener.set_nonblocking(true)?;
@@ -230,7 +230,7 @@ impl Imds {
 
     pub(super) fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = Command::new("nft")
+        let _ = crate::system::command("nft")
             .args(["delete", "table", "ip", IMDS_TABLE])
             .status();
     }
@@ -305,7 +305,7 @@ fn serve_imds(stream: TcpStream, region: &str, expires: &str) -> anyhow::Result<
 
 /// Six hours from now, in the format IMDS uses (UTC, RFC 3339), from the system clock.
 fn credentials_expiry() -> String {
-    let out = Command::new("date")
+    let out = crate::system::command("date")
         .args(["-u", "-d", "+6 hours", "+%Y-%m-%dT%H:%M:%SZ"])
         .output();
     out.ok()

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::GOAL_VS_COMMON;
 use crate::bench::verdict;
-use crate::scratch_dir;
+use crate::paths::scratch_dir;
 use crate::system::{output, run_command};
 
 /// How much slower than the common command `--guard` lets ours be.
@@ -27,17 +27,20 @@ pub fn side_by_side() -> anyhow::Result<f64> {
     let work = scratch_dir().join("bench-quick");
     std::fs::create_dir_all(&work)?;
     let reference = work.join("reference-10s-1080p.mp4");
-    crate::bench::NoiseClip {
-        width: 1920,
-        height: 1080,
-        seconds: QUICK_SECONDS,
-        kbps: 6500,
-        noise: 12,
-        preset: "ultrafast",
-        audio: true,
-        tagged_bt709: false,
-    }
-    .generate_once(&reference, "the 10 s 1080p reference input")?;
+    crate::media::generate_once(
+        &crate::media::Clip {
+            width: 1920,
+            height: 1080,
+            seconds: QUICK_SECONDS,
+            kbps: Some(6500),
+            noise: 12,
+            preset: "ultrafast",
+            audio: true,
+            tagged_bt709: false,
+        },
+        &reference,
+        "the 10 s 1080p reference input",
+    )?;
     let ours_out = work.join("ours.mp4");
     let common_out = work.join("common-command.mp4");
     let logo = work.join("transcode/anb-logo.png");
@@ -99,17 +102,20 @@ pub struct PhoneComparison {
 impl PhoneComparison {
     pub fn measure(worker_bin: &Path, work: &Path, logo: &Path) -> anyhow::Result<Self> {
         let clip = work.join("phone-30s-1080x1920-bt709.mp4");
-        crate::bench::NoiseClip {
-            width: 1080,
-            height: 1920,
-            seconds: 30,
-            kbps: 8000,
-            noise: 12,
-            preset: "ultrafast",
-            audio: true,
-            tagged_bt709: true,
-        }
-        .generate_once(&clip, "a 30 s phone-like portrait clip tagged BT.709")?;
+        crate::media::generate_once(
+            &crate::media::Clip {
+                width: 1080,
+                height: 1920,
+                seconds: 30,
+                kbps: Some(8000),
+                noise: 12,
+                preset: "ultrafast",
+                audio: true,
+                tagged_bt709: true,
+            },
+            &clip,
+            "a 30 s phone-like portrait clip tagged BT.709",
+        )?;
         let ours_out = work.join("phone-ours.mp4");
         let runs = transcode_runs(
             worker_bin,
@@ -165,7 +171,7 @@ pub fn transcode_runs(
 ) -> anyhow::Result<Vec<Duration>> {
     let _ = std::fs::remove_dir_all(work_dir);
     let printed = output(
-        Command::new(worker_bin)
+        crate::system::command(worker_bin)
             .args(["transcode", "--runs", &runs.to_string(), "--input"])
             .arg(input)
             .arg("--output")
@@ -195,7 +201,7 @@ pub fn common_command(reference: &Path, logo: &Path, out: &Path) -> Command {
                  [scaled][3:v]overlay=W-w-20:20[main];\
                  [0:v]setsar=1[intro];[2:v]setsar=1[outro];\
                  [intro][main][outro]concat=n=3:v=1:a=0,format=yuv420p[out]";
-    let mut command = Command::new("ffmpeg");
+    let mut command = crate::system::command("ffmpeg");
     command
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
         .args(["-f", "lavfi", "-i", &bumper])
@@ -251,7 +257,7 @@ pub fn main_segment_ssim(
          pad=1280:720:(ow-iw)/2:(oh-ih)/2,setsar=1,fps=30,trim=duration={seconds},\
          setpts=PTS-STARTPTS,format=yuv420p[b];[a][b]ssim"
     );
-    let out = Command::new("ffmpeg")
+    let out = crate::system::command("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-i"])
         .arg(output)
         .args(["-t", &seconds.to_string(), "-i"])

@@ -2,7 +2,7 @@
 //! what ffmpeg alone needs for the same output, both measured in this run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -15,10 +15,11 @@ use compare::{
 };
 
 use super::verdict;
+use crate::api_client;
+use crate::paths::scratch_dir;
 use crate::postgres::PrivateCluster;
 use crate::system::stop;
 use crate::system::{ensure_installed, output};
-use crate::{api_client, scratch_dir};
 
 const GOAL_VIDEOS_PER_MIN: f64 = 8.0;
 const GOAL_OVERHEAD: f64 = 1.15;
@@ -58,7 +59,7 @@ fn full(videos: usize) -> anyhow::Result<f64> {
 
     // Floors, measured on the same file in this run.
     let decode = time(
-        Command::new("ffmpeg")
+        crate::system::command("ffmpeg")
             .args(["-nostdin", "-loglevel", "error", "-t", "30", "-i"])
             .arg(&reference)
             .args(["-an", "-f", "null", "-"]),
@@ -108,7 +109,7 @@ fn full(videos: usize) -> anyhow::Result<f64> {
     let _ = std::fs::remove_dir_all(&storage);
     std::fs::create_dir_all(storage.join("original"))?;
     let log_path = work.join("worker.log");
-    let mut worker = Command::new(&worker_bin)
+    let mut worker = crate::system::command(&worker_bin)
         .env("APP__DATABASE__URL", cluster.url("anb_bench_worker"))
         .env("APP__STORAGE__LOCAL_DIR", &storage)
         .env("APP__LOG__FORMAT", "json")
@@ -271,17 +272,20 @@ fn short_clip_latencies(
 /// trivially compressible), about 5 MB; made once.
 fn short_clip(work: &Path) -> anyhow::Result<PathBuf> {
     let clip = work.join("short-5s-720p-8mbps.mp4");
-    super::NoiseClip {
-        width: 1280,
-        height: 720,
-        seconds: 5,
-        kbps: 8000,
-        noise: 12,
-        preset: "veryfast",
-        audio: true,
-        tagged_bt709: false,
-    }
-    .generate_once(&clip, "a 5 s 720p clip")?;
+    crate::media::generate_once(
+        &crate::media::Clip {
+            width: 1280,
+            height: 720,
+            seconds: 5,
+            kbps: Some(8000),
+            noise: 12,
+            preset: "veryfast",
+            audio: true,
+            tagged_bt709: false,
+        },
+        &clip,
+        "a 5 s 720p clip",
+    )?;
     Ok(clip)
 }
 
@@ -289,17 +293,20 @@ fn short_clip(work: &Path) -> anyhow::Result<PathBuf> {
 /// about 50 MB; made once.
 fn reference_input(work: &Path) -> anyhow::Result<PathBuf> {
     let path = work.join("reference-60s-1080p.mp4");
-    super::NoiseClip {
-        width: 1920,
-        height: 1080,
-        seconds: 60,
-        kbps: 6500,
-        noise: 12,
-        preset: "ultrafast",
-        audio: true,
-        tagged_bt709: false,
-    }
-    .generate_once(&path, "the 60 s 1080p reference input")?;
+    crate::media::generate_once(
+        &crate::media::Clip {
+            width: 1920,
+            height: 1080,
+            seconds: 60,
+            kbps: Some(6500),
+            noise: 12,
+            preset: "ultrafast",
+            audio: true,
+            tagged_bt709: false,
+        },
+        &path,
+        "the 60 s 1080p reference input",
+    )?;
     Ok(path)
 }
 
@@ -307,7 +314,7 @@ fn reference_input(work: &Path) -> anyhow::Result<PathBuf> {
 fn probe_output(path: &Path) -> anyhow::Result<(f64, f64)> {
     let mb = std::fs::metadata(path)?.len() as f64 / 1e6;
     let seconds: f64 = output(
-        Command::new("ffprobe")
+        crate::system::command("ffprobe")
             .args([
                 "-v",
                 "error",
