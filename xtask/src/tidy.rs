@@ -93,3 +93,70 @@ fn processes_are_started_in_the_agreed_places_or_with_a_reason() {
         "Command::new without an allow and a reason: {unexplained:?}"
     );
 }
+
+/// Every relative link in the Markdown files (`[text](path)` and `![alt](path)`) names a
+/// file or folder that exists, read from the linking file's folder; web addresses and
+/// in-page anchors are not followed.
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let mut broken = Vec::new();
+    for file in files().into_iter().filter(|f| f.ends_with(".md")) {
+        let text = std::fs::read_to_string(root().join(&file)).expect("readable Markdown");
+        let folder = root().join(&file).parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut in_code_block = false;
+        for (number, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                in_code_block = !in_code_block;
+            }
+            if in_code_block {
+                continue;
+            }
+            for target in link_targets(line) {
+                let path = target.split('#').next().unwrap_or_default();
+                let external = target.contains("://") || target.starts_with("mailto:");
+                if external || path.is_empty() {
+                    continue;
+                }
+                if !folder.join(path).exists() {
+                    broken.push(format!("{file}:{}: {target}", number + 1));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "links to nothing: {broken:#?}");
+}
+
+/// The targets of the inline links on one line, outside `code spans`.
+fn link_targets(line: &str) -> Vec<&str> {
+    let mut targets = Vec::new();
+    let mut outside_code = String::with_capacity(line.len());
+    for (index, piece) in line.split('`').enumerate() {
+        // Keep positions: blank out code spans instead of dropping them.
+        if index % 2 == 0 {
+            outside_code.push_str(piece);
+        } else {
+            outside_code.push_str(&" ".repeat(piece.len()));
+        }
+        outside_code.push(' ');
+    }
+    let mut rest = 0;
+    while let Some(found) = outside_code[rest..].find("](") {
+        let start = rest + found + 2;
+        let Some(length) = outside_code[start..].find(')') else {
+            break;
+        };
+        let target = line[start..start + length].trim();
+        // A link's target may carry a title: `(path "title")`.
+        targets.push(target.split_whitespace().next().unwrap_or_default());
+        rest = start + length;
+    }
+    targets
+}
+
+#[test]
+fn link_targets_are_read_outside_code_spans() {
+    assert_eq!(
+        link_targets("see [a](docs/a.md) and ![b](b.png \"t\") but not `[c](c.md)`"),
+        ["docs/a.md", "b.png"]
+    );
+}
