@@ -102,7 +102,11 @@ fn every_relative_link_in_the_docs_resolves() {
     let mut broken = Vec::new();
     for file in files().into_iter().filter(|f| f.ends_with(".md")) {
         let text = std::fs::read_to_string(root().join(&file)).expect("readable Markdown");
-        let folder = root().join(&file).parent().map(Path::to_path_buf).unwrap_or_default();
+        let folder = root()
+            .join(&file)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let mut in_code_block = false;
         for (number, line) in text.lines().enumerate() {
             if line.trim_start().starts_with("```") {

@@ -6,7 +6,6 @@ pub mod plot;
 mod simulate;
 mod web;
 mod worker;
-mod worker_target;
 
 use std::path::PathBuf;
 

@@ -1,17 +1,19 @@
-//! Ctrl-C (or SIGTERM) during a rehearsal: the containers, the stand-in database, the
-//! metadata route and nginx are stopped before the process exits, so an interrupted run
-//! leaves nothing behind; with `--keep`, the signal is what ends the kept run.
+//! Ctrl-C (or SIGTERM) during a rehearsal: the processes it started (containers, nginx) are
+//! stopped, then each teardown the stand-ins registered runs (newest first), before the
+//! process exits, so an interrupted run leaves nothing behind; with `--keep`, the signal is
+//! what ends the kept run. It knows no stand-in: each registers its own teardown.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::stand_ins::IMDS_TABLE;
+/// What undoes one thing the run set up, if it is interrupted.
+type Teardown = Box<dyn FnOnce() + Send>;
 
 /// Processes the rehearsal started that outlive it unless stopped (nspawn, nginx).
 static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static TEARDOWNS: Mutex<Vec<Teardown>> = Mutex::new(Vec::new());
 /// Set while `--keep` waits: the signal then ends the wait instead of the process.
 static KEEPING: AtomicBool = AtomicBool::new(false);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -21,9 +23,16 @@ pub(super) fn started(pid: u32) {
     STARTED.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
 }
 
+/// Registers what to undo if the run is interrupted, after the started processes stop.
+pub(super) fn on_interrupt(teardown: impl FnOnce() + Send + 'static) {
+    TEARDOWNS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(teardown));
+}
+
 /// Watches for SIGINT and SIGTERM from now on.
-pub(super) fn watch(dir: &Path) {
-    let dir = dir.to_owned();
+pub(super) fn watch() {
     std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -47,7 +56,7 @@ pub(super) fn watch(dir: &Path) {
         INTERRUPTED.store(true, Ordering::SeqCst);
         if !KEEPING.load(Ordering::SeqCst) {
             eprintln!("\nrehearse: interrupted; stopping what it started");
-            clean_up(&dir);
+            clean_up();
             std::process::exit(130);
         }
     });
@@ -62,7 +71,7 @@ pub(super) fn wait() {
     eprintln!("\nrehearse: tearing down");
 }
 
-fn clean_up(dir: &Path) {
+fn clean_up() {
     let pids: Vec<u32> = STARTED.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for pid in &pids {
         let _ = crate::system::command("kill")
@@ -78,21 +87,8 @@ fn clean_up(dir: &Path) {
     {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = crate::system::command("nft")
-        .args(["delete", "table", "ip", IMDS_TABLE])
-        .stderr(Stdio::null())
-        .status();
-    let data: PathBuf = dir.join("rds");
-    if let Ok(bin) = crate::system::postgres_bin_dir() {
-        let _ = crate::system::command("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-m", "fast", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+    let teardowns = std::mem::take(&mut *TEARDOWNS.lock().unwrap_or_else(|e| e.into_inner()));
+    for teardown in teardowns.into_iter().rev() {
+        teardown();
     }
-    let _ = std::fs::remove_dir_all(dir.join("instances"));
 }

@@ -131,7 +131,11 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
     let _one_at_a_time = machine_lock()?;
     let dir = scratch_dir().join("rehearse");
     std::fs::create_dir_all(&dir)?;
-    interruption::watch(&dir);
+    interruption::watch();
+    let instances = dir.join("instances");
+    interruption::on_interrupt(move || {
+        let _ = std::fs::remove_dir_all(instances);
+    });
     let started = Instant::now();
     let mut report = Report::default();
     let mut world = World::default();

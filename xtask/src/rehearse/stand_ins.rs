@@ -100,6 +100,7 @@ pub(super) fn stand_in_database(
     let (cert, key) = pki.issue(&facts.db_host)?;
     let cluster =
         PrivateCluster::start_listening(&data_dir, "127.0.0.2", facts.db_port, "postgres", "")?;
+    super::interruption::on_interrupt(move || stop_database(&data_dir));
     cluster.install_files(&[("server.crt", &cert), ("server.key", &key)])?;
     for setting in [
         "ssl = on",
@@ -131,6 +132,22 @@ pub(super) fn stand_in_database(
          hostssl all all 127.0.0.0/8 scram-sha-256\n",
     )?;
     Ok(cluster)
+}
+
+/// Stops the stand-in database's server (an interrupted run; a finished one keeps it for
+/// the next, see above).
+fn stop_database(data_dir: &Path) {
+    if let Ok(bin) = crate::system::postgres_bin_dir() {
+        let _ = crate::system::command("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(data_dir)
+            .args(["-m", "fast", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// `https://truststore.pki.rds.amazonaws.com/<region>/<region>-bundle.pem`, served on
@@ -181,7 +198,7 @@ pub(super) struct Imds {
 const IMDS_ADDRESS: &str = "169.254.169.254";
 
 /// The nftables table that sends 169.254.169.254:80 to the metadata service.
-pub(super) const IMDS_TABLE: &str = "anb_rehearse_imds";
+const IMDS_TABLE: &str = "anb_rehearse_imds";
 
 impl Imds {
     /// Listens on a free loopback port; connections to 169.254.169.254:80 are sent there
@@ -206,6 +223,7 @@ impl Imds {
             run_command(crate::system::command("nft").arg(rule))
                 .context("route 169.254.169.254 to the metadata service (nftables)")?;
         }
+        super::interruption::on_interrupt(delete_imds_route);
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -230,10 +248,15 @@ impl Imds {
 
     pub(super) fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = crate::system::command("nft")
-            .args(["delete", "table", "ip", IMDS_TABLE])
-            .status();
+        delete_imds_route();
     }
+}
+
+fn delete_imds_route() {
+    let _ = crate::system::command("nft")
+        .args(["delete", "table", "ip", IMDS_TABLE])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The token every metadata request must carry.

@@ -1,69 +1,22 @@
-//! `cargo xtask capacity worker`: videos a minute the worker tier processes, and its
-//! service time, with 1, 2 and 4 jobs at once per worker (the real worker binary, release
-//! build, private PostgreSQL, local storage).
+//! `cargo xtask capacity worker` on this machine: videos a minute the worker tier
+//! processes, and its service time, with 1, 2 and 4 jobs at once per worker (the real
+//! worker binary, release build, private PostgreSQL, local storage).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::{machine_cpu, plot, Report};
+use super::{input_video, Level, WorkerArgs};
+use crate::capacity::{machine_cpu, plot, Report};
 use crate::paths::scratch_dir;
 use crate::postgres::PrivateCluster;
 use crate::system::stop;
 
 const DATABASE: &str = "anb_capacity_worker";
 
-#[derive(Debug, clap::Args)]
-pub struct WorkerArgs {
-    /// A deployed stack's URL: its worker tier is measured as deployed (instances, jobs
-    /// per worker, scaling), with videos uploaded through the API by a new player. They
-    /// stay public once processed: use a test stack.
-    #[arg(long)]
-    target: Option<String>,
-    /// Size of each video: 50MB or 100MB (60 s of 1080p30, noise, real H.264 + AAC).
-    #[arg(long, default_value = "50MB", value_parser = ["50MB", "100MB"])]
-    pub(super) size: String,
-    /// Locally: videos in the saturation backlog, per concurrent job.
-    #[arg(long, default_value_t = 4, conflicts_with = "target")]
-    backlog_per_job: usize,
-    /// Locally: videos uploaded at a steady rate in the sustained phase, per concurrent job.
-    #[arg(long, default_value_t = 4, conflicts_with = "target")]
-    sustained_per_job: usize,
-    /// With --target: videos in the saturation backlog, and again in the sustained phase
-    /// (default 12; 2 with --quick).
-    #[arg(long, requires = "target")]
-    pub(super) videos: Option<usize>,
-    /// Short 5 s videos (locally: concurrency 1 and 2 only, a debug build): checks the
-    /// scenario, does not measure capacity (CI runs it).
-    #[arg(long)]
-    pub(super) quick: bool,
-    #[command(flatten)]
-    pub(super) cloudwatch: super::cloudwatch::CloudWatchArgs,
-}
-
-/// What one concurrency level did.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Level {
-    pub concurrency: usize,
-    pub videos_per_min: f64,
-    pub mean_service_s: f64,
-    pub p95_service_s: f64,
-    /// Machine CPU while saturated (100 = every core busy).
-    pub cpu_percent: f64,
-    /// Sustained phase: arrival rate (videos/min), and the queue's trend (videos/min,
-    /// least-squares slope of the waiting count; ≈ 0 when the tier keeps up).
-    pub sustained_rate: f64,
-    pub queue_trend_per_min: f64,
-    pub service_times_s: Vec<f64>,
-}
-
-pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    crate::system::ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
-    if let Some(target) = &args.target {
-        return super::worker_target::run(&args, target);
-    }
+pub(super) fn run(args: &WorkerArgs) -> anyhow::Result<()> {
     let worker_bin = crate::system::build_binaries(&["worker"], !args.quick)?
         .remove("worker")
         .context("worker")?;
@@ -78,7 +31,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &concurrency in levels {
         eprintln!("capacity worker: {concurrency} job(s) at once per worker");
-        let level = measure_level(&cluster, &worker_bin, &work, &video, concurrency, &args);
+        let level = measure_level(&cluster, &worker_bin, &work, &video, concurrency, args);
         results.push(level?);
         let last = results.last().expect("just pushed");
         eprintln!(
@@ -87,7 +40,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         );
     }
     cluster.stop();
-    write_report(&mut report, &args, video_mb, &results)
+    write_report(&mut report, args, video_mb, &results)
 }
 
 /// Saturation (a backlog of `backlog_per_job × concurrency` at once), then sustained
@@ -280,30 +233,6 @@ fn service_times(log: &Path) -> anyhow::Result<Vec<f64>> {
         .collect())
 }
 
-/// 60 s (quick: 5 s) of 1080p30 noise with sound, at the bitrate that makes `size`.
-pub(super) fn input_video(work: &Path, size: &str, quick: bool) -> anyhow::Result<PathBuf> {
-    let megabytes: f64 = size.trim_end_matches("MB").parse()?;
-    let seconds = if quick { 5.0 } else { 60.0 };
-    let megabytes = if quick { megabytes / 12.0 } else { megabytes };
-    let kbps = (megabytes * 8000.0 / seconds - 128.0).max(500.0) as u32;
-    let path = work.join(format!("worker-input-{megabytes:.0}mb-{seconds:.0}s.mp4"));
-    crate::media::generate_once(
-        &crate::media::Clip {
-            width: 1920,
-            height: 1080,
-            seconds: seconds as u32,
-            kbps: Some(kbps),
-            noise: 12,
-            preset: "ultrafast",
-            audio: true,
-            tagged_bt709: false,
-        },
-        &path,
-        &format!("a {megabytes:.0} MB, {seconds:.0} s input"),
-    )?;
-    Ok(path)
-}
-
 fn write_report(
     report: &mut Report,
     args: &WorkerArgs,
@@ -386,15 +315,6 @@ fn write_report(
     println!("{md}");
     println!("Report: {}", report.dir.display());
     Ok(())
-}
-
-/// The mean service time (s) at one job per worker from the newest worker report.
-pub fn measured_service_times() -> Option<(PathBuf, Vec<f64>)> {
-    let dir = super::latest_report("worker")?;
-    let levels: Vec<Level> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("levels.json")).ok()?).ok()?;
-    let first = levels.into_iter().find(|l| l.concurrency == 1)?;
-    Some((dir, first.service_times_s))
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
-use super::cloudwatch;
-use super::worker::{input_video, WorkerArgs};
-use super::{plot, Report};
+use super::{input_video, WorkerArgs};
 use crate::api_client;
+use crate::capacity::cloudwatch;
+use crate::capacity::{plot, Report};
 use crate::paths::scratch_dir;
 
 /// Uploads in flight at once while the backlog is put in place: the API's default limit
