@@ -19,7 +19,7 @@ pub mod desired;
 mod engine;
 pub mod metrics;
 pub mod model;
-pub mod names;
+pub use stack_config::names;
 pub mod plan;
 pub(crate) mod resources;
 pub mod userdata;

@@ -2,6 +2,8 @@
 //! Its own crate so that `provision` and `cargo xtask` (which must not link the AWS SDK)
 //! read the file with the same types.
 
+pub mod names;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -155,7 +157,12 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
             None => DEFAULT_TOML.to_owned(),
         };
-        let config: Config = toml::from_str(&text)?;
+        Self::from_toml(&text)
+    }
+
+    /// A configuration file's text, checked as `load` checks it.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let config: Config = toml::from_str(text)?;
         config.validate()?;
         Ok(config)
     }

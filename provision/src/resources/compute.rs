@@ -20,7 +20,8 @@ use crate::aws::{Aws, DeleteError, Ids, NamesById, STACK_TAG};
 use crate::config::{Config, InstanceSubnets};
 use crate::model::{Kind, Observed, Props, Resource};
 use crate::names::{
-    asg_name, database_name, queue_name, target_group_name, token_secret_name, Names, Tier,
+    asg_name, database_name, launch_template_name, queue_name, target_group_name,
+    token_secret_name, Names, Tier,
 };
 use crate::userdata::{self, Release};
 
@@ -115,7 +116,7 @@ pub(crate) fn desired(
         ),
     ] {
         let tier = user_data_tier.name();
-        let template = n.of(&format!("{tier}-template"));
+        let template = launch_template_name(&n.stack, tier);
         let user_data = userdata::render(user_data_tier, config, account_id, release);
         out.push(Resource::new(
             Kind::LaunchTemplate,

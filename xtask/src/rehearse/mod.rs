@@ -29,6 +29,8 @@ use instance::{debian_rootfs, Instance};
 use smoke::{after_restart, after_rotation, smoke_flow, start_job_in_flight};
 use stand_ins::{stand_in_database, truststore, Imds, Pki};
 
+use stack_config::names;
+
 use crate::paths::{project_root, scratch_dir};
 use crate::postgres::PrivateCluster;
 use crate::system::{ensure_installed, install_packages, is_root, output, which};
@@ -301,7 +303,7 @@ fn restarts(
         "-c",
         ROTATE_PASSWORD,
         &world.endpoint,
-        STACK,
+        &names::database_name(STACK),
         "us-east-1",
         &rotated,
     ]))
@@ -399,11 +401,11 @@ fn restarts(
 const ROTATE_PASSWORD: &str = r#"
 import json, sys
 import boto3
-endpoint, stack, region, password = sys.argv[1:5]
+endpoint, database, region, password = sys.argv[1:5]
 kw = dict(endpoint_url=endpoint, region_name=region,
           aws_access_key_id="testing", aws_secret_access_key="testing")
 db = boto3.client("rds", **kw).describe_db_instances(
-    DBInstanceIdentifier=f"{stack}-postgres")["DBInstances"][0]
+    DBInstanceIdentifier=database)["DBInstances"][0]
 sm = boto3.client("secretsmanager", **kw)
 arn = db["MasterUserSecret"]["SecretArn"]
 login = json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])
@@ -501,13 +503,33 @@ fn wait_for_port(address: (&str, u16), limit: Duration) -> anyhow::Result<()> {
 /// The rehearsal's stack configuration: the project's, with one of moto's images and the
 /// log agent off (its download is not rehearsed).
 fn stack_config(dir: &Path) -> anyhow::Result<PathBuf> {
-    let text = std::fs::read_to_string(project_root().join("config/aws.toml"))?;
-    let text = text
-        .replace("ami = \"\"", "ami = \"ami-1e749f67\"")
-        .replace("cloudwatch_agent = true", "cloudwatch_agent = false");
+    let source = project_root().join("config/aws.toml");
+    let text = rehearsal_config(&std::fs::read_to_string(&source)?)
+        .with_context(|| format!("{}", source.display()))?;
     let path = dir.join("stack.toml");
     std::fs::write(&path, text)?;
+    // What provision will refuse is refused here, before anything starts.
+    stack_config::Config::load(Some(&path))
+        .with_context(|| format!("the rehearsal's {}", path.display()))?;
     Ok(path)
+}
+
+/// The project's configuration text with the two keys the rehearsal sets; refused when
+/// either is missing (a renamed key would otherwise leave the rehearsal on AWS values).
+fn rehearsal_config(text: &str) -> anyhow::Result<String> {
+    let mut config: toml::Table = toml::from_str(text).context("not TOML")?;
+    for (section, key, value) in [
+        ("instances", "ami", toml::Value::from("ami-1e749f67")),
+        ("logs", "cloudwatch_agent", toml::Value::from(false)),
+    ] {
+        let slot = config
+            .get_mut(section)
+            .and_then(toml::Value::as_table_mut)
+            .and_then(|table| table.get_mut(key))
+            .with_context(|| format!("no {section}.{key}, which the rehearsal sets"))?;
+        *slot = value;
+    }
+    Ok(toml::to_string(&config)?)
 }
 
 /// What the harness reads back from the emulator: each tier's user data as EC2 would
@@ -528,18 +550,18 @@ struct StackFacts {
 const READ_FACTS: &str = r#"
 import base64, json, sys
 import boto3
-endpoint, stack, region = sys.argv[1:4]
+endpoint, region, web_template, worker_template, database = sys.argv[1:6]
 kw = dict(endpoint_url=endpoint, region_name=region,
           aws_access_key_id="testing", aws_secret_access_key="testing")
 ec2 = boto3.client("ec2", **kw)
 out = {"region": region}
-for tier in ("web", "worker"):
+for tier, template in (("web", web_template), ("worker", worker_template)):
     v = ec2.describe_launch_template_versions(
-        LaunchTemplateName=f"{stack}-{tier}-template", Versions=["$Latest"])
+        LaunchTemplateName=template, Versions=["$Latest"])
     data = v["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]
     out[f"{tier}_user_data"] = base64.b64decode(data).decode()
 db = boto3.client("rds", **kw).describe_db_instances(
-    DBInstanceIdentifier=f"{stack}-postgres")["DBInstances"][0]
+    DBInstanceIdentifier=database)["DBInstances"][0]
 out["db_host"], out["db_port"] = db["Endpoint"]["Address"], db["Endpoint"]["Port"]
 out["db_name"] = db["DBName"]
 login = json.loads(boto3.client("secretsmanager", **kw).get_secret_value(
@@ -554,8 +576,10 @@ impl StackFacts {
             "-c",
             READ_FACTS,
             endpoint,
-            STACK,
             "us-east-1",
+            &names::launch_template_name(STACK, "web"),
+            &names::launch_template_name(STACK, "worker"),
+            &names::database_name(STACK),
         ]))
         .context("read the launch templates and the database back from moto")?;
         serde_json::from_str(&text).context("moto's answer")
@@ -583,8 +607,19 @@ fn ec2_host_sign(root: &Path) -> Option<String> {
 }
 
 #[cfg(test)]
-mod ec2_host_tests {
-    use super::ec2_host_sign;
+mod tests {
+    use super::{ec2_host_sign, rehearsal_config};
+
+    #[test]
+    fn the_rehearsal_sets_its_two_keys_and_refuses_a_configuration_without_them() {
+        let seed = stack_config::DEFAULT_TOML;
+        let config = stack_config::Config::from_toml(&rehearsal_config(seed).unwrap()).unwrap();
+        assert_eq!(config.instances.ami, "ami-1e749f67");
+        assert!(!config.logs.cloudwatch_agent);
+        let renamed = seed.replace("cloudwatch_agent =", "log_agent =");
+        let error = rehearsal_config(&renamed).unwrap_err().to_string();
+        assert!(error.contains("logs.cloudwatch_agent"), "{error}");
+    }
 
     #[test]
     fn an_ec2_instance_is_recognised_by_its_dmi_vendor_or_hypervisor_uuid() {

@@ -1,8 +1,9 @@
 //! Every name the stack gives its resources, and the two tiers. Names are the contract
 //! between the desired state and the observed one (resources are found again by name or
-//! tag), so both sides take them from here and nowhere else.
+//! tag), so both sides take them from here and nowhere else; so does the rehearsal, which
+//! reads the stack back from the emulator.
 
-use crate::config::Config;
+use crate::Config;
 
 /// The two kinds of instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,11 @@ pub fn queue_name(stack: &str) -> String {
 /// The Secrets Manager secret holding the key the API signs access tokens with.
 pub fn token_secret_name(stack: &str) -> String {
     format!("{stack}-jwt-key")
+}
+
+/// The launch template a tier's instances start from ("web" or "worker").
+pub fn launch_template_name(stack: &str, tier: &str) -> String {
+    format!("{stack}-{tier}-template")
 }
 
 pub fn target_group_name(stack: &str) -> String {
