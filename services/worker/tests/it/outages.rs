@@ -143,9 +143,16 @@ async fn api_token(client: &reqwest::Client, base: &str) -> String {
 
 /// Review 3, N19: a database that stops answering without closing anything (a stopped
 /// server, a black hole) must hang nothing. Both services reach PostgreSQL through a relay
-/// that falls silent for 25 s during a backlog: the API answers 503 within seconds (its
-/// pool's connection check is bounded by the acquire timeout), the worker says it takes no
-/// job, and once the database answers again every video is processed, none failed.
+/// that falls silent for 25 s while a backlog arrives: the API answers 503 within seconds
+/// (its pool's connection check is bounded by the acquire timeout), the worker says it
+/// takes no job, and once the database answers again every video is processed, none
+/// failed.
+///
+/// The relay goes silent once the worker has finished its first video and is waiting on
+/// the queue, so no statement of its is in flight: a statement already sent waits for the
+/// server's reply whatever the pool does (on the instances TCP retransmission bounds that,
+/// `net.ipv4.tcp_retries2` in the boot script), and a silence that began mid-statement
+/// would hold the job's slot for the whole outage, with the pause logged only after it.
 #[tokio::test]
 async fn a_database_that_falls_silent_hangs_no_request_and_loses_no_video() {
     let h = Harness::build_on(Topology::SharedMoto, &[]).await;
@@ -174,10 +181,29 @@ async fn a_database_that_falls_silent_hangs_no_request_and_loses_no_video() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("worker.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let (ids, worker) =
-        backlog_under_way(&h, &[("APP__DATABASE__URL", &through_relay)], log.into()).await;
+    let input = make_video(
+        dir.path(),
+        "clip.mp4",
+        "testsrc2=size=640x360:rate=30:duration=3",
+        &[],
+    )
+    .await;
+    let mut ids = vec![h.enqueue(&input).await];
+    let settings = [
+        SHORT_RETRIES.as_slice(),
+        &[("APP__DATABASE__URL", &through_relay)],
+    ]
+    .concat();
+    let worker = start_worker_binary_logging(&h, &settings, log.into());
+    h.wait_for(ids[0], VideoStatus::Processed, Duration::from_secs(120))
+        .await;
+    // The reply to the worker's last statement crosses the relay in well under this.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     relay.go_silent();
+    for _ in 1..VIDEOS {
+        ids.push(h.enqueue(&input).await);
+    }
     for path in ["/api/health", "/api/videos"] {
         let started = std::time::Instant::now();
         let response = tokio::time::timeout(
