@@ -70,7 +70,7 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
     ));
     if config.network.instances == InstanceSubnets::Private {
         // One gateway, in the first zone: a zone failure cuts the private subnets' way
-        // out until it is back, which the README weighs against paying for two.
+        // out until it is back, which docs/deploy.md ("Network modes") weighs against paying for two.
         out.push(Resource::new(
             Kind::ElasticIp,
             n.of("nat-ip"),
