@@ -75,18 +75,8 @@ enum Command {
     /// the database leaves a final snapshot (`<stack>-final-<time>`) and its automated
     /// backups; the token secret stays restorable for 7 days.
     Down {
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
-        /// Delete the database without a final snapshot.
-        #[arg(long)]
-        skip_final_snapshot: bool,
-        /// Delete the token secret at once instead of after the 7-day recovery window.
-        #[arg(long)]
-        purge: bool,
-        /// Delete the bucket too, with every video and published release in it.
-        #[arg(long)]
-        delete_videos: bool,
+        #[command(flatten)]
+        flags: stack_config::cli::DownFlags,
     },
     /// Print the stack's CloudWatch figures over a time range, a point a minute: load
     /// balancer requests, response time (mean, p95) and 5xx, instances in service and CPU
@@ -148,15 +138,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             restore_from: restore_from.clone(),
             ..Safeguards::default()
         },
-        Command::Down {
-            skip_final_snapshot,
-            purge,
-            delete_videos,
-            ..
-        } => Safeguards {
-            skip_final_snapshot: *skip_final_snapshot,
-            purge: *purge,
-            delete_videos: *delete_videos,
+        Command::Down { flags } => Safeguards {
+            skip_final_snapshot: flags.skip_final_snapshot,
+            purge: flags.purge,
+            delete_videos: flags.delete_videos,
             ..Safeguards::default()
         },
         _ => Safeguards::default(),
@@ -207,10 +192,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Sync::Drift => ExitCode::from(2),
         },
         Command::Metrics { .. } => unreachable!("answered above"),
-        Command::Down {
-            yes, delete_videos, ..
-        } => {
-            if !yes && !provision::confirm_down(&stack.config.stack.name, delete_videos)? {
+        Command::Down { flags } => {
+            let delete_videos = flags.delete_videos;
+            if !flags.yes && !provision::confirm_down(&stack.config.stack.name, delete_videos)? {
                 eprintln!("Not confirmed: nothing deleted.");
                 return Ok(ExitCode::FAILURE);
             }

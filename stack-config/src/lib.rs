@@ -1,7 +1,9 @@
 //! `config/aws.toml`: what the stack should look like. The file's defaults are the seed's.
 //! Its own crate so that `provision` and `cargo xtask` (which must not link the AWS SDK)
-//! read the file with the same types.
+//! read the file with the same types, spell every resource name the same way and offer
+//! the same flags.
 
+pub mod cli;
 pub mod names;
 
 use std::path::Path;

@@ -78,18 +78,8 @@ pub struct UpArgs {
 pub struct DownArgs {
     #[command(flatten)]
     target: Target,
-    /// Do not ask for confirmation.
-    #[arg(long)]
-    yes: bool,
-    /// Delete the database without the final snapshot `down` otherwise takes.
-    #[arg(long)]
-    skip_final_snapshot: bool,
-    /// Delete the token secret at once instead of after its 7-day recovery window.
-    #[arg(long)]
-    purge: bool,
-    /// Delete the bucket too, with every video and release in it (kept otherwise).
-    #[arg(long)]
-    delete_videos: bool,
+    #[command(flatten)]
+    flags: stack_config::cli::DownFlags,
 }
 
 impl UpArgs {
@@ -150,17 +140,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 pub fn down(args: DownArgs) -> anyhow::Result<()> {
     let provision = provision_binary()?;
     let mut down = crate::system::command(provision);
-    down.arg("down").args(args.target.flags());
-    for (set, flag) in [
-        (args.yes, "--yes"),
-        (args.skip_final_snapshot, "--skip-final-snapshot"),
-        (args.purge, "--purge"),
-        (args.delete_videos, "--delete-videos"),
-    ] {
-        if set {
-            down.arg(flag);
-        }
-    }
+    down.arg("down")
+        .args(args.target.flags())
+        .args(args.flags.to_args());
     run_command(&mut down)
 }
 
