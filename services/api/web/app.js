@@ -47,9 +47,18 @@ async function api(path, options = {}) {
   }
   if (!response.ok) {
     const detail = body && body.detail ? body.detail : `Error ${response.status}`;
-    throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    throw new ApiError(response.status, typeof detail === "string" ? detail : JSON.stringify(detail));
   }
   return body;
+}
+
+// The page decides what happened from the status code; the detail is only shown, so a reworded
+// message never changes behaviour.
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
 }
 
 function showSession() {
@@ -122,7 +131,8 @@ function videoCard(video) {
       button.textContent = "Ya votaste";
       say("¡Voto registrado!");
     } catch (error) {
-      if (error.message.includes("Ya has votado")) {
+      // The contract's only 400 for a vote is "already voted" (404 is an unknown video).
+      if (error.status === 400) {
         rememberVote(video.video_id);
         button.textContent = "Ya votaste";
       } else {

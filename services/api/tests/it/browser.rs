@@ -334,6 +334,27 @@ async fn a_player_uploads_and_a_fan_plays_votes_and_finds_the_player_ranked_firs
             (label == "Ya votaste").then_some(())
         })
         .await;
+        // A second vote from a page that forgot the first (another tab, a cleared session) gets
+        // the API's 400, and the page reads that status as "already voted".
+        driver
+            .execute("sessionStorage.removeItem('anb.voted'); location.reload();", vec![])
+            .await
+            .unwrap();
+        let again = eventually("the vote button to be offered again", WAIT, || async {
+            let button = driver
+                .find(By::XPath("//li[contains(@class,'card')][.//h2[text()='Mi mejor clavada']]//button"))
+                .await
+                .ok()?;
+            (button.text().await.ok()? == "Votar").then_some(button)
+        })
+        .await;
+        again.click().await.unwrap();
+        eventually("the second vote to be read as already voted", WAIT, || async {
+            let label = again.text().await.ok()?;
+            let disabled = again.attr("disabled").await.ok()?;
+            (label == "Ya votaste" && disabled.is_some()).then_some(())
+        })
+        .await;
         screenshots(&driver, "videos").await;
 
         driver.goto(format!("{base}/rankings")).await.unwrap();
