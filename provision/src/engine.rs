@@ -2,13 +2,13 @@
 //! by the names their properties mention, and delete with retries while AWS reports a
 //! dependency. What each kind of resource needs is in `resources`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use crate::aws::{Aws, DeleteError, ErrorKind, Ids, NamesById};
 use crate::model::{Action, Change, Kind, Observed};
+use crate::Safeguards;
 
 impl Aws {
     // ------------------------------------------------------------------------ observe
@@ -39,19 +39,7 @@ impl Aws {
                 .map(|o| (o.id.clone(), o.resource.name.clone())),
         );
         let compute = Box::pin(crate::resources::compute::observe(self, &names)).await?;
-        // Alarm actions are policy ARNs; compare them by the policies' names.
-        let policies: HashMap<&str, &str> = compute
-            .iter()
-            .filter(|o| o.resource.kind == Kind::ScalingPolicy)
-            .map(|o| (o.id.as_str(), o.resource.name.as_str()))
-            .collect();
-        for alarm in monitoring.iter_mut() {
-            if let Some(action) = alarm.resource.props.get_mut("action") {
-                if let Some(name) = policies.get(action.as_str()) {
-                    *action = (*name).to_owned();
-                }
-            }
-        }
+        crate::resources::monitoring::resolve_actions(&mut monitoring, &compute);
         Ok(network
             .into_iter()
             .chain(queues)
@@ -69,7 +57,7 @@ impl Aws {
 
     /// Carries out `changes`, as many at once as their references allow (a resource waits
     /// for those its properties name). Orphans are left alone; `down` removes them.
-    pub async fn apply(&self, changes: &[Change]) -> anyhow::Result<()> {
+    pub async fn apply(&self, changes: &[Change], safeguards: &Safeguards) -> anyhow::Result<()> {
         let mut ids: Ids = changes
             .iter()
             .filter_map(|c| c.id.clone().map(|id| (c.name.clone(), id)))
@@ -89,8 +77,10 @@ impl Aws {
                 !ready.is_empty(),
                 "resources reference each other in a cycle: {names:?}"
             );
-            let results =
-                futures_util::future::join_all(ready.iter().map(|c| self.apply_one(c, &ids))).await;
+            let results = futures_util::future::join_all(
+                ready.iter().map(|c| self.apply_one(c, &ids, safeguards)),
+            )
+            .await;
             let mut first_error = None;
             for (change, result) in ready.iter().zip(results) {
                 match result {
@@ -110,14 +100,19 @@ impl Aws {
     }
 
     /// One change; returns the new id when it created something.
-    async fn apply_one(&self, change: &Change, ids: &Ids) -> anyhow::Result<Option<String>> {
+    async fn apply_one(
+        &self,
+        change: &Change,
+        ids: &Ids,
+        safeguards: &Safeguards,
+    ) -> anyhow::Result<Option<String>> {
         let what = format!("{} {}", change.kind, change.name);
         let started = std::time::Instant::now();
         let result = match &change.action {
             Action::Ok | Action::Orphan => return Ok(None),
             Action::Create => {
                 eprintln!("  creating {what}");
-                crate::resources::create(self, change, ids)
+                crate::resources::create(self, change, ids, safeguards)
                     .await
                     .with_context(|| format!("create {what}"))
                     .map(Some)
@@ -133,10 +128,10 @@ impl Aws {
             Action::Replace(_) => {
                 eprintln!("  replacing {what} (delete, then create)");
                 let id = ids.get(&change.name).unwrap_or_default().to_owned();
-                self.delete(change.kind, &change.name, &id)
+                self.delete(change.kind, &change.name, &id, safeguards)
                     .await
                     .with_context(|| format!("delete {what}"))?;
-                crate::resources::create(self, change, ids)
+                crate::resources::create(self, change, ids, safeguards)
                     .await
                     .with_context(|| format!("create {what}"))
                     .map(Some)
@@ -151,10 +146,16 @@ impl Aws {
     // ------------------------------------------------------------------------- delete
 
     /// Deletes one resource, retrying while AWS says something still depends on it.
-    pub async fn delete(&self, kind: Kind, name: &str, id: &str) -> anyhow::Result<()> {
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        id: &str,
+        safeguards: &Safeguards,
+    ) -> anyhow::Result<()> {
         let mut wait = Duration::from_secs(2);
         for attempt in 1..=6 {
-            match crate::resources::delete(self, kind, id).await {
+            match crate::resources::delete(self, kind, id, safeguards).await {
                 Ok(()) => return Ok(()),
                 Err(DeleteError::Aws(ErrorKind::NotFound, _)) => return Ok(()),
                 Err(DeleteError::Aws(ErrorKind::DependencyViolation | ErrorKind::Throttled, e))

@@ -31,7 +31,6 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::aws::Aws;
-pub use crate::aws::Safeguards;
 use crate::config::Config;
 use crate::model::{Action, Change};
 pub use crate::plan::Output;
@@ -42,6 +41,25 @@ use crate::plan::{print_changes, report};
 pub enum Sync {
     InSync,
     Drift,
+}
+
+/// What a command may do to the stack's data, as its flags say. The defaults are the
+/// safe choices: nothing stateful is replaced, `down` keeps the bucket, a final snapshot
+/// and the automated backups, and the token secret stays recoverable for 7 days.
+#[derive(Debug, Clone, Default)]
+pub struct Safeguards {
+    /// `up --replace-database`: a database whose configuration cannot change in place may
+    /// be replaced, after a snapshot of it is available.
+    pub replace_database: bool,
+    /// `up --restore-from`: a database that does not exist yet is created from this
+    /// snapshot instead of empty.
+    pub restore_from: Option<String>,
+    /// `down --skip-final-snapshot`: delete the database without a final snapshot.
+    pub skip_final_snapshot: bool,
+    /// `down --purge`: delete the token secret at once, without the recovery window.
+    pub purge: bool,
+    /// `down --delete-videos`: delete the bucket too, with every video and release in it.
+    pub delete_videos: bool,
 }
 
 /// How a command runs, decided before the stack is opened and fixed after.
@@ -61,6 +79,7 @@ pub struct StackOptions {
 pub struct Stack {
     pub config: Config,
     pub aws: Aws,
+    safeguards: Safeguards,
     ami: String,
     verbose: bool,
     release: Option<String>,
@@ -77,13 +96,7 @@ impl Stack {
             safeguards,
         } = options;
         let endpoint = endpoint.as_deref();
-        let aws = Aws::connect(
-            &config.stack.name,
-            &config.stack.region,
-            endpoint,
-            safeguards,
-        )
-        .await?;
+        let aws = Aws::connect(&config.stack.name, &config.stack.region, endpoint).await?;
         let ami = match config.instances.ami.as_str() {
             "" => resources::compute::latest_debian_ami(&aws).await?,
             ami => ami.to_owned(),
@@ -91,6 +104,7 @@ impl Stack {
         Ok(Self {
             config,
             aws,
+            safeguards,
             ami,
             verbose,
             release,
@@ -165,7 +179,7 @@ impl Stack {
             todo.len(),
             self.config.stack.name
         );
-        self.aws.apply(&changes).await?;
+        self.aws.apply(&changes, &self.safeguards).await?;
         let templates: Vec<String> = todo
             .iter()
             .filter(|c| c.kind == model::Kind::LaunchTemplate && c.action != Action::Create)
@@ -198,7 +212,7 @@ impl Stack {
     /// database replaced (only `--replace-database` allows the database's, after a
     /// snapshot), or `--restore-from` given with no database to create.
     fn refuse_data_loss(&self, todo: &[&Change]) -> anyhow::Result<()> {
-        let safeguards = &self.aws.safeguards;
+        let safeguards = &self.safeguards;
         if let Some(snapshot) = &safeguards.restore_from {
             let creates_database = todo.iter().any(|c| {
                 c.kind == model::Kind::Database
@@ -311,7 +325,7 @@ impl Stack {
             .collect();
         if !bucket.is_empty() {
             eprintln!("Preparing bucket {}:", self.bucket());
-            self.aws.apply(&bucket).await?;
+            self.aws.apply(&bucket, &self.safeguards).await?;
         }
         eprintln!("Publishing release {release}:");
         self.aws.publish(&self.bucket(), release, files).await
@@ -368,7 +382,7 @@ impl Stack {
     /// clean; the kept bucket is not counted); running it again continues.
     pub async fn down(&self) -> anyhow::Result<Vec<String>> {
         let bucket = names::bucket_name(&self.config, &self.aws.account_id);
-        let keeps_bucket = !self.aws.safeguards.delete_videos;
+        let keeps_bucket = !self.safeguards.delete_videos;
         let to_delete =
             |o: &model::Observed| !(keeps_bucket && o.resource.kind == model::Kind::Bucket);
         let all = self.aws.observe(&bucket).await?;
@@ -476,7 +490,7 @@ impl Stack {
         let (kind, name) = (o.resource.kind, &o.resource.name);
         let started = Instant::now();
         eprintln!("  deleting {kind} {name}");
-        match self.aws.delete(kind, name, &o.id).await {
+        match self.aws.delete(kind, name, &o.id, &self.safeguards).await {
             Err(e) => eprintln!("  could not delete {kind} {name}: {e:#}"),
             Ok(()) if started.elapsed().as_secs() > 5 => eprintln!(
                 "  deleted {kind} {name} after {:.0} s",

@@ -118,7 +118,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &config.stack.name,
             &config.stack.region,
             cli.endpoint_url.as_deref(),
-            Safeguards::default(),
         )
         .await?;
         let metrics = aws.metrics(since, until).await?;

@@ -32,27 +32,6 @@ pub struct Aws {
     pub region: String,
     /// The account the credentials belong to: the owner every S3 call expects.
     pub account_id: String,
-    /// What this command may do to the stack's data.
-    pub(crate) safeguards: Safeguards,
-}
-
-/// What a command may do to the stack's data, as its flags say. The defaults are the
-/// safe choices: nothing stateful is replaced, `down` keeps the bucket, a final snapshot
-/// and the automated backups, and the token secret stays recoverable for 7 days.
-#[derive(Debug, Clone, Default)]
-pub struct Safeguards {
-    /// `up --replace-database`: a database whose configuration cannot change in place may
-    /// be replaced, after a snapshot of it is available.
-    pub replace_database: bool,
-    /// `up --restore-from`: a database that does not exist yet is created from this
-    /// snapshot instead of empty.
-    pub restore_from: Option<String>,
-    /// `down --skip-final-snapshot`: delete the database without a final snapshot.
-    pub skip_final_snapshot: bool,
-    /// `down --purge`: delete the token secret at once, without the recovery window.
-    pub purge: bool,
-    /// `down --delete-videos`: delete the bucket too, with every video and release in it.
-    pub delete_videos: bool,
 }
 
 impl Aws {
@@ -61,7 +40,6 @@ impl Aws {
         stack: &str,
         region: &str,
         endpoint: Option<&str>,
-        safeguards: Safeguards,
     ) -> anyhow::Result<Self> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_owned()));
@@ -93,7 +71,6 @@ impl Aws {
             stack: stack.to_owned(),
             region: region.to_owned(),
             account_id,
-            safeguards,
         })
     }
 

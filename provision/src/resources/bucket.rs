@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 
-use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, STACK_TAG};
-use crate::model::{Kind, Observed, Props, Resource};
+use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, STACK_TAG};
+use crate::model::{Change, Kind, Observed, Resource};
 
 /// Most rounds of listing and deleting object versions before `down` gives up on a bucket
 /// (1 000 versions a round): a bucket that never empties is reported, not looped on.
@@ -229,7 +229,8 @@ pub(crate) async fn observe(aws: &Aws, bucket: &str) -> anyhow::Result<Vec<Obser
     )])
 }
 
-pub(crate) async fn create(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<String> {
+pub(crate) async fn create(aws: &Aws, change: &Change, _: &Ids) -> anyhow::Result<String> {
+    let (name, p) = (change.name.as_str(), &change.desired);
     let mut create = aws.s3.create_bucket().bucket(name);
     if aws.region != "us-east-1" {
         create = create.create_bucket_configuration(
@@ -261,11 +262,12 @@ pub(crate) async fn create(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<S
     Ok(name.to_owned())
 }
 
-pub(crate) async fn update(aws: &Aws, id: &str, p: &Props) -> anyhow::Result<()> {
+pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, _: &Ids) -> anyhow::Result<()> {
+    let p = &change.desired;
     secure(aws, id, &p["policy"]).await
 }
 
-pub(crate) async fn delete(aws: &Aws, id: &str) -> Result<(), DeleteError> {
+pub(crate) async fn delete(aws: &Aws, _: Kind, id: &str) -> Result<(), DeleteError> {
     empty_and_delete(aws, id).await.map_err(DeleteError::Other)
 }
 

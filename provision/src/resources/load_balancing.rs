@@ -9,7 +9,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 
 use crate::aws::{Aws, Ids, NamesById, STACK_TAG};
-use crate::model::{Kind, Observed, Props, Resource};
+use crate::model::{Change, Kind, Observed, Props, Resource};
 use crate::names::{load_balancer_name, target_group_name, Names};
 
 /// The TLS policy of the HTTPS listener: TLS 1.3 and 1.2 with forward-secret ciphers only,
@@ -339,13 +339,8 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-pub(crate) async fn create(
-    aws: &Aws,
-    kind: Kind,
-    name: &str,
-    p: &Props,
-    ids: &Ids,
-) -> anyhow::Result<String> {
+pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<String> {
+    let (kind, name, p) = (change.kind, change.name.as_str(), &change.desired);
     match kind {
         Kind::TargetGroup => {
             let [stack_tag, name_tag] = elb_tags(aws, name);
@@ -419,13 +414,8 @@ pub(crate) async fn create(
     }
 }
 
-pub(crate) async fn update(
-    aws: &Aws,
-    kind: Kind,
-    id: &str,
-    p: &Props,
-    ids: &Ids,
-) -> anyhow::Result<()> {
+pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> anyhow::Result<()> {
+    let (kind, p) = (change.kind, &change.desired);
     match kind {
         Kind::TargetGroup => {
             aws.elb
@@ -536,21 +526,30 @@ async fn set_attributes(aws: &Aws, arn: &str, p: &Props) -> anyhow::Result<()> {
             &p["drop_invalid_header_fields"],
         ))
         .attributes(attribute(DELETION_PROTECTION, &p["deletion_protection"]));
-    let request = match p["access_logs"].strip_prefix("s3://") {
-        Some(place) => {
-            let (bucket, prefix) = place.split_once('/').unwrap_or((place, ""));
-            request
-                .attributes(attribute(ACCESS_LOGS, "true"))
-                .attributes(attribute(ACCESS_LOGS_BUCKET, bucket))
-                .attributes(attribute(ACCESS_LOGS_PREFIX, prefix))
-        }
-        None => request.attributes(attribute(ACCESS_LOGS, "false")),
-    };
-    request
+    access_log_attributes(&p["access_logs"])
+        .into_iter()
+        .fold(request, |request, a| request.attributes(a))
         .send()
         .await
         .context("set the load balancer's attributes")?;
     Ok(())
+}
+
+/// The attributes for the `access_logs` property: `s3://bucket/prefix`, or off.
+fn access_log_attributes(
+    access_logs: &str,
+) -> Vec<aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute> {
+    match access_logs.strip_prefix("s3://") {
+        Some(place) => {
+            let (bucket, prefix) = place.split_once('/').unwrap_or((place, ""));
+            vec![
+                attribute(ACCESS_LOGS, "true"),
+                attribute(ACCESS_LOGS_BUCKET, bucket),
+                attribute(ACCESS_LOGS_PREFIX, prefix),
+            ]
+        }
+        None => vec![attribute(ACCESS_LOGS, "false")],
+    }
 }
 
 /// Forward to the target group, or redirect ("HTTPS:443") when HTTPS is configured.
@@ -587,4 +586,100 @@ fn forward(target_group_arn: &str) -> ListenerAction {
         .r#type(ActionTypeEnum::Forward)
         .target_group_arn(target_group_arn)
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Names {
+        Names {
+            stack: "anb".into(),
+        }
+    }
+
+    fn listeners(resources: &[Resource]) -> Vec<&Resource> {
+        resources
+            .iter()
+            .filter(|r| r.kind == Kind::Listener)
+            .collect()
+    }
+
+    #[test]
+    fn without_a_certificate_port_80_forwards_to_the_web_tier() {
+        let resources = desired(&names(), "anb-vpc", "", None);
+        let [http] = listeners(&resources)[..] else {
+            panic!("one listener expected")
+        };
+        assert_eq!(http.props["forward_to"], target_group_name("anb"));
+        assert!(!http.props.contains_key("redirect_to"));
+        let ids: Ids = [(target_group_name("anb"), "arn:tg".to_owned())]
+            .into_iter()
+            .collect();
+        let action = default_action(&http.props, &ids).unwrap();
+        assert_eq!(action.r#type(), Some(&ActionTypeEnum::Forward));
+        assert_eq!(action.target_group_arn(), Some("arn:tg"));
+        assert!(certificates(&http.props).is_none());
+    }
+
+    #[test]
+    fn with_a_certificate_port_80_redirects_and_443_forwards_under_the_pinned_policy() {
+        let resources = desired(&names(), "anb-vpc", "arn:aws:acm:cert", None);
+        let [http, https] = listeners(&resources)[..] else {
+            panic!("two listeners expected")
+        };
+        let redirect = default_action(&http.props, &Ids::default()).unwrap();
+        let config = redirect.redirect_config().unwrap();
+        assert_eq!(
+            (config.protocol(), config.port()),
+            (Some("HTTPS"), Some("443"))
+        );
+        assert_eq!(https.props["ssl_policy"], TLS_POLICY);
+        assert_eq!(https.props["forward_to"], target_group_name("anb"));
+        let certificates = certificates(&https.props).unwrap();
+        assert_eq!(certificates[0].certificate_arn(), Some("arn:aws:acm:cert"));
+    }
+
+    #[test]
+    fn the_health_check_asks_only_whether_the_process_lives() {
+        let resources = desired(&names(), "anb-vpc", "", None);
+        let targets = resources
+            .iter()
+            .find(|r| r.kind == Kind::TargetGroup)
+            .unwrap();
+        // Not /api/health: a database failover must not make the group replace every instance.
+        assert_eq!(targets.props["health_check_path"], "/api/health/live");
+        let lb = resources
+            .iter()
+            .find(|r| r.kind == Kind::LoadBalancer)
+            .unwrap();
+        assert_eq!(lb.props["deletion_protection"], "true");
+        assert_eq!(lb.props["drop_invalid_header_fields"], "true");
+        assert_eq!(lb.props["subnets"], "anb-public-a,anb-public-b");
+    }
+
+    #[test]
+    fn access_logs_go_to_the_bucket_under_their_prefix_or_are_off() {
+        let resources = desired(&names(), "anb-vpc", "", Some("anb-videos"));
+        let lb = resources
+            .iter()
+            .find(|r| r.kind == Kind::LoadBalancer)
+            .unwrap();
+        let on = access_log_attributes(&lb.props["access_logs"]);
+        let attributes: Vec<(&str, &str)> = on
+            .iter()
+            .map(|a| (a.key().unwrap(), a.value().unwrap()))
+            .collect();
+        assert_eq!(
+            attributes,
+            [
+                (ACCESS_LOGS, "true"),
+                (ACCESS_LOGS_BUCKET, "anb-videos"),
+                (ACCESS_LOGS_PREFIX, super::super::bucket::ACCESS_LOGS_PREFIX),
+            ]
+        );
+        let off = access_log_attributes(ACCESS_LOGS_OFF);
+        assert_eq!(off.len(), 1);
+        assert_eq!(off[0].value(), Some("false"));
+    }
 }

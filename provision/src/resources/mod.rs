@@ -1,7 +1,9 @@
 //! One module per family of AWS resources, each with the same parts: what the family's
-//! resources should be (`desired…`), what they are (`observe`), and `create`, `update`
-//! and `delete`. The three functions below are the only dispatch by `Kind`; the engine
-//! calls them.
+//! resources should be (`desired…`), what they are (`observe`), and one signature per
+//! operation: `create(aws, change, ids) -> id`, `update(aws, change, id, ids)` and
+//! `delete(aws, kind, id)`. A family that can lose data (the database, the token secret)
+//! also takes the command's `Safeguards`, last. The three functions below are the only
+//! dispatch by `Kind`; the engine calls them.
 //!
 //! Every family is here; `desired.rs` only puts their desired resources in order.
 
@@ -10,7 +12,7 @@ pub(crate) mod compute;
 pub(crate) mod database;
 pub(crate) mod load_balancing;
 pub(crate) mod monitoring;
-pub(crate) mod nat;
+
 pub(crate) mod network;
 pub(crate) mod queue;
 pub(crate) mod role;
@@ -19,10 +21,14 @@ pub(crate) mod security_group;
 
 use crate::aws::{Aws, DeleteError, Ids};
 use crate::model::{Change, Kind};
+use crate::Safeguards;
 
-pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<String> {
-    let p = &change.desired;
-    let name = change.name.as_str();
+pub(crate) async fn create(
+    aws: &Aws,
+    change: &Change,
+    ids: &Ids,
+    safeguards: &Safeguards,
+) -> anyhow::Result<String> {
     match change.kind {
         Kind::Vpc
         | Kind::Subnet
@@ -31,28 +37,24 @@ pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Res
         | Kind::ElasticIp
         | Kind::NatGateway => network::create(aws, change, ids).await,
         Kind::SecurityGroup => security_group::create(aws, change, ids).await,
-        Kind::Bucket => bucket::create(aws, name, p).await,
+        Kind::Bucket => bucket::create(aws, change, ids).await,
         Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
-            load_balancing::create(aws, change.kind, name, p, ids).await
+            load_balancing::create(aws, change, ids).await
         }
         Kind::DbSubnetGroup | Kind::DbParameterGroup | Kind::Database => {
-            database::create(aws, change.kind, name, p, ids).await
+            database::create(aws, change, ids, safeguards).await
         }
         Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
-            compute::put(aws, change.kind, name, None, p, ids).await
+            compute::create(aws, change, ids).await
         }
-        Kind::Secret => secret::create(aws, name, p).await,
-        Kind::InstanceRole => role::create(aws, name, p).await,
-        Kind::Alarm | Kind::Dashboard => {
-            monitoring::put(aws, change.kind, name, p, ids).await?;
-            Ok(name.to_owned())
-        }
-        Kind::Queue => queue::create(aws, name, p).await,
+        Kind::Secret => secret::create(aws, change, ids).await,
+        Kind::InstanceRole => role::create(aws, change, ids).await,
+        Kind::Alarm | Kind::Dashboard => monitoring::create(aws, change, ids).await,
+        Kind::Queue => queue::create(aws, change, ids).await,
     }
 }
 
 pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> anyhow::Result<()> {
-    let p = &change.desired;
     match change.kind {
         Kind::Vpc
         | Kind::Subnet
@@ -62,27 +64,28 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
         | Kind::NatGateway => network::update(aws, change, id, ids).await,
         Kind::SecurityGroup => security_group::update(aws, change, id, ids).await,
         Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
-            load_balancing::update(aws, change.kind, id, p, ids).await
+            load_balancing::update(aws, change, id, ids).await
         }
         Kind::DbSubnetGroup | Kind::DbParameterGroup | Kind::Database => {
-            database::update(aws, change.kind, id, p, ids).await
+            database::update(aws, change, id, ids).await
         }
         Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
-            compute::put(aws, change.kind, &change.name, Some(id), p, ids)
-                .await
-                .map(drop)
+            compute::update(aws, change, id, ids).await
         }
-        Kind::Alarm | Kind::Dashboard => {
-            monitoring::put(aws, change.kind, &change.name, p, ids).await
-        }
-        Kind::Bucket => bucket::update(aws, id, p).await,
-        Kind::Secret => secret::update(aws, id, p).await,
-        Kind::Queue => queue::update(aws, id, p).await,
-        Kind::InstanceRole => role::update(aws, id, p).await,
+        Kind::Alarm | Kind::Dashboard => monitoring::update(aws, change, id, ids).await,
+        Kind::Bucket => bucket::update(aws, change, id, ids).await,
+        Kind::Secret => secret::update(aws, change, id, ids).await,
+        Kind::Queue => queue::update(aws, change, id, ids).await,
+        Kind::InstanceRole => role::update(aws, change, id, ids).await,
     }
 }
 
-pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {
+pub(crate) async fn delete(
+    aws: &Aws,
+    kind: Kind,
+    id: &str,
+    safeguards: &Safeguards,
+) -> Result<(), DeleteError> {
     match kind {
         Kind::Vpc
         | Kind::Subnet
@@ -90,20 +93,20 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
         | Kind::RouteTable
         | Kind::ElasticIp
         | Kind::NatGateway => network::delete(aws, kind, id).await,
-        Kind::SecurityGroup => security_group::delete(aws, id).await,
-        Kind::Queue => queue::delete(aws, id).await,
+        Kind::SecurityGroup => security_group::delete(aws, kind, id).await,
+        Kind::Queue => queue::delete(aws, kind, id).await,
         Kind::TargetGroup | Kind::LoadBalancer | Kind::Listener => {
             load_balancing::delete(aws, kind, id).await
         }
         Kind::DbSubnetGroup | Kind::DbParameterGroup | Kind::Database => {
-            database::delete(aws, kind, id).await
+            database::delete(aws, kind, id, safeguards).await
         }
         Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
-            compute::delete(aws, kind, id, id).await
+            compute::delete(aws, kind, id).await
         }
-        Kind::Secret => secret::delete(aws, id).await,
+        Kind::Secret => secret::delete(aws, kind, id, safeguards).await,
         Kind::Alarm | Kind::Dashboard => monitoring::delete(aws, kind, id).await,
-        Kind::Bucket => bucket::delete(aws, id).await,
-        Kind::InstanceRole => role::delete(aws, id).await,
+        Kind::Bucket => bucket::delete(aws, kind, id).await,
+        Kind::InstanceRole => role::delete(aws, kind, id).await,
     }
 }

@@ -1,12 +1,14 @@
 //! CloudWatch alarms (a backlog over 5, anything in the dead-letter queue) and the
 //! stack's dashboard.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use aws_sdk_cloudwatch::types::MetricAlarm;
 
 use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, STACK_TAG};
 use crate::config::Config;
-use crate::model::{Kind, Observed, Props, Resource};
+use crate::model::{Change, Kind, Observed, Resource};
 use crate::names::{asg_name, dead_letter_queue_name, load_balancer_name, queue_name, Names};
 
 /// The seed's CloudWatch alarms (a backlog over 5, anything in the dead-letter queue) and
@@ -245,14 +247,37 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
     Ok(out)
 }
 
+/// An alarm's action as AWS holds it is a scaling policy's ARN; the desired `action` names
+/// the policy. Rewrites each observed action to the name of the policy (among `compute`'s
+/// observed resources) it points to, so the two compare.
+pub(crate) fn resolve_actions(alarms: &mut [Observed], compute: &[Observed]) {
+    let policies: HashMap<&str, &str> = compute
+        .iter()
+        .filter(|o| o.resource.kind == Kind::ScalingPolicy)
+        .map(|o| (o.id.as_str(), o.resource.name.as_str()))
+        .collect();
+    for alarm in alarms {
+        if let Some(action) = alarm.resource.props.get_mut("action") {
+            if let Some(name) = policies.get(action.as_str()) {
+                *action = (*name).to_owned();
+            }
+        }
+    }
+}
+
+pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<String> {
+    put(aws, change, ids).await?;
+    Ok(change.name.clone())
+}
+
+/// Alarms and dashboards are addressed by name, which `change` carries.
+pub(crate) async fn update(aws: &Aws, change: &Change, _: &str, ids: &Ids) -> anyhow::Result<()> {
+    put(aws, change, ids).await
+}
+
 /// Creates or replaces an alarm or the dashboard (CloudWatch's calls do both).
-pub(crate) async fn put(
-    aws: &Aws,
-    kind: Kind,
-    name: &str,
-    p: &Props,
-    ids: &Ids,
-) -> anyhow::Result<()> {
+async fn put(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<()> {
+    let (kind, name, p) = (change.kind, change.name.as_str(), &change.desired);
     use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
     if kind == Kind::Dashboard {
         aws.cloudwatch
@@ -316,6 +341,46 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alarm_actions_read_back_as_the_names_of_the_policies_they_trigger() {
+        let observed = |kind, name: &str, props: &[(&str, String)], id: &str| Observed {
+            resource: Resource::new(kind, name, props),
+            id: id.into(),
+        };
+        let mut alarms = vec![
+            observed(
+                Kind::Alarm,
+                "anb-web-cpu-high",
+                &[("action", "arn:policy/out".into())],
+                "a",
+            ),
+            // An action that is no policy of the stack stays as AWS reports it: drift.
+            observed(
+                Kind::Alarm,
+                "anb-other",
+                &[("action", "arn:elsewhere".into())],
+                "b",
+            ),
+        ];
+        let compute = [
+            observed(
+                Kind::ScalingPolicy,
+                "anb-web-scale-out",
+                &[],
+                "arn:policy/out",
+            ),
+            observed(
+                Kind::AutoScalingGroup,
+                "anb-web-asg",
+                &[],
+                "arn:policy/elsewhere",
+            ),
+        ];
+        resolve_actions(&mut alarms, &compute);
+        assert_eq!(alarms[0].resource.props["action"], "anb-web-scale-out");
+        assert_eq!(alarms[1].resource.props["action"], "arn:elsewhere");
+    }
 
     fn find<'a>(all: &'a [Resource], name: &str) -> &'a Resource {
         all.iter()

@@ -4,9 +4,9 @@
 use anyhow::Context;
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, STACK_TAG};
+use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, STACK_TAG};
 use crate::config::Config;
-use crate::model::{Kind, Observed, Props, Resource};
+use crate::model::{Change, Kind, Observed, Props, Resource};
 use crate::names::{dead_letter_queue_name, queue_name, Names};
 
 /// 14 days, SQS's longest retention, in seconds. Both queues keep their messages this long:
@@ -117,7 +117,8 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
     Ok(out)
 }
 
-pub(crate) async fn create(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<String> {
+pub(crate) async fn create(aws: &Aws, change: &Change, _: &Ids) -> anyhow::Result<String> {
+    let (name, p) = (change.name.as_str(), &change.desired);
     let mut create = aws
         .sqs
         .create_queue()
@@ -131,7 +132,8 @@ pub(crate) async fn create(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<S
     Ok(created.queue_url().context("no queue url")?.to_owned())
 }
 
-pub(crate) async fn update(aws: &Aws, id: &str, p: &Props) -> anyhow::Result<()> {
+pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, _: &Ids) -> anyhow::Result<()> {
+    let p = &change.desired;
     let mut set = aws.sqs.set_queue_attributes().queue_url(id);
     for (attribute, value) in attributes(aws, p).await? {
         set = set.attributes(attribute, value);
@@ -140,7 +142,7 @@ pub(crate) async fn update(aws: &Aws, id: &str, p: &Props) -> anyhow::Result<()>
     Ok(())
 }
 
-pub(crate) async fn delete(aws: &Aws, id: &str) -> Result<(), DeleteError> {
+pub(crate) async fn delete(aws: &Aws, _: Kind, id: &str) -> Result<(), DeleteError> {
     aws.sqs
         .delete_queue()
         .queue_url(id)

@@ -10,9 +10,9 @@ use anyhow::Context;
 use aws_sdk_iam::types::Tag;
 use serde_json::{json, Value};
 
-use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, STACK_TAG};
+use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, Ids, STACK_TAG};
 use crate::config::Config;
-use crate::model::{Kind, Observed, Props, Resource};
+use crate::model::{Change, Kind, Observed, Resource};
 use crate::names::{
     bucket_name, database_name, dead_letter_queue_name, queue_name, token_secret_name, Names, Tier,
 };
@@ -232,7 +232,8 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
 /// The role, its policy, and the instance profile holding it; waits until the profile
 /// is readable with its role (IAM is eventually consistent, and a launch template naming
 /// a profile EC2 cannot see yet fails its instances).
-pub(crate) async fn create(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<String> {
+pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<String> {
+    let name = change.name.as_str();
     let [stack_tag, name_tag] = iam_tags(aws, name);
     aws.iam
         .create_role()
@@ -245,7 +246,7 @@ pub(crate) async fn create(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<S
         .send()
         .await
         .context("create the role")?;
-    update(aws, name, p).await?;
+    update(aws, change, name, ids).await?;
     let poll = std::time::Duration::from_secs(2);
     for _ in 0..30 {
         let found = aws
@@ -262,8 +263,10 @@ pub(crate) async fn create(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<S
     anyhow::bail!("instance profile {name} did not become visible within a minute")
 }
 
-/// Sets the policy and makes sure the instance profile exists and holds the role.
-pub(crate) async fn update(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<()> {
+/// Sets the policy and makes sure the instance profile exists and holds the role. `id` is
+/// the role's name: IAM addresses roles by name.
+pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, _: &Ids) -> anyhow::Result<()> {
+    let (name, p) = (id, &change.desired);
     aws.iam
         .put_role_policy()
         .role_name(name)
@@ -319,7 +322,8 @@ pub(crate) async fn update(aws: &Aws, name: &str, p: &Props) -> anyhow::Result<(
 }
 
 /// The profile (after taking the role out of it), the policy, then the role.
-pub(crate) async fn delete(aws: &Aws, name: &str) -> Result<(), DeleteError> {
+pub(crate) async fn delete(aws: &Aws, _: Kind, id: &str) -> Result<(), DeleteError> {
+    let name = id;
     let gone = |e: &DeleteError| matches!(e, DeleteError::Aws(ErrorKind::NotFound, _));
     let steps = [
         aws.iam

@@ -296,7 +296,7 @@ async fn rules_of(
         .collect())
 }
 
-pub(crate) async fn delete(aws: &Aws, id: &str) -> Result<(), DeleteError> {
+pub(crate) async fn delete(aws: &Aws, _: Kind, id: &str) -> Result<(), DeleteError> {
     aws.ec2
         .delete_security_group()
         .group_id(id)

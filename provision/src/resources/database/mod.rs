@@ -11,8 +11,9 @@ use aws_sdk_rds::types::Tag;
 
 use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, Ids, NamesById, STACK_TAG};
 use crate::config::Config;
-use crate::model::{Kind, Observed, Props, Resource};
+use crate::model::{Change, Kind, Observed, Resource};
 use crate::names::{database_name, db_parameter_group_name, db_subnet_group_name, Names};
+use crate::Safeguards;
 
 /// How often a wait on RDS asks again.
 const POLL: Duration = Duration::from_secs(10);
@@ -238,11 +239,11 @@ pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
 
 pub(crate) async fn create(
     aws: &Aws,
-    kind: Kind,
-    name: &str,
-    p: &Props,
+    change: &Change,
     ids: &Ids,
+    safeguards: &Safeguards,
 ) -> anyhow::Result<String> {
+    let (kind, name, p) = (change.kind, change.name.as_str(), &change.desired);
     let [stack_tag, name_tag] = rds_tags(aws, name);
     match kind {
         Kind::DbParameterGroup => {
@@ -271,7 +272,7 @@ pub(crate) async fn create(
             create.send().await?;
         }
         Kind::Database => {
-            match &aws.safeguards.restore_from {
+            match &safeguards.restore_from {
                 Some(snapshot) => snapshots::restore(aws, name, snapshot, p, ids).await?,
                 None => {
                     aws.rds
@@ -342,13 +343,8 @@ async fn wait_until_available(aws: &Aws, name: &str) -> anyhow::Result<()> {
     }
 }
 
-pub(crate) async fn update(
-    aws: &Aws,
-    kind: Kind,
-    id: &str,
-    p: &Props,
-    ids: &Ids,
-) -> anyhow::Result<()> {
+pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> anyhow::Result<()> {
+    let (kind, p) = (change.kind, &change.desired);
     match kind {
         Kind::DbParameterGroup => parameters::set(aws, id, p).await?,
         Kind::DbSubnetGroup => {
@@ -390,7 +386,12 @@ pub(crate) async fn update(
 /// subnet group can go. Deletion protection is lifted first (only this path does it).
 /// Unless `down --skip-final-snapshot`, a final snapshot named after the stack and the
 /// time is taken and waited for, and the automated backups are kept either way.
-pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {
+pub(crate) async fn delete(
+    aws: &Aws,
+    kind: Kind,
+    id: &str,
+    safeguards: &Safeguards,
+) -> Result<(), DeleteError> {
     match kind {
         Kind::DbParameterGroup => aws
             .rds
@@ -417,7 +418,7 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
                 .send()
                 .await
                 .map_err(DeleteError::from_sdk)?;
-            let snapshot = (!aws.safeguards.skip_final_snapshot)
+            let snapshot = (!safeguards.skip_final_snapshot)
                 .then(|| snapshots::final_snapshot_name(&aws.stack, chrono::Utc::now()));
             let delete = aws
                 .rds
@@ -465,5 +466,64 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
         other => Err(DeleteError::Other(anyhow::anyhow!(
             "{other} is not a database resource"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(config: &Config) -> Vec<Resource> {
+        desired(
+            &Names {
+                stack: "anb".into(),
+            },
+            config,
+        )
+    }
+
+    #[test]
+    fn the_database_is_multi_az_encrypted_private_and_refuses_plain_connections() {
+        let config = Config::load(None).unwrap();
+        let resources = database(&config);
+        let db = resources.iter().find(|r| r.kind == Kind::Database).unwrap();
+        for (field, value) in [
+            ("multi_az", "true"),
+            ("encrypted", "true"),
+            ("public", "false"),
+            ("managed_password", "true"),
+            ("deletion_protection", "true"),
+            ("security_groups", "anb-db"),
+        ] {
+            assert_eq!(db.props[field], value, "{field}");
+        }
+        let parameters = resources
+            .iter()
+            .find(|r| r.kind == Kind::DbParameterGroup)
+            .unwrap();
+        assert_eq!(parameters.props[FORCE_SSL], "1");
+        assert_eq!(db.props["parameter_group"], parameters.name);
+        let subnets = resources
+            .iter()
+            .find(|r| r.kind == Kind::DbSubnetGroup)
+            .unwrap();
+        assert_eq!(subnets.props["subnets"], "anb-private-a,anb-private-b");
+        assert_eq!(db.props["subnet_group"], subnets.name);
+    }
+
+    #[test]
+    fn the_parameter_family_follows_the_engine_version() {
+        let mut config = Config::load(None).unwrap();
+        config.database.engine_version = "17".into();
+        config.database.multi_az = false;
+        let resources = database(&config);
+        let parameters = resources
+            .iter()
+            .find(|r| r.kind == Kind::DbParameterGroup)
+            .unwrap();
+        assert_eq!(parameters.props["family"], "postgres17");
+        let db = resources.iter().find(|r| r.kind == Kind::Database).unwrap();
+        assert_eq!(db.props["engine_version"], "17");
+        assert_eq!(db.props["multi_az"], "false");
     }
 }

@@ -2,6 +2,7 @@
 //! gateway with its Elastic IP (private network mode). It is observed (`observe.rs`)
 //! together with the security groups, which need its names.
 
+mod nat;
 mod observe;
 
 pub(crate) use observe::observe;
@@ -13,7 +14,6 @@ use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, Ids};
 use crate::config::{Config, InstanceSubnets};
 use crate::model::{Change, Kind, Props, Resource};
 use crate::names::Names;
-use crate::resources::nat;
 
 /// The VPC with DNS, a public and a private subnet in each of two zones, the internet
 /// gateway and the public route table; in the private network mode also an Elastic IP, a
@@ -402,5 +402,86 @@ fn with_route_target(
         route.nat_gateway_id(target)
     } else {
         route.gateway_id(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(instances: InstanceSubnets) -> Vec<Resource> {
+        let mut config = Config::load(None).unwrap();
+        config.network.instances = instances;
+        desired(
+            &Names {
+                stack: "anb".into(),
+            },
+            &config,
+        )
+    }
+
+    fn named<'a>(resources: &'a [Resource], name: &str) -> &'a Resource {
+        resources
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn subnets_span_two_zones_and_only_public_ones_give_addresses() {
+        let resources = network(InstanceSubnets::Public);
+        for (name, zone, public) in [
+            ("anb-public-a", "us-east-1a", "true"),
+            ("anb-public-b", "us-east-1b", "true"),
+            ("anb-private-a", "us-east-1a", "false"),
+            ("anb-private-b", "us-east-1b", "false"),
+        ] {
+            let subnet = named(&resources, name);
+            assert_eq!(subnet.kind, Kind::Subnet);
+            assert_eq!(subnet.props["zone"], zone, "{name}");
+            assert_eq!(subnet.props["public_ip_on_launch"], public, "{name}");
+            assert_eq!(subnet.props["vpc"], "anb-vpc");
+        }
+        let public = named(&resources, "anb-public");
+        assert_eq!(public.props["default_route"], "anb-igw");
+        assert_eq!(public.props["subnets"], "anb-public-a,anb-public-b");
+    }
+
+    #[test]
+    fn the_public_mode_pays_for_no_nat_gateway() {
+        let resources = network(InstanceSubnets::Public);
+        assert!(!resources
+            .iter()
+            .any(|r| matches!(r.kind, Kind::NatGateway | Kind::ElasticIp)));
+        assert!(!resources.iter().any(|r| r.name == "anb-private"));
+    }
+
+    #[test]
+    fn the_private_mode_routes_both_private_subnets_through_one_nat_in_the_first_zone() {
+        let resources = network(InstanceSubnets::Private);
+        let nat = named(&resources, "anb-nat");
+        assert_eq!(nat.kind, Kind::NatGateway);
+        assert_eq!(nat.props["subnet"], "anb-public-a");
+        assert_eq!(nat.props["address"], "anb-nat-ip");
+        assert_eq!(named(&resources, "anb-nat-ip").kind, Kind::ElasticIp);
+        let private = named(&resources, "anb-private");
+        assert_eq!(private.props["default_route"], "anb-nat");
+        assert_eq!(private.props["subnets"], "anb-private-a,anb-private-b");
+    }
+
+    #[test]
+    fn every_name_a_network_resource_refers_to_is_one_it_declares() {
+        let resources = network(InstanceSubnets::Private);
+        let declared: Vec<&str> = resources.iter().map(|r| r.name.as_str()).collect();
+        for r in &resources {
+            for field in ["vpc", "default_route", "subnet", "address", "subnets"] {
+                let Some(value) = r.props.get(field) else {
+                    continue;
+                };
+                for name in value.split(',') {
+                    assert!(declared.contains(&name), "{} names {name}", r.name);
+                }
+            }
+        }
     }
 }
