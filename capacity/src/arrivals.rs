@@ -214,24 +214,30 @@ fn arrival_count(expected: f64) -> usize {
     }
 }
 
+/// A positive length with its unit, in seconds: `90s`, `4.5s`, `30m`, `30min`, `1.5h`. One
+/// grammar for every length the model is given (an arrival pattern's, the simulator's
+/// flags). humantime's takes no fractions ("4.5s"), which both need.
+pub fn parse_duration(text: &str) -> Option<f64> {
+    const UNITS: [(&str, f64); 4] = [("min", 60.0), ("m", 60.0), ("h", 3600.0), ("s", 1.0)];
+    let text = text.trim();
+    UNITS.iter().find_map(|&(suffix, seconds_per_unit)| {
+        let number: f64 = text.strip_suffix(suffix)?.trim().parse().ok()?;
+        (number.is_finite() && number > 0.0).then_some(number * seconds_per_unit)
+    })
+}
+
 /// Splits "10/min:30m" into the rate text and the length in minutes.
 fn split_duration<'a>(spec: &str, rest: &'a str) -> anyhow::Result<(&'a str, f64)> {
-    const UNITS: [(&str, f64); 4] = [("min", 1.0), ("m", 1.0), ("h", 60.0), ("s", 1.0 / 60.0)];
     let Some((rate, duration)) = rest.split_once(':') else {
         return Ok((rest, DEFAULT_MINUTES));
     };
-    let text = duration.trim();
-    let minutes = UNITS.iter().find_map(|&(suffix, minutes_per_unit)| {
-        let number: f64 = text.strip_suffix(suffix)?.trim().parse().ok()?;
-        (number.is_finite() && number > 0.0).then_some(number * minutes_per_unit)
-    });
-    let minutes = minutes.ok_or_else(|| {
+    let seconds = parse_duration(duration).ok_or_else(|| {
         anyhow!(
             "bad duration `{duration}` in `{spec}`: expected a positive length like 30m, 2h \
              or 90s; accepted forms: {ACCEPTED_FORMS}"
         )
     })?;
-    Ok((rate, minutes))
+    Ok((rate, seconds / 60.0))
 }
 
 fn parse_rate(spec: &str, text: &str) -> anyhow::Result<f64> {

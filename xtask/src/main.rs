@@ -14,6 +14,7 @@ mod paths;
 mod postgres;
 mod rehearse;
 mod system;
+mod table;
 #[cfg(test)]
 mod tidy;
 mod tools;

@@ -113,3 +113,20 @@ fn csv_text_errors_name_the_source_and_line() {
         .to_string();
     assert!(error.contains("holds no arrival times"), "{error}");
 }
+
+#[test]
+fn lengths_take_a_unit_and_fractions() {
+    use capacity::arrivals::parse_duration;
+    for (text, seconds) in [
+        ("90s", 90.0),
+        ("4.5s", 4.5),
+        ("30m", 1800.0),
+        ("30min", 1800.0),
+        ("1.5h", 5400.0),
+    ] {
+        assert_eq!(parse_duration(text), Some(seconds), "{text}");
+    }
+    for text in ["30", "0s", "-2m", "fast", "infh", "2 days"] {
+        assert_eq!(parse_duration(text), None, "{text}");
+    }
+}

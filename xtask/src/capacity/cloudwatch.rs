@@ -156,21 +156,26 @@ fn section(
     report.write_text("cloudwatch.csv", &csv)?;
 
     let mut md = format!(
-        "\n## CloudWatch\n\nThe stack's own figures from {} to {} UTC, a point a minute (EC2 CPU every 5 minutes); raw: `cloudwatch.json`, `cloudwatch.csv`.\n\n| metric | points | min | mean | max | unit |\n|---|---|---|---|---|---|\n",
+        "\n## CloudWatch\n\nThe stack's own figures from {} to {} UTC, a point a minute (EC2 CPU every 5 minutes); raw: `cloudwatch.json`, `cloudwatch.csv`.\n\n",
         since.format("%H:%M:%S"),
         until.format("%H:%M:%S"),
     );
+    let mut table = crate::table::Table::new(&["metric", "points", "min", "mean", "max", "unit"]);
     for s in &metrics.series {
-        match s.summary {
-            Some(Summary { min, mean, max }) => md.push_str(&format!(
-                "| {} | {} | {min:.3} | {mean:.3} | {max:.3} | {} |\n",
-                s.label,
-                s.points.len(),
-                s.unit
-            )),
-            None => md.push_str(&format!("| {} | 0 | – | – | – | {} |\n", s.label, s.unit)),
-        }
+        let [min, mean, max] = match s.summary {
+            Some(Summary { min, mean, max }) => [min, mean, max].map(|v| format!("{v:.3}")),
+            None => ["–", "–", "–"].map(str::to_owned),
+        };
+        table.row([
+            s.label.clone(),
+            s.points.len().to_string(),
+            min,
+            mean,
+            max,
+            s.unit.clone(),
+        ]);
     }
+    md.push_str(&table.markdown());
     for note in &metrics.notes {
         md.push_str(&format!("\nNote: {note}.\n"));
     }

@@ -42,14 +42,15 @@ pub struct SimulateArgs {
     copy_to: Option<std::path::PathBuf>,
 }
 
+/// Seconds: a bare number, or a length in the model's grammar (`4.5s`, `2m`).
 fn parse_seconds(text: &str) -> Result<f64, String> {
-    let number = text.strip_suffix('s').unwrap_or(text);
-    match number.parse::<f64>() {
-        Ok(seconds) if seconds > 0.0 && seconds.is_finite() => Ok(seconds),
-        _ => Err(format!(
-            "{text:?} is not a positive number of seconds (e.g. 4.5s)"
-        )),
-    }
+    let bare = text
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0 && s.is_finite());
+    bare.or_else(|| capacity::arrivals::parse_duration(text))
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds (e.g. 4.5s, 2m)"))
 }
 
 /// The worker tier as `provision` deploys it: config/aws.toml read with provision's own
@@ -296,28 +297,40 @@ fn markdown(
         args.boot_time,
         capacity::PRICE_SOURCE,
     ));
-    md.push_str("## Results\n\n| policy | videos | p50 upload → processed | p95 | max | longest backlog | most instances | instance-hours | cost | per 1 000 videos |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("## Results\n\n");
+    let mut table = crate::table::Table::new(&[
+        "policy",
+        "videos",
+        "p50 upload → processed",
+        "p95",
+        "max",
+        "longest backlog",
+        "most instances",
+        "instance-hours",
+        "cost",
+        "per 1 000 videos",
+    ]);
     for run in runs {
         let s = &run.summary;
-        md.push_str(&format!(
-            "| {} | {} | {:.1} min | {:.1} min | {:.1} min | {} | {} | {:.2} | ${:.4}{} | ${:.3} |\n",
-            short_name(&run.policy),
-            s.videos,
-            s.p50_s / 60.0,
-            s.p95_s / 60.0,
-            s.max_s / 60.0,
-            s.longest_backlog,
-            s.max_instances,
-            s.instance_hours,
-            run.cost.total_usd,
-            if run.cost.surplus_credit_usd > 0.0 {
-                format!(" (incl. ${:.4} CPU credits)", run.cost.surplus_credit_usd)
-            } else {
-                String::new()
-            },
-            run.cost.per_1000_videos_usd,
-        ));
+        let credits = if run.cost.surplus_credit_usd > 0.0 {
+            format!(" (incl. ${:.4} CPU credits)", run.cost.surplus_credit_usd)
+        } else {
+            String::new()
+        };
+        table.row([
+            short_name(&run.policy).to_string(),
+            s.videos.to_string(),
+            format!("{:.1} min", s.p50_s / 60.0),
+            format!("{:.1} min", s.p95_s / 60.0),
+            format!("{:.1} min", s.max_s / 60.0),
+            s.longest_backlog.to_string(),
+            s.max_instances.to_string(),
+            format!("{:.2}", s.instance_hours),
+            format!("${:.4}{credits}", run.cost.total_usd),
+            format!("${:.3}", run.cost.per_1000_videos_usd),
+        ]);
     }
+    md.push_str(&table.markdown());
     md.push_str("\nPolicies:\n");
     for run in runs {
         md.push_str(&format!(
@@ -347,6 +360,7 @@ mod tests {
     fn seconds_accept_a_suffix_and_refuse_nonsense() {
         assert_eq!(parse_seconds("4.5s"), Ok(4.5));
         assert_eq!(parse_seconds("120"), Ok(120.0));
+        assert_eq!(parse_seconds("2m"), Ok(120.0));
         assert!(parse_seconds("0s").is_err());
         assert!(parse_seconds("fast").unwrap_err().contains("seconds"));
     }

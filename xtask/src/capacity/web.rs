@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -152,11 +152,16 @@ impl Phase {
     }
 }
 
-static UPLOAD_BYTES: OnceLock<&'static [u8]> = OnceLock::new();
-static NEXT_USER: AtomicUsize = AtomicUsize::new(0);
-/// Users of the current phase whose sign-up or log-in failed: they send no uploads, so
-/// their failures would otherwise be invisible in the figures.
-static FAILED_LOGINS: AtomicUsize = AtomicUsize::new(0);
+/// What every simulated user of a run shares; each transaction holds an `Arc` of it.
+struct Crowd {
+    /// The file every upload sends (shared, not copied per request).
+    upload: bytes::Bytes,
+    /// The next user's number, for a unique e-mail address.
+    next_user: AtomicUsize,
+    /// Users of the current phase whose sign-up or log-in failed: they send no uploads, so
+    /// their failures would otherwise be invisible in the figures.
+    failed_logins: AtomicUsize,
+}
 
 struct Session {
     token: String,
@@ -170,8 +175,11 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
     let work = scratch_dir().join("capacity");
     std::fs::create_dir_all(&work)?;
     let upload = upload_file(&work, &args.size)?;
-    let bytes: &'static [u8] = Box::leak(std::fs::read(&upload)?.into_boxed_slice());
-    let _ = UPLOAD_BYTES.set(bytes);
+    let crowd = Arc::new(Crowd {
+        upload: std::fs::read(&upload)?.into(),
+        next_user: AtomicUsize::new(0),
+        failed_logins: AtomicUsize::new(0),
+    });
 
     let mut report = Report::create(if args.quick { "web-quick" } else { "web" })?;
     let local = match &args.target {
@@ -190,13 +198,14 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
         let mut phases = Vec::new();
         let measure = |name: String, users: usize, ramp: Duration, hold: Duration, route: Route| {
             let base = base.clone();
+            let crowd = crowd.clone();
             async move {
                 eprintln!(
                     "capacity web: {name}: {users} users, ramp {} s, hold {} s",
                     ramp.as_secs(),
                     hold.as_secs()
                 );
-                FAILED_LOGINS.store(0, Ordering::SeqCst);
+                crowd.failed_logins.store(0, Ordering::SeqCst);
                 // goose measures the hold only (it resets once every user is launched): the
                 // API's CPU is read over the same span.
                 let cpu_at_hold = async {
@@ -207,8 +216,10 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
                         api_pid.map(|_| machine_cpu()).transpose(),
                     )
                 };
-                let (metrics, (hold_started, before, machine_before)) =
-                    tokio::join!(attack(&base, users, ramp, hold, route, mix), cpu_at_hold);
+                let (metrics, (hold_started, before, machine_before)) = tokio::join!(
+                    attack(&base, &crowd, users, ramp, hold, route, mix),
+                    cpu_at_hold
+                );
                 let metrics = metrics?;
                 let after = api_pid.map(process_cpu_seconds).transpose()?;
                 let mut phase = summarize(&name, users, &metrics);
@@ -220,7 +231,7 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
                     phase.machine_cpu_percent =
                         Some(machine_cpu()?.busy_percent_since(&machine_before));
                 }
-                phase.failed_logins = FAILED_LOGINS.load(Ordering::SeqCst);
+                phase.failed_logins = crowd.failed_logins.load(Ordering::SeqCst);
                 if phase.failed_logins > 0 {
                     let attempts = phase.requests + phase.failed_logins;
                     let failed =
@@ -402,6 +413,7 @@ enum Route {
 
 async fn attack(
     base: &str,
+    crowd: &Arc<Crowd>,
     users: usize,
     ramp: Duration,
     hold: Duration,
@@ -414,9 +426,12 @@ async fn attack(
         Route::Mix => {
             let mut scenario = scenario!("player-and-fan")
                 .set_wait_time(think.0, think.1)?
-                .register_transaction(transaction!(log_in).set_on_start());
+                .register_transaction(with_crowd(crowd, Action::LogIn).set_on_start());
             for (weight, action) in [
-                (mix.upload, transaction!(upload).set_name("upload")),
+                (
+                    mix.upload,
+                    with_crowd(crowd, Action::Upload).set_name("upload"),
+                ),
                 (mix.list, transaction!(public_list).set_name("public list")),
                 (mix.rankings, transaction!(rankings).set_name("rankings")),
             ] {
@@ -457,9 +472,31 @@ async fn live(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
+/// The transactions that need what the users share.
+#[derive(Clone, Copy)]
+enum Action {
+    LogIn,
+    Upload,
+}
+
+/// A transaction running `action` with its own handle on `crowd` (goose's `transaction!`
+/// takes a plain function, which could reach shared state only through statics).
+fn with_crowd(crowd: &Arc<Crowd>, action: Action) -> Transaction {
+    let crowd = crowd.clone();
+    Transaction::new(Arc::new(move |user| {
+        let crowd = crowd.clone();
+        Box::pin(async move {
+            match action {
+                Action::LogIn => log_in(user, &crowd).await,
+                Action::Upload => upload(user, &crowd).await,
+            }
+        })
+    }))
+}
+
 /// Each simulated user signs up and logs in once (not measured).
-async fn log_in(user: &mut GooseUser) -> TransactionResult {
-    let n = NEXT_USER.fetch_add(1, Ordering::SeqCst);
+async fn log_in(user: &mut GooseUser, crowd: &Crowd) -> TransactionResult {
+    let n = crowd.next_user.fetch_add(1, Ordering::SeqCst);
     let base = user.base_url.to_string();
     let email = format!("capacity-{}-{n}@example.com", std::process::id());
     match api_client::signup_and_login(&user.client, base.trim_end_matches('/'), "Carga", &email)
@@ -467,19 +504,19 @@ async fn log_in(user: &mut GooseUser) -> TransactionResult {
     {
         Ok(token) => user.set_session_data(Session { token }),
         Err(e) => {
-            FAILED_LOGINS.fetch_add(1, Ordering::SeqCst);
+            crowd.failed_logins.fetch_add(1, Ordering::SeqCst);
             eprintln!("capacity web: user {n} could not log in: {e:#}");
         }
     }
     Ok(())
 }
 
-async fn upload(user: &mut GooseUser) -> TransactionResult {
+async fn upload(user: &mut GooseUser, crowd: &Crowd) -> TransactionResult {
     let Some(token) = user.get_session_data::<Session>().map(|s| s.token.clone()) else {
         return Ok(());
     };
-    let bytes = UPLOAD_BYTES.get().copied().unwrap_or_default();
-    let part = reqwest::multipart::Part::bytes(bytes)
+    let length = crowd.upload.len() as u64;
+    let part = reqwest::multipart::Part::stream_with_length(crowd.upload.clone(), length)
         .file_name("clip.mp4")
         .mime_str("video/mp4")
         .expect("a valid MIME type");
@@ -699,39 +736,48 @@ fn write_report(
         GOOSE_VERSION,
         if args.quick { "\n- **Quick mode**: phases of seconds; checks the scenario, does not measure capacity" } else { "" },
     ));
-    md.push_str("## Phases\n\n| phase | users | requests/s | p50 ms | p95 ms | p99 ms | errors | API CPU | machine CPU | API RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("## Phases\n\n");
+    let mut table = crate::table::Table::new(&[
+        "phase",
+        "users",
+        "requests/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "API CPU",
+        "machine CPU",
+        "API RSS",
+    ]);
     for p in std::iter::once(ceiling).chain(phases) {
-        md.push_str(&format!(
-            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} %{} | {} | {} | {} |\n",
-            p.name,
-            p.users,
-            p.rps,
-            p.p50_ms,
-            p.p95_ms,
-            p.p99_ms,
-            p.error_rate * 100.0,
-            {
-                let mut kinds: Vec<String> = p
-                    .failures
-                    .iter()
-                    .map(|(s, c)| format!("{c}× {s}"))
-                    .collect();
-                if p.failed_logins > 0 {
-                    kinds.push(format!("{} users could not log in", p.failed_logins));
-                }
-                if kinds.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", kinds.join(", "))
-                }
-            },
-            p.api_cpu_percent
-                .map_or("–".into(), |c| format!("{c:.0} %")),
-            p.machine_cpu_percent
-                .map_or("–".into(), |c| format!("{c:.0} %")),
+        let mut kinds: Vec<String> = p
+            .failures
+            .iter()
+            .map(|(s, c)| format!("{c}× {s}"))
+            .collect();
+        if p.failed_logins > 0 {
+            kinds.push(format!("{} users could not log in", p.failed_logins));
+        }
+        let kinds = if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kinds.join(", "))
+        };
+        let percent = |c: Option<f64>| c.map_or("–".into(), |c| format!("{c:.0} %"));
+        table.row([
+            p.name.clone(),
+            p.users.to_string(),
+            format!("{:.1}", p.rps),
+            format!("{:.0}", p.p50_ms),
+            format!("{:.0}", p.p95_ms),
+            format!("{:.0}", p.p99_ms),
+            format!("{:.2} %{kinds}", p.error_rate * 100.0),
+            percent(p.api_cpu_percent),
+            percent(p.machine_cpu_percent),
             p.api_rss_mb.map_or("–".into(), |m| format!("{m:.0} MB")),
-        ));
+        ]);
     }
+    md.push_str(&table.markdown());
     md.push_str("\n## Capacity found\n\n");
     match best {
         Some(best) => {
@@ -793,11 +839,21 @@ fn write_report(
     Ok(())
 }
 
+/// The load generator's version, for the report; a test holds it to the workspace's pin.
 const GOOSE_VERSION: &str = "0.18.1";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_report_names_the_goose_version_the_workspace_pins() {
+        let manifest = include_str!("../../../Cargo.toml");
+        assert!(
+            manifest.contains(&format!("goose = \"{GOOSE_VERSION}\"")),
+            "Cargo.toml pins another goose than GOOSE_VERSION ({GOOSE_VERSION})"
+        );
+    }
 
     #[test]
     fn mix_parses_and_names_what_is_wrong() {

@@ -347,17 +347,34 @@ fn write_report(
         outcome.videos,
         if args.quick { "\n- **Quick mode**: short inputs, checks the scenario, does not measure capacity" } else { "" },
     ));
-    md.push_str(&format!(
-        "## Results\n\n| phase | videos | videos/min | upload → processed p50 | p95 | queue trend |\n|---|---|---|---|---|---|\n| saturation | {} | {:.2} | {:.1} s | {:.1} s | – |\n| sustained | {} | {:.2} (arrivals) | – | – | {:+.2}/min{} |\n",
-        outcome.videos,
-        outcome.videos_per_min,
-        p(0.5),
-        p(0.95),
-        outcome.videos,
-        outcome.sustained_rate,
-        outcome.queue_trend_per_min,
-        if outcome.queue_trend_per_min < 0.5 { " (≈ 0 or falling: keeps up)" } else { " (grows)" },
-    ));
+    md.push_str("## Results\n\n");
+    md.push_str(
+        &crate::table::Table::new(&[
+            "phase",
+            "videos",
+            "videos/min",
+            "upload → processed p50",
+            "p95",
+            "queue trend",
+        ])
+        .row([
+            "saturation".to_owned(),
+            outcome.videos.to_string(),
+            format!("{:.2}", outcome.videos_per_min),
+            format!("{:.1} s", p(0.5)),
+            format!("{:.1} s", p(0.95)),
+            "–".to_owned(),
+        ])
+        .row([
+            "sustained".to_owned(),
+            outcome.videos.to_string(),
+            format!("{:.2} (arrivals)", outcome.sustained_rate),
+            "–".to_owned(),
+            "–".to_owned(),
+            super::queue_trend(outcome.queue_trend_per_min),
+        ])
+        .markdown(),
+    );
     if !outcome.backlog_built {
         md.push_str("\nNo video of the backlog was ever seen waiting: the tier kept up with the uploads, so the rate above is the uploader's, a lower bound for the tier. Upload from closer to the stack, or more videos (`--videos`).\n");
     }

@@ -280,24 +280,28 @@ fn write_report(
         args.backlog_per_job,
         args.sustained_per_job,
     ));
-    md.push_str("## Results\n\n| jobs at once | videos/min | service time mean | p95 | CPU | sustained at | queue trend |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("## Results\n\n");
+    let mut table = crate::table::Table::new(&[
+        "jobs at once",
+        "videos/min",
+        "service time mean",
+        "p95",
+        "CPU",
+        "sustained at",
+        "queue trend",
+    ]);
     for l in levels {
-        md.push_str(&format!(
-            "| {} | {:.2} | {:.1} s | {:.1} s | {:.0} % | {:.2}/min | {:+.2}/min{} |\n",
-            l.concurrency,
-            l.videos_per_min,
-            l.mean_service_s,
-            l.p95_service_s,
-            l.cpu_percent,
-            l.sustained_rate,
-            l.queue_trend_per_min,
-            if l.queue_trend_per_min < 0.5 {
-                " (≈ 0 or falling: keeps up)"
-            } else {
-                " (grows)"
-            }
-        ));
+        table.row([
+            l.concurrency.to_string(),
+            format!("{:.2}", l.videos_per_min),
+            format!("{:.1} s", l.mean_service_s),
+            format!("{:.1} s", l.p95_service_s),
+            format!("{:.0} %", l.cpu_percent),
+            format!("{:.2}/min", l.sustained_rate),
+            super::queue_trend(l.queue_trend_per_min),
+        ]);
     }
+    md.push_str(&table.markdown());
     md.push_str(&format!(
         "\n## Capacity found\n\n**{:.2} videos/min per worker** with {} job(s) at once (mean service time {:.1} s; the CPU was {:.0} % busy). {}\n\nFor `capacity simulate`: `--service-time {:.1}s` (or let it read this report).\n\n![videos per minute](videos-per-minute.png)\n\nRaw data: `levels.csv`, `levels.json` (with every service time).\n",
         best.videos_per_min,

@@ -91,3 +91,13 @@ pub fn measured_service_times() -> Option<(PathBuf, Vec<f64>)> {
     let first = levels.into_iter().find(|l| l.concurrency == 1)?;
     Some((dir, first.service_times_s))
 }
+
+/// A queue's trend per minute, read: "+0.10/min (≈ 0 or falling: keeps up)".
+fn queue_trend(per_minute: f64) -> String {
+    let verdict = if per_minute < 0.5 {
+        "≈ 0 or falling: keeps up"
+    } else {
+        "grows"
+    };
+    format!("{per_minute:+.2}/min ({verdict})")
+}
