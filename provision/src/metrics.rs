@@ -18,48 +18,7 @@ pub const PERIOD_SECONDS: i32 = 60;
 /// The series that count events (a minute without a point had none).
 const COUNTS: [&str; 3] = ["requests", "target_5xx", "elb_5xx"];
 
-/// One metric over the range: a point a minute where CloudWatch has data.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Series {
-    /// A stable key (`requests`, `web_cpu`, …) for programs reading the JSON.
-    pub id: String,
-    pub label: String,
-    pub unit: String,
-    /// (time, value), oldest first.
-    pub points: Vec<(DateTime<Utc>, f64)>,
-    /// Over the points; None without any.
-    pub summary: Option<Summary>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
-    pub min: f64,
-    pub mean: f64,
-    pub max: f64,
-}
-
-impl Summary {
-    fn of(values: impl Iterator<Item = f64> + Clone) -> Option<Self> {
-        let count = values.clone().count();
-        (count > 0).then(|| Self {
-            min: values.clone().fold(f64::INFINITY, f64::min),
-            max: values.clone().fold(f64::NEG_INFINITY, f64::max),
-            mean: values.sum::<f64>() / count as f64,
-        })
-    }
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Metrics {
-    pub stack: String,
-    pub region: String,
-    pub since: DateTime<Utc>,
-    pub until: DateTime<Utc>,
-    pub period_seconds: i32,
-    pub series: Vec<Series>,
-    /// What could not be read, and why (no load balancer yet, say).
-    pub notes: Vec<String>,
-}
+pub use stack_config::metrics::{Metrics, Series, Summary};
 
 /// What to ask CloudWatch for: (id, label, unit, namespace, metric, dimension, statistic).
 type Query = (
@@ -345,42 +304,5 @@ impl Aws {
             Err(e) if error_kind(&e) == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).context("describe the load balancer"),
         }
-    }
-}
-
-impl Metrics {
-    /// A table: each metric's points, minimum, mean and maximum over the range.
-    pub fn render(&self) -> String {
-        let mut out = format!(
-            "CloudWatch figures of stack {} ({}) from {} to {} (one point a minute):\n",
-            self.stack,
-            self.region,
-            self.since.format("%Y-%m-%d %H:%M:%S UTC"),
-            self.until.format("%Y-%m-%d %H:%M:%S UTC"),
-        );
-        out.push_str(&format!(
-            "  {:<36} {:>6} {:>10} {:>10} {:>10}  unit\n",
-            "metric", "points", "min", "mean", "max"
-        ));
-        for s in &self.series {
-            let (points, [min, mean, max]) = match s.summary {
-                Some(Summary { min, mean, max }) => {
-                    (s.points.len(), [min, mean, max].map(|v| format!("{v:.3}")))
-                }
-                None => (0, ["-", "-", "-"].map(String::from)),
-            };
-            out.push_str(&format!(
-                "  {:<36} {points:>6} {min:>10} {mean:>10} {max:>10}  {}\n",
-                s.label, s.unit
-            ));
-        }
-        for note in &self.notes {
-            out.push_str(&format!("  note: {note}\n"));
-        }
-        out.push_str(
-            "CloudWatch publishes a minute's figures one to three minutes after it ends: \
-             read again later for the last minutes.\n",
-        );
-        out
     }
 }

@@ -1,9 +1,10 @@
 //! `config/aws.toml`: what the stack should look like. The file's defaults are the seed's.
 //! Its own crate so that `provision` and `cargo xtask` (which must not link the AWS SDK)
-//! read the file with the same types, spell every resource name the same way and offer
-//! the same flags.
+//! read the file with the same types, spell every resource name the same way, offer the
+//! same flags and read `provision metrics`' JSON with the types it was written with.
 
 pub mod cli;
+pub mod metrics;
 pub mod names;
 
 use std::path::Path;

@@ -9,30 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::{plot, Report};
 
-/// What `provision metrics --output json` prints (the fields the reports use).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Metrics {
-    pub since: DateTime<Utc>,
-    pub until: DateTime<Utc>,
-    pub series: Vec<Series>,
-    pub notes: Vec<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Series {
-    pub id: String,
-    pub label: String,
-    pub unit: String,
-    pub points: Vec<(DateTime<Utc>, f64)>,
-    pub summary: Option<Summary>,
-}
-
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
-    pub min: f64,
-    pub mean: f64,
-    pub max: f64,
-}
+/// What `provision metrics --output json` prints, with the types it prints it with.
+pub use stack_config::metrics::{Metrics, Summary};
 
 /// Which stack a `--target` run reads CloudWatch of.
 #[derive(Debug, Clone, clap::Args)]
