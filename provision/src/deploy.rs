@@ -185,6 +185,10 @@ impl Aws {
             .context("the target group does not exist")?
             .to_owned();
         let started = Instant::now();
+        let mut wait = stack_config::progress::Wait::start(
+            "healthy targets behind the load balancer",
+            "instances install and start in 2–4 min",
+        );
         loop {
             let health = self
                 .elb
@@ -201,10 +205,7 @@ impl Aws {
                 .collect();
             let healthy = states.iter().filter(|s| **s == "healthy").count();
             if healthy >= wanted {
-                eprintln!(
-                    "  {healthy} healthy target(s) behind the load balancer after {:.0} s",
-                    started.elapsed().as_secs_f64()
-                );
+                wait.done(&format!("{healthy} healthy"));
                 return Ok(());
             }
             anyhow::ensure!(
@@ -213,11 +214,9 @@ impl Aws {
                  (targets: {states:?}); read the instances' logs (see below) and run `up` again",
                 timeout.as_secs_f64() / 60.0
             );
-            eprintln!(
-                "  waiting for healthy targets behind the load balancer: {healthy} of {wanted} \
-                 ({} registered, {:.0} s so far; instances install and start in 2–4 min)",
-                states.len(),
-                started.elapsed().as_secs_f64()
+            wait.status(
+                &format!("{healthy} of {wanted} healthy, {} registered", states.len()),
+                Some(100.0 * healthy as f64 / wanted.max(1) as f64),
             );
             tokio::time::sleep(Duration::from_secs(15)).await;
         }

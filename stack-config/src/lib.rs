@@ -1,11 +1,13 @@
 //! `config/aws.toml`: what the stack should look like. The file's defaults are the seed's.
 //! Its own crate so that `provision` and `cargo xtask` (which must not link the AWS SDK)
 //! read the file with the same types, spell every resource name the same way, offer the
-//! same flags and read `provision metrics`' JSON with the types it was written with.
+//! same flags, read `provision metrics`' JSON with the types it was written with, and show
+//! long waits the same way (`progress`).
 
 pub mod cli;
 pub mod metrics;
 pub mod names;
+pub mod progress;
 
 use std::path::Path;
 use std::time::Duration;

@@ -211,7 +211,10 @@ impl Instance {
     /// the API process starts, a few seconds before it listens); seconds since boot.
     pub(super) fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<f64> {
         let booted = self.booted.context("not booted")?;
-        let mut last_report = Instant::now();
+        let mut wait = stack_config::progress::Wait::start(
+            format!("the {} instance to be healthy", self.tier),
+            "the first boot installs packages",
+        );
         loop {
             let user_data = self
                 .exec(&[
@@ -235,6 +238,7 @@ impl Instance {
                 .exec(&["systemctl", "is-active", self.unit])
                 .unwrap_or_default();
             if user_data_done && service.trim() == "active" && self.passes_health_check() {
+                wait.done("healthy");
                 return Ok(booted.elapsed().as_secs_f64());
             }
             if booted.elapsed() > limit {
@@ -251,14 +255,14 @@ impl Instance {
                     );
                 }
             }
-            if last_report.elapsed() > Duration::from_secs(30) {
-                eprintln!(
-                    "rehearse: waiting for the {} instance ({:.0} s since boot; the first boot installs packages)",
-                    self.tier,
-                    booted.elapsed().as_secs_f64()
-                );
-                last_report = Instant::now();
-            }
+            wait.status(
+                match (user_data_done, service.trim()) {
+                    (false, _) => "user data running",
+                    (true, "active") => "service up, health check not yet passing",
+                    (true, _) => "service starting",
+                },
+                None,
+            );
             std::thread::sleep(Duration::from_secs(1));
         }
     }

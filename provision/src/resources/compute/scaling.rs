@@ -1,7 +1,7 @@
 //! The two auto-scaling groups and their scaling policies: target tracking on the backlog
 //! per worker, and the seed's CPU steps for the web tier.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_autoscaling::types::{
@@ -9,6 +9,8 @@ use aws_sdk_autoscaling::types::{
     Tag as AsgTag, TargetTrackingConfiguration, TargetTrackingMetricDataQuery,
     TargetTrackingMetricStat,
 };
+
+use stack_config::progress::Wait;
 
 use crate::aws::{Aws, DeleteError, Ids, NamesById, STACK_TAG};
 use crate::model::{Change, Kind, Observed, Props, Resource};
@@ -282,7 +284,7 @@ pub(super) async fn delete_group(aws: &Aws, name: &str) -> Result<(), DeleteErro
         .send()
         .await
         .map_err(DeleteError::from_sdk)?;
-    let started = Instant::now();
+    let mut wait = Wait::start(format!("{name} and its instances to terminate"), "1–3 min");
     loop {
         let found = aws
             .autoscaling
@@ -291,12 +293,13 @@ pub(super) async fn delete_group(aws: &Aws, name: &str) -> Result<(), DeleteErro
             .send()
             .await
             .map_err(DeleteError::from_sdk)?;
-        if found.auto_scaling_groups().is_empty() {
+        let Some(group) = found.auto_scaling_groups().first() else {
+            wait.done("deleted");
             return Ok(());
-        }
-        eprintln!(
-            "  waiting for {name} and its instances to terminate ({:.0} s so far)",
-            started.elapsed().as_secs_f64()
+        };
+        wait.status(
+            &format!("{} instance(s) left", group.instances().len()),
+            None,
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
     }

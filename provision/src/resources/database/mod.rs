@@ -4,10 +4,12 @@
 mod parameters;
 mod snapshots;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_rds::types::Tag;
+
+use stack_config::progress::Wait;
 
 use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, Ids, NamesById, STACK_TAG};
 use crate::config::Config;
@@ -310,7 +312,7 @@ pub(crate) async fn create(
 /// The launch templates wait for the database (they name it), so instances boot into
 /// a stack whose database answers instead of failing health checks for a quarter hour.
 async fn wait_until_available(aws: &Aws, name: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
+    let mut wait = Wait::start(format!("RDS to create {name}"), "Multi-AZ takes 10–20 min");
     loop {
         let found = aws
             .rds
@@ -326,6 +328,7 @@ async fn wait_until_available(aws: &Aws, name: &str) -> anyhow::Result<()> {
             .unwrap_or("unknown")
             .to_owned();
         if status == "available" {
+            wait.done("available");
             return Ok(());
         }
         anyhow::ensure!(
@@ -335,10 +338,7 @@ async fn wait_until_available(aws: &Aws, name: &str) -> anyhow::Result<()> {
             ),
             "database {name} is {status}"
         );
-        eprintln!(
-            "  waiting for RDS to create {name} (status {status}, {:.0} s so far; Multi-AZ takes 10–20 min)",
-            started.elapsed().as_secs_f64()
-        );
+        wait.status(&status, None);
         tokio::time::sleep(POLL * 3).await;
     }
 }
@@ -433,7 +433,7 @@ pub(crate) async fn delete(
                 None => delete.skip_final_snapshot(true),
             };
             delete.send().await.map_err(DeleteError::from_sdk)?;
-            let started = Instant::now();
+            let mut wait = Wait::start(format!("RDS to delete {id}"), "5–10 min");
             loop {
                 match aws
                     .rds
@@ -442,13 +442,18 @@ pub(crate) async fn delete(
                     .send()
                     .await
                 {
-                    Err(e) if error_kind(&e) == ErrorKind::NotFound => break,
+                    Err(e) if error_kind(&e) == ErrorKind::NotFound => {
+                        wait.done("deleted");
+                        break;
+                    }
                     Err(e) => return Err(DeleteError::from_sdk(e)),
-                    Ok(_) => {
-                        eprintln!(
-                            "  waiting for RDS to delete {id} ({:.0} s so far)",
-                            started.elapsed().as_secs_f64()
-                        );
+                    Ok(found) => {
+                        let status = found
+                            .db_instances()
+                            .first()
+                            .and_then(|db| db.db_instance_status())
+                            .unwrap_or("deleting");
+                        wait.status(status, None);
                         tokio::time::sleep(POLL).await;
                     }
                 }

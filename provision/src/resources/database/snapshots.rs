@@ -1,12 +1,12 @@
 //! Snapshots: the final one `down` (and `up --replace-database`) takes, and the
 //! restore `up --restore-from` makes from one.
 
-use std::time::Instant;
-
 use anyhow::Context;
 use aws_sdk_rds::types::Tag;
 
 use super::{rds_tags, POLL, RESTORED_FROM_TAG};
+use stack_config::progress::Wait;
+
 use crate::aws::{Aws, Ids};
 use crate::model::Props;
 
@@ -73,7 +73,7 @@ pub(super) fn final_snapshot_name(stack: &str, at: chrono::DateTime<chrono::Utc>
 }
 
 pub(super) async fn wait_for_snapshot(aws: &Aws, snapshot: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
+    let mut wait = Wait::start(format!("snapshot {snapshot}"), "minutes per 10 GB");
     loop {
         let found = aws
             .rds
@@ -82,21 +82,21 @@ pub(super) async fn wait_for_snapshot(aws: &Aws, snapshot: &str) -> anyhow::Resu
             .send()
             .await
             .with_context(|| format!("describe snapshot {snapshot}"))?;
-        let status = found
-            .db_snapshots()
-            .first()
+        let first = found.db_snapshots().first();
+        let status = first
             .and_then(|s| s.status())
             .unwrap_or("unknown")
             .to_owned();
+        let percent = first.and_then(|s| s.percent_progress()).map(f64::from);
         match status.as_str() {
-            "available" => return Ok(()),
+            "available" => {
+                wait.done("available");
+                return Ok(());
+            }
             "failed" | "error" => anyhow::bail!("snapshot {snapshot} is {status}"),
             _ => {}
         }
-        eprintln!(
-            "  waiting for snapshot {snapshot} (status {status}, {:.0} s so far)",
-            started.elapsed().as_secs_f64()
-        );
+        wait.status(&status, percent);
         tokio::time::sleep(POLL).await;
     }
 }

@@ -1,9 +1,11 @@
 //! The private network mode's way out: an Elastic IP and the NAT gateway using it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_ec2::types::{DomainType, NatGatewayState, ResourceType};
+
+use stack_config::progress::Wait;
 
 use crate::aws::{Aws, DeleteError};
 
@@ -54,16 +56,15 @@ pub(crate) async fn create_nat_gateway(
         .and_then(|g| g.nat_gateway_id())
         .context("no NAT gateway id")?
         .to_owned();
-    let started = Instant::now();
+    let mut wait = Wait::start(format!("NAT gateway {name}"), "1–3 min");
     loop {
         match nat_gateway_state(aws, &id).await? {
-            Some(NatGatewayState::Available) => return Ok(id),
+            Some(NatGatewayState::Available) => {
+                wait.done("available");
+                return Ok(id);
+            }
             Some(NatGatewayState::Failed) => anyhow::bail!("NAT gateway {name} failed"),
-            state => eprintln!(
-                "  waiting for NAT gateway {name} to become available ({}, {:.0} s so far)",
-                state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
-                started.elapsed().as_secs_f64()
-            ),
+            state => wait.status(state.as_ref().map_or("unknown", |s| s.as_str()), None),
         }
         tokio::time::sleep(POLL).await;
     }
@@ -78,18 +79,17 @@ pub(crate) async fn delete_nat_gateway(aws: &Aws, id: &str) -> Result<(), Delete
         .send()
         .await
         .map_err(DeleteError::from_sdk)?;
-    let started = Instant::now();
+    let mut wait = Wait::start(format!("NAT gateway {id} to be deleted"), "about 1 min");
     loop {
         match nat_gateway_state(aws, id)
             .await
             .map_err(DeleteError::Other)?
         {
-            None | Some(NatGatewayState::Deleted) => return Ok(()),
-            Some(state) => eprintln!(
-                "  waiting for NAT gateway {id} to be deleted ({}, {:.0} s so far)",
-                state.as_str(),
-                started.elapsed().as_secs_f64()
-            ),
+            None | Some(NatGatewayState::Deleted) => {
+                wait.done("deleted");
+                return Ok(());
+            }
+            Some(state) => wait.status(state.as_str(), None),
         }
         tokio::time::sleep(POLL).await;
     }
