@@ -13,6 +13,34 @@ use anyhow::Context;
 
 use clap::{Args, Subcommand};
 
+/// What a web or worker run measures: a platform it starts on this machine, or a deployed
+/// stack through its API (`--target URL`), whose CloudWatch figures the report adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Local,
+    /// The stack's base URL, without a trailing slash.
+    Deployed(String),
+}
+
+impl Target {
+    /// From `--target`: none is this machine; a URL must be http(s).
+    pub fn of(flag: Option<&str>) -> anyhow::Result<Self> {
+        let Some(url) = flag else {
+            return Ok(Self::Local);
+        };
+        let url = url.trim().trim_end_matches('/');
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        anyhow::ensure!(
+            host.is_some_and(|h| !h.is_empty()),
+            "--target {url:?}: expected the stack's URL, like http://anb-alb-123.us-east-1.elb.amazonaws.com \
+             (`cargo xtask provision status` prints it)"
+        );
+        Ok(Self::Deployed(url.to_owned()))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CapacityArgs {
     #[command(subcommand)]
@@ -171,5 +199,19 @@ mod tests {
         assert_eq!(stamp.len(), 15, "{stamp}");
         assert!(stamp.starts_with("20"), "{stamp}");
         assert_eq!(&stamp[8..9], "-");
+    }
+
+    #[test]
+    fn a_target_is_this_machine_or_a_stacks_url() {
+        use super::Target;
+        assert_eq!(Target::of(None).unwrap(), Target::Local);
+        assert_eq!(
+            Target::of(Some("https://anb.example.org/")).unwrap(),
+            Target::Deployed("https://anb.example.org".into())
+        );
+        for bad in ["anb.example.org", "http://", "ftp://x"] {
+            let error = Target::of(Some(bad)).unwrap_err().to_string();
+            assert!(error.contains("expected the stack's URL"), "{bad}: {error}");
+        }
     }
 }

@@ -18,7 +18,7 @@ mod scenario;
 use self::report::write_report;
 use self::scenario::{attack, summarize, Crowd, Route};
 use super::cloudwatch::{self, CloudWatchArgs};
-use super::{machine_cpu, Report};
+use super::{machine_cpu, Report, Target};
 use crate::paths::scratch_dir;
 use crate::postgres::PrivateCluster;
 use crate::system::stop;
@@ -169,15 +169,14 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
         failed_logins: AtomicUsize::new(0),
     });
 
+    let target = Target::of(args.target.as_deref())?;
     let mut report = Report::create(if args.quick { "web-quick" } else { "web" })?;
-    let local = match &args.target {
-        Some(_) => None,
-        None => Some(LocalPlatform::start(&work, !args.quick)?),
-    };
-    let base = match (&args.target, &local) {
-        (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(platform)) => platform.base.clone(),
-        (None, None) => unreachable!("a local platform is started without --target"),
+    let (base, local) = match &target {
+        Target::Deployed(base) => (base.clone(), None),
+        Target::Local => {
+            let platform = LocalPlatform::start(&work, !args.quick)?;
+            (platform.base.clone(), Some(platform))
+        }
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let api_pid = local.as_ref().map(|p| p.api.id());
@@ -288,14 +287,16 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
     });
     drop(local);
     let (ceiling, phases, best) = result?;
-    let cloudwatch = match &args.target {
-        Some(_) => cloudwatch::section_of_run(&report, &args.cloudwatch, "web", run_started)?,
-        None => None,
+    let cloudwatch = match &target {
+        Target::Deployed(_) => {
+            cloudwatch::section_of_run(&report, &args.cloudwatch, "web", run_started)?
+        }
+        Target::Local => None,
     };
     write_report(
         &mut report,
         &args,
-        &base,
+        &target,
         upload_size(&upload)?,
         &ceiling,
         &phases,

@@ -1,17 +1,23 @@
 //! The web run's report: setup, the phases' table, the capacity found, plots and raw data.
 
 use super::{Phase, WebArgs, MAX_ERROR_RATE, MAX_P95};
-use crate::capacity::{plot, Report};
+use crate::capacity::{plot, Report, Target};
 
 pub(super) fn write_report(
     report: &mut Report,
     args: &WebArgs,
-    base: &str,
+    target: &Target,
     upload_mb: f64,
     ceiling: &Phase,
     phases: &[Phase],
     best: Option<&Phase>,
 ) -> anyhow::Result<()> {
+    let deployed = matches!(target, Target::Deployed(_));
+    // The local platform's port was the run's own: the report says what it was instead.
+    let measured = match target {
+        Target::Deployed(base) => base.clone(),
+        Target::Local => "local platform (API + private PostgreSQL, no worker)".to_owned(),
+    };
     report.write_json(
         "phases.json",
         &serde_json::json!({ "ceiling": ceiling, "phases": phases }),
@@ -75,8 +81,8 @@ pub(super) fn write_report(
     md.push_str(&report.machine_lines());
     md.push_str(&format!(
         "- Target: {}\n- Build: {}\n- Upload size: {upload_mb:.1} MB real MP4 (lavfi 720p); mix {}\n- Users: think 0.5–1.5 s between actions; log in once at start (not measured)\n- SLO: p95 < {} ms (goose records times of a second or more to the nearest second) and errors ≤ {} %, counting users who could not log in\n- Load generator: goose {} with coordinated-omission mitigation (average cadence){}\n\n",
-        if args.target.is_some() { base.to_owned() } else { format!("local platform at {base} (API + private PostgreSQL, no worker)") },
-        if args.target.is_some() { "as deployed" } else if args.quick { "debug (quick mode)" } else { "release" },
+        measured,
+        if deployed { "as deployed" } else if args.quick { "debug (quick mode)" } else { "release" },
         args.mix,
         MAX_P95.as_millis(),
         MAX_ERROR_RATE * 100.0,
@@ -171,7 +177,7 @@ pub(super) fn write_report(
             _ => "",
         }
     ));
-    if args.target.is_none() {
+    if !deployed {
         md.push_str("\nOn one machine the generator, the API and PostgreSQL share the cores: the figures are a lower bound for a web instance with the same cores.\n");
     }
     md.push_str(

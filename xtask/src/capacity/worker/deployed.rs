@@ -53,8 +53,9 @@ struct Outcome {
     census: Vec<Census>,
 }
 
-pub fn run(args: &WorkerArgs, target: &str) -> anyhow::Result<()> {
-    let base = target.trim_end_matches('/').to_owned();
+/// `base`: the stack's URL (see `Target`).
+pub fn run(args: &WorkerArgs, base: &str) -> anyhow::Result<()> {
+    let base = base.to_owned();
     let work = scratch_dir().join("capacity");
     std::fs::create_dir_all(&work)?;
     let video = input_video(&work, &args.size, args.quick)?;

@@ -53,9 +53,9 @@ pub struct Level {
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     crate::system::ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
-    match &args.target {
-        Some(target) => deployed::run(&args, target),
-        None => local::run(&args),
+    match super::Target::of(args.target.as_deref())? {
+        super::Target::Deployed(base) => deployed::run(&args, &base),
+        super::Target::Local => local::run(&args),
     }
 }
 
