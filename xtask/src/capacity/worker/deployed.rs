@@ -55,7 +55,6 @@ struct Outcome {
 
 /// `base`: the stack's URL (see `Target`).
 pub fn run(args: &WorkerArgs, base: &str) -> anyhow::Result<()> {
-    let base = base.to_owned();
     let work = scratch_dir().join("capacity");
     std::fs::create_dir_all(&work)?;
     let video = input_video(&work, &args.size, args.quick)?;
@@ -69,9 +68,9 @@ pub fn run(args: &WorkerArgs, base: &str) -> anyhow::Result<()> {
     })?;
     let run_started = Utc::now();
     let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime.block_on(measure(&base, bytes, videos))?;
+    let outcome = runtime.block_on(measure(base, bytes, videos))?;
     let cloudwatch = cloudwatch::section_of_run(&report, &args.cloudwatch, "worker", run_started)?;
-    write_report(&mut report, args, &base, video_mb, &outcome)?;
+    write_report(&mut report, args, base, video_mb, &outcome)?;
     if let Some(cloudwatch) = cloudwatch {
         report.append_text("report.md", &cloudwatch)?;
         println!("{cloudwatch}");
