@@ -12,34 +12,34 @@
 //! The containers share this machine's network (loopback included), so nothing leaves it
 //! but the containers' apt downloads from Debian's mirror (cached under `target/`).
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 
+mod host;
 mod instance;
 mod interruption;
+mod report;
 mod smoke;
+mod stack;
 mod stand_ins;
 
+use host::{cache_dir, ec2_host_sign, free_port, machine_lock, wait_for_port};
 use instance::{debian_rootfs, Instance};
+use report::Report;
 use smoke::{after_restart, after_rotation, smoke_flow, start_job_in_flight};
+use stack::{stack_config, StackFacts};
 use stand_ins::{stand_in_database, truststore, Imds, Pki};
 
 use stack_config::names;
 
-use crate::paths::{project_root, scratch_dir};
+use crate::paths::scratch_dir;
 use crate::postgres::PrivateCluster;
 use crate::system::{ensure_installed, install_packages, is_root, output, which};
-
-/// What cannot be rehearsed here, said with every run.
-const NOT_REHEARSED: &str = "the load balancer (the smoke flow talks to the web \
-instance's nginx directly), auto scaling and instance refresh, the CloudWatch agent's \
-download (logs.cloudwatch_agent = false here), IAM permissions (moto does not evaluate \
-them), and RDS itself (a local PostgreSQL with TLS stands in)";
 
 /// The stack the rehearsal converges on moto.
 const STACK: &str = "rehearse";
@@ -59,51 +59,6 @@ pub struct RehearseArgs {
     /// command waits), print how to get a shell in each instance, and tear down on Ctrl-C.
     #[arg(long)]
     keep: bool,
-}
-
-/// One line of the final table.
-struct Step {
-    name: String,
-    outcome: Result<String, String>,
-}
-
-#[derive(Default)]
-struct Report {
-    steps: Vec<Step>,
-}
-
-impl Report {
-    fn pass(&mut self, name: &str, detail: String) {
-        eprintln!("rehearse: {name}: {detail}");
-        self.steps.push(Step {
-            name: name.to_owned(),
-            outcome: Ok(detail),
-        });
-    }
-
-    fn fail(&mut self, name: &str, error: &anyhow::Error) {
-        eprintln!("rehearse: {name} FAILED: {error:#}");
-        self.steps.push(Step {
-            name: name.to_owned(),
-            outcome: Err(format!("{error:#}")),
-        });
-    }
-
-    fn print(&self) {
-        println!("\n== cargo xtask rehearse ==");
-        for step in &self.steps {
-            let (verdict, detail) = match &step.outcome {
-                Ok(detail) => ("pass", detail.as_str()),
-                Err(error) => ("FAIL", error.as_str()),
-            };
-            println!("  {verdict:<5} {:<34} {detail}", step.name);
-        }
-        println!("  not rehearsed: {NOT_REHEARSED}");
-    }
-
-    fn passed(&self) -> bool {
-        self.steps.iter().all(|s| s.outcome.is_ok())
-    }
 }
 
 pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
@@ -450,199 +405,5 @@ impl World {
         println!("  moto: {}", self.endpoint);
         interruption::wait();
         self.tear_down();
-    }
-}
-
-/// Where the root filesystem is kept between runs: in the cargo target directory when it
-/// is shared by every clone on this machine (as CI's is), so a fresh clone finds it too;
-/// otherwise under this clone's `target/`.
-/// Held for the whole rehearsal: it uses what there is one of on a machine (port 80, the
-/// metadata address, the firewall table, the machines' names, the cached root filesystem),
-/// so a rehearsal from another clone waits for this one.
-fn machine_lock() -> anyhow::Result<std::fs::File> {
-    let path = std::env::temp_dir().join("anb-rehearse.lock");
-    let lock = std::fs::File::create(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    if lock.try_lock().is_err() {
-        eprintln!(
-            "rehearse: another rehearsal is running on this machine; waiting for it (lock {})",
-            path.display()
-        );
-        lock.lock()?;
-    }
-    Ok(lock)
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| PathBuf::from(dir).join("anb-rehearse"))
-        .unwrap_or_else(|| scratch_dir().join("rehearse"))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_for_port(address: (&str, u16), limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while TcpStream::connect(address).is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "nothing listens on {}:{} after {limit:?}",
-                address.0,
-                address.1
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
-// ------------------------------------------------------------------ the stack on moto
-
-/// The rehearsal's stack configuration: the project's, with one of moto's images and the
-/// log agent off (its download is not rehearsed).
-fn stack_config(dir: &Path) -> anyhow::Result<PathBuf> {
-    let source = project_root().join("config/aws.toml");
-    let text = rehearsal_config(&std::fs::read_to_string(&source)?)
-        .with_context(|| format!("{}", source.display()))?;
-    let path = dir.join("stack.toml");
-    std::fs::write(&path, text)?;
-    // What provision will refuse is refused here, before anything starts.
-    stack_config::Config::load(Some(&path))
-        .with_context(|| format!("the rehearsal's {}", path.display()))?;
-    Ok(path)
-}
-
-/// The project's configuration text with the two keys the rehearsal sets; refused when
-/// either is missing (a renamed key would otherwise leave the rehearsal on AWS values).
-fn rehearsal_config(text: &str) -> anyhow::Result<String> {
-    let mut config: toml::Table = toml::from_str(text).context("not TOML")?;
-    for (section, key, value) in [
-        ("instances", "ami", toml::Value::from("ami-1e749f67")),
-        ("logs", "cloudwatch_agent", toml::Value::from(false)),
-    ] {
-        let slot = config
-            .get_mut(section)
-            .and_then(toml::Value::as_table_mut)
-            .and_then(|table| table.get_mut(key))
-            .with_context(|| format!("no {section}.{key}, which the rehearsal sets"))?;
-        *slot = value;
-    }
-    Ok(toml::to_string(&config)?)
-}
-
-/// What the harness reads back from the emulator: each tier's user data as EC2 would
-/// hand it to the instance, and the database's endpoint and managed master login.
-#[derive(serde::Deserialize)]
-struct StackFacts {
-    web_user_data: String,
-    worker_user_data: String,
-    region: String,
-    db_host: String,
-    db_port: u16,
-    db_name: String,
-    db_user: String,
-    db_password: String,
-}
-
-/// Reads the facts with boto3 (moto's own dependency), so xtask links no AWS SDK.
-const READ_FACTS: &str = r#"
-import base64, json, sys
-import boto3
-endpoint, region, web_template, worker_template, database = sys.argv[1:6]
-kw = dict(endpoint_url=endpoint, region_name=region,
-          aws_access_key_id="testing", aws_secret_access_key="testing")
-ec2 = boto3.client("ec2", **kw)
-out = {"region": region}
-for tier, template in (("web", web_template), ("worker", worker_template)):
-    v = ec2.describe_launch_template_versions(
-        LaunchTemplateName=template, Versions=["$Latest"])
-    data = v["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]
-    out[f"{tier}_user_data"] = base64.b64decode(data).decode()
-db = boto3.client("rds", **kw).describe_db_instances(
-    DBInstanceIdentifier=database)["DBInstances"][0]
-out["db_host"], out["db_port"] = db["Endpoint"]["Address"], db["Endpoint"]["Port"]
-out["db_name"] = db["DBName"]
-login = json.loads(boto3.client("secretsmanager", **kw).get_secret_value(
-    SecretId=db["MasterUserSecret"]["SecretArn"])["SecretString"])
-out["db_user"], out["db_password"] = login["username"], login["password"]
-print(json.dumps(out))
-"#;
-
-impl StackFacts {
-    fn read(python: &Path, endpoint: &str) -> anyhow::Result<Self> {
-        let text = output(crate::system::command(python).args([
-            "-c",
-            READ_FACTS,
-            endpoint,
-            "us-east-1",
-            &names::launch_template_name(STACK, "web"),
-            &names::launch_template_name(STACK, "worker"),
-            &names::database_name(STACK),
-        ]))
-        .context("read the launch templates and the database back from moto")?;
-        serde_json::from_str(&text).context("moto's answer")
-    }
-}
-
-/// What marks the machine under `root` as an EC2 instance, if anything does: Nitro and Xen
-/// instances name Amazon in their DMI vendor fields, and older Xen ones start their
-/// hypervisor UUID with "ec2".
-fn ec2_host_sign(root: &Path) -> Option<String> {
-    for field in [
-        "sys/class/dmi/id/sys_vendor",
-        "sys/class/dmi/id/board_vendor",
-        "sys/class/dmi/id/bios_vendor",
-    ] {
-        let value = std::fs::read_to_string(root.join(field)).unwrap_or_default();
-        if value.trim().starts_with("Amazon") {
-            return Some(format!("/{field} says {:?}", value.trim()));
-        }
-    }
-    let uuid = std::fs::read_to_string(root.join("sys/hypervisor/uuid")).unwrap_or_default();
-    uuid.to_ascii_lowercase()
-        .starts_with("ec2")
-        .then(|| format!("/sys/hypervisor/uuid is {}", uuid.trim()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{ec2_host_sign, rehearsal_config};
-
-    #[test]
-    fn the_rehearsal_sets_its_two_keys_and_refuses_a_configuration_without_them() {
-        let seed = stack_config::DEFAULT_TOML;
-        let config = stack_config::Config::from_toml(&rehearsal_config(seed).unwrap()).unwrap();
-        assert_eq!(config.instances.ami, "ami-1e749f67");
-        assert!(!config.logs.cloudwatch_agent);
-        let renamed = seed.replace("cloudwatch_agent =", "log_agent =");
-        let error = rehearsal_config(&renamed).unwrap_err().to_string();
-        assert!(error.contains("logs.cloudwatch_agent"), "{error}");
-    }
-
-    #[test]
-    fn an_ec2_instance_is_recognised_by_its_dmi_vendor_or_hypervisor_uuid() {
-        let root = tempfile::tempdir().unwrap();
-        assert_eq!(
-            ec2_host_sign(root.path()),
-            None,
-            "an empty root is no EC2 host"
-        );
-        let dmi = root.path().join("sys/class/dmi/id");
-        std::fs::create_dir_all(&dmi).unwrap();
-        std::fs::write(dmi.join("sys_vendor"), "QEMU\n").unwrap();
-        assert_eq!(ec2_host_sign(root.path()), None);
-        std::fs::write(dmi.join("board_vendor"), "Amazon EC2\n").unwrap();
-        assert!(ec2_host_sign(root.path()).unwrap().contains("Amazon EC2"));
-
-        let xen = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(xen.path().join("sys/hypervisor")).unwrap();
-        std::fs::write(
-            xen.path().join("sys/hypervisor/uuid"),
-            "ec2e1916-9099-7caf-fd21-012345abcdef\n",
-        )
-        .unwrap();
-        assert!(ec2_host_sign(xen.path()).unwrap().contains("ec2e1916"));
     }
 }

@@ -1,0 +1,114 @@
+//! The stack the rehearsal converges on moto: its configuration (the project's, with the
+//! two keys a rehearsal must change) and the facts read back from the emulator.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use stack_config::names;
+
+use super::STACK;
+use crate::paths::project_root;
+use crate::system::output;
+
+/// The rehearsal's stack configuration: the project's, with one of moto's images and the
+/// log agent off (its download is not rehearsed).
+pub(super) fn stack_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    let source = project_root().join("config/aws.toml");
+    let text = rehearsal_config(&std::fs::read_to_string(&source)?)
+        .with_context(|| format!("{}", source.display()))?;
+    let path = dir.join("stack.toml");
+    std::fs::write(&path, text)?;
+    // What provision will refuse is refused here, before anything starts.
+    stack_config::Config::load(Some(&path))
+        .with_context(|| format!("the rehearsal's {}", path.display()))?;
+    Ok(path)
+}
+
+/// The project's configuration text with the two keys the rehearsal sets; refused when
+/// either is missing (a renamed key would otherwise leave the rehearsal on AWS values).
+fn rehearsal_config(text: &str) -> anyhow::Result<String> {
+    let mut config: toml::Table = toml::from_str(text).context("not TOML")?;
+    for (section, key, value) in [
+        ("instances", "ami", toml::Value::from("ami-1e749f67")),
+        ("logs", "cloudwatch_agent", toml::Value::from(false)),
+    ] {
+        let slot = config
+            .get_mut(section)
+            .and_then(toml::Value::as_table_mut)
+            .and_then(|table| table.get_mut(key))
+            .with_context(|| format!("no {section}.{key}, which the rehearsal sets"))?;
+        *slot = value;
+    }
+    Ok(toml::to_string(&config)?)
+}
+
+/// What the harness reads back from the emulator: each tier's user data as EC2 would
+/// hand it to the instance, and the database's endpoint and managed master login.
+#[derive(serde::Deserialize)]
+pub(super) struct StackFacts {
+    pub(super) web_user_data: String,
+    pub(super) worker_user_data: String,
+    pub(super) region: String,
+    pub(super) db_host: String,
+    pub(super) db_port: u16,
+    pub(super) db_name: String,
+    pub(super) db_user: String,
+    pub(super) db_password: String,
+}
+
+/// Reads the facts with boto3 (moto's own dependency), so xtask links no AWS SDK.
+const READ_FACTS: &str = r#"
+import base64, json, sys
+import boto3
+endpoint, region, web_template, worker_template, database = sys.argv[1:6]
+kw = dict(endpoint_url=endpoint, region_name=region,
+          aws_access_key_id="testing", aws_secret_access_key="testing")
+ec2 = boto3.client("ec2", **kw)
+out = {"region": region}
+for tier, template in (("web", web_template), ("worker", worker_template)):
+    v = ec2.describe_launch_template_versions(
+        LaunchTemplateName=template, Versions=["$Latest"])
+    data = v["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]
+    out[f"{tier}_user_data"] = base64.b64decode(data).decode()
+db = boto3.client("rds", **kw).describe_db_instances(
+    DBInstanceIdentifier=database)["DBInstances"][0]
+out["db_host"], out["db_port"] = db["Endpoint"]["Address"], db["Endpoint"]["Port"]
+out["db_name"] = db["DBName"]
+login = json.loads(boto3.client("secretsmanager", **kw).get_secret_value(
+    SecretId=db["MasterUserSecret"]["SecretArn"])["SecretString"])
+out["db_user"], out["db_password"] = login["username"], login["password"]
+print(json.dumps(out))
+"#;
+
+impl StackFacts {
+    pub(super) fn read(python: &Path, endpoint: &str) -> anyhow::Result<Self> {
+        let text = output(crate::system::command(python).args([
+            "-c",
+            READ_FACTS,
+            endpoint,
+            "us-east-1",
+            &names::launch_template_name(STACK, "web"),
+            &names::launch_template_name(STACK, "worker"),
+            &names::database_name(STACK),
+        ]))
+        .context("read the launch templates and the database back from moto")?;
+        serde_json::from_str(&text).context("moto's answer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rehearsal_config;
+
+    #[test]
+    fn the_rehearsal_sets_its_two_keys_and_refuses_a_configuration_without_them() {
+        let seed = stack_config::DEFAULT_TOML;
+        let config = stack_config::Config::from_toml(&rehearsal_config(seed).unwrap()).unwrap();
+        assert_eq!(config.instances.ami, "ami-1e749f67");
+        assert!(!config.logs.cloudwatch_agent);
+        let renamed = seed.replace("cloudwatch_agent =", "log_agent =");
+        let error = rehearsal_config(&renamed).unwrap_err().to_string();
+        assert!(error.contains("logs.cloudwatch_agent"), "{error}");
+    }
+}
