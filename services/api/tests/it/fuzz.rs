@@ -18,6 +18,11 @@ fn schemathesis() -> PathBuf {
         })
 }
 
+/// CPython 3.11's compiler sometimes fails this way while hypothesis parses a lambda's
+/// source for a description (CPython gh-106905, fixed in later releases): an interpreter
+/// fault, not a finding about the API, so the run is repeated once. Any other error fails.
+const CPYTHON_AST_CRASH: &str = "AST constructor recursion depth mismatch";
+
 #[tokio::test]
 async fn the_api_keeps_every_promise_of_its_openapi_document() {
     let app = spawn_app().await;
@@ -26,26 +31,33 @@ async fn the_api_keeps_every_promise_of_its_openapi_document() {
     // A fixed seed keeps CI repeatable; ANB_FUZZ_SEED explores others.
     let seed = std::env::var("ANB_FUZZ_SEED").unwrap_or_else(|_| "20261201".into());
     let program = schemathesis();
-    // The fuzzer is a program of its own, run as a user would run it.
-    #[allow(clippy::disallowed_methods)]
-    let out = tokio::process::Command::new(&program)
-        .arg("--config-file")
-        .arg(&config)
-        .args(["run", "--no-color", "--checks", "all", "--seed", &seed])
-        .args([
-            "--header",
-            &format!("Authorization: Bearer {}", player.token),
-        ])
-        .arg(app.url("/api/openapi.json"))
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}); run `cargo xtask ci` once, or set ANB_SCHEMATHESIS",
-                program.display()
-            )
-        });
+    let run = || async {
+        // The fuzzer is a program of its own, run as a user would run it.
+        #[allow(clippy::disallowed_methods)]
+        tokio::process::Command::new(&program)
+            .arg("--config-file")
+            .arg(&config)
+            .args(["run", "--no-color", "--checks", "all", "--seed", &seed])
+            .args([
+                "--header",
+                &format!("Authorization: Bearer {}", player.token),
+            ])
+            .arg(app.url("/api/openapi.json"))
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}); run `cargo xtask ci` once, or set ANB_SCHEMATHESIS",
+                    program.display()
+                )
+            })
+    };
+    let mut out = run().await;
+    if String::from_utf8_lossy(&out.stdout).contains(CPYTHON_AST_CRASH) {
+        eprintln!("schemathesis crashed inside CPython ({CPYTHON_AST_CRASH}); running it again");
+        out = run().await;
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
