@@ -17,6 +17,29 @@ use serde::Deserialize;
 /// The seed deployment, built in: `provision` works with no file on disk.
 pub const DEFAULT_TOML: &str = include_str!("../../config/aws.toml");
 
+/// The services' built-in settings, which the instances run with: read here for the one
+/// value the stack is sized by (see [`worker_ffmpeg_timeout`]).
+const SERVICES_TOML: &str = include_str!("../../config/default.toml");
+
+/// The longest one ffmpeg run may take on a worker (`[worker] ffmpeg_timeout` of the
+/// services' settings). A worker being scaled in may hold a job this long, and the
+/// termination lifecycle hook waits for it.
+pub fn worker_ffmpeg_timeout() -> Duration {
+    #[derive(Deserialize)]
+    struct Services {
+        worker: ServicesWorker,
+    }
+    #[derive(Deserialize)]
+    struct ServicesWorker {
+        #[serde(with = "humantime_serde")]
+        ffmpeg_timeout: Duration,
+    }
+    toml::from_str::<Services>(SERVICES_TOML)
+        .expect("config/default.toml has [worker] ffmpeg_timeout")
+        .worker
+        .ffmpeg_timeout
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -66,7 +89,34 @@ pub struct WorkerTierConfig {
     pub instance_type: String,
     pub min_size: u32,
     pub max_size: u32,
+    /// Target tracking's goal: this many waiting videos per in-service worker.
     pub backlog_per_instance: u32,
+    /// Which policy sizes the group (`worker.scaling_policy`).
+    #[serde(default)]
+    pub scaling_policy: WorkerScaling,
+}
+
+/// How the worker group is sized. Both read the same metric, videos waiting per
+/// in-service worker; they differ in how they react to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerScaling {
+    /// AWS target tracking on `backlog_per_instance` (the design card's choice).
+    #[default]
+    TargetTracking,
+    /// The seed's table: +1 worker after 2 minutes over 2 per worker, −1 after 5 minutes
+    /// under 1, cooldowns 300 s / 600 s.
+    Step,
+}
+
+impl WorkerScaling {
+    /// As `config/aws.toml` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TargetTracking => "target-tracking",
+            Self::Step => "step",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -278,5 +328,35 @@ mod tests {
             .is_err());
         let unknown = format!("{DEFAULT_TOML}\n[extra]\nx = 1\n");
         assert!(toml::from_str::<Config>(&unknown).is_err());
+    }
+
+    #[test]
+    fn the_worker_policy_is_target_tracking_unless_step_is_asked_for() {
+        assert_eq!(
+            Config::load(None).unwrap().worker.scaling_policy,
+            WorkerScaling::TargetTracking
+        );
+        let step = DEFAULT_TOML.replace(
+            "scaling_policy = \"target-tracking\"",
+            "scaling_policy = \"step\"",
+        );
+        assert_eq!(
+            Config::from_toml(&step).unwrap().worker.scaling_policy,
+            WorkerScaling::Step
+        );
+        let typo = DEFAULT_TOML.replace(
+            "scaling_policy = \"target-tracking\"",
+            "scaling_policy = \"steps\"",
+        );
+        let refused = Config::from_toml(&typo).unwrap_err().to_string();
+        assert!(
+            refused.contains("target-tracking") && refused.contains("step"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn the_hook_is_sized_by_the_services_ffmpeg_timeout() {
+        assert_eq!(worker_ffmpeg_timeout(), Duration::from_secs(600));
     }
 }
