@@ -1,0 +1,835 @@
+//! The Auto Scaling calls moto 5.2.5 does not model, answered in front of it: instance
+//! refreshes (`StartInstanceRefresh`, `DescribeInstanceRefreshes`) and lifecycle actions
+//! (`CompleteLifecycleAction`, `RecordLifecycleActionHeartbeat`). Every other request
+//! goes to moto unchanged, so a client pointed at [`AutoScalingStandIn::endpoint`] sees
+//! one AWS. The stand-in refuses what AWS's API reference says AWS refuses (quoted where
+//! AWS's message is known), records every request it answers for the tests to check, and
+//! carries a refresh out on moto as AWS would: the group moves to the desired launch
+//! template version and its older instances are terminated for moto to replace.
+//!
+//! A refresh advances one step each time it is described (Pending, InProgress at 0 and
+//! 50 %, then its end), so a client that follows it sees it move without waiting; a test
+//! chooses how each group's next refresh ends with [`AutoScalingStandIn::set_outcome`].
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+/// The XML namespace of every Auto Scaling answer.
+const NAMESPACE: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
+
+/// The statuses of a refresh that has not ended.
+const ACTIVE: [&str; 3] = ["Pending", "InProgress", "RollbackInProgress"];
+
+/// How the next instance refresh of a group ends.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RefreshOutcome {
+    /// Every instance replaced (the default).
+    #[default]
+    Succeed,
+    /// One of the refresh's alarms went off (the reason names it): AWS rolls back to the
+    /// configuration the group had before, and the group keeps its instances.
+    RollBack(String),
+    /// Failed without a rollback.
+    Fail(String),
+}
+
+/// One request the stand-in answered: its action and its form parameters.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub action: String,
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Refresh {
+    id: String,
+    group: String,
+    status: &'static str,
+    reason: String,
+    percent: u32,
+    to_update: usize,
+    started: chrono::DateTime<chrono::Utc>,
+    ended: Option<chrono::DateTime<chrono::Utc>>,
+    /// (template name, version) of the desired configuration, if one was given.
+    desired: Option<(String, String)>,
+    /// The request's `Preferences.*` parameters, as given.
+    preferences: BTreeMap<String, String>,
+    outcome: RefreshOutcome,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    refreshes: Vec<Refresh>,
+    outcomes: BTreeMap<String, RefreshOutcome>,
+    calls: Vec<Call>,
+    /// "started GROUP" and "STATUS GROUP" lines, in the order they happened.
+    events: Vec<String>,
+    /// (group, hook, instance) of the lifecycle actions a test began.
+    pending_actions: Vec<(String, String, String)>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    moto: String,
+    http: reqwest::Client,
+    state: Mutex<State>,
+}
+
+/// The stand-in, listening on 127.0.0.1 until the test process ends.
+#[derive(Debug)]
+pub struct AutoScalingStandIn {
+    /// Where clients send every AWS request (moto's other services included).
+    pub endpoint: String,
+    shared: Arc<Shared>,
+}
+
+/// The stand-in in front of the process's shared moto ([`crate::moto`]).
+pub fn autoscaling_stand_in() -> &'static AutoScalingStandIn {
+    static STAND_IN: OnceLock<AutoScalingStandIn> = OnceLock::new();
+    STAND_IN.get_or_init(|| AutoScalingStandIn::start(&crate::moto().endpoint))
+}
+
+impl AutoScalingStandIn {
+    /// Starts one in front of the moto server at `moto`, on a thread of its own (tests
+    /// each have their own runtime; this one outlives them all).
+    pub fn start(moto: &str) -> Self {
+        let shared = Arc::new(Shared {
+            moto: moto.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            state: Mutex::new(State::default()),
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the stand-in");
+        let address = listener.local_addr().expect("stand-in address");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let serving = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("the stand-in's runtime");
+            runtime.block_on(serve(listener, serving));
+        });
+        Self {
+            endpoint: format!("http://{address}"),
+            shared,
+        }
+    }
+
+    /// How the next refresh started on `group` ends (until set again).
+    pub fn set_outcome(&self, group: &str, outcome: RefreshOutcome) {
+        self.shared
+            .lock()
+            .outcomes
+            .insert(group.to_owned(), outcome);
+    }
+
+    /// The requests answered here for `action`, oldest first.
+    pub fn calls(&self, action: &str) -> Vec<Call> {
+        self.shared
+            .lock()
+            .calls
+            .iter()
+            .filter(|c| c.action == action)
+            .cloned()
+            .collect()
+    }
+
+    /// What happened to the refreshes of groups whose names start with `prefix`, in
+    /// order: "started GROUP", then "Successful GROUP" (or the status it ended with).
+    pub fn events(&self, prefix: &str) -> Vec<String> {
+        self.shared
+            .lock()
+            .events
+            .iter()
+            .filter(|e| {
+                e.split_once(' ')
+                    .is_some_and(|(_, g)| g.starts_with(prefix))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Puts `instance` of `group` into `Terminating:Wait` for `hook`, as a scale-in would:
+    /// from now on a `CompleteLifecycleAction` for it is accepted (once).
+    pub fn begin_termination(&self, group: &str, hook: &str, instance: &str) {
+        self.shared.lock().pending_actions.push((
+            group.to_owned(),
+            hook.to_owned(),
+            instance.to_owned(),
+        ));
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, action: &str, params: &BTreeMap<String, String>) {
+        self.lock().calls.push(Call {
+            action: action.to_owned(),
+            params: params.clone(),
+        });
+    }
+
+    /// One Query API call to moto, signed well enough for moto to route it to
+    /// `service`; the answer's body, or an error with it when the status is not 200.
+    async fn moto_call(&self, service: &str, params: &[(&str, &str)]) -> anyhow::Result<String> {
+        let api_version = if service == "ec2" {
+            "2016-11-15"
+        } else {
+            "2011-01-01"
+        };
+        let mut form: Vec<(&str, &str)> = vec![("Version", api_version)];
+        form.extend_from_slice(params);
+        let answer = self
+            .http
+            .post(&self.moto)
+            .header(
+                "Authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/\
+                     aws4_request, SignedHeaders=host, Signature=0"
+                ),
+            )
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(&form)?)
+            .send()
+            .await?;
+        let status = answer.status();
+        let body = answer.text().await?;
+        anyhow::ensure!(status.is_success(), "moto answered {status}: {body}");
+        Ok(body)
+    }
+
+    /// The group's launch template name and its instances with the template version
+    /// each reports, or None when moto has no such group.
+    async fn group(&self, name: &str) -> anyhow::Result<Option<Group>> {
+        let xml = self
+            .moto_call(
+                "autoscaling",
+                &[
+                    ("Action", "DescribeAutoScalingGroups"),
+                    ("AutoScalingGroupNames.member.1", name),
+                ],
+            )
+            .await?;
+        Ok(parse_group(&xml))
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Group {
+    template: Option<String>,
+    /// (instance id, launch template version it reports).
+    instances: Vec<(String, String)>,
+}
+
+/// Reads the first group of a DescribeAutoScalingGroups answer.
+fn parse_group(xml: &str) -> Option<Group> {
+    let mut path: Vec<&str> = Vec::new();
+    let mut group: Option<Group> = None;
+    for token in xmlparser::Tokenizer::from(xml).flatten() {
+        match token {
+            xmlparser::Token::ElementStart { local, .. } => path.push(local.as_str()),
+            xmlparser::Token::ElementEnd { end, .. }
+                if !matches!(end, xmlparser::ElementEnd::Open) =>
+            {
+                path.pop();
+            }
+            xmlparser::Token::Text { text } => {
+                let text = text.as_str().trim();
+                let in_instances = path.contains(&"Instances");
+                if path.ends_with(&["AutoScalingGroups", "member", "AutoScalingGroupName"]) {
+                    if group.is_some() {
+                        break;
+                    }
+                    group = Some(Group::default());
+                } else if let Some(g) = group.as_mut() {
+                    if path.ends_with(&["Instances", "member", "InstanceId"]) {
+                        g.instances.push((text.to_owned(), String::new()));
+                    } else if in_instances && path.ends_with(&["LaunchTemplate", "Version"]) {
+                        if let Some(last) = g.instances.last_mut() {
+                            last.1 = text.to_owned();
+                        }
+                    } else if !in_instances
+                        && path.ends_with(&["member", "LaunchTemplate", "LaunchTemplateName"])
+                    {
+                        g.template = Some(text.to_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    group
+}
+
+async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+    while let Ok((stream, _)) = listener.accept().await {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidRequest", &e.to_string()),
+    };
+    let is_form = parts
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if parts.method == hyper::Method::POST && is_form {
+        let params: BTreeMap<String, String> =
+            serde_urlencoded::from_bytes(&body).unwrap_or_default();
+        let answered = match params.get("Action").map(String::as_str) {
+            Some("StartInstanceRefresh") => Some(start_refresh(shared, &params).await),
+            Some("DescribeInstanceRefreshes") => Some(describe_refreshes(shared, &params).await),
+            Some(action @ ("CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat")) => {
+                Some(lifecycle_action(shared, action, &params).await)
+            }
+            _ => None,
+        };
+        if let Some(response) = answered {
+            return response;
+        }
+    }
+    forward(shared, parts, body).await
+}
+
+/// Sends the request on to moto as it came, and its answer back.
+async fn forward(
+    shared: &Shared,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = shared
+        .http
+        .request(parts.method.clone(), format!("{}{path}", shared.moto))
+        .body(body);
+    for (name, value) in &parts.headers {
+        if !matches!(
+            name.as_str(),
+            "host" | "content-length" | "connection" | "expect" | "transfer-encoding"
+        ) {
+            request = request.header(name, value);
+        }
+    }
+    let answer = match request.send().await {
+        Ok(answer) => answer,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string()),
+    };
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "connection" | "transfer-encoding"
+        ) {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await.unwrap_or_default();
+    response
+        .body(Full::new(bytes))
+        .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string()))
+}
+
+/// An Auto Scaling error answer.
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let xml = format!(
+        "<ErrorResponse xmlns=\"{NAMESPACE}\"><Error><Type>Sender</Type><Code>{code}</Code>\
+         <Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",
+        escape(message),
+        uuid::Uuid::new_v4()
+    );
+    xml_response(status, xml)
+}
+
+fn invalid(message: &str) -> Response<Full<Bytes>> {
+    error(StatusCode::BAD_REQUEST, "ValidationError", message)
+}
+
+/// A successful answer to `action` whose result holds `result`.
+fn answer(action: &str, result: &str) -> Response<Full<Bytes>> {
+    let xml = format!(
+        "<{action}Response xmlns=\"{NAMESPACE}\"><{action}Result>{result}</{action}Result>\
+         <ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></{action}Response>",
+        uuid::Uuid::new_v4()
+    );
+    xml_response(StatusCode::OK, xml)
+}
+
+fn xml_response(status: StatusCode, xml: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "text/xml")
+        .body(Full::new(Bytes::from(xml)))
+        .expect("a well-formed response")
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Checks a StartInstanceRefresh's parameters as AWS's API reference describes them;
+/// the message of the first rule broken.
+fn refuse_refresh(params: &BTreeMap<String, String>) -> Option<String> {
+    let number = |key: &str| params.get(key).map(|v| v.parse::<i64>().unwrap_or(-1));
+    let min = number("Preferences.MinHealthyPercentage");
+    let max = number("Preferences.MaxHealthyPercentage");
+    let auto_rollback = params.get("Preferences.AutoRollback").map(String::as_str) == Some("true");
+    let version = params.get("DesiredConfiguration.LaunchTemplate.Version");
+    let has_desired = params
+        .keys()
+        .any(|k| k.starts_with("DesiredConfiguration."));
+    if auto_rollback && !has_desired {
+        // AWS's own message.
+        return Some(
+            "The request isn't valid. The AutoRollback parameter cannot be set to true when \
+             the DesiredConfiguration parameter is empty. Set AutoRollback to false or specify \
+             a desired configuration and try again."
+                .to_owned(),
+        );
+    }
+    if auto_rollback && version.is_some_and(|v| v == "$Latest" || v == "$Default") {
+        // The rule is AWS's (the API reference's AutoRollback); the wording is ours.
+        return Some(format!(
+            "The AutoRollback parameter cannot be set to true when the desired configuration's \
+             launch template version is {}: name a version number.",
+            version.map_or("", String::as_str)
+        ));
+    }
+    if min.is_some_and(|m| !(0..=100).contains(&m)) {
+        return Some("MinHealthyPercentage must be between 0 and 100.".to_owned());
+    }
+    if let Some(max) = max {
+        if !(100..=200).contains(&max) {
+            return Some("MaxHealthyPercentage must be between 100 and 200.".to_owned());
+        }
+        let Some(min) = min else {
+            return Some(
+                "MinHealthyPercentage must be specified when MaxHealthyPercentage is.".to_owned(),
+            );
+        };
+        if max - min > 100 {
+            return Some(
+                "The difference between MaxHealthyPercentage and MinHealthyPercentage cannot \
+                 be greater than 100."
+                    .to_owned(),
+            );
+        }
+    }
+    let alarms = params
+        .keys()
+        .filter(|k| k.starts_with("Preferences.AlarmSpecification.Alarms.member."))
+        .count();
+    if alarms > 10 {
+        return Some("An alarm specification can name at most 10 alarms.".to_owned());
+    }
+    None
+}
+
+async fn start_refresh(
+    shared: &Shared,
+    params: &BTreeMap<String, String>,
+) -> Response<Full<Bytes>> {
+    shared.record("StartInstanceRefresh", params);
+    let Some(name) = params.get("AutoScalingGroupName") else {
+        return invalid("AutoScalingGroupName is required.");
+    };
+    if let Some(message) = refuse_refresh(params) {
+        return invalid(&message);
+    }
+    let group = match shared.group(name).await {
+        Ok(Some(group)) => group,
+        Ok(None) => {
+            return invalid(&format!(
+                "AutoScalingGroup name not found - AutoScalingGroup {name} not found"
+            ))
+        }
+        Err(e) => return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string()),
+    };
+    let desired = params
+        .get("DesiredConfiguration.LaunchTemplate.LaunchTemplateName")
+        .or(group.template.as_ref())
+        .zip(params.get("DesiredConfiguration.LaunchTemplate.Version"))
+        .map(|(t, v)| (t.clone(), v.clone()));
+    let mut state = shared.lock();
+    if state
+        .refreshes
+        .iter()
+        .any(|r| r.group == *name && ACTIVE.contains(&r.status))
+    {
+        drop(state);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InstanceRefreshInProgress",
+            "An Instance Refresh is already in progress and blocks the execution of this \
+             Instance Refresh.",
+        );
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let outcome = state.outcomes.get(name).cloned().unwrap_or_default();
+    state.refreshes.push(Refresh {
+        id: id.clone(),
+        group: name.clone(),
+        status: "Pending",
+        reason: "Waiting for the refresh to start".to_owned(),
+        percent: 0,
+        to_update: group.instances.len(),
+        started: chrono::Utc::now(),
+        ended: None,
+        desired,
+        preferences: params
+            .iter()
+            .filter(|(k, _)| k.starts_with("Preferences."))
+            .map(|(k, v)| (k["Preferences.".len()..].to_owned(), v.clone()))
+            .collect(),
+        outcome,
+    });
+    state.events.push(format!("started {name}"));
+    drop(state);
+    answer(
+        "StartInstanceRefresh",
+        &format!("<InstanceRefreshId>{id}</InstanceRefreshId>"),
+    )
+}
+
+/// What a refresh does on moto when it succeeds: the group launches the desired version
+/// (made the template's default too, as moto reports an instance's version as its
+/// template's default) and every instance of another version is replaced.
+async fn carry_out(
+    shared: &Shared,
+    group: &str,
+    desired: Option<&(String, String)>,
+) -> anyhow::Result<()> {
+    let before = shared.group(group).await?.unwrap_or_default();
+    if let Some((template, version)) = desired {
+        shared
+            .moto_call(
+                "autoscaling",
+                &[
+                    ("Action", "UpdateAutoScalingGroup"),
+                    ("AutoScalingGroupName", group),
+                    ("LaunchTemplate.LaunchTemplateName", template),
+                    ("LaunchTemplate.Version", version),
+                ],
+            )
+            .await?;
+        shared
+            .moto_call(
+                "ec2",
+                &[
+                    ("Action", "ModifyLaunchTemplate"),
+                    ("LaunchTemplateName", template),
+                    ("SetDefaultVersion", version),
+                ],
+            )
+            .await?;
+    }
+    let wanted = desired.map(|(_, v)| v.as_str());
+    for (instance, version) in &before.instances {
+        if wanted.is_some_and(|w| w == version) {
+            continue;
+        }
+        shared
+            .moto_call(
+                "autoscaling",
+                &[
+                    ("Action", "TerminateInstanceInAutoScalingGroup"),
+                    ("InstanceId", instance),
+                    ("ShouldDecrementDesiredCapacity", "false"),
+                ],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn describe_refreshes(
+    shared: &Shared,
+    params: &BTreeMap<String, String>,
+) -> Response<Full<Bytes>> {
+    shared.record("DescribeInstanceRefreshes", params);
+    let Some(name) = params.get("AutoScalingGroupName") else {
+        return invalid("AutoScalingGroupName is required.");
+    };
+    let ids: Vec<&String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("InstanceRefreshIds.member."))
+        .map(|(_, v)| v)
+        .collect();
+    // Advance the group's active refresh; a success is carried out on moto before it
+    // is reported, so a client that reads the group next sees the new version.
+    let finishing = {
+        let mut state = shared.lock();
+        let mut finishing = None;
+        let mut ended = None;
+        if let Some(refresh) = state
+            .refreshes
+            .iter_mut()
+            .find(|r| r.group == *name && ACTIVE.contains(&r.status))
+        {
+            match (refresh.status, refresh.percent, &refresh.outcome) {
+                ("Pending", ..) => {
+                    refresh.status = "InProgress";
+                    refresh.reason = "Replacing instances, new ones first".to_owned();
+                }
+                ("InProgress", 0, _) => refresh.percent = 50,
+                ("InProgress", _, RefreshOutcome::Succeed) => {
+                    finishing = Some(refresh.desired.clone());
+                }
+                ("InProgress", _, RefreshOutcome::RollBack(reason)) => {
+                    refresh.status = "RollbackInProgress";
+                    refresh.reason = reason.clone();
+                }
+                ("InProgress", _, RefreshOutcome::Fail(reason)) => {
+                    refresh.status = "Failed";
+                    refresh.reason = reason.clone();
+                    refresh.ended = Some(chrono::Utc::now());
+                    ended = Some("Failed");
+                }
+                ("RollbackInProgress", ..) => {
+                    refresh.status = "RollbackSuccessful";
+                    refresh.percent = 100;
+                    refresh.ended = Some(chrono::Utc::now());
+                    ended = Some("RollbackSuccessful");
+                }
+                _ => {}
+            }
+        }
+        if let Some(status) = ended {
+            state.events.push(format!("{status} {name}"));
+        }
+        finishing
+    };
+    if let Some(desired) = finishing {
+        if let Err(e) = carry_out(shared, name, desired.as_ref()).await {
+            return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string());
+        }
+        let mut state = shared.lock();
+        if let Some(refresh) = state
+            .refreshes
+            .iter_mut()
+            .find(|r| r.group == *name && r.status == "InProgress")
+        {
+            refresh.status = "Successful";
+            refresh.reason = String::new();
+            refresh.percent = 100;
+            refresh.ended = Some(chrono::Utc::now());
+        }
+        state.events.push(format!("Successful {name}"));
+    }
+    let state = shared.lock();
+    let members: String = state
+        .refreshes
+        .iter()
+        .rev()
+        .filter(|r| r.group == *name && (ids.is_empty() || ids.contains(&&r.id)))
+        .map(refresh_xml)
+        .collect();
+    drop(state);
+    answer(
+        "DescribeInstanceRefreshes",
+        &format!("<InstanceRefreshes>{members}</InstanceRefreshes>"),
+    )
+}
+
+fn refresh_xml(refresh: &Refresh) -> String {
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ended = refresh
+        .ended
+        .map(|t| format!("<EndTime>{}</EndTime>", time(t)))
+        .unwrap_or_default();
+    let desired = refresh
+        .desired
+        .as_ref()
+        .map(|(template, version)| {
+            format!(
+                "<DesiredConfiguration><LaunchTemplate><LaunchTemplateName>{}</LaunchTemplateName>\
+                 <Version>{}</Version></LaunchTemplate></DesiredConfiguration>",
+                escape(template),
+                escape(version)
+            )
+        })
+        .unwrap_or_default();
+    let preferences: String = refresh
+        .preferences
+        .iter()
+        .filter(|(k, _)| !k.contains('.'))
+        .map(|(k, v)| format!("<{k}>{}</{k}>", escape(v)))
+        .collect();
+    let remaining = if refresh.status == "Successful" {
+        0
+    } else {
+        refresh.to_update
+    };
+    format!(
+        "<member><InstanceRefreshId>{}</InstanceRefreshId><AutoScalingGroupName>{}\
+         </AutoScalingGroupName><Status>{}</Status><StatusReason>{}</StatusReason>\
+         <StartTime>{}</StartTime>{ended}<PercentageComplete>{}</PercentageComplete>\
+         <InstancesToUpdate>{remaining}</InstancesToUpdate><Preferences>{preferences}\
+         </Preferences>{desired}</member>",
+        refresh.id,
+        escape(&refresh.group),
+        refresh.status,
+        escape(&refresh.reason),
+        time(refresh.started),
+        refresh.percent,
+    )
+}
+
+/// `CompleteLifecycleAction` and `RecordLifecycleActionHeartbeat`: accepted for a hook
+/// moto holds and an instance a test put into `Terminating:Wait`
+/// ([`AutoScalingStandIn::begin_termination`]); a completion ends the action.
+async fn lifecycle_action(
+    shared: &Shared,
+    action: &str,
+    params: &BTreeMap<String, String>,
+) -> Response<Full<Bytes>> {
+    shared.record(action, params);
+    let (Some(group), Some(hook)) = (
+        params.get("AutoScalingGroupName"),
+        params.get("LifecycleHookName"),
+    ) else {
+        return invalid("AutoScalingGroupName and LifecycleHookName are required.");
+    };
+    let Some(instance) = params.get("InstanceId") else {
+        // The worker names its instance; a token alone is not modelled here.
+        return invalid("InstanceId is required by this stand-in (a LifecycleActionToken alone is not modelled).");
+    };
+    if action == "CompleteLifecycleAction"
+        && !matches!(
+            params.get("LifecycleActionResult").map(String::as_str),
+            Some("CONTINUE" | "ABANDON")
+        )
+    {
+        return invalid("LifecycleActionResult must be CONTINUE or ABANDON.");
+    }
+    let hooks = shared
+        .moto_call(
+            "autoscaling",
+            &[
+                ("Action", "DescribeLifecycleHooks"),
+                ("AutoScalingGroupName", group),
+                ("LifecycleHookNames.member.1", hook),
+            ],
+        )
+        .await;
+    match hooks {
+        Ok(xml) if xml.contains(&format!("<LifecycleHookName>{hook}</LifecycleHookName>")) => {}
+        Ok(_) => {
+            return invalid(&format!(
+                "No Lifecycle Hook found with name {hook} for group {group}"
+            ))
+        }
+        Err(e) => return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string()),
+    }
+    let mut state = shared.lock();
+    let key = (group.clone(), hook.clone(), instance.clone());
+    let Some(at) = state.pending_actions.iter().position(|p| *p == key) else {
+        drop(state);
+        // AWS's message.
+        return invalid(&format!(
+            "No active Lifecycle Action found with instance ID {instance}"
+        ));
+    };
+    if action == "CompleteLifecycleAction" {
+        state.pending_actions.remove(at);
+    }
+    drop(state);
+    answer(action, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_answer_gives_its_template_and_instance_versions() {
+        let xml = "<DescribeAutoScalingGroupsResponse><DescribeAutoScalingGroupsResult>\
+            <AutoScalingGroups><member><AutoScalingGroupName>g</AutoScalingGroupName>\
+            <LaunchTemplate><LaunchTemplateId>lt-1</LaunchTemplateId><LaunchTemplateName>t\
+            </LaunchTemplateName><Version>2</Version></LaunchTemplate><Instances><member>\
+            <InstanceId>i-1</InstanceId><LaunchTemplate><LaunchTemplateName>t</LaunchTemplateName>\
+            <Version>1</Version></LaunchTemplate></member><member><InstanceId>i-2</InstanceId>\
+            <LaunchTemplate><Version>2</Version></LaunchTemplate></member></Instances></member>\
+            </AutoScalingGroups></DescribeAutoScalingGroupsResult></DescribeAutoScalingGroupsResponse>";
+        assert_eq!(
+            parse_group(xml),
+            Some(Group {
+                template: Some("t".into()),
+                instances: vec![("i-1".into(), "1".into()), ("i-2".into(), "2".into())],
+            })
+        );
+        assert_eq!(parse_group("<X><AutoScalingGroups/></X>"), None);
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn refreshes_are_refused_as_aws_refuses_them() {
+        let rollback_without_desired = params(&[("Preferences.AutoRollback", "true")]);
+        assert!(refuse_refresh(&rollback_without_desired)
+            .is_some_and(|m| m.contains("DesiredConfiguration parameter is empty")));
+        let on_latest = params(&[
+            ("Preferences.AutoRollback", "true"),
+            (
+                "DesiredConfiguration.LaunchTemplate.LaunchTemplateName",
+                "t",
+            ),
+            ("DesiredConfiguration.LaunchTemplate.Version", "$Latest"),
+        ]);
+        assert!(refuse_refresh(&on_latest).is_some_and(|m| m.contains("$Latest")));
+        let numbered = params(&[
+            ("Preferences.AutoRollback", "true"),
+            (
+                "DesiredConfiguration.LaunchTemplate.LaunchTemplateName",
+                "t",
+            ),
+            ("DesiredConfiguration.LaunchTemplate.Version", "3"),
+            ("Preferences.MinHealthyPercentage", "100"),
+            ("Preferences.MaxHealthyPercentage", "134"),
+        ]);
+        assert_eq!(refuse_refresh(&numbered), None);
+        for (min, max) in [("100", "201"), ("90", "99"), ("50", "160"), ("101", "150")] {
+            let p = params(&[
+                ("Preferences.MinHealthyPercentage", min),
+                ("Preferences.MaxHealthyPercentage", max),
+            ]);
+            assert!(refuse_refresh(&p).is_some(), "min {min} max {max}");
+        }
+        assert!(refuse_refresh(&params(&[("Preferences.MaxHealthyPercentage", "150")])).is_some());
+    }
+}
