@@ -223,15 +223,42 @@ impl Aws {
     }
 }
 
+/// Where rolling the tiers onto their newest launch template stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollout {
+    /// Every group runs its template's newest version.
+    Done,
+    /// A refresh of `group` is under way (started now or earlier): the next tier waits
+    /// for it, so the stack never runs more than one extra instance per tier.
+    Refreshing { group: String, id: String },
+}
+
+/// The statuses of a refresh that has not ended (AWS's `InstanceRefreshStatus`).
+const ACTIVE: [&str; 5] = [
+    "Pending",
+    "InProgress",
+    "Cancelling",
+    "RollbackInProgress",
+    "Baking",
+];
+
+/// Max healthy percentage that lets a refresh launch one instance above the group's
+/// `max_size` and no more (AWS launches at least one either way): the lab's cap of 9
+/// running instances holds with both tiers at their maximum of 3 while one refreshes.
+pub fn max_healthy_percentage(max_size: u32) -> i32 {
+    let extra = 100_u32.div_ceil(max_size.max(1));
+    (100 + extra).min(200) as i32
+}
+
 impl Aws {
-    /// Starts an instance refresh on each group whose instances run an older version of
-    /// its launch template than the latest (a new release or settings), replacing them a
-    /// few at a time: new instances first, old ones once the new are healthy. Asks AWS
-    /// what runs, so an interrupted `up` still rolls; `changed` names the templates this
-    /// run updated, whose groups are rolled even when AWS reports no version numbers.
-    /// A refresh that cannot start is reported, not fatal: the stack itself converged.
-    pub async fn roll_outdated_instances(&self, changed: &[String]) -> anyhow::Result<()> {
-        for tier in ["web", "worker"] {
+    /// Rolls the tiers onto their launch templates' newest versions, web first: starts an
+    /// instance refresh on the first group that launches an older version (or runs
+    /// instances of one), unless a refresh of it is already under way, which the next
+    /// tier waits for. A tier already on its newest version is not asked about refreshes. The refresh names the new version, so AWS can roll back to the one the
+    /// group ran before, by itself when one of the tier's alarms goes off or new
+    /// instances fail their health checks. `group_max` is each tier's `max_size`.
+    pub async fn roll_next_tier(&self, group_max: [(&str, u32); 2]) -> anyhow::Result<Rollout> {
+        for (tier, max_size) in group_max {
             let group = crate::names::asg_name(&self.stack, tier);
             let found = self
                 .autoscaling
@@ -247,81 +274,248 @@ impl Aws {
             else {
                 continue;
             };
-            let templates = self
-                .ec2
-                .describe_launch_templates()
-                .launch_template_names(template)
-                .send()
-                .await
-                .context("describe launch templates")?;
-            let Some(latest) = templates
-                .launch_templates()
-                .first()
-                .and_then(|t| t.latest_version_number())
-            else {
-                continue;
-            };
-            let versions: Vec<Option<&str>> = asg
+            let latest = crate::resources::compute::latest_template_version(self, template).await?;
+            let group_version = asg.launch_template().and_then(|t| t.version());
+            let instance_versions: Vec<Option<&str>> = asg
                 .instances()
                 .iter()
                 .map(|i| i.launch_template().and_then(|t| t.version()))
                 .collect();
-            let outdated = if changed.iter().any(|t| t == template) {
-                versions.len()
-            } else {
-                outdated_instances(&versions, latest)
-            };
-            if outdated == 0 {
+            let outdated = outdated_instances(&instance_versions, latest);
+            let group_behind = group_version
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < latest);
+            if outdated == 0 && !group_behind {
                 continue;
             }
-            let refreshes = self
-                .autoscaling
-                .describe_instance_refreshes()
-                .auto_scaling_group_name(&group)
-                .send()
-                .await;
-            let running = match refreshes {
-                Ok(refreshes) => refreshes.instance_refreshes().iter().any(|r| {
-                    matches!(
-                        r.status().map(|s| s.as_str()),
-                        Some("Pending" | "InProgress")
-                    )
-                }),
-                // Not knowing is no reason to stop: starting one says why it cannot.
-                Err(_) => false,
-            };
-            if running {
-                eprintln!("  {group}: {outdated} instance(s) on an older template; a refresh is already rolling them");
-                continue;
+            if let Some(id) = self.active_refresh(&group).await? {
+                eprintln!("  {group}: an instance refresh is under way");
+                return Ok(Rollout::Refreshing { group, id });
             }
+            let release = self.release_of(template, latest).await?;
             let started = self
                 .autoscaling
                 .start_instance_refresh()
                 .auto_scaling_group_name(&group)
-                .preferences(
-                    aws_sdk_autoscaling::types::RefreshPreferences::builder()
-                        .min_healthy_percentage(100)
-                        .max_healthy_percentage(200)
-                        .instance_warmup(120)
-                        .skip_matching(true)
+                .desired_configuration(
+                    aws_sdk_autoscaling::types::DesiredConfiguration::builder()
+                        .launch_template(crate::resources::compute::template_version(
+                            template, latest,
+                        ))
                         .build(),
                 )
+                .preferences(refresh_preferences(&self.stack, tier, max_size))
                 .send()
                 .await;
             match started {
-                Ok(_) => eprintln!("  {group}: replacing {outdated} instance(s) with template version {latest}, new ones first (instance refresh)"),
-                Err(e) => eprintln!(
-                    "  {group}: could not start an instance refresh ({}); its {outdated} instance(s) keep the old template until replaced: run `provision up` again",
+                Ok(out) => {
+                    eprintln!(
+                        "  {group}: replacing {} instance(s) with release {release} (template \
+                         version {latest}), one at a time, new ones first; rolls back by itself \
+                         if {} goes off",
+                        instance_versions.len(),
+                        crate::resources::monitoring::refresh_alarms(&self.stack, tier)
+                            .join(" or ")
+                    );
+                    let id = out.instance_refresh_id().unwrap_or_default().to_owned();
+                    return Ok(Rollout::Refreshing { group, id });
+                }
+                Err(e) => anyhow::bail!(
+                    "{group}: could not start the instance refresh to release {release}: {}; \
+                     its instances keep the release they run. Run `provision up` again",
                     e.message().or(e.code()).unwrap_or("no reason given")
                 ),
             }
         }
-        Ok(())
+        Ok(Rollout::Done)
+    }
+
+    /// The refresh of `group` that has not ended, if any.
+    async fn active_refresh(&self, group: &str) -> anyhow::Result<Option<String>> {
+        let refreshes = self
+            .autoscaling
+            .describe_instance_refreshes()
+            .auto_scaling_group_name(group)
+            .send()
+            .await
+            .with_context(|| format!("describe the instance refreshes of {group}"))?;
+        Ok(refreshes
+            .instance_refreshes()
+            .iter()
+            .find(|r| r.status().is_some_and(|s| ACTIVE.contains(&s.as_str())))
+            .and_then(|r| r.instance_refresh_id())
+            .map(str::to_owned))
+    }
+
+    /// The release a launch template version installs (its user data's RELEASE).
+    pub async fn release_of(&self, template: &str, version: i64) -> anyhow::Result<String> {
+        let versions = self
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_name(template)
+            .versions(version.to_string())
+            .send()
+            .await
+            .with_context(|| format!("describe version {version} of {template}"))?;
+        let user_data = versions
+            .launch_template_versions()
+            .first()
+            .and_then(|v| v.launch_template_data())
+            .and_then(|d| d.user_data())
+            .and_then(|encoded| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).ok()
+            })
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default();
+        Ok(crate::userdata::header(&user_data)
+            .remove("RELEASE")
+            .unwrap_or_else(|| format!("(template version {version})")))
+    }
+
+    /// Follows refresh `id` of `group` to its end, showing its percentage, polling every
+    /// `poll`. Ok when it replaced every instance; an error that says which release the
+    /// tier runs when it failed, was cancelled or rolled back.
+    pub async fn follow_refresh(
+        &self,
+        group: &str,
+        id: &str,
+        poll: Duration,
+    ) -> anyhow::Result<()> {
+        let mut wait = stack_config::progress::Wait::start(
+            format!("the instance refresh of {group}"),
+            "about 3–5 min per instance: boot, health checks, 120 s warm-up",
+        );
+        let started = Instant::now();
+        loop {
+            let found = self
+                .autoscaling
+                .describe_instance_refreshes()
+                .auto_scaling_group_name(group)
+                .instance_refresh_ids(id)
+                .send()
+                .await
+                .with_context(|| format!("describe instance refresh {id} of {group}"))?;
+            let refresh = found
+                .instance_refreshes()
+                .first()
+                .with_context(|| format!("instance refresh {id} of {group} is gone"))?;
+            let status = refresh.status().map(|s| s.as_str()).unwrap_or("unknown");
+            let reason = refresh.status_reason().unwrap_or("no reason given");
+            let desired_version = refresh
+                .desired_configuration()
+                .and_then(|d| d.launch_template())
+                .and_then(|t| t.version().map(|v| (t.launch_template_name(), v)));
+            let desired = match desired_version {
+                Some((Some(template), version)) => match version.parse::<i64>() {
+                    Ok(number) => self.release_of(template, number).await?,
+                    Err(_) => version.to_owned(),
+                },
+                _ => "the new release".to_owned(),
+            };
+            match status {
+                "Successful" => {
+                    wait.done(&format!(
+                        "release {desired} on every instance in {:.0} s",
+                        started.elapsed().as_secs_f64()
+                    ));
+                    return Ok(());
+                }
+                "RollbackSuccessful" => {
+                    wait.done("rolled back");
+                    let now = self.group_release(group).await?;
+                    anyhow::bail!(
+                        "{group}: release {desired} failed ({reason}) and the instance refresh \
+                         rolled back to release {now}, which serves again. Fix the release and \
+                         deploy a new one, or `provision up --release {now}` to make {now} the \
+                         desired state (until then `up` tries {desired} again)"
+                    );
+                }
+                "Failed" | "Cancelled" | "RollbackFailed" => {
+                    wait.done(status);
+                    let now = self.group_release(group).await?;
+                    anyhow::bail!(
+                        "{group}: the instance refresh to release {desired} ended {status} \
+                         ({reason}); the group launches release {now}, and its instances may \
+                         run either. `provision status` shows them; `provision up` starts a \
+                         new refresh"
+                    );
+                }
+                _ => {}
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60 * 60),
+                "{group}: the instance refresh to release {desired} has not ended after 60 \
+                 min ({status}: {reason}); it goes on without this command: `provision up \
+                 --wait` follows it again"
+            );
+            let percent = refresh.percentage_complete().map(f64::from);
+            wait.status(
+                &format!(
+                    "{status}, release {desired}, {} instance(s) to update",
+                    refresh.instances_to_update().unwrap_or_default()
+                ),
+                percent,
+            );
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// The release group `group` launches now (after a refresh, what it ended on).
+    async fn group_release(&self, group: &str) -> anyhow::Result<String> {
+        let found = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .context("describe auto-scaling groups")?;
+        let template = found
+            .auto_scaling_groups()
+            .first()
+            .and_then(|g| g.launch_template())
+            .with_context(|| format!("{group} has no launch template"))?;
+        let version = template.version().unwrap_or_default();
+        match (template.launch_template_name(), version.parse::<i64>()) {
+            (Some(name), Ok(number)) => self.release_of(name, number).await,
+            _ => Ok(format!("(template version {version})")),
+        }
     }
 }
 
+/// How a tier's instances are replaced: new instances first (100 % stay healthy), at
+/// most one above `max_size`; back to the version before when one of the tier's alarms
+/// goes off (`AutoRollback` needs the numbered desired configuration `roll_next_tier`
+/// gives). A worker that protects its instance while it holds a job is still replaced
+/// (`Refresh`): its termination lifecycle hook lets the job finish first, where `Wait`
+/// would stall the refresh for as long as a backlog keeps every worker busy.
+fn refresh_preferences(
+    stack: &str,
+    tier: &str,
+    max_size: u32,
+) -> aws_sdk_autoscaling::types::RefreshPreferences {
+    use aws_sdk_autoscaling::types::{
+        AlarmSpecification, RefreshPreferences, ScaleInProtectedInstances, StandbyInstances,
+    };
+    RefreshPreferences::builder()
+        .min_healthy_percentage(100)
+        .max_healthy_percentage(max_healthy_percentage(max_size))
+        .instance_warmup(120)
+        .skip_matching(true)
+        .auto_rollback(true)
+        .alarm_specification(
+            AlarmSpecification::builder()
+                .set_alarms(Some(crate::resources::monitoring::refresh_alarms(
+                    stack, tier,
+                )))
+                .build(),
+        )
+        .scale_in_protected_instances(ScaleInProtectedInstances::Refresh)
+        .standby_instances(StandbyInstances::Terminate)
+        .build()
+}
+
 /// Instances launched from a numbered template version older than `latest`. Versions
-/// that are not numbers (an emulator reporting "$Latest") cannot be compared: left alone.
+/// that are not numbers (`$Latest`) cannot be compared: left alone.
 fn outdated_instances(versions: &[Option<&str>], latest: i64) -> usize {
     versions
         .iter()
@@ -361,5 +555,16 @@ mod tests {
             2
         );
         assert_eq!(outdated_instances(&[Some("3")], 3), 0);
+    }
+
+    #[test]
+    fn a_refresh_adds_at_most_one_instance_to_a_full_tier() {
+        for max_size in 1..=10_u32 {
+            let percent = max_healthy_percentage(max_size);
+            assert!((101..=200).contains(&percent), "{max_size}: {percent}");
+            // AWS launches up to floor(desired × max / 100) at once.
+            let peak = max_size * percent as u32 / 100;
+            assert_eq!(peak, max_size + 1, "max_size {max_size}: {percent} %");
+        }
     }
 }

@@ -281,7 +281,7 @@ mod tests {
         }
         assert_eq!(
             kinds.len(),
-            21,
+            22,
             "every kind of resource is in the desired state of the private network mode"
         );
     }

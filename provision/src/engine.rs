@@ -184,6 +184,7 @@ fn references(change: &Change) -> impl Iterator<Item = &str> {
         // A script mentions names in passing; what it depends on is listed beside it.
         .filter(|(field, _)| field.as_str() != "user_data")
         .map(|(_, value)| value)
-        .flat_map(|v| v.split([',', ';', ' ']))
+        // `=` too: a dimension such as `LoadBalancer=<name>` waits for what it names.
+        .flat_map(|v| v.split([',', ';', ' ', '=']))
         .filter(|token| !token.is_empty())
 }

@@ -154,17 +154,19 @@ impl Stack {
     }
 
     /// Converges; returns how many changes were made. Re-running after an interruption
-    /// picks up where it stopped: everything is found again by its tags.
+    /// picks up where it stopped: everything is found again by its tags. Ends by starting
+    /// the rolling of the first tier whose instances run an older release (see
+    /// [`Stack::roll`]).
     pub async fn up(&self, output: Output) -> anyhow::Result<usize> {
         let started = Instant::now();
         let changes = self.changes().await?;
         let todo: Vec<&Change> = changes
             .iter()
-            .filter(|c| c.is_change() && c.action != Action::Orphan)
+            .filter(|c| c.is_change() && (c.action != Action::Orphan || c.kind.removed_by_up()))
             .collect();
         self.refuse_data_loss(&todo)?;
         if todo.is_empty() {
-            self.aws.roll_outdated_instances(&[]).await?;
+            self.roll(false).await?;
             report(
                 output,
                 "up",
@@ -180,15 +182,11 @@ impl Stack {
             self.config.stack.name
         );
         self.aws.apply(&changes, &self.safeguards).await?;
-        let templates: Vec<String> = todo
-            .iter()
-            .filter(|c| c.kind == model::Kind::LaunchTemplate && c.action != Action::Create)
-            .map(|c| c.name.clone())
-            .collect();
-        self.aws.roll_outdated_instances(&templates).await?;
+        self.delete_superseded(&todo).await?;
+        self.roll(false).await?;
         let orphans = changes
             .iter()
-            .filter(|c| c.action == Action::Orphan)
+            .filter(|c| c.action == Action::Orphan && !c.kind.removed_by_up())
             .count();
         let note = if orphans > 0 {
             format!(" ({orphans} orphan(s) left alone: see `provision status`)")
@@ -206,6 +204,69 @@ impl Stack {
             ),
         );
         Ok(todo.len())
+    }
+
+    /// Deletes what an earlier configuration left that would go on acting on the stack
+    /// (the other worker policy's scaling policies and alarms): alarms first, so none
+    /// fires into a policy being deleted.
+    async fn delete_superseded(&self, todo: &[&Change]) -> anyhow::Result<()> {
+        let mut superseded: Vec<&&Change> =
+            todo.iter().filter(|c| c.action == Action::Orphan).collect();
+        superseded.sort_by_key(|c| c.kind != model::Kind::Alarm);
+        for change in superseded {
+            eprintln!(
+                "  deleting {} {} (no longer configured)",
+                change.kind, change.name
+            );
+            let id = change.id.as_deref().unwrap_or_default();
+            self.aws
+                .delete(change.kind, &change.name, id, &self.safeguards)
+                .await
+                .map_err(|e| e.context(format!("delete {} {}", change.kind, change.name)))?;
+        }
+        Ok(())
+    }
+
+    /// Rolls the tiers onto the release their launch templates name, one tier at a time
+    /// (web, then worker), so each runs at most one instance above its maximum. Without
+    /// `follow` it starts (or finds) the first tier's instance refresh and returns: the
+    /// next `up` starts the next tier once that one has ended. With `follow` it waits for
+    /// each refresh to end, showing its percentage, and fails with the release the tier
+    /// went back to when AWS rolled one back.
+    pub async fn roll(&self, follow: bool) -> anyhow::Result<()> {
+        let maxima = [
+            ("web", self.config.web.max_size),
+            ("worker", self.config.worker.max_size),
+        ];
+        // The emulator answers at once; AWS's figures change every few seconds at most.
+        let poll = if self.over_tls {
+            std::time::Duration::from_secs(15)
+        } else {
+            std::time::Duration::from_millis(200)
+        };
+        let mut followed: Vec<String> = Vec::new();
+        loop {
+            match self.aws.roll_next_tier(maxima).await? {
+                deploy::Rollout::Done => return Ok(()),
+                deploy::Rollout::Refreshing { group, id } => {
+                    if !follow {
+                        eprintln!(
+                            "  {group} rolls on without this command (`provision status` shows \
+                             it); the next tier starts at the next `up`, or run `provision up \
+                             --wait` to follow every tier to the end"
+                        );
+                        return Ok(());
+                    }
+                    anyhow::ensure!(
+                        !followed.contains(&id),
+                        "{group}: instance refresh {id} ended but the group still runs an older \
+                         release; `provision status` shows its instances"
+                    );
+                    self.aws.follow_refresh(&group, &id, poll).await?;
+                    followed.push(id);
+                }
+            }
+        }
     }
 
     /// Stops `up` before it changes anything when a change would delete data: a bucket or

@@ -48,7 +48,11 @@ enum Command {
     /// Instances on an older launch template are replaced, new ones first. Never replaces
     /// the database or the bucket unasked: it stops first and says why.
     Up {
-        /// Then wait (up to 30 min) until the load balancer has healthy web instances.
+        /// Then follow each tier's instance refresh to its end, web first, then worker
+        /// (percentage shown; exit 1 with the release it went back to when AWS rolled one
+        /// back), and wait (up to 30 min) until the load balancer has healthy web
+        /// instances. Without it, `up` starts the first tier's refresh and returns; the
+        /// next `up` starts the next tier.
         #[arg(long)]
         wait: bool,
         /// Allow replacing the database when a setting that cannot change in place
@@ -161,9 +165,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stack.up(cli.output).await?;
             let (url, logs) = stack.endpoints().await?;
             if wait {
-                let waited = stack
-                    .wait_for_healthy_targets(std::time::Duration::from_secs(30 * 60))
-                    .await;
+                let waited = match stack.roll(true).await {
+                    Ok(()) => {
+                        stack
+                            .wait_for_healthy_targets(std::time::Duration::from_secs(30 * 60))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = waited {
                     eprintln!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
                     return Err(e);

@@ -29,6 +29,7 @@ pub enum Kind {
     LaunchTemplate,
     AutoScalingGroup,
     ScalingPolicy,
+    LifecycleHook,
     Secret,
     ElasticIp,
     NatGateway,
@@ -58,6 +59,7 @@ impl Kind {
             Kind::DbParameterGroup => &["family"],
             Kind::DbSubnetGroup | Kind::LaunchTemplate | Kind::AutoScalingGroup => &[],
             Kind::ScalingPolicy => &["group", "policy_type"],
+            Kind::LifecycleHook => &["group", "transition"],
             Kind::InternetGateway
             | Kind::Bucket
             | Kind::Queue
@@ -78,6 +80,17 @@ impl Kind {
         matches!(self, Kind::Database | Kind::Bucket)
     }
 
+    /// Whether `up` deletes one left over from an earlier configuration: it holds no
+    /// data and would go on acting on the stack (a scaling policy of the other worker
+    /// policy, its alarms), so leaving it would not converge. Other orphans wait for
+    /// `down` or an operator.
+    pub fn removed_by_up(self) -> bool {
+        matches!(
+            self,
+            Kind::ScalingPolicy | Kind::Alarm | Kind::LifecycleHook
+        )
+    }
+
     /// Deletion order, lowest first: whatever depends on a resource goes before it (the
     /// groups and their instances before the launch templates, target group and security
     /// groups; the load balancer before its target group and group; the database before
@@ -92,6 +105,7 @@ impl Kind {
             | Kind::Listener
             | Kind::Database
             | Kind::ScalingPolicy
+            | Kind::LifecycleHook
             | Kind::AutoScalingGroup
             | Kind::Secret => 0,
             Kind::RouteTable
@@ -125,7 +139,7 @@ impl Kind {
             Kind::Alarm | Kind::Dashboard => 6,
             Kind::LaunchTemplate => 2,
             Kind::AutoScalingGroup => 4,
-            Kind::ScalingPolicy => 5,
+            Kind::ScalingPolicy | Kind::LifecycleHook => 5,
             Kind::TargetGroup => 2,
             Kind::LoadBalancer => 3,
             Kind::Listener => 4,
@@ -157,6 +171,7 @@ impl fmt::Display for Kind {
             Kind::LaunchTemplate => "launch-template",
             Kind::AutoScalingGroup => "autoscaling-group",
             Kind::ScalingPolicy => "scaling-policy",
+            Kind::LifecycleHook => "lifecycle-hook",
             Kind::Secret => "secret",
             Kind::ElasticIp => "elastic-ip",
             Kind::NatGateway => "nat-gateway",

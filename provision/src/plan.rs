@@ -25,6 +25,9 @@ pub fn render_with(changes: &[Change], ids: bool, colour: bool) -> String {
         let what = match &change.action {
             Action::Create => "create".to_owned(),
             Action::Ok => "ok".to_owned(),
+            Action::Orphan if change.kind.removed_by_up() => {
+                "orphan (no longer configured: `up` deletes it)".to_owned()
+            }
             Action::Orphan => "orphan (tagged with the stack, not desired)".to_owned(),
             Action::Update(fields) => format!("update ({})", describe(fields)),
             Action::Replace(fields) if change.kind.holds_data() => {

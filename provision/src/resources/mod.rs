@@ -44,9 +44,10 @@ pub(crate) async fn create(
         Kind::DbSubnetGroup | Kind::DbParameterGroup | Kind::Database => {
             database::create(aws, change, ids, safeguards).await
         }
-        Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
-            compute::create(aws, change, ids).await
-        }
+        Kind::LaunchTemplate
+        | Kind::AutoScalingGroup
+        | Kind::ScalingPolicy
+        | Kind::LifecycleHook => compute::create(aws, change, ids).await,
         Kind::Secret => secret::create(aws, change, ids).await,
         Kind::InstanceRole => role::create(aws, change, ids).await,
         Kind::Alarm | Kind::Dashboard => monitoring::create(aws, change, ids).await,
@@ -69,9 +70,10 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
         Kind::DbSubnetGroup | Kind::DbParameterGroup | Kind::Database => {
             database::update(aws, change, id, ids).await
         }
-        Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
-            compute::update(aws, change, id, ids).await
-        }
+        Kind::LaunchTemplate
+        | Kind::AutoScalingGroup
+        | Kind::ScalingPolicy
+        | Kind::LifecycleHook => compute::update(aws, change, id, ids).await,
         Kind::Alarm | Kind::Dashboard => monitoring::update(aws, change, id, ids).await,
         Kind::Bucket => bucket::update(aws, change, id, ids).await,
         Kind::Secret => secret::update(aws, change, id, ids).await,
@@ -101,9 +103,10 @@ pub(crate) async fn delete(
         Kind::DbSubnetGroup | Kind::DbParameterGroup | Kind::Database => {
             database::delete(aws, kind, id, safeguards).await
         }
-        Kind::LaunchTemplate | Kind::AutoScalingGroup | Kind::ScalingPolicy => {
-            compute::delete(aws, kind, id).await
-        }
+        Kind::LaunchTemplate
+        | Kind::AutoScalingGroup
+        | Kind::ScalingPolicy
+        | Kind::LifecycleHook => compute::delete(aws, kind, id).await,
         Kind::Secret => secret::delete(aws, kind, id, safeguards).await,
         Kind::Alarm | Kind::Dashboard => monitoring::delete(aws, kind, id).await,
         Kind::Bucket => bucket::delete(aws, kind, id).await,

@@ -1,5 +1,5 @@
-//! CloudWatch alarms (a backlog over 5, anything in the dead-letter queue) and the
-//! stack's dashboard.
+//! CloudWatch alarms (a backlog over 5, anything in the dead-letter queue, the web tier's
+//! 5xx and unhealthy hosts that roll a deploy back) and the stack's dashboard.
 
 use std::collections::HashMap;
 
@@ -9,13 +9,30 @@ use aws_sdk_cloudwatch::types::MetricAlarm;
 use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, STACK_TAG};
 use crate::config::Config;
 use crate::model::{Change, Kind, Observed, Resource};
-use crate::names::{asg_name, dead_letter_queue_name, load_balancer_name, queue_name, Names};
+use crate::names::{
+    asg_name, dead_letter_queue_name, load_balancer_name, queue_name, target_group_name, Names,
+};
+use crate::resources::compute::MetricQuery;
+
+/// The alarms an instance refresh of each tier watches: one going off during a deploy
+/// rolls the tier back to the release before. For the worker, a job that failed every
+/// delivery (the release cannot process videos).
+pub fn refresh_alarms(stack: &str, tier: &str) -> Vec<String> {
+    let n = Names {
+        stack: stack.to_owned(),
+    };
+    match tier {
+        "web" => vec![n.of("web-target-5xx"), n.of("web-unhealthy-hosts")],
+        _ => vec![n.of("dead-letters")],
+    }
+}
 
 /// The seed's CloudWatch alarms (a backlog over 5, anything in the dead-letter queue) and
 /// one dashboard over SQS, the tiers' instances and the load balancer.
 pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
     let queue = queue_name(&n.stack);
     let dlq = dead_letter_queue_name(&n.stack);
+    let lb = load_balancer_name(&n.stack);
     let alarm = |metric_queue: &str, threshold: &str, description: &str| {
         [
             ("namespace", "AWS/SQS".to_owned()),
@@ -39,6 +56,51 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
             Kind::Alarm,
             n.of("dead-letters"),
             &alarm(&dlq, "0", "a video job landed in the dead-letter queue"),
+        ),
+        // Requests the instances answered 5xx (not the load balancer's own, such as 503
+        // with no healthy target): a release that serves errors.
+        Resource::new(
+            Kind::Alarm,
+            n.of("web-target-5xx"),
+            &[
+                ("namespace", "AWS/ApplicationELB".to_owned()),
+                ("metric", "HTTPCode_Target_5XX_Count".to_owned()),
+                ("dimension", format!("LoadBalancer={lb}")),
+                ("statistic", "Sum".to_owned()),
+                ("period", "60".to_owned()),
+                ("evaluation_periods", "1".to_owned()),
+                ("comparison", "GreaterThanThreshold".to_owned()),
+                ("threshold", "5".to_owned()),
+                (
+                    "description",
+                    "web instances answered more than 5 requests a minute with 5xx".to_owned(),
+                ),
+            ],
+        ),
+        // Targets failing the health check: a release that does not start or answer.
+        Resource::new(
+            Kind::Alarm,
+            n.of("web-unhealthy-hosts"),
+            &[
+                ("namespace", "AWS/ApplicationELB".to_owned()),
+                ("metric", "UnHealthyHostCount".to_owned()),
+                (
+                    "dimension",
+                    format!(
+                        "LoadBalancer={lb},TargetGroup={}",
+                        target_group_name(&n.stack)
+                    ),
+                ),
+                ("statistic", "Maximum".to_owned()),
+                ("period", "60".to_owned()),
+                ("evaluation_periods", "1".to_owned()),
+                ("comparison", "GreaterThanThreshold".to_owned()),
+                ("threshold", "0".to_owned()),
+                (
+                    "description",
+                    "a web instance fails the load balancer's health check".to_owned(),
+                ),
+            ],
         ),
         Resource::new(
             Kind::Dashboard,
@@ -163,16 +225,25 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
     for alarm in alarms {
         let dimension = alarm
             .dimensions()
-            .first()
+            .iter()
             .map(|d| {
                 format!(
                     "{}={}",
                     d.name().unwrap_or_default(),
-                    d.value().unwrap_or_default()
+                    dimension_name(d.value().unwrap_or_default())
                 )
             })
-            .unwrap_or_default();
+            .collect::<Vec<_>>()
+            .join(",");
         let name = alarm.alarm_name().unwrap_or_default().to_owned();
+        let metrics = metrics_property(alarm.metrics());
+        // A metric-math alarm's period is its queries'.
+        let period = alarm.period().or_else(|| {
+            alarm
+                .metrics()
+                .iter()
+                .find_map(|q| q.metric_stat().and_then(|s| s.period()))
+        });
         out.push(observed(
             Kind::Alarm,
             name.clone(),
@@ -188,7 +259,8 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
                         .map(|s| s.as_str().to_owned())
                         .unwrap_or_default(),
                 ),
-                ("period", alarm.period().unwrap_or_default().to_string()),
+                ("metrics", metrics),
+                ("period", period.unwrap_or_default().to_string()),
                 (
                     "evaluation_periods",
                     alarm.evaluation_periods().unwrap_or_default().to_string(),
@@ -288,23 +360,37 @@ async fn put(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<()> {
             .await?;
         return Ok(());
     }
-    let (dimension, value) = p["dimension"]
-        .split_once('=')
-        .context("bad alarm dimension")?;
-    aws.cloudwatch
+    let period: i32 = p["period"].parse()?;
+    let mut put = aws
+        .cloudwatch
         .put_metric_alarm()
         .alarm_name(name)
         .alarm_description(&p["description"])
-        .namespace(&p["namespace"])
-        .metric_name(&p["metric"])
         .set_alarm_actions(match p.get("action") {
             Some(policy) => Some(vec![ids.id_of(policy)?]),
             None => None,
-        })
-        .dimensions(Dimension::builder().name(dimension).value(value).build())
-        .statistic(Statistic::from(p["statistic"].as_str()))
-        .period(p["period"].parse()?)
-        .evaluation_periods(p["evaluation_periods"].parse()?)
+        });
+    put = match p.get("metrics") {
+        Some(spec) => put.set_metrics(Some(alarm_queries(spec, period)?)),
+        None => {
+            let mut put = put
+                .namespace(&p["namespace"])
+                .metric_name(&p["metric"])
+                .statistic(Statistic::from(p["statistic"].as_str()))
+                .period(period);
+            for pair in p["dimension"].split(',') {
+                let (dimension, value) = pair.split_once('=').context("bad alarm dimension")?;
+                put = put.dimensions(
+                    Dimension::builder()
+                        .name(dimension)
+                        .value(dimension_value(dimension, value, ids)?)
+                        .build(),
+                );
+            }
+            put
+        }
+    };
+    put.evaluation_periods(p["evaluation_periods"].parse()?)
         .comparison_operator(ComparisonOperator::from(p["comparison"].as_str()))
         .threshold(p["threshold"].parse()?)
         .tags(
@@ -316,6 +402,112 @@ async fn put(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<()> {
         .send()
         .await?;
     Ok(())
+}
+
+/// A dimension's value as CloudWatch wants it. The load balancer's metrics name it and its
+/// target group by the end of their ARNs (`app/<name>/<id>`, `targetgroup/<name>/<id>`),
+/// known once they exist; desired state names them.
+fn dimension_value(dimension: &str, value: &str, ids: &Ids) -> anyhow::Result<String> {
+    Ok(match dimension {
+        "LoadBalancer" => {
+            let arn = ids.id_of(value)?;
+            arn.split_once(":loadbalancer/")
+                .map(|(_, suffix)| suffix.to_owned())
+                .with_context(|| format!("{arn} is no load balancer ARN"))?
+        }
+        "TargetGroup" => {
+            let arn = ids.id_of(value)?;
+            arn.rsplit_once(':')
+                .map(|(_, suffix)| suffix.to_owned())
+                .filter(|suffix| suffix.starts_with("targetgroup/"))
+                .with_context(|| format!("{arn} is no target group ARN"))?
+        }
+        _ => value.to_owned(),
+    })
+}
+
+/// The inverse of [`dimension_value`]: the name inside `app/<name>/<id>` or
+/// `targetgroup/<name>/<id>`, any other value as it is.
+fn dimension_name(value: &str) -> &str {
+    match value.split('/').collect::<Vec<_>>()[..] {
+        ["app" | "targetgroup", name, _] => name,
+        _ => value,
+    }
+}
+
+/// A `metrics` property as an alarm's metric queries, each metric over `period` seconds.
+fn alarm_queries(
+    spec: &str,
+    period: i32,
+) -> anyhow::Result<Vec<aws_sdk_cloudwatch::types::MetricDataQuery>> {
+    use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+    Ok(crate::resources::compute::parse_metrics(spec)?
+        .into_iter()
+        .map(|q| match q {
+            MetricQuery::Stat {
+                id,
+                namespace,
+                metric,
+                dimension: (name, value),
+                stat,
+            } => MetricDataQuery::builder()
+                .id(id)
+                .metric_stat(
+                    MetricStat::builder()
+                        .metric(
+                            Metric::builder()
+                                .namespace(namespace)
+                                .metric_name(metric)
+                                .dimensions(Dimension::builder().name(name).value(value).build())
+                                .build(),
+                        )
+                        .period(period)
+                        .stat(stat)
+                        .build(),
+                )
+                .return_data(false)
+                .build(),
+            MetricQuery::Expression { id, expression } => MetricDataQuery::builder()
+                .id(id)
+                .expression(expression)
+                .label(crate::resources::compute::BACKLOG_LABEL)
+                .return_data(true)
+                .build(),
+        })
+        .collect())
+}
+
+/// The inverse of [`alarm_queries`] (empty for an alarm on one metric).
+fn metrics_property(queries: &[aws_sdk_cloudwatch::types::MetricDataQuery]) -> String {
+    let queries: Vec<MetricQuery> = queries
+        .iter()
+        .map(|q| {
+            let id = q.id().unwrap_or_default().to_owned();
+            match q.metric_stat().and_then(|s| s.metric().map(|m| (s, m))) {
+                Some((stat, metric)) => MetricQuery::Stat {
+                    id,
+                    namespace: metric.namespace().unwrap_or_default().into(),
+                    metric: metric.metric_name().unwrap_or_default().into(),
+                    dimension: metric
+                        .dimensions()
+                        .first()
+                        .map(|d| {
+                            (
+                                d.name().unwrap_or_default().to_owned(),
+                                d.value().unwrap_or_default().to_owned(),
+                            )
+                        })
+                        .unwrap_or_default(),
+                    stat: stat.stat().unwrap_or_default().into(),
+                },
+                None => MetricQuery::Expression {
+                    id,
+                    expression: q.expression().unwrap_or_default().into(),
+                },
+            }
+        })
+        .collect();
+    crate::resources::compute::format_metrics(&queries)
 }
 
 pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {

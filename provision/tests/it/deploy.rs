@@ -48,7 +48,7 @@ fn xtask(args: &[&str], stack: &str, endpoint: &str, config: &Path) -> Output {
 
 #[tokio::test]
 async fn xtask_up_publishes_deploys_and_down_removes_everything() {
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let name = format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let config = crate::helpers::config_file();
 
@@ -153,8 +153,8 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
     assert!(err.contains("is already published"), "{err}");
     assert!(out.contains("No changes"), "{out}");
 
-    // A new release updates both templates and rolls both groups (moto has no instance
-    // refresh, so there `up` says it could not start one; AWS starts it).
+    // A new release updates both templates and `--wait` rolls the groups one after the
+    // other (the stand-in in front of moto answers the instance refreshes).
     let third = xtask(
         &["up", "--debug", "--release", "e2e-2"],
         &name,
@@ -169,12 +169,18 @@ async fn xtask_up_publishes_deploys_and_down_removes_everything() {
             "{err}"
         );
         let group = format!("{name}-{tier}-asg");
-        assert!(
-            err.contains(&format!("{group}: replacing"))
-                || err.contains(&format!("{group}: could not start an instance refresh")),
-            "{err}"
-        );
+        assert!(err.contains(&format!("{group}: replacing")), "{err}");
     }
+    assert_eq!(
+        moto.events(&name),
+        [
+            format!("started {name}-web-asg"),
+            format!("Successful {name}-web-asg"),
+            format!("started {name}-worker-asg"),
+            format!("Successful {name}-worker-asg"),
+        ],
+        "{err}"
+    );
     let plan = stack.changes().await.unwrap();
     let template = plan
         .iter()

@@ -7,6 +7,7 @@
 mod deploy;
 mod helpers;
 mod metrics;
+mod rollout;
 mod safety;
 mod stack;
 mod web_tier;

@@ -58,7 +58,7 @@ fn metrics_cli(
 
 #[tokio::test]
 async fn metrics_reads_the_stacks_figures_a_point_a_minute() {
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let name = format!("m{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let stack = provision::Stack::open(config_for(&name), release_r1(&moto.endpoint))
         .await

@@ -100,7 +100,7 @@ async fn token_secret(
 
 #[tokio::test]
 async fn the_database_is_never_replaced_unasked_and_down_leaves_a_snapshot_up_restores() {
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let endpoint = moto.endpoint.as_str();
     let name = unique("s");
     let stack = Stack::open(config_for(&name), release_r1(endpoint))
@@ -258,7 +258,7 @@ async fn the_database_is_never_replaced_unasked_and_down_leaves_a_snapshot_up_re
 
 #[tokio::test]
 async fn down_touches_only_what_carries_its_stack_tag() {
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let endpoint = moto.endpoint.as_str();
     let base = unique("o");
     let staging = format!("{base}-staging");
@@ -346,7 +346,7 @@ async fn down_touches_only_what_carries_its_stack_tag() {
 
 #[tokio::test]
 async fn drift_in_rules_and_policies_is_seen_and_repaired() {
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let endpoint = moto.endpoint.as_str();
     let name = unique("r");
     let stack = Stack::open(config_for(&name), release_r1(endpoint))
@@ -564,7 +564,7 @@ async fn purge(name: &str, endpoint: &str) {
 
 #[tokio::test]
 async fn what_is_created_is_hardened_and_a_swapped_release_is_refused() {
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let endpoint = moto.endpoint.as_str();
     let name = unique("h");
     let mut config = config_for(&name);

@@ -12,7 +12,7 @@ use crate::helpers::{
 
 #[tokio::test]
 async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() {
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let stack = Stack::open(config_for(&name), release_r1(&moto.endpoint))
         .await
@@ -148,8 +148,32 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
     );
     assert_eq!(
         alarms.metric_alarms().len(),
-        4,
-        "backlog, dead letters, web CPU high and low"
+        6,
+        "backlog, dead letters, web CPU high and low, target 5xx, unhealthy hosts"
+    );
+    // A refresh's rollback alarm watches this stack's load balancer and target group,
+    // named as CloudWatch names them (the ARNs' suffixes).
+    let unhealthy = alarms
+        .metric_alarms()
+        .iter()
+        .find(|a| a.alarm_name() == Some(&format!("{name}-web-unhealthy-hosts")))
+        .unwrap();
+    let dimensions: Vec<(&str, &str)> = unhealthy
+        .dimensions()
+        .iter()
+        .map(|d| (d.name().unwrap(), d.value().unwrap()))
+        .collect();
+    assert_eq!(dimensions.len(), 2, "{dimensions:?}");
+    assert!(
+        dimensions[0].0 == "LoadBalancer" && dimensions[0].1.starts_with("app/"),
+        "{dimensions:?}"
+    );
+    assert!(
+        dimensions[1].0 == "TargetGroup"
+            && dimensions[1]
+                .1
+                .starts_with(&format!("targetgroup/{name}-web-targets/")),
+        "{dimensions:?}"
     );
     let dashboard = stack
         .aws
@@ -581,7 +605,7 @@ fn cli_explains_itself() {
 #[tokio::test]
 async fn an_up_killed_halfway_converges_when_run_again() {
     use std::io::{BufRead, BufReader};
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let config = config_file();
     let stack = Stack::open(config_for(&name), release_r1(&moto.endpoint))
@@ -636,7 +660,7 @@ async fn an_up_killed_halfway_converges_when_run_again() {
 
 #[test]
 fn down_without_yes_refuses_when_nobody_can_answer() {
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let config = config_file();
     #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
     let out = Command::new(env!("CARGO_BIN_EXE_provision"))
@@ -659,7 +683,7 @@ fn down_without_yes_refuses_when_nobody_can_answer() {
 
 #[tokio::test]
 async fn private_mode_routes_the_instances_through_a_nat_gateway_and_down_removes_it() {
-    let moto = testkit::moto();
+    let moto = testkit::autoscaling_stand_in();
     let name = format!("p{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut config = config_for(&name);
     config.network.instances = provision::config::InstanceSubnets::Private;

@@ -1,11 +1,12 @@
 //! Launch templates: what an instance of a tier boots (image, type, profile, security
-//! group, root volume, user data). A change is a new version of the same template.
+//! group, root volume, user data, monitoring). A change is a new version of the same
+//! template; groups name versions by number.
 
 use anyhow::Context;
 use aws_sdk_ec2::types::{
     LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
-    LaunchTemplateInstanceMetadataOptionsRequest, RequestLaunchTemplateData, ResourceType, Tag,
-    TagSpecification,
+    LaunchTemplateInstanceMetadataOptionsRequest, LaunchTemplatesMonitoringRequest,
+    RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
 };
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -166,6 +167,13 @@ pub(super) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                             .map(|t| t.as_str().to_owned())
                             .unwrap_or_default(),
                     ),
+                    (
+                        "detailed_monitoring",
+                        data.monitoring()
+                            .and_then(|m| m.enabled())
+                            .unwrap_or(false)
+                            .to_string(),
+                    ),
                     ("release", header_value("RELEASE")),
                     ("binary_sha256", header_value("BINARY_SHA256")),
                     ("database", header_value("DATABASE")),
@@ -214,6 +222,11 @@ async fn template_data(
                 .http_tokens(LaunchTemplateHttpTokensState::Required)
                 .build(),
         )
+        .monitoring(
+            LaunchTemplatesMonitoringRequest::builder()
+                .enabled(p["detailed_monitoring"] == "true")
+                .build(),
+        )
         .tag_specifications(instance_tags)
         .block_device_mappings(root_volume(aws, &p["image"]).await?)
         .user_data(BASE64.encode(&p["user_data"]))
@@ -247,7 +260,8 @@ pub(super) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Res
 
 pub(super) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> anyhow::Result<()> {
     let data = template_data(aws, &change.name, &change.desired, ids).await?;
-    // A new version; the groups use $Latest, so new instances get it.
+    // A new version: the group launches it once an instance refresh has replaced its
+    // instances with it (`deploy`), and goes back to the one before if that fails.
     aws.ec2
         .create_launch_template_version()
         .launch_template_id(id)

@@ -6,7 +6,7 @@ mod launch_template;
 mod scaling;
 
 use crate::aws::{Aws, DeleteError, Ids, NamesById};
-use crate::config::{Config, InstanceSubnets};
+use crate::config::{Config, InstanceSubnets, WorkerScaling};
 use crate::model::{Change, Kind, Observed, Resource};
 use crate::names::{
     asg_name, database_name, launch_template_name, queue_name, target_group_name,
@@ -16,9 +16,14 @@ use crate::userdata::{self, Release};
 
 pub use launch_template::latest_debian_ami;
 pub use scaling::backlog_metrics;
+pub(crate) use scaling::{
+    format_metrics, latest_template_version, parse_metrics, template_version, MetricQuery,
+    BACKLOG_LABEL,
+};
 
-/// Launch templates, the two auto-scaling groups, and their scaling: target tracking on
-/// the backlog per worker, and the seed's CPU steps for the web tier.
+/// Launch templates, the two auto-scaling groups, the worker group's termination hook, and
+/// their scaling: target tracking or the seed's steps on the backlog per worker, and the
+/// seed's CPU steps for the web tier.
 pub(crate) fn desired(
     n: &Names,
     config: &Config,
@@ -64,6 +69,13 @@ pub(crate) fn desired(
                 ),
                 ("security_group", n.of(tier)),
                 ("imds_tokens", "required".into()),
+                // One CPU point a minute instead of five: the web tier's CPU alarms look
+                // at 2 and 5 one-minute periods, which basic monitoring mostly leaves
+                // empty. The worker scales on queue metrics, which are per minute anyway.
+                (
+                    "detailed_monitoring",
+                    (user_data_tier == Tier::Web).to_string(),
+                ),
                 ("root_volume", launch_template::ROOT_VOLUME.into()),
                 // Read back from the user data's header; named here so that a plan says
                 // which release changes, and so the template waits for what it names.
@@ -102,15 +114,18 @@ pub(crate) fn desired(
     }
     let (web, worker) = (asg_name(&n.stack, "web"), asg_name(&n.stack, "worker"));
     out.push(Resource::new(
-        Kind::ScalingPolicy,
-        n.of("worker-backlog"),
+        Kind::LifecycleHook,
+        n.of("worker-drain"),
         &[
             ("group", worker.clone()),
-            ("policy_type", "TargetTrackingScaling".into()),
-            ("target", config.worker.backlog_per_instance.to_string()),
-            ("metrics", backlog_metrics(&queue_name(&n.stack), &worker)),
+            ("transition", "autoscaling:EC2_INSTANCE_TERMINATING".into()),
+            ("heartbeat_timeout", drain_heartbeat_seconds().to_string()),
+            // Past the timeout a terminating instance goes either way; CONTINUE (not
+            // ABANDON) still lets any other termination hook run.
+            ("default_result", "CONTINUE".into()),
         ],
     ));
+    out.extend(worker_scaling(n, config, &worker));
     for (name, adjustment, cooldown) in
         [("web-scale-out", "1", "300"), ("web-scale-in", "-1", "600")]
     {
@@ -161,6 +176,96 @@ pub(crate) fn desired(
     out
 }
 
+/// How long a worker being scaled in may go without a heartbeat before its instance is
+/// terminated anyway: the longest ffmpeg run the services allow, plus 5 minutes for the
+/// download, the upload and the database write around it. The worker sends heartbeats
+/// while a job runs longer, so this bounds a worker that died, not a long job.
+pub(crate) fn drain_heartbeat_seconds() -> u64 {
+    stack_config::worker_ffmpeg_timeout().as_secs() + 5 * 60
+}
+
+/// The worker group's policy, as `worker.scaling_policy` picks it. Both read the same
+/// metric (videos waiting per in-service worker, by metric math).
+fn worker_scaling(n: &Names, config: &Config, worker: &str) -> Vec<Resource> {
+    let metrics = backlog_metrics(&queue_name(&n.stack), worker);
+    match config.worker.scaling_policy {
+        WorkerScaling::TargetTracking => vec![Resource::new(
+            Kind::ScalingPolicy,
+            n.of("worker-backlog"),
+            &[
+                ("group", worker.to_owned()),
+                ("policy_type", "TargetTrackingScaling".into()),
+                ("target", config.worker.backlog_per_instance.to_string()),
+                ("metrics", metrics),
+            ],
+        )],
+        WorkerScaling::Step => {
+            // The simulator's model of the seed's table is the one deployed.
+            let capacity::Policy::Step {
+                out_above,
+                in_below,
+                out_periods,
+                in_periods,
+                out_cooldown_s,
+                in_cooldown_s,
+                ..
+            } = capacity::Policy::seed_step(config.worker.min_size, config.worker.max_size)
+            else {
+                unreachable!("seed_step is a step policy")
+            };
+            let mut out = Vec::new();
+            for (policy, adjustment, cooldown, alarm, periods, comparison, threshold) in [
+                (
+                    "worker-scale-out",
+                    "1",
+                    out_cooldown_s,
+                    "worker-backlog-high",
+                    out_periods,
+                    "GreaterThanThreshold",
+                    out_above,
+                ),
+                (
+                    "worker-scale-in",
+                    "-1",
+                    in_cooldown_s,
+                    "worker-backlog-low",
+                    in_periods,
+                    "LessThanThreshold",
+                    in_below,
+                ),
+            ] {
+                out.push(Resource::new(
+                    Kind::ScalingPolicy,
+                    n.of(policy),
+                    &[
+                        ("group", worker.to_owned()),
+                        ("policy_type", "SimpleScaling".into()),
+                        ("adjustment", adjustment.into()),
+                        ("cooldown", format!("{cooldown:.0}")),
+                    ],
+                ));
+                out.push(Resource::new(
+                    Kind::Alarm,
+                    n.of(alarm),
+                    &[
+                        ("metrics", metrics.clone()),
+                        ("period", "60".into()),
+                        ("evaluation_periods", periods.to_string()),
+                        ("comparison", comparison.into()),
+                        ("threshold", threshold.to_string()),
+                        (
+                            "description",
+                            format!("videos waiting per worker: {policy}"),
+                        ),
+                        ("action", n.of(policy)),
+                    ],
+                ));
+            }
+            out
+        }
+    }
+}
+
 pub(crate) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<Observed>> {
     let (templates, groups) = tokio::try_join!(
         launch_template::observe(aws, names),
@@ -174,6 +279,7 @@ pub(crate) async fn create(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Res
         Kind::LaunchTemplate => launch_template::create(aws, change, ids).await,
         Kind::AutoScalingGroup => scaling::create_group(aws, change, ids).await,
         Kind::ScalingPolicy => scaling::put_policy(aws, change).await,
+        Kind::LifecycleHook => scaling::put_lifecycle_hook(aws, change).await,
         other => anyhow::bail!("{other} is not a compute resource"),
     }
 }
@@ -183,6 +289,7 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
         Kind::LaunchTemplate => launch_template::update(aws, change, id, ids).await,
         Kind::AutoScalingGroup => scaling::update_group(aws, change, id, ids).await,
         Kind::ScalingPolicy => scaling::put_policy(aws, change).await.map(drop),
+        Kind::LifecycleHook => scaling::put_lifecycle_hook(aws, change).await.map(drop),
         other => anyhow::bail!("{other} is not a compute resource"),
     }
 }
@@ -190,7 +297,8 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
 pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {
     match kind {
         Kind::LaunchTemplate => launch_template::delete(aws, id).await,
-        Kind::ScalingPolicy => Ok(()), // deleted with its group
+        Kind::ScalingPolicy => scaling::delete_policy(aws, id).await,
+        Kind::LifecycleHook => scaling::delete_lifecycle_hook(aws, id).await,
         Kind::AutoScalingGroup => scaling::delete_group(aws, id).await,
         other => Err(DeleteError::Other(anyhow::anyhow!(
             "{other} is not a compute resource"

@@ -86,6 +86,14 @@ pub(super) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                             .unwrap_or_default()
                             .into(),
                     ),
+                    // Observed only: the version changes through instance refreshes.
+                    (
+                        "template_version",
+                        g.launch_template()
+                            .and_then(|t| t.version())
+                            .unwrap_or_default()
+                            .into(),
+                    ),
                     ("min_size", g.min_size().unwrap_or_default().to_string()),
                     ("max_size", g.max_size().unwrap_or_default().to_string()),
                     ("subnets", subnets.join(",")),
@@ -145,13 +153,50 @@ pub(super) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                 id: p.policy_arn().unwrap_or_default().to_owned(),
             });
         }
+        let hooks = aws
+            .autoscaling
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(&name)
+            .send()
+            .await
+            .context("describe lifecycle hooks")?;
+        for hook in hooks.lifecycle_hooks() {
+            let hook_name = hook.lifecycle_hook_name().unwrap_or_default();
+            out.push(Observed {
+                resource: Resource::new(
+                    Kind::LifecycleHook,
+                    hook_name,
+                    &[
+                        ("group", name.clone()),
+                        (
+                            "transition",
+                            hook.lifecycle_transition().unwrap_or_default().into(),
+                        ),
+                        (
+                            "heartbeat_timeout",
+                            hook.heartbeat_timeout().unwrap_or_default().to_string(),
+                        ),
+                        (
+                            "default_result",
+                            hook.default_result().unwrap_or_default().into(),
+                        ),
+                    ],
+                ),
+                id: hook_id(&name, hook_name),
+            });
+        }
     }
     Ok(out)
 }
 
+/// A lifecycle hook's id here: hooks are addressed by group and name together.
+fn hook_id(group: &str, hook: &str) -> String {
+    format!("{group}/{hook}")
+}
+
 /// A group's desired properties in the API's terms.
 struct GroupSpec {
-    template: LaunchTemplateSpecification,
+    template: String,
     min_size: i32,
     max_size: i32,
     subnets: String,
@@ -164,10 +209,7 @@ fn group_spec(p: &Props, ids: &Ids) -> anyhow::Result<GroupSpec> {
         .map(|name| ids.id_of(name))
         .collect::<anyhow::Result<_>>()?;
     Ok(GroupSpec {
-        template: LaunchTemplateSpecification::builder()
-            .launch_template_name(&p["launch_template"])
-            .version("$Latest")
-            .build(),
+        template: p["launch_template"].clone(),
         min_size: p["min_size"].parse()?,
         max_size: p["max_size"].parse()?,
         subnets: subnets.join(","),
@@ -182,10 +224,11 @@ fn group_spec(p: &Props, ids: &Ids) -> anyhow::Result<GroupSpec> {
 pub(super) async fn create_group(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<String> {
     let (name, p) = (change.name.as_str(), &change.desired);
     let spec = group_spec(p, ids)?;
+    let version = latest_template_version(aws, &spec.template).await?;
     aws.autoscaling
         .create_auto_scaling_group()
         .auto_scaling_group_name(name)
-        .launch_template(spec.template)
+        .launch_template(template_version(&spec.template, version))
         .min_size(spec.min_size)
         .max_size(spec.max_size)
         .vpc_zone_identifier(spec.subnets)
@@ -214,10 +257,20 @@ pub(super) async fn update_group(
 ) -> anyhow::Result<()> {
     let p = &change.desired;
     let spec = group_spec(p, ids)?;
+    // The version a group launches changes only through an instance refresh, which can
+    // roll back (`deploy`); a group still on `$Latest` (made by an older `provision`) is
+    // pinned to the number it runs now, since a refresh refuses to roll back from there.
+    let pinned = match group_template_version(aws, id).await? {
+        Some(version) if version.parse::<i64>().is_ok() => None,
+        _ => Some(template_version(
+            &spec.template,
+            latest_template_version(aws, &spec.template).await?,
+        )),
+    };
     aws.autoscaling
         .update_auto_scaling_group()
         .auto_scaling_group_name(id)
-        .launch_template(spec.template)
+        .set_launch_template(pinned)
         .min_size(spec.min_size)
         .max_size(spec.max_size)
         .vpc_zone_identifier(spec.subnets)
@@ -233,6 +286,51 @@ pub(super) async fn update_group(
             .await?;
     }
     collect_group_metrics(aws, id).await
+}
+
+/// A numbered version of launch template `name`.
+pub(crate) fn template_version(name: &str, version: i64) -> LaunchTemplateSpecification {
+    LaunchTemplateSpecification::builder()
+        .launch_template_name(name)
+        .version(version.to_string())
+        .build()
+}
+
+/// The newest version number of launch template `name`.
+pub(crate) async fn latest_template_version(aws: &Aws, name: &str) -> anyhow::Result<i64> {
+    let found = aws
+        .ec2
+        .describe_launch_templates()
+        .launch_template_names(name)
+        .send()
+        .await
+        .with_context(|| format!("describe launch template {name}"))?;
+    found
+        .launch_templates()
+        .first()
+        .and_then(|t| t.latest_version_number())
+        .with_context(|| format!("launch template {name} has no versions"))
+}
+
+/// The launch template version group `group` launches, as AWS holds it (a number, or
+/// `$Latest` / `$Default`); `None` when the group does not exist.
+pub(crate) async fn group_template_version(
+    aws: &Aws,
+    group: &str,
+) -> anyhow::Result<Option<String>> {
+    let found = aws
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .with_context(|| format!("describe auto-scaling group {group}"))?;
+    Ok(found
+        .auto_scaling_groups()
+        .first()
+        .and_then(|g| g.launch_template())
+        .and_then(|t| t.version())
+        .map(str::to_owned))
 }
 
 /// Group metrics feed the backlog-per-instance target and the dashboard.
@@ -271,6 +369,54 @@ pub(super) async fn put_policy(aws: &Aws, change: &Change) -> anyhow::Result<Str
     }
     let created = put.send().await?;
     Ok(created.policy_arn().unwrap_or(name).to_owned())
+}
+
+/// Creates or replaces the worker group's termination hook (one call does both).
+pub(super) async fn put_lifecycle_hook(aws: &Aws, change: &Change) -> anyhow::Result<String> {
+    let (name, p) = (change.name.as_str(), &change.desired);
+    aws.autoscaling
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(&p["group"])
+        .lifecycle_hook_name(name)
+        .lifecycle_transition(&p["transition"])
+        .heartbeat_timeout(p["heartbeat_timeout"].parse()?)
+        .default_result(&p["default_result"])
+        .send()
+        .await?;
+    Ok(hook_id(&p["group"], name))
+}
+
+pub(super) async fn delete_lifecycle_hook(aws: &Aws, id: &str) -> Result<(), DeleteError> {
+    let (group, hook) = id
+        .split_once('/')
+        .ok_or_else(|| DeleteError::Other(anyhow::anyhow!("bad lifecycle hook id {id}")))?;
+    aws.autoscaling
+        .delete_lifecycle_hook()
+        .auto_scaling_group_name(group)
+        .lifecycle_hook_name(hook)
+        .send()
+        .await
+        .map(drop)
+        .map_err(DeleteError::from_sdk)
+}
+
+/// Deletes a scaling policy by its ARN, which names its group and itself
+/// (`…:autoScalingGroupName/<group>:policyName/<name>`): the call takes the two names.
+pub(super) async fn delete_policy(aws: &Aws, arn: &str) -> Result<(), DeleteError> {
+    let part = |label: &str| {
+        arn.split(':')
+            .find_map(|p| p.strip_prefix(label))
+            .map(str::to_owned)
+            .ok_or_else(|| DeleteError::Other(anyhow::anyhow!("no {label} in policy {arn}")))
+    };
+    aws.autoscaling
+        .delete_policy()
+        .auto_scaling_group_name(part("autoScalingGroupName/")?)
+        .policy_name(part("policyName/")?)
+        .send()
+        .await
+        .map(drop)
+        .map_err(DeleteError::from_sdk)
 }
 
 /// Deletes the group and its instances (force), then waits until it is gone. Its policies go
@@ -313,85 +459,156 @@ fn format_number(value: f64) -> String {
     }
 }
 
-/// The `metrics` property (see [`backlog_metrics`]) as the API's metric queries.
+/// One query of a `metrics` property (see [`backlog_metrics`]), whichever API it goes to:
+/// target tracking's and CloudWatch alarms' metric math have the same shape in different
+/// types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MetricQuery {
+    Stat {
+        id: String,
+        namespace: String,
+        metric: String,
+        dimension: (String, String),
+        stat: String,
+    },
+    /// The expression over the others: the value the policy or alarm reads.
+    Expression { id: String, expression: String },
+}
+
+/// What the expression of the backlog metric means, shown in the console.
+pub(crate) const BACKLOG_LABEL: &str = "videos waiting per worker";
+
+/// A `metrics` property as its queries.
+pub(crate) fn parse_metrics(spec: &str) -> anyhow::Result<Vec<MetricQuery>> {
+    spec.split(';')
+        .map(|part| {
+            let (id, rest) = part
+                .split_once('=')
+                .with_context(|| format!("bad metric query {part}"))?;
+            let id = id.to_owned();
+            Ok(match rest.split(':').collect::<Vec<_>>()[..] {
+                [namespace, metric, dimension, stat] => {
+                    let (name, value) = dimension
+                        .split_once('=')
+                        .with_context(|| format!("bad dimension in {part}"))?;
+                    MetricQuery::Stat {
+                        id,
+                        namespace: namespace.into(),
+                        metric: metric.into(),
+                        dimension: (name.into(), value.into()),
+                        stat: stat.into(),
+                    }
+                }
+                _ => MetricQuery::Expression {
+                    id,
+                    expression: rest.into(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// The inverse of [`parse_metrics`], for comparing what AWS holds.
+pub(crate) fn format_metrics(queries: &[MetricQuery]) -> String {
+    queries
+        .iter()
+        .map(|q| match q {
+            MetricQuery::Stat {
+                id,
+                namespace,
+                metric,
+                dimension: (name, value),
+                stat,
+            } => format!("{id}={namespace}:{metric}:{name}={value}:{stat}"),
+            MetricQuery::Expression { id, expression } => format!("{id}={expression}"),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The `metrics` property as target tracking's metric queries.
 pub fn metric_math(spec: &str) -> anyhow::Result<CustomizedMetricSpecification> {
-    let mut queries = Vec::new();
-    for part in spec.split(';') {
-        let (id, rest) = part
-            .split_once('=')
-            .with_context(|| format!("bad metric query {part}"))?;
-        let query = match rest.split(':').collect::<Vec<_>>()[..] {
-            [namespace, metric, dimension, stat] => {
-                let (dimension, value) = dimension
-                    .split_once('=')
-                    .with_context(|| format!("bad dimension in {part}"))?;
-                let metric = Metric::builder()
-                    .namespace(namespace)
-                    .metric_name(metric)
-                    .dimensions(
-                        MetricDimension::builder()
-                            .name(dimension)
-                            .value(value)
-                            .build(),
-                    )
-                    .build();
-                TargetTrackingMetricDataQuery::builder()
-                    .id(id)
-                    .metric_stat(
-                        TargetTrackingMetricStat::builder()
-                            .metric(metric)
-                            .stat(stat)
-                            .build(),
-                    )
-                    .return_data(false)
-                    .build()
-            }
-            _ => TargetTrackingMetricDataQuery::builder()
+    let queries = parse_metrics(spec)?
+        .into_iter()
+        .map(|q| match q {
+            MetricQuery::Stat {
+                id,
+                namespace,
+                metric,
+                dimension: (name, value),
+                stat,
+            } => TargetTrackingMetricDataQuery::builder()
                 .id(id)
-                .expression(rest)
-                .label("videos waiting per worker")
+                .metric_stat(
+                    TargetTrackingMetricStat::builder()
+                        .metric(
+                            Metric::builder()
+                                .namespace(namespace)
+                                .metric_name(metric)
+                                .dimensions(
+                                    MetricDimension::builder().name(name).value(value).build(),
+                                )
+                                .build(),
+                        )
+                        .stat(stat)
+                        .build(),
+                )
+                .return_data(false)
+                .build(),
+            MetricQuery::Expression { id, expression } => TargetTrackingMetricDataQuery::builder()
+                .id(id)
+                .expression(expression)
+                .label(BACKLOG_LABEL)
                 .return_data(true)
                 .build(),
-        };
-        queries.push(query);
-    }
+        })
+        .collect();
     Ok(CustomizedMetricSpecification::builder()
         .set_metrics(Some(queries))
         .build())
 }
 
-/// The inverse of [`metric_math`], for comparing what AWS holds.
+/// The inverse of [`metric_math`].
 fn metrics_property(spec: &CustomizedMetricSpecification) -> String {
-    spec.metrics()
+    let queries: Vec<MetricQuery> = spec
+        .metrics()
         .iter()
         .map(|q| {
-            let id = q.id().unwrap_or_default();
+            let id = q.id().unwrap_or_default().to_owned();
             match (q.metric_stat(), q.expression()) {
                 (Some(stat), _) => {
                     let metric = stat.metric();
                     let dimension = metric
                         .and_then(|m| m.dimensions().first())
                         .map(|d| {
-                            format!(
-                                "{}={}",
-                                d.name().unwrap_or_default(),
-                                d.value().unwrap_or_default()
+                            (
+                                d.name().unwrap_or_default().to_owned(),
+                                d.value().unwrap_or_default().to_owned(),
                             )
                         })
                         .unwrap_or_default();
-                    format!(
-                        "{id}={}:{}:{dimension}:{}",
-                        metric.and_then(|m| m.namespace()).unwrap_or_default(),
-                        metric.and_then(|m| m.metric_name()).unwrap_or_default(),
-                        stat.stat().unwrap_or_default()
-                    )
+                    MetricQuery::Stat {
+                        id,
+                        namespace: metric
+                            .and_then(|m| m.namespace())
+                            .unwrap_or_default()
+                            .into(),
+                        metric: metric
+                            .and_then(|m| m.metric_name())
+                            .unwrap_or_default()
+                            .into(),
+                        dimension,
+                        stat: stat.stat().unwrap_or_default().into(),
+                    }
                 }
-                (None, Some(expression)) => format!("{id}={expression}"),
-                (None, None) => id.to_owned(),
+                (None, expression) => MetricQuery::Expression {
+                    id,
+                    expression: expression.unwrap_or_default().into(),
+                },
             }
         })
-        .collect::<Vec<_>>()
-        .join(";")
+        .collect();
+    format_metrics(&queries)
 }
 
 #[cfg(test)]
