@@ -74,6 +74,8 @@ pub fn values(
             config.logs.cloudwatch_agent_version.clone(),
         ),
         ("log_retention_days", config.logs.retention_days.to_string()),
+        ("worker_group", names::asg_name(stack, "worker")),
+        ("drain_hook", names::drain_hook_name(stack)),
     ]
 }
 

@@ -86,6 +86,12 @@ pub fn bucket_name(config: &Config, account_id: &str) -> String {
 
 /// The auto-scaling group of a tier ("web" or "worker"); not "<stack>-web", the group's
 /// security group.
+/// The worker group's termination lifecycle hook: a terminating worker finishes its job
+/// before its instance goes.
+pub fn drain_hook_name(stack: &str) -> String {
+    format!("{stack}-worker-drain")
+}
+
 pub fn asg_name(stack: &str, tier: &str) -> String {
     format!("{stack}-{tier}-asg")
 }

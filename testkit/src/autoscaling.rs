@@ -3,7 +3,7 @@
 //! (`CompleteLifecycleAction`, `RecordLifecycleActionHeartbeat`). Every other request
 //! goes to moto unchanged, so a client pointed at [`AutoScalingStandIn::endpoint`] sees
 //! one AWS. The stand-in refuses what AWS's API reference says AWS refuses (quoted where
-//! AWS's message is known), records every request it answers for the tests to check, and
+//! AWS's message is known), records every Query API request for the tests to check, and
 //! carries a refresh out on moto as AWS would: the group moves to the desired launch
 //! template version and its older instances are terminated for moto to replace.
 //!
@@ -72,6 +72,8 @@ struct State {
     events: Vec<String>,
     /// (group, hook, instance) of the lifecycle actions a test began.
     pending_actions: Vec<(String, String, String)>,
+    /// Groups whose instances' calls are refused, as a role without the permission is.
+    refused_groups: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -158,6 +160,68 @@ impl AutoScalingStandIn {
             .collect()
     }
 
+    /// Refuses, from now on, the calls an instance makes about `group`
+    /// (`SetInstanceProtection`, `CompleteLifecycleAction`, `RecordLifecycleActionHeartbeat`)
+    /// as AWS refuses a role without the permission: 403 AccessDenied.
+    pub fn refuse_instance_calls(&self, group: &str) {
+        self.shared.lock().refused_groups.push(group.to_owned());
+    }
+
+    /// Creates group `group` on moto with one instance (from a launch configuration of
+    /// moto's stock image) and a termination hook `hook` as `provision` makes it; returns
+    /// the instance's id.
+    pub async fn create_group_with_hook(&self, group: &str, hook: &str) -> String {
+        let shared = &self.shared;
+        let configuration = format!("{group}-configuration");
+        for params in [
+            vec![
+                ("Action", "CreateLaunchConfiguration"),
+                ("LaunchConfigurationName", configuration.as_str()),
+                ("ImageId", "ami-1e749f67"),
+                ("InstanceType", "t3.micro"),
+            ],
+            vec![
+                ("Action", "CreateAutoScalingGroup"),
+                ("AutoScalingGroupName", group),
+                ("LaunchConfigurationName", configuration.as_str()),
+                ("MinSize", "0"),
+                ("MaxSize", "2"),
+                ("DesiredCapacity", "1"),
+                ("AvailabilityZones.member.1", "us-east-1a"),
+            ],
+            vec![
+                ("Action", "PutLifecycleHook"),
+                ("AutoScalingGroupName", group),
+                ("LifecycleHookName", hook),
+                (
+                    "LifecycleTransition",
+                    "autoscaling:EC2_INSTANCE_TERMINATING",
+                ),
+                ("HeartbeatTimeout", "900"),
+                ("DefaultResult", "CONTINUE"),
+            ],
+        ] {
+            shared
+                .moto_call("autoscaling", &params)
+                .await
+                .expect("moto makes the group");
+        }
+        let made = shared.group(group).await.expect("moto describes the group");
+        made.and_then(|g| g.instances.into_iter().next())
+            .expect("the group has its instance")
+            .0
+    }
+
+    /// Whether moto holds `instance` of `group` protected from scale-in.
+    pub async fn is_protected(&self, group: &str, instance: &str) -> bool {
+        let found = self
+            .shared
+            .group(group)
+            .await
+            .expect("moto describes the group");
+        found.is_some_and(|g| g.protected.iter().any(|p| p == instance))
+    }
+
     /// Puts `instance` of `group` into `Terminating:Wait` for `hook`, as a scale-in would:
     /// from now on a `CompleteLifecycleAction` for it is accepted (once).
     pub fn begin_termination(&self, group: &str, hook: &str, instance: &str) {
@@ -232,6 +296,8 @@ struct Group {
     template: Option<String>,
     /// (instance id, launch template version it reports).
     instances: Vec<(String, String)>,
+    /// The instances protected from scale-in.
+    protected: Vec<String>,
 }
 
 /// Reads the first group of a DescribeAutoScalingGroups answer.
@@ -257,6 +323,10 @@ fn parse_group(xml: &str) -> Option<Group> {
                 } else if let Some(g) = group.as_mut() {
                     if path.ends_with(&["Instances", "member", "InstanceId"]) {
                         g.instances.push((text.to_owned(), String::new()));
+                    } else if path.ends_with(&["Instances", "member", "ProtectedFromScaleIn"]) {
+                        if let Some(last) = g.instances.last().filter(|_| text == "true") {
+                            g.protected.push(last.0.clone());
+                        }
                     } else if in_instances && path.ends_with(&["LaunchTemplate", "Version"]) {
                         if let Some(last) = g.instances.last_mut() {
                             last.1 = text.to_owned();
@@ -304,6 +374,9 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
     if parts.method == hyper::Method::POST && is_form {
         let params: BTreeMap<String, String> =
             serde_urlencoded::from_bytes(&body).unwrap_or_default();
+        if let Some(response) = refuse_instance_call(shared, &params) {
+            return response;
+        }
         let answered = match params.get("Action").map(String::as_str) {
             Some("StartInstanceRefresh") => Some(start_refresh(shared, &params).await),
             Some("DescribeInstanceRefreshes") => Some(describe_refreshes(shared, &params).await),
@@ -315,8 +388,36 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
         if let Some(response) = answered {
             return response;
         }
+        if let Some(action) = params.get("Action") {
+            shared.record(action, &params);
+        }
     }
     forward(shared, parts, body).await
+}
+
+/// AccessDenied for an instance's call about a group whose calls a test refuses.
+fn refuse_instance_call(
+    shared: &Shared,
+    params: &BTreeMap<String, String>,
+) -> Option<Response<Full<Bytes>>> {
+    let action = params.get("Action")?;
+    let group = params.get("AutoScalingGroupName")?;
+    let instance_call = matches!(
+        action.as_str(),
+        "SetInstanceProtection" | "CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat"
+    );
+    if !instance_call || !shared.lock().refused_groups.contains(group) {
+        return None;
+    }
+    shared.record(action, params);
+    Some(error(
+        StatusCode::FORBIDDEN,
+        "AccessDenied",
+        &format!(
+            "User: arn:aws:sts::123456789012:assumed-role/LabRole/i-0 is not authorized to \
+             perform: autoscaling:{action} on resource: {group}"
+        ),
+    ))
 }
 
 /// Sends the request on to moto as it came, and its answer back.
@@ -786,6 +887,7 @@ mod tests {
             Some(Group {
                 template: Some("t".into()),
                 instances: vec![("i-1".into(), "1".into()), ("i-2".into(), "2".into())],
+                protected: vec![],
             })
         );
         assert_eq!(parse_group("<X><AutoScalingGroups/></X>"), None);

@@ -10,11 +10,15 @@ pub mod tools;
 #[cfg(feature = "services")]
 mod autoscaling;
 #[cfg(feature = "services")]
+mod metadata;
+#[cfg(feature = "services")]
 mod proxy;
 #[cfg(feature = "services")]
 mod services;
 #[cfg(feature = "services")]
 pub use autoscaling::{autoscaling_stand_in, AutoScalingStandIn, Call, RefreshOutcome};
+#[cfg(feature = "services")]
+pub use metadata::MetadataStandIn;
 #[cfg(feature = "services")]
 pub use proxy::SilentRelay;
 #[cfg(feature = "services")]

@@ -14,7 +14,8 @@ use crate::aws::{error_kind, Aws, DeleteError, ErrorKind, Ids, STACK_TAG};
 use crate::config::Config;
 use crate::model::{Change, Kind, Observed, Resource};
 use crate::names::{
-    bucket_name, database_name, dead_letter_queue_name, queue_name, token_secret_name, Names, Tier,
+    asg_name, bucket_name, database_name, dead_letter_queue_name, queue_name, token_secret_name,
+    Names, Tier,
 };
 
 /// The name of the one inline policy each role has.
@@ -123,6 +124,15 @@ pub fn policy(tier: Tier, config: &Config, account_id: &str) -> Value {
                               "sqs:ChangeMessageVisibility", "sqs:SendMessage",
                               "sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
                    "Resource": [queue(queue_name(stack)), queue(dead_letter_queue_name(stack))]}),
+            // Its own group only: protection from scale-in while it holds a job, and the
+            // termination hook it completes once the job is done.
+            json!({"Sid": "Lifecycle", "Effect": "Allow",
+                   "Action": ["autoscaling:SetInstanceProtection",
+                              "autoscaling:CompleteLifecycleAction",
+                              "autoscaling:RecordLifecycleActionHeartbeat"],
+                   "Resource": format!(
+                       "arn:aws:autoscaling:{region}:{account_id}:autoScalingGroup:*:\
+                        autoScalingGroupName/{}", asg_name(stack, "worker"))}),
         ]),
     }
     json!({"Version": "2012-10-17", "Statement": statements})
@@ -405,6 +415,20 @@ mod tests {
         );
         assert!(actions(&web).contains(&"sqs:SendMessage".to_owned()));
         assert!(!actions(&web).contains(&"sqs:ReceiveMessage".to_owned()));
+        // The worker protects its own instance and completes its own group's hook.
+        let lifecycle = worker["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "Lifecycle")
+            .unwrap();
+        assert_eq!(
+            lifecycle["Resource"],
+            "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:\
+             autoScalingGroupName/anb-worker-asg"
+        );
+        assert!(actions(&worker).contains(&"autoscaling:CompleteLifecycleAction".to_owned()));
+        assert!(!actions(&web).iter().any(|a| a.starts_with("autoscaling:")));
         assert!(actions(&worker).contains(&"sqs:ReceiveMessage".to_owned()));
         assert!(
             !worker.to_string().contains("anb-jwt-key"),

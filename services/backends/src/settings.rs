@@ -217,6 +217,12 @@ pub struct WorkerSettings {
     pub dead_letter_sweep: Duration,
     #[serde(deserialize_with = "empty_as_none")]
     pub work_dir: Option<PathBuf>,
+    /// The Auto Scaling group and termination hook the worker's instance follows (its
+    /// user data sets them on AWS); empty: neither (a local run).
+    pub autoscaling_group: String,
+    pub lifecycle_hook: String,
+    /// Where the instance metadata service (IMDSv2) answers.
+    pub metadata_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,13 +5,14 @@
 //! Architecture invariant: the worker knows nothing of HTTP; its only contract with the API
 //! is `backends::job::VideoJob`.
 
+pub mod lifecycle;
 pub mod logo;
 pub mod pipeline;
 pub mod systemd;
 pub mod transcode;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,10 @@ const QUEUED_RECHECK: Duration = Duration::from_millis(20);
 /// paused lab) would leave its videos `uploaded` for ever. A day's margin; a job resent
 /// while its first message still waits runs once and finds the second done.
 const RESEND_UNTRIED_AFTER: Duration = Duration::from_secs(13 * 24 * 3600);
+/// What a job may take beyond its ffmpeg run (download, upload, database): with
+/// `ffmpeg_timeout`, how long a worker whose instance is being terminated waits for the
+/// job in hand (the termination hook's heartbeat is the same sum, see `provision`).
+pub const JOB_OVERHEAD: Duration = Duration::from_secs(5 * 60);
 /// ffmpeg runs that time out or are killed on the same video before it fails for good.
 const MAX_MEDIA_FAILURES: i32 = 2;
 
@@ -162,6 +167,11 @@ pub struct Worker {
     transcoder: transcode::Transcoder,
     /// Receipts of jobs in progress, to hand them back if shutdown cuts them off.
     in_flight: Mutex<HashSet<String>>,
+    /// How many jobs it holds now (the instance is protected from scale-in meanwhile).
+    jobs_in_hand: watch::Sender<usize>,
+    /// Set when the instance is being terminated: the stop that follows waits for the
+    /// jobs in hand to end, not just the SIGTERM grace.
+    finish_in_hand: AtomicBool,
     /// Free space the work directory needs before a job is taken: room for the largest
     /// upload and its output, for each job that may run at once.
     min_free_bytes: u64,
@@ -230,6 +240,8 @@ impl Worker {
             scratch,
             transcoder,
             in_flight: Mutex::new(HashSet::new()),
+            jobs_in_hand: watch::Sender::new(0),
+            finish_in_hand: AtomicBool::new(false),
             min_free_bytes,
             last_beat_ms: AtomicU64::new(0),
             created: Instant::now(),
@@ -323,15 +335,18 @@ impl Worker {
                 }
             }
         }
+        let grace = if self.finish_in_hand.load(Ordering::Relaxed) {
+            self.settings.ffmpeg_timeout + JOB_OVERHEAD
+        } else {
+            self.settings.shutdown_grace
+        };
         tracing::info!(
             jobs = jobs.len(),
-            grace_s = self.settings.shutdown_grace.as_secs(),
+            grace_s = grace.as_secs(),
             "stopping: no new jobs"
         );
-        let drained = tokio::time::timeout(self.settings.shutdown_grace, async {
-            while jobs.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             jobs.shutdown().await; // drops the jobs: their ffmpeg is killed, scratch removed
             self.release_unfinished().await;
@@ -339,6 +354,18 @@ impl Worker {
         sweeper.abort();
         tracing::info!("worker stopped");
         Ok(())
+    }
+
+    /// How many jobs the worker holds, as it changes.
+    pub fn jobs_in_hand(&self) -> watch::Receiver<usize> {
+        self.jobs_in_hand.subscribe()
+    }
+
+    /// Makes the next stop wait for the jobs in hand to end (up to `ffmpeg_timeout` plus
+    /// [`JOB_OVERHEAD`]) instead of handing them back after `shutdown_grace`: the instance
+    /// is being terminated and its lifecycle hook holds it until they are done.
+    pub fn finish_jobs_in_hand(&self) {
+        self.finish_in_hand.store(true, Ordering::Relaxed);
     }
 
     /// How long since the poll loop last showed it runs (see [`Worker::beating`]).
@@ -644,6 +671,7 @@ impl Worker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(delivery.receipt.clone());
+        self.jobs_in_hand.send_modify(|n| *n += 1);
         let mut timings = Timings::default();
         let result = tokio::select! {
             result = self.process(job, &mut timings) => result,
@@ -654,6 +682,7 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&delivery.receipt);
         let outcome = self.settle(delivery, job, result).await;
+        self.jobs_in_hand.send_modify(|n| *n = n.saturating_sub(1));
         let outcome_name = match &outcome {
             Outcome::Processed => "processed",
             Outcome::AlreadyDone => "already_done",

@@ -12,7 +12,10 @@ use clap::Parser;
 /// Settings come from the built-in defaults (config/default.toml), then each --config file
 /// in order, then APP__SECTION__KEY environment variables (DATABASE_URL works too). On
 /// SIGTERM or Ctrl-C it takes no new jobs, finishes the current one within
-/// worker.shutdown_grace (or hands it back to the queue), and exits 0.
+/// worker.shutdown_grace (or hands it back to the queue), and exits 0. On an auto-scaling
+/// group (worker.autoscaling_group and worker.lifecycle_hook set) it protects its instance
+/// from scale-in while it holds a job, and when the group terminates the instance it
+/// finishes the job in hand, however long, then completes the termination hook.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -105,17 +108,49 @@ async fn main() -> ExitCode {
         };
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_stop_signal().await;
-        tracing::info!("stop signal received");
-        let _ = stop.send(true);
+    let stop = Arc::new(stop);
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            wait_for_stop_signal().await;
+            tracing::info!("stop signal received");
+            let _ = stop.send(true);
+        }
     });
+    let lifecycle = match worker::lifecycle::Lifecycle::connect(&settings).await {
+        Ok(lifecycle) => lifecycle.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot follow the instance's lifecycle: no scale-in protection, and a \
+                 termination stops the worker as SIGTERM does"
+            );
+            None
+        }
+    };
+    if let Some(lifecycle) = &lifecycle {
+        // Restarted by systemd after it finished draining: nothing more to take.
+        if lifecycle
+            .target_state()
+            .await
+            .is_ok_and(|state| state == worker::lifecycle::TERMINATING)
+        {
+            tracing::info!("the group is terminating this instance: taking no jobs");
+            wait_for_stop_signal().await;
+            return ExitCode::SUCCESS;
+        }
+        lifecycle.clone().follow(worker.clone(), stop.clone());
+    }
     match worker::systemd::Notifier::from_env() {
         Ok(Some(notifier)) => tell_systemd(notifier, worker.clone()),
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable"),
     }
-    match worker.run(stopped).await {
+    let ran = worker.run(stopped).await;
+    if let Some(lifecycle) = &lifecycle {
+        lifecycle.complete().await;
+    }
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "worker failed");

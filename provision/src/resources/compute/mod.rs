@@ -115,7 +115,7 @@ pub(crate) fn desired(
     let (web, worker) = (asg_name(&n.stack, "web"), asg_name(&n.stack, "worker"));
     out.push(Resource::new(
         Kind::LifecycleHook,
-        n.of("worker-drain"),
+        stack_config::names::drain_hook_name(&n.stack),
         &[
             ("group", worker.clone()),
             ("transition", "autoscaling:EC2_INSTANCE_TERMINATING".into()),

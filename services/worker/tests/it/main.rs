@@ -8,6 +8,7 @@ mod delivery;
 mod end_to_end;
 mod helpers;
 mod inputs;
+mod lifecycle;
 mod outages;
 mod restore;
 mod signals;
