@@ -223,6 +223,147 @@ impl Aws {
     }
 }
 
+/// One release published in the stack's bucket.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PublishedRelease {
+    pub name: String,
+    /// When its newest object was uploaded (RFC 3339).
+    pub published: String,
+    /// Each binary's SHA-256.
+    pub digests: BTreeMap<String, String>,
+    /// The tiers whose group launches it now.
+    pub running_on: Vec<String>,
+}
+
+impl Aws {
+    /// The releases in `bucket` (under `artifacts/`), oldest first, and which tier's
+    /// group launches each.
+    pub async fn releases(&self, bucket: &str) -> anyhow::Result<Vec<PublishedRelease>> {
+        let mut published: BTreeMap<String, aws_sdk_s3::primitives::DateTime> = BTreeMap::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix("artifacts/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) if e.code() == Some("NoSuchBucket") => return Ok(Vec::new()),
+                Err(e) => return Err(e).with_context(|| format!("list s3://{bucket}/artifacts/")),
+            };
+            for object in page.contents() {
+                let Some((release, _)) = object
+                    .key()
+                    .and_then(|k| k.strip_prefix("artifacts/"))
+                    .and_then(|k| k.split_once('/'))
+                else {
+                    continue;
+                };
+                let time = object
+                    .last_modified()
+                    .copied()
+                    .unwrap_or(aws_sdk_s3::primitives::DateTime::from_secs(0));
+                let newest = published.entry(release.to_owned()).or_insert(time);
+                if time.secs() > newest.secs() {
+                    *newest = time;
+                }
+            }
+        }
+        let mut running: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for tier in ["web", "worker"] {
+            let group = crate::names::asg_name(&self.stack, tier);
+            let missing = self
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .auto_scaling_group_names(&group)
+                .send()
+                .await
+                .context("describe auto-scaling groups")?
+                .auto_scaling_groups()
+                .is_empty();
+            if !missing {
+                let release = self.group_release(&group).await?;
+                running.entry(release).or_default().push(tier.to_owned());
+            }
+        }
+        let mut releases = Vec::new();
+        for (name, time) in published {
+            releases.push(PublishedRelease {
+                digests: self.published_digests(bucket, &name).await?,
+                published: time
+                    .fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
+                    .unwrap_or_default(),
+                running_on: running.remove(&name).unwrap_or_default(),
+                name,
+            });
+        }
+        releases.sort_by(|a, b| a.published.cmp(&b.published).then(a.name.cmp(&b.name)));
+        Ok(releases)
+    }
+}
+
+/// `provision releases` as text: one line per release, oldest first.
+pub fn render_releases(releases: &[PublishedRelease]) -> String {
+    if releases.is_empty() {
+        return "No release is published yet: `cargo xtask up` publishes one (or `provision \
+                publish --release NAME api=FILE worker=FILE`)."
+            .to_owned();
+    }
+    let short = |r: &PublishedRelease, name: &str| {
+        r.digests
+            .get(name)
+            .map_or("-".to_owned(), |d| d[..12.min(d.len())].to_owned())
+    };
+    let rows: Vec<[String; 5]> = releases
+        .iter()
+        .map(|r| {
+            [
+                r.name.clone(),
+                r.published.clone(),
+                short(r, "api"),
+                short(r, "worker"),
+                r.running_on.join(", "),
+            ]
+        })
+        .collect();
+    let header = [
+        "RELEASE",
+        "PUBLISHED",
+        "API SHA-256",
+        "WORKER SHA-256",
+        "RUNS ON",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(header)];
+    for row in &rows {
+        out.push(line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+    }
+    out.push(String::new());
+    out.push(
+        "Roll back by hand: `provision up --wait --release NAME` (each tier is refreshed onto it, \
+         one after the other)."
+            .to_owned(),
+    );
+    out.join("\n")
+}
+
 /// Where rolling the tiers onto their newest launch template stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rollout {

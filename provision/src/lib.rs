@@ -269,6 +269,18 @@ impl Stack {
         }
     }
 
+    /// `provision releases`: what is published in the bucket and what each tier runs.
+    pub async fn releases(&self, output: Output) -> anyhow::Result<Vec<deploy::PublishedRelease>> {
+        let releases = self.aws.releases(&self.bucket()).await?;
+        report(
+            output,
+            "releases",
+            json!(releases),
+            &deploy::render_releases(&releases),
+        );
+        Ok(releases)
+    }
+
     /// Stops `up` before it changes anything when a change would delete data: a bucket or
     /// database replaced (only `--replace-database` allows the database's, after a
     /// snapshot), or `--restore-from` given with no database to create.

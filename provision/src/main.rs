@@ -74,6 +74,10 @@ enum Command {
     },
     /// Compare the live stack with the configuration. Exit 0 in sync, 2 drift, 1 error.
     Status,
+    /// List the releases published in the stack's bucket, oldest first: name, upload
+    /// time, each binary's SHA-256, and which tier's group launches it. To roll back by
+    /// hand, `up --wait --release NAME` with an older one.
+    Releases,
     /// Delete every resource tagged with the stack, dependents first; re-run until clean.
     /// The bucket stays, with the videos and releases in it (the next `up` uses it again);
     /// the database leaves a final snapshot (`<stack>-final-<time>`) and its automated
@@ -199,6 +203,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Sync::InSync => ExitCode::SUCCESS,
             Sync::Drift => ExitCode::from(2),
         },
+        Command::Releases => {
+            stack.releases(cli.output).await?;
+            ExitCode::SUCCESS
+        }
         Command::Metrics { .. } => unreachable!("answered above"),
         Command::Down { flags } => {
             let delete_videos = flags.delete_videos;

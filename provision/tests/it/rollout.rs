@@ -196,6 +196,28 @@ async fn a_release_refreshes_web_then_worker_and_a_bad_one_rolls_back() {
         ]
     );
 
+    // `provision releases`: all three, oldest first, and what each tier launches.
+    let releases = stack.releases(Output::Text).await.unwrap();
+    let listed: Vec<(&str, Vec<String>)> = releases
+        .iter()
+        .map(|r| (r.name.as_str(), r.running_on.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("r1", vec![]),
+            ("r2", vec!["web".to_owned(), "worker".to_owned()]),
+            ("r3", vec![]),
+        ]
+    );
+    assert!(
+        releases.iter().all(|r| r.digests.len() == 2),
+        "{releases:?}"
+    );
+    let table = provision::deploy::render_releases(&releases);
+    assert!(table.starts_with("RELEASE"), "{table}");
+    assert!(table.contains("up --wait --release NAME"), "{table}");
+
     stack.down().await.unwrap();
 }
 

@@ -21,8 +21,10 @@ pub struct SimulateArgs {
     /// price and CPU credits change: the service time stays the one measured here.
     #[arg(long)]
     instance_type: Option<String>,
-    /// Also run the seed design's step policy (out above 2 per worker, in below 1,
-    /// cooldowns 300/600 s) on the same arrivals, side by side.
+    /// Also run the other worker policy on the same arrivals, side by side: the seed's
+    /// step table (out above 2 per worker, in below 1, cooldowns 300/600 s) or backlog
+    /// target tracking, whichever `worker.scaling_policy` in config/aws.toml does not
+    /// deploy (that one is always simulated).
     #[arg(long)]
     compare: bool,
     /// Seconds from launch until a new instance takes jobs (EC2 boot + user data:
@@ -112,14 +114,20 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             (service, source)
         }
     };
-    let mut policies = vec![Policy::TargetTracking {
+    // The policy `worker.scaling_policy` deploys first; `--compare` adds the other.
+    let tracking = Policy::TargetTracking {
         target: f64::from(tier.backlog_per_instance),
         min: tier.min_size,
         max: tier.max_size,
         warmup_s: args.warmup,
-    }];
-    if args.compare {
-        policies.push(Policy::seed_step(tier.min_size, tier.max_size));
+    };
+    let step = Policy::seed_step(tier.min_size, tier.max_size);
+    let mut policies = match tier.scaling_policy {
+        stack_config::WorkerScaling::TargetTracking => vec![tracking, step],
+        stack_config::WorkerScaling::Step => vec![step, tracking],
+    };
+    if !args.compare {
+        policies.truncate(1);
     }
     let times = arrivals.times(&mut capacity::Rng::new(args.seed));
     anyhow::ensure!(!times.is_empty(), "the arrival pattern has no uploads");
@@ -173,7 +181,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 
 fn short_name(policy: &Policy) -> &'static str {
     match policy {
-        Policy::TargetTracking { .. } => "target tracking (deployed)",
+        Policy::TargetTracking { .. } => "target tracking",
         Policy::Step { .. } => "seed step policy",
         Policy::Fixed { .. } => "fixed",
     }
@@ -310,15 +318,17 @@ fn markdown(
         "cost",
         "per 1 000 videos",
     ]);
-    for run in runs {
+    for (index, run) in runs.iter().enumerate() {
         let s = &run.summary;
+        // The first run is the policy `worker.scaling_policy` deploys.
+        let deployed = if index == 0 { " (deployed)" } else { "" };
         let credits = if run.cost.surplus_credit_usd > 0.0 {
             format!(" (incl. ${:.4} CPU credits)", run.cost.surplus_credit_usd)
         } else {
             String::new()
         };
         table.row([
-            short_name(&run.policy).to_string(),
+            format!("{}{deployed}", short_name(&run.policy)),
             s.videos.to_string(),
             format!("{:.1} min", s.p50_s / 60.0),
             format!("{:.1} min", s.p95_s / 60.0),
