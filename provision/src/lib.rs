@@ -22,6 +22,7 @@ pub mod model;
 pub use stack_config::names;
 pub mod plan;
 pub(crate) mod resources;
+pub mod rollout;
 pub mod userdata;
 
 use std::collections::BTreeMap;
@@ -166,7 +167,7 @@ impl Stack {
             .collect();
         self.refuse_data_loss(&todo)?;
         if todo.is_empty() {
-            self.roll(false).await?;
+            Box::pin(self.roll(false)).await?;
             report(
                 output,
                 "up",
@@ -183,7 +184,7 @@ impl Stack {
         );
         self.aws.apply(&changes, &self.safeguards).await?;
         self.delete_superseded(&todo).await?;
-        self.roll(false).await?;
+        Box::pin(self.roll(false)).await?;
         let orphans = changes
             .iter()
             .filter(|c| c.action == Action::Orphan && !c.kind.removed_by_up())
@@ -244,11 +245,15 @@ impl Stack {
         } else {
             std::time::Duration::from_millis(200)
         };
+        // Each instance: a boot, and a worker's drain of up to its hook's heartbeat.
+        let most = u64::from(self.config.web.max_size.max(self.config.worker.max_size));
+        let limit = std::time::Duration::from_secs(60 * (10 + 20 * most));
         let mut followed: Vec<String> = Vec::new();
         loop {
-            match self.aws.roll_next_tier(maxima).await? {
-                deploy::Rollout::Done => return Ok(()),
-                deploy::Rollout::Refreshing { group, id } => {
+            // Boxed: the SDK's futures are large, and `up` awaits this inside its own.
+            match Box::pin(self.aws.roll_next_tier(maxima)).await? {
+                rollout::Rollout::Done => return Ok(()),
+                rollout::Rollout::Refreshing { group, id } => {
                     if !follow {
                         eprintln!(
                             "  {group} rolls on without this command (`provision status` shows \
@@ -258,11 +263,16 @@ impl Stack {
                         return Ok(());
                     }
                     anyhow::ensure!(
+                        followed.len() < 4,
+                        "{group}: four instance refreshes ended and a tier still runs an older \
+                         release; `provision status` shows its instances"
+                    );
+                    anyhow::ensure!(
                         !followed.contains(&id),
                         "{group}: instance refresh {id} ended but the group still runs an older \
                          release; `provision status` shows its instances"
                     );
-                    self.aws.follow_refresh(&group, &id, poll).await?;
+                    Box::pin(self.aws.follow_refresh(&group, &id, poll, limit)).await?;
                     followed.push(id);
                 }
             }
@@ -270,13 +280,13 @@ impl Stack {
     }
 
     /// `provision releases`: what is published in the bucket and what each tier runs.
-    pub async fn releases(&self, output: Output) -> anyhow::Result<Vec<deploy::PublishedRelease>> {
+    pub async fn releases(&self, output: Output) -> anyhow::Result<Vec<rollout::PublishedRelease>> {
         let releases = self.aws.releases(&self.bucket()).await?;
         report(
             output,
             "releases",
             json!(releases),
-            &deploy::render_releases(&releases),
+            &rollout::render_releases(&releases),
         );
         Ok(releases)
     }

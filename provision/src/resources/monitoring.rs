@@ -23,7 +23,7 @@ pub fn refresh_alarms(stack: &str, tier: &str) -> Vec<String> {
     };
     match tier {
         "web" => vec![n.of("web-target-5xx"), n.of("web-unhealthy-hosts")],
-        _ => vec![n.of("dead-letters")],
+        _ => vec![n.of("worker-new-dead-letters")],
     }
 }
 
@@ -56,6 +56,32 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
             Kind::Alarm,
             n.of("dead-letters"),
             &alarm(&dlq, "0", "a video job landed in the dead-letter queue"),
+        ),
+        // A worker release's refresh alarm: dead letters *arriving* (the queue's total
+        // going up within a minute). The depth itself would stay in ALARM while old dead
+        // letters wait for an operator, and roll back every worker refresh meanwhile;
+        // visible plus in flight, as the dead-letter sweep hides messages for a moment.
+        Resource::new(
+            Kind::Alarm,
+            n.of("worker-new-dead-letters"),
+            &[
+                (
+                    "metrics",
+                    format!(
+                        "m1=AWS/SQS:ApproximateNumberOfMessagesVisible:QueueName={dlq}:Maximum;\
+                         m2=AWS/SQS:ApproximateNumberOfMessagesNotVisible:QueueName={dlq}:Maximum;\
+                         e1=DIFF(m1+m2)"
+                    ),
+                ),
+                ("period", "60".to_owned()),
+                ("evaluation_periods", "1".to_owned()),
+                ("comparison", "GreaterThanThreshold".to_owned()),
+                ("threshold", "0".to_owned()),
+                (
+                    "description",
+                    "video jobs landed in the dead-letter queue in the last minute".to_owned(),
+                ),
+            ],
         ),
         // Requests the instances answered 5xx (not the load balancer's own, such as 503
         // with no healthy target): a release that serves errors.
@@ -93,12 +119,15 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
                 ),
                 ("statistic", "Maximum".to_owned()),
                 ("period", "60".to_owned()),
-                ("evaluation_periods", "1".to_owned()),
+                // Longer than a new instance's boot (2–4 min), during which it fails the
+                // check as it installs: only a release that never answers sets it off.
+                ("evaluation_periods", "5".to_owned()),
                 ("comparison", "GreaterThanThreshold".to_owned()),
                 ("threshold", "0".to_owned()),
                 (
                     "description",
-                    "a web instance fails the load balancer's health check".to_owned(),
+                    "a web instance has failed the load balancer's health check for 5 min"
+                        .to_owned(),
                 ),
             ],
         ),

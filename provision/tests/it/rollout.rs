@@ -115,7 +115,7 @@ async fn a_release_refreshes_web_then_worker_and_a_bad_one_rolls_back() {
         // One instance above the maximum of 3, no more: 3 + 3 + 1 stays under the lab's 9.
         (
             "Preferences.MaxHealthyPercentage",
-            provision::deploy::max_healthy_percentage(web_max).to_string(),
+            provision::rollout::max_healthy_percentage(web_max).to_string(),
         ),
         ("Preferences.SkipMatching", "true".into()),
         ("Preferences.ScaleInProtectedInstances", "Refresh".into()),
@@ -131,7 +131,7 @@ async fn a_release_refreshes_web_then_worker_and_a_bad_one_rolls_back() {
         assert_eq!(request.get(key), Some(&value), "{key} in {request:?}");
     }
     assert_eq!(web_max, 3);
-    assert_eq!(provision::deploy::max_healthy_percentage(web_max), 134);
+    assert_eq!(provision::rollout::max_healthy_percentage(web_max), 134);
     // A second `up` while it runs starts nothing new.
     r2.up(Output::Text).await.unwrap();
     assert_eq!(stand_in.events(&name).len(), 1);
@@ -157,7 +157,7 @@ async fn a_release_refreshes_web_then_worker_and_a_bad_one_rolls_back() {
         worker_request
             .get("Preferences.AlarmSpecification.Alarms.member.1")
             .map(String::as_str),
-        Some(&*format!("{name}-dead-letters"))
+        Some(&*format!("{name}-worker-new-dead-letters"))
     );
     assert_eq!(group_version(&stack, &web).await, "2");
     assert_eq!(group_version(&stack, &worker).await, "2");
@@ -214,7 +214,7 @@ async fn a_release_refreshes_web_then_worker_and_a_bad_one_rolls_back() {
         releases.iter().all(|r| r.digests.len() == 2),
         "{releases:?}"
     );
-    let table = provision::deploy::render_releases(&releases);
+    let table = provision::rollout::render_releases(&releases);
     assert!(table.starts_with("RELEASE"), "{table}");
     assert!(table.contains("up --wait --release NAME"), "{table}");
 
@@ -293,6 +293,30 @@ async fn either_worker_policy_deploys_and_switching_deletes_the_other() {
     );
     let plan = stack.changes().await.unwrap();
     assert!(plan.iter().all(|c| c.action == Action::Ok), "{plan:?}");
+
+    // A group an older provision made launches `$Latest`, which cannot roll back: the
+    // next roll pins it to the number and refreshes its instances onto it.
+    let worker = format!("{name}-worker-asg");
+    stack
+        .aws
+        .autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(&worker)
+        .launch_template(
+            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                .launch_template_name(format!("{name}-worker-template"))
+                .version("$Latest")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    stack.roll(true).await.unwrap();
+    assert_eq!(group_version(&stack, &worker).await, "1");
+    assert_eq!(
+        stand_in.events(&name),
+        [format!("started {worker}"), format!("Successful {worker}")]
+    );
 
     // Back to target tracking: the step policy's four resources are orphans `up` deletes.
     let tracking = Stack::open(config_for(&name), release_r1(&stand_in.endpoint))

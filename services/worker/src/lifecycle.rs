@@ -195,12 +195,12 @@ impl Lifecycle {
         }
         let code = between(&text, "<Code>", "</Code>").unwrap_or_default();
         let message = between(&text, "<Message>", "</Message>").unwrap_or(&text);
-        if status == reqwest::StatusCode::FORBIDDEN
-            || matches!(
-                code,
-                "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation"
-            )
-        {
+        // Only a refusal of the permission: an expired token or a bad signature (clock
+        // skew) is a 403 too, and passes.
+        if matches!(
+            code,
+            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation"
+        ) {
             return Err(CallError::Refused(format!("{code}: {message}")));
         }
         Err(CallError::Failed(anyhow::anyhow!(
@@ -266,27 +266,42 @@ impl Lifecycle {
         }
     }
 
-    /// Lets the terminating instance go (when it is terminating).
+    /// Marks the instance terminating (the group's state said so before this process
+    /// followed it: a worker restarted after its drain).
+    pub fn mark_terminating(&self) {
+        self.terminating.store(true, Ordering::Relaxed);
+    }
+
+    /// Lets the terminating instance go (when it is terminating), trying three times:
+    /// a completion that does not go through holds the instance until the hook's
+    /// heartbeat timeout.
     pub async fn complete(&self) {
         if !self.is_terminating() {
             return;
         }
-        if self
-            .try_call(
-                "CompleteLifecycleAction",
-                &[
-                    ("AutoScalingGroupName", &self.group),
-                    ("LifecycleHookName", &self.hook),
-                    ("InstanceId", &self.instance_id),
-                    ("LifecycleActionResult", "CONTINUE"),
-                ],
-            )
-            .await
-        {
-            tracing::info!(
-                instance.id = %self.instance_id,
-                "lifecycle action completed: the group may terminate the instance"
-            );
+        for attempt in 1..=3 {
+            let completed = self
+                .try_call(
+                    "CompleteLifecycleAction",
+                    &[
+                        ("AutoScalingGroupName", &self.group),
+                        ("LifecycleHookName", &self.hook),
+                        ("InstanceId", &self.instance_id),
+                        ("LifecycleActionResult", "CONTINUE"),
+                    ],
+                )
+                .await;
+            if completed {
+                tracing::info!(
+                    instance.id = %self.instance_id,
+                    "lifecycle action completed: the group may terminate the instance"
+                );
+                return;
+            }
+            if self.refused.load(Ordering::Relaxed) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(2 * attempt)).await;
         }
     }
 
@@ -299,7 +314,8 @@ impl Lifecycle {
             let lifecycle = self.clone();
             let mut jobs = worker.jobs_in_hand();
             tokio::spawn(async move {
-                let mut protected = false;
+                // Unknown at start (a worker restarted while protected): cleared first.
+                let mut protected = true;
                 loop {
                     let holding = *jobs.borrow_and_update() > 0;
                     if holding != protected && !lifecycle.is_terminating() {

@@ -128,23 +128,27 @@ async fn main() -> ExitCode {
             None
         }
     };
+    match worker::systemd::Notifier::from_env() {
+        Ok(Some(notifier)) => tell_systemd(notifier, worker.clone()),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable"),
+    }
     if let Some(lifecycle) = &lifecycle {
-        // Restarted by systemd after it finished draining: nothing more to take.
+        // Restarted by systemd after it finished draining: nothing more to take; the
+        // completion is tried again (it may not have gone through) and the process idles,
+        // alive for the watchdog, until the instance goes.
         if lifecycle
             .target_state()
             .await
             .is_ok_and(|state| state == worker::lifecycle::TERMINATING)
         {
             tracing::info!("the group is terminating this instance: taking no jobs");
-            wait_for_stop_signal().await;
+            lifecycle.mark_terminating();
+            lifecycle.complete().await;
+            worker.idle_until(wait_for_stop_signal()).await;
             return ExitCode::SUCCESS;
         }
         lifecycle.clone().follow(worker.clone(), stop.clone());
-    }
-    match worker::systemd::Notifier::from_env() {
-        Ok(Some(notifier)) => tell_systemd(notifier, worker.clone()),
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable"),
     }
     let ran = worker.run(stopped).await;
     if let Some(lifecycle) = &lifecycle {

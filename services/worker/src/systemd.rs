@@ -25,10 +25,12 @@ impl Notifier {
             }
             None => SocketAddr::from_pathname(&name)?,
         };
-        Ok(Some(Self {
-            socket: UnixDatagram::unbound()?,
-            address,
-        }))
+        // Non-blocking: a receiver that does not read (systemd busy) must not stall the
+        // runtime thread that sends; a notification it cannot take is dropped (the
+        // watchdog's next one follows within seconds).
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
+        Ok(Some(Self { socket, address }))
     }
 
     /// Sends `state` (`READY=1`, `WATCHDOG=1`, `STOPPING=1`, …).

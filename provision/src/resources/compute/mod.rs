@@ -181,7 +181,8 @@ pub(crate) fn desired(
 /// download, the upload and the database write around it. The worker sends heartbeats
 /// while a job runs longer, so this bounds a worker that died, not a long job.
 pub(crate) fn drain_heartbeat_seconds() -> u64 {
-    stack_config::worker_ffmpeg_timeout().as_secs() + 5 * 60
+    // AWS's longest heartbeat timeout is 7 200 s; past it the worker's heartbeats carry it.
+    (stack_config::worker_ffmpeg_timeout().as_secs() + 5 * 60).min(7200)
 }
 
 /// The worker group's policy, as `worker.scaling_policy` picks it. Both read the same

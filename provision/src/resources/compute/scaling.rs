@@ -397,7 +397,7 @@ pub(super) async fn delete_lifecycle_hook(aws: &Aws, id: &str) -> Result<(), Del
         .send()
         .await
         .map(drop)
-        .map_err(DeleteError::from_sdk)
+        .map_err(gone_with_its_group)
 }
 
 /// Deletes a scaling policy by its ARN, which names its group and itself
@@ -416,7 +416,24 @@ pub(super) async fn delete_policy(aws: &Aws, arn: &str) -> Result<(), DeleteErro
         .send()
         .await
         .map(drop)
-        .map_err(DeleteError::from_sdk)
+        .map_err(gone_with_its_group)
+}
+
+/// A policy or hook deleted with its group (`down` deletes them at once) is answered
+/// with a ValidationError that says it is not found: it is gone, as wanted.
+fn gone_with_its_group<E>(e: E) -> DeleteError
+where
+    E: aws_sdk_autoscaling::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let message = e.message().unwrap_or_default().to_ascii_lowercase();
+    let gone = e.code() == Some("ValidationError")
+        && (message.contains("not found") || message.contains("no lifecycle hook found"));
+    match DeleteError::from_sdk(e) {
+        DeleteError::Aws(_, error) if gone => {
+            DeleteError::Aws(crate::aws::ErrorKind::NotFound, error)
+        }
+        other => other,
+    }
 }
 
 /// Deletes the group and its instances (force), then waits until it is gone. Its policies go

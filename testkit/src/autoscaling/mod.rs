@@ -20,6 +20,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
+mod lifecycle;
+mod refresh;
+
 /// The XML namespace of every Auto Scaling answer.
 const NAMESPACE: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
 
@@ -294,6 +297,8 @@ impl Shared {
 #[derive(Debug, Default, PartialEq)]
 struct Group {
     template: Option<String>,
+    /// The launch template version the group launches, as given (a number, `$Latest`…).
+    version: Option<String>,
     /// (instance id, launch template version it reports).
     instances: Vec<(String, String)>,
     /// The instances protected from scale-in.
@@ -335,6 +340,10 @@ fn parse_group(xml: &str) -> Option<Group> {
                         && path.ends_with(&["member", "LaunchTemplate", "LaunchTemplateName"])
                     {
                         g.template = Some(text.to_owned());
+                    } else if !in_instances
+                        && path.ends_with(&["member", "LaunchTemplate", "Version"])
+                    {
+                        g.version = Some(text.to_owned());
                     }
                 }
             }
@@ -374,14 +383,14 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
     if parts.method == hyper::Method::POST && is_form {
         let params: BTreeMap<String, String> =
             serde_urlencoded::from_bytes(&body).unwrap_or_default();
-        if let Some(response) = refuse_instance_call(shared, &params) {
+        if let Some(response) = lifecycle::refuse_instance_call(shared, &params) {
             return response;
         }
         let answered = match params.get("Action").map(String::as_str) {
-            Some("StartInstanceRefresh") => Some(start_refresh(shared, &params).await),
-            Some("DescribeInstanceRefreshes") => Some(describe_refreshes(shared, &params).await),
+            Some("StartInstanceRefresh") => Some(refresh::start(shared, &params).await),
+            Some("DescribeInstanceRefreshes") => Some(refresh::describe(shared, &params).await),
             Some(action @ ("CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat")) => {
-                Some(lifecycle_action(shared, action, &params).await)
+                Some(lifecycle::action(shared, action, &params).await)
             }
             _ => None,
         };
@@ -393,31 +402,6 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
         }
     }
     forward(shared, parts, body).await
-}
-
-/// AccessDenied for an instance's call about a group whose calls a test refuses.
-fn refuse_instance_call(
-    shared: &Shared,
-    params: &BTreeMap<String, String>,
-) -> Option<Response<Full<Bytes>>> {
-    let action = params.get("Action")?;
-    let group = params.get("AutoScalingGroupName")?;
-    let instance_call = matches!(
-        action.as_str(),
-        "SetInstanceProtection" | "CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat"
-    );
-    if !instance_call || !shared.lock().refused_groups.contains(group) {
-        return None;
-    }
-    shared.record(action, params);
-    Some(error(
-        StatusCode::FORBIDDEN,
-        "AccessDenied",
-        &format!(
-            "User: arn:aws:sts::123456789012:assumed-role/LabRole/i-0 is not authorized to \
-             perform: autoscaling:{action} on resource: {group}"
-        ),
-    ))
 }
 
 /// Sends the request on to moto as it came, and its answer back.
@@ -497,377 +481,6 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Checks a StartInstanceRefresh's parameters as AWS's API reference describes them;
-/// the message of the first rule broken.
-fn refuse_refresh(params: &BTreeMap<String, String>) -> Option<String> {
-    let number = |key: &str| params.get(key).map(|v| v.parse::<i64>().unwrap_or(-1));
-    let min = number("Preferences.MinHealthyPercentage");
-    let max = number("Preferences.MaxHealthyPercentage");
-    let auto_rollback = params.get("Preferences.AutoRollback").map(String::as_str) == Some("true");
-    let version = params.get("DesiredConfiguration.LaunchTemplate.Version");
-    let has_desired = params
-        .keys()
-        .any(|k| k.starts_with("DesiredConfiguration."));
-    if auto_rollback && !has_desired {
-        // AWS's own message.
-        return Some(
-            "The request isn't valid. The AutoRollback parameter cannot be set to true when \
-             the DesiredConfiguration parameter is empty. Set AutoRollback to false or specify \
-             a desired configuration and try again."
-                .to_owned(),
-        );
-    }
-    if auto_rollback && version.is_some_and(|v| v == "$Latest" || v == "$Default") {
-        // The rule is AWS's (the API reference's AutoRollback); the wording is ours.
-        return Some(format!(
-            "The AutoRollback parameter cannot be set to true when the desired configuration's \
-             launch template version is {}: name a version number.",
-            version.map_or("", String::as_str)
-        ));
-    }
-    if min.is_some_and(|m| !(0..=100).contains(&m)) {
-        return Some("MinHealthyPercentage must be between 0 and 100.".to_owned());
-    }
-    if let Some(max) = max {
-        if !(100..=200).contains(&max) {
-            return Some("MaxHealthyPercentage must be between 100 and 200.".to_owned());
-        }
-        let Some(min) = min else {
-            return Some(
-                "MinHealthyPercentage must be specified when MaxHealthyPercentage is.".to_owned(),
-            );
-        };
-        if max - min > 100 {
-            return Some(
-                "The difference between MaxHealthyPercentage and MinHealthyPercentage cannot \
-                 be greater than 100."
-                    .to_owned(),
-            );
-        }
-    }
-    let alarms = params
-        .keys()
-        .filter(|k| k.starts_with("Preferences.AlarmSpecification.Alarms.member."))
-        .count();
-    if alarms > 10 {
-        return Some("An alarm specification can name at most 10 alarms.".to_owned());
-    }
-    None
-}
-
-async fn start_refresh(
-    shared: &Shared,
-    params: &BTreeMap<String, String>,
-) -> Response<Full<Bytes>> {
-    shared.record("StartInstanceRefresh", params);
-    let Some(name) = params.get("AutoScalingGroupName") else {
-        return invalid("AutoScalingGroupName is required.");
-    };
-    if let Some(message) = refuse_refresh(params) {
-        return invalid(&message);
-    }
-    let group = match shared.group(name).await {
-        Ok(Some(group)) => group,
-        Ok(None) => {
-            return invalid(&format!(
-                "AutoScalingGroup name not found - AutoScalingGroup {name} not found"
-            ))
-        }
-        Err(e) => return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string()),
-    };
-    let desired = params
-        .get("DesiredConfiguration.LaunchTemplate.LaunchTemplateName")
-        .or(group.template.as_ref())
-        .zip(params.get("DesiredConfiguration.LaunchTemplate.Version"))
-        .map(|(t, v)| (t.clone(), v.clone()));
-    let mut state = shared.lock();
-    if state
-        .refreshes
-        .iter()
-        .any(|r| r.group == *name && ACTIVE.contains(&r.status))
-    {
-        drop(state);
-        return error(
-            StatusCode::BAD_REQUEST,
-            "InstanceRefreshInProgress",
-            "An Instance Refresh is already in progress and blocks the execution of this \
-             Instance Refresh.",
-        );
-    }
-    let id = uuid::Uuid::new_v4().to_string();
-    let outcome = state.outcomes.get(name).cloned().unwrap_or_default();
-    state.refreshes.push(Refresh {
-        id: id.clone(),
-        group: name.clone(),
-        status: "Pending",
-        reason: "Waiting for the refresh to start".to_owned(),
-        percent: 0,
-        to_update: group.instances.len(),
-        started: chrono::Utc::now(),
-        ended: None,
-        desired,
-        preferences: params
-            .iter()
-            .filter(|(k, _)| k.starts_with("Preferences."))
-            .map(|(k, v)| (k["Preferences.".len()..].to_owned(), v.clone()))
-            .collect(),
-        outcome,
-    });
-    state.events.push(format!("started {name}"));
-    drop(state);
-    answer(
-        "StartInstanceRefresh",
-        &format!("<InstanceRefreshId>{id}</InstanceRefreshId>"),
-    )
-}
-
-/// What a refresh does on moto when it succeeds: the group launches the desired version
-/// (made the template's default too, as moto reports an instance's version as its
-/// template's default) and every instance of another version is replaced.
-async fn carry_out(
-    shared: &Shared,
-    group: &str,
-    desired: Option<&(String, String)>,
-) -> anyhow::Result<()> {
-    let before = shared.group(group).await?.unwrap_or_default();
-    if let Some((template, version)) = desired {
-        shared
-            .moto_call(
-                "autoscaling",
-                &[
-                    ("Action", "UpdateAutoScalingGroup"),
-                    ("AutoScalingGroupName", group),
-                    ("LaunchTemplate.LaunchTemplateName", template),
-                    ("LaunchTemplate.Version", version),
-                ],
-            )
-            .await?;
-        shared
-            .moto_call(
-                "ec2",
-                &[
-                    ("Action", "ModifyLaunchTemplate"),
-                    ("LaunchTemplateName", template),
-                    ("SetDefaultVersion", version),
-                ],
-            )
-            .await?;
-    }
-    let wanted = desired.map(|(_, v)| v.as_str());
-    for (instance, version) in &before.instances {
-        if wanted.is_some_and(|w| w == version) {
-            continue;
-        }
-        shared
-            .moto_call(
-                "autoscaling",
-                &[
-                    ("Action", "TerminateInstanceInAutoScalingGroup"),
-                    ("InstanceId", instance),
-                    ("ShouldDecrementDesiredCapacity", "false"),
-                ],
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-async fn describe_refreshes(
-    shared: &Shared,
-    params: &BTreeMap<String, String>,
-) -> Response<Full<Bytes>> {
-    shared.record("DescribeInstanceRefreshes", params);
-    let Some(name) = params.get("AutoScalingGroupName") else {
-        return invalid("AutoScalingGroupName is required.");
-    };
-    let ids: Vec<&String> = params
-        .iter()
-        .filter(|(k, _)| k.starts_with("InstanceRefreshIds.member."))
-        .map(|(_, v)| v)
-        .collect();
-    // Advance the group's active refresh; a success is carried out on moto before it
-    // is reported, so a client that reads the group next sees the new version.
-    let finishing = {
-        let mut state = shared.lock();
-        let mut finishing = None;
-        let mut ended = None;
-        if let Some(refresh) = state
-            .refreshes
-            .iter_mut()
-            .find(|r| r.group == *name && ACTIVE.contains(&r.status))
-        {
-            match (refresh.status, refresh.percent, &refresh.outcome) {
-                ("Pending", ..) => {
-                    refresh.status = "InProgress";
-                    refresh.reason = "Replacing instances, new ones first".to_owned();
-                }
-                ("InProgress", 0, _) => refresh.percent = 50,
-                ("InProgress", _, RefreshOutcome::Succeed) => {
-                    finishing = Some(refresh.desired.clone());
-                }
-                ("InProgress", _, RefreshOutcome::RollBack(reason)) => {
-                    refresh.status = "RollbackInProgress";
-                    refresh.reason = reason.clone();
-                }
-                ("InProgress", _, RefreshOutcome::Fail(reason)) => {
-                    refresh.status = "Failed";
-                    refresh.reason = reason.clone();
-                    refresh.ended = Some(chrono::Utc::now());
-                    ended = Some("Failed");
-                }
-                ("RollbackInProgress", ..) => {
-                    refresh.status = "RollbackSuccessful";
-                    refresh.percent = 100;
-                    refresh.ended = Some(chrono::Utc::now());
-                    ended = Some("RollbackSuccessful");
-                }
-                _ => {}
-            }
-        }
-        if let Some(status) = ended {
-            state.events.push(format!("{status} {name}"));
-        }
-        finishing
-    };
-    if let Some(desired) = finishing {
-        if let Err(e) = carry_out(shared, name, desired.as_ref()).await {
-            return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string());
-        }
-        let mut state = shared.lock();
-        if let Some(refresh) = state
-            .refreshes
-            .iter_mut()
-            .find(|r| r.group == *name && r.status == "InProgress")
-        {
-            refresh.status = "Successful";
-            refresh.reason = String::new();
-            refresh.percent = 100;
-            refresh.ended = Some(chrono::Utc::now());
-        }
-        state.events.push(format!("Successful {name}"));
-    }
-    let state = shared.lock();
-    let members: String = state
-        .refreshes
-        .iter()
-        .rev()
-        .filter(|r| r.group == *name && (ids.is_empty() || ids.contains(&&r.id)))
-        .map(refresh_xml)
-        .collect();
-    drop(state);
-    answer(
-        "DescribeInstanceRefreshes",
-        &format!("<InstanceRefreshes>{members}</InstanceRefreshes>"),
-    )
-}
-
-fn refresh_xml(refresh: &Refresh) -> String {
-    let time =
-        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let ended = refresh
-        .ended
-        .map(|t| format!("<EndTime>{}</EndTime>", time(t)))
-        .unwrap_or_default();
-    let desired = refresh
-        .desired
-        .as_ref()
-        .map(|(template, version)| {
-            format!(
-                "<DesiredConfiguration><LaunchTemplate><LaunchTemplateName>{}</LaunchTemplateName>\
-                 <Version>{}</Version></LaunchTemplate></DesiredConfiguration>",
-                escape(template),
-                escape(version)
-            )
-        })
-        .unwrap_or_default();
-    let preferences: String = refresh
-        .preferences
-        .iter()
-        .filter(|(k, _)| !k.contains('.'))
-        .map(|(k, v)| format!("<{k}>{}</{k}>", escape(v)))
-        .collect();
-    let remaining = if refresh.status == "Successful" {
-        0
-    } else {
-        refresh.to_update
-    };
-    format!(
-        "<member><InstanceRefreshId>{}</InstanceRefreshId><AutoScalingGroupName>{}\
-         </AutoScalingGroupName><Status>{}</Status><StatusReason>{}</StatusReason>\
-         <StartTime>{}</StartTime>{ended}<PercentageComplete>{}</PercentageComplete>\
-         <InstancesToUpdate>{remaining}</InstancesToUpdate><Preferences>{preferences}\
-         </Preferences>{desired}</member>",
-        refresh.id,
-        escape(&refresh.group),
-        refresh.status,
-        escape(&refresh.reason),
-        time(refresh.started),
-        refresh.percent,
-    )
-}
-
-/// `CompleteLifecycleAction` and `RecordLifecycleActionHeartbeat`: accepted for a hook
-/// moto holds and an instance a test put into `Terminating:Wait`
-/// ([`AutoScalingStandIn::begin_termination`]); a completion ends the action.
-async fn lifecycle_action(
-    shared: &Shared,
-    action: &str,
-    params: &BTreeMap<String, String>,
-) -> Response<Full<Bytes>> {
-    shared.record(action, params);
-    let (Some(group), Some(hook)) = (
-        params.get("AutoScalingGroupName"),
-        params.get("LifecycleHookName"),
-    ) else {
-        return invalid("AutoScalingGroupName and LifecycleHookName are required.");
-    };
-    let Some(instance) = params.get("InstanceId") else {
-        // The worker names its instance; a token alone is not modelled here.
-        return invalid("InstanceId is required by this stand-in (a LifecycleActionToken alone is not modelled).");
-    };
-    if action == "CompleteLifecycleAction"
-        && !matches!(
-            params.get("LifecycleActionResult").map(String::as_str),
-            Some("CONTINUE" | "ABANDON")
-        )
-    {
-        return invalid("LifecycleActionResult must be CONTINUE or ABANDON.");
-    }
-    let hooks = shared
-        .moto_call(
-            "autoscaling",
-            &[
-                ("Action", "DescribeLifecycleHooks"),
-                ("AutoScalingGroupName", group),
-                ("LifecycleHookNames.member.1", hook),
-            ],
-        )
-        .await;
-    match hooks {
-        Ok(xml) if xml.contains(&format!("<LifecycleHookName>{hook}</LifecycleHookName>")) => {}
-        Ok(_) => {
-            return invalid(&format!(
-                "No Lifecycle Hook found with name {hook} for group {group}"
-            ))
-        }
-        Err(e) => return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string()),
-    }
-    let mut state = shared.lock();
-    let key = (group.clone(), hook.clone(), instance.clone());
-    let Some(at) = state.pending_actions.iter().position(|p| *p == key) else {
-        drop(state);
-        // AWS's message.
-        return invalid(&format!(
-            "No active Lifecycle Action found with instance ID {instance}"
-        ));
-    };
-    if action == "CompleteLifecycleAction" {
-        state.pending_actions.remove(at);
-    }
-    drop(state);
-    answer(action, "")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -886,52 +499,11 @@ mod tests {
             parse_group(xml),
             Some(Group {
                 template: Some("t".into()),
+                version: Some("2".into()),
                 instances: vec![("i-1".into(), "1".into()), ("i-2".into(), "2".into())],
                 protected: vec![],
             })
         );
         assert_eq!(parse_group("<X><AutoScalingGroups/></X>"), None);
-    }
-
-    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn refreshes_are_refused_as_aws_refuses_them() {
-        let rollback_without_desired = params(&[("Preferences.AutoRollback", "true")]);
-        assert!(refuse_refresh(&rollback_without_desired)
-            .is_some_and(|m| m.contains("DesiredConfiguration parameter is empty")));
-        let on_latest = params(&[
-            ("Preferences.AutoRollback", "true"),
-            (
-                "DesiredConfiguration.LaunchTemplate.LaunchTemplateName",
-                "t",
-            ),
-            ("DesiredConfiguration.LaunchTemplate.Version", "$Latest"),
-        ]);
-        assert!(refuse_refresh(&on_latest).is_some_and(|m| m.contains("$Latest")));
-        let numbered = params(&[
-            ("Preferences.AutoRollback", "true"),
-            (
-                "DesiredConfiguration.LaunchTemplate.LaunchTemplateName",
-                "t",
-            ),
-            ("DesiredConfiguration.LaunchTemplate.Version", "3"),
-            ("Preferences.MinHealthyPercentage", "100"),
-            ("Preferences.MaxHealthyPercentage", "134"),
-        ]);
-        assert_eq!(refuse_refresh(&numbered), None);
-        for (min, max) in [("100", "201"), ("90", "99"), ("50", "160"), ("101", "150")] {
-            let p = params(&[
-                ("Preferences.MinHealthyPercentage", min),
-                ("Preferences.MaxHealthyPercentage", max),
-            ]);
-            assert!(refuse_refresh(&p).is_some(), "min {min} max {max}");
-        }
-        assert!(refuse_refresh(&params(&[("Preferences.MaxHealthyPercentage", "150")])).is_some());
     }
 }

@@ -1,0 +1,378 @@
+//! Instance refreshes: `StartInstanceRefresh` checked as AWS checks it, and
+//! `DescribeInstanceRefreshes`, which advances a refresh a step and carries a successful
+//! one out on moto.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+
+use super::{answer, error, escape, invalid, Refresh, RefreshOutcome, Shared, ACTIVE};
+
+/// Checks a StartInstanceRefresh's parameters as AWS's API reference describes them;
+/// the message of the first rule broken.
+fn refuse_refresh(params: &BTreeMap<String, String>) -> Option<String> {
+    let number = |key: &str| params.get(key).map(|v| v.parse::<i64>().unwrap_or(-1));
+    let min = number("Preferences.MinHealthyPercentage");
+    let max = number("Preferences.MaxHealthyPercentage");
+    let auto_rollback = params.get("Preferences.AutoRollback").map(String::as_str) == Some("true");
+    let version = params.get("DesiredConfiguration.LaunchTemplate.Version");
+    let has_desired = params
+        .keys()
+        .any(|k| k.starts_with("DesiredConfiguration."));
+    if auto_rollback && !has_desired {
+        // AWS's own message.
+        return Some(
+            "The request isn't valid. The AutoRollback parameter cannot be set to true when \
+             the DesiredConfiguration parameter is empty. Set AutoRollback to false or specify \
+             a desired configuration and try again."
+                .to_owned(),
+        );
+    }
+    if auto_rollback && version.is_some_and(|v| v == "$Latest" || v == "$Default") {
+        // The rule is AWS's (the API reference's AutoRollback); the wording is ours.
+        return Some(format!(
+            "The AutoRollback parameter cannot be set to true when the desired configuration's \
+             launch template version is {}: name a version number.",
+            version.map_or("", String::as_str)
+        ));
+    }
+    if min.is_some_and(|m| !(0..=100).contains(&m)) {
+        return Some("MinHealthyPercentage must be between 0 and 100.".to_owned());
+    }
+    if let Some(max) = max {
+        if !(100..=200).contains(&max) {
+            return Some("MaxHealthyPercentage must be between 100 and 200.".to_owned());
+        }
+        let Some(min) = min else {
+            return Some(
+                "MinHealthyPercentage must be specified when MaxHealthyPercentage is.".to_owned(),
+            );
+        };
+        if max - min > 100 {
+            return Some(
+                "The difference between MaxHealthyPercentage and MinHealthyPercentage cannot \
+                 be greater than 100."
+                    .to_owned(),
+            );
+        }
+    }
+    let alarms = params
+        .keys()
+        .filter(|k| k.starts_with("Preferences.AlarmSpecification.Alarms.member."))
+        .count();
+    if alarms > 10 {
+        return Some("An alarm specification can name at most 10 alarms.".to_owned());
+    }
+    None
+}
+
+pub(super) async fn start(
+    shared: &Shared,
+    params: &BTreeMap<String, String>,
+) -> Response<Full<Bytes>> {
+    shared.record("StartInstanceRefresh", params);
+    let Some(name) = params.get("AutoScalingGroupName") else {
+        return invalid("AutoScalingGroupName is required.");
+    };
+    if let Some(message) = refuse_refresh(params) {
+        return invalid(&message);
+    }
+    let group = match shared.group(name).await {
+        Ok(Some(group)) => group,
+        Ok(None) => {
+            return invalid(&format!(
+                "AutoScalingGroup name not found - AutoScalingGroup {name} not found"
+            ))
+        }
+        Err(e) => return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string()),
+    };
+    let auto_rollback = params.get("Preferences.AutoRollback").map(String::as_str) == Some("true");
+    let group_version = group.version.as_deref().unwrap_or("$Default");
+    if auto_rollback && group_version.parse::<u64>().is_err() {
+        // The rule is AWS's (RefreshPreferences.AutoRollback: not supported when the group
+        // uses `$Latest` or `$Default`); the wording is ours.
+        return invalid(&format!(
+            "The AutoRollback parameter cannot be set to true when the Auto Scaling group \
+             uses the launch template's {group_version} version."
+        ));
+    }
+    let desired = params
+        .get("DesiredConfiguration.LaunchTemplate.LaunchTemplateName")
+        .or(group.template.as_ref())
+        .zip(params.get("DesiredConfiguration.LaunchTemplate.Version"))
+        .map(|(t, v)| (t.clone(), v.clone()));
+    let mut state = shared.lock();
+    if state
+        .refreshes
+        .iter()
+        .any(|r| r.group == *name && ACTIVE.contains(&r.status))
+    {
+        drop(state);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InstanceRefreshInProgress",
+            "An Instance Refresh is already in progress and blocks the execution of this \
+             Instance Refresh.",
+        );
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let outcome = state.outcomes.get(name).cloned().unwrap_or_default();
+    state.refreshes.push(Refresh {
+        id: id.clone(),
+        group: name.clone(),
+        status: "Pending",
+        reason: "Waiting for the refresh to start".to_owned(),
+        percent: 0,
+        to_update: group.instances.len(),
+        started: chrono::Utc::now(),
+        ended: None,
+        desired,
+        preferences: params
+            .iter()
+            .filter(|(k, _)| k.starts_with("Preferences."))
+            .map(|(k, v)| (k["Preferences.".len()..].to_owned(), v.clone()))
+            .collect(),
+        outcome,
+    });
+    state.events.push(format!("started {name}"));
+    drop(state);
+    answer(
+        "StartInstanceRefresh",
+        &format!("<InstanceRefreshId>{id}</InstanceRefreshId>"),
+    )
+}
+
+/// What a refresh does on moto when it succeeds: the group launches the desired version
+/// (made the template's default too, as moto reports an instance's version as its
+/// template's default) and every instance of another version is replaced.
+async fn carry_out(
+    shared: &Shared,
+    group: &str,
+    desired: Option<&(String, String)>,
+) -> anyhow::Result<()> {
+    let before = shared.group(group).await?.unwrap_or_default();
+    if let Some((template, version)) = desired {
+        shared
+            .moto_call(
+                "autoscaling",
+                &[
+                    ("Action", "UpdateAutoScalingGroup"),
+                    ("AutoScalingGroupName", group),
+                    ("LaunchTemplate.LaunchTemplateName", template),
+                    ("LaunchTemplate.Version", version),
+                ],
+            )
+            .await?;
+        shared
+            .moto_call(
+                "ec2",
+                &[
+                    ("Action", "ModifyLaunchTemplate"),
+                    ("LaunchTemplateName", template),
+                    ("SetDefaultVersion", version),
+                ],
+            )
+            .await?;
+    }
+    let wanted = desired.map(|(_, v)| v.as_str());
+    for (instance, version) in &before.instances {
+        if wanted.is_some_and(|w| w == version) {
+            continue;
+        }
+        shared
+            .moto_call(
+                "autoscaling",
+                &[
+                    ("Action", "TerminateInstanceInAutoScalingGroup"),
+                    ("InstanceId", instance),
+                    ("ShouldDecrementDesiredCapacity", "false"),
+                ],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn describe(
+    shared: &Shared,
+    params: &BTreeMap<String, String>,
+) -> Response<Full<Bytes>> {
+    shared.record("DescribeInstanceRefreshes", params);
+    let Some(name) = params.get("AutoScalingGroupName") else {
+        return invalid("AutoScalingGroupName is required.");
+    };
+    let ids: Vec<&String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("InstanceRefreshIds.member."))
+        .map(|(_, v)| v)
+        .collect();
+    // Advance the group's active refresh; a success is carried out on moto before it
+    // is reported, so a client that reads the group next sees the new version.
+    let finishing = {
+        let mut state = shared.lock();
+        let mut finishing = None;
+        let mut ended = None;
+        if let Some(refresh) = state
+            .refreshes
+            .iter_mut()
+            .find(|r| r.group == *name && ACTIVE.contains(&r.status))
+        {
+            match (refresh.status, refresh.percent, &refresh.outcome) {
+                ("Pending", ..) => {
+                    refresh.status = "InProgress";
+                    refresh.reason = "Replacing instances, new ones first".to_owned();
+                }
+                ("InProgress", 0, _) => refresh.percent = 50,
+                ("InProgress", _, RefreshOutcome::Succeed) => {
+                    finishing = Some(refresh.desired.clone());
+                }
+                ("InProgress", _, RefreshOutcome::RollBack(reason)) => {
+                    refresh.status = "RollbackInProgress";
+                    refresh.reason = reason.clone();
+                }
+                ("InProgress", _, RefreshOutcome::Fail(reason)) => {
+                    refresh.status = "Failed";
+                    refresh.reason = reason.clone();
+                    refresh.ended = Some(chrono::Utc::now());
+                    ended = Some("Failed");
+                }
+                ("RollbackInProgress", ..) => {
+                    refresh.status = "RollbackSuccessful";
+                    refresh.percent = 100;
+                    refresh.ended = Some(chrono::Utc::now());
+                    ended = Some("RollbackSuccessful");
+                }
+                _ => {}
+            }
+        }
+        if let Some(status) = ended {
+            state.events.push(format!("{status} {name}"));
+        }
+        finishing
+    };
+    if let Some(desired) = finishing {
+        if let Err(e) = carry_out(shared, name, desired.as_ref()).await {
+            return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string());
+        }
+        let mut state = shared.lock();
+        if let Some(refresh) = state
+            .refreshes
+            .iter_mut()
+            .find(|r| r.group == *name && r.status == "InProgress")
+        {
+            refresh.status = "Successful";
+            refresh.reason = String::new();
+            refresh.percent = 100;
+            refresh.ended = Some(chrono::Utc::now());
+        }
+        state.events.push(format!("Successful {name}"));
+    }
+    let state = shared.lock();
+    let members: String = state
+        .refreshes
+        .iter()
+        .rev()
+        .filter(|r| r.group == *name && (ids.is_empty() || ids.contains(&&r.id)))
+        .map(refresh_xml)
+        .collect();
+    drop(state);
+    answer(
+        "DescribeInstanceRefreshes",
+        &format!("<InstanceRefreshes>{members}</InstanceRefreshes>"),
+    )
+}
+
+fn refresh_xml(refresh: &Refresh) -> String {
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ended = refresh
+        .ended
+        .map(|t| format!("<EndTime>{}</EndTime>", time(t)))
+        .unwrap_or_default();
+    let desired = refresh
+        .desired
+        .as_ref()
+        .map(|(template, version)| {
+            format!(
+                "<DesiredConfiguration><LaunchTemplate><LaunchTemplateName>{}</LaunchTemplateName>\
+                 <Version>{}</Version></LaunchTemplate></DesiredConfiguration>",
+                escape(template),
+                escape(version)
+            )
+        })
+        .unwrap_or_default();
+    let preferences: String = refresh
+        .preferences
+        .iter()
+        .filter(|(k, _)| !k.contains('.'))
+        .map(|(k, v)| format!("<{k}>{}</{k}>", escape(v)))
+        .collect();
+    let remaining = if refresh.status == "Successful" {
+        0
+    } else {
+        refresh.to_update
+    };
+    format!(
+        "<member><InstanceRefreshId>{}</InstanceRefreshId><AutoScalingGroupName>{}\
+         </AutoScalingGroupName><Status>{}</Status><StatusReason>{}</StatusReason>\
+         <StartTime>{}</StartTime>{ended}<PercentageComplete>{}</PercentageComplete>\
+         <InstancesToUpdate>{remaining}</InstancesToUpdate><Preferences>{preferences}\
+         </Preferences>{desired}</member>",
+        refresh.id,
+        escape(&refresh.group),
+        refresh.status,
+        escape(&refresh.reason),
+        time(refresh.started),
+        refresh.percent,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn refreshes_are_refused_as_aws_refuses_them() {
+        let rollback_without_desired = params(&[("Preferences.AutoRollback", "true")]);
+        assert!(refuse_refresh(&rollback_without_desired)
+            .is_some_and(|m| m.contains("DesiredConfiguration parameter is empty")));
+        let on_latest = params(&[
+            ("Preferences.AutoRollback", "true"),
+            (
+                "DesiredConfiguration.LaunchTemplate.LaunchTemplateName",
+                "t",
+            ),
+            ("DesiredConfiguration.LaunchTemplate.Version", "$Latest"),
+        ]);
+        assert!(refuse_refresh(&on_latest).is_some_and(|m| m.contains("$Latest")));
+        let numbered = params(&[
+            ("Preferences.AutoRollback", "true"),
+            (
+                "DesiredConfiguration.LaunchTemplate.LaunchTemplateName",
+                "t",
+            ),
+            ("DesiredConfiguration.LaunchTemplate.Version", "3"),
+            ("Preferences.MinHealthyPercentage", "100"),
+            ("Preferences.MaxHealthyPercentage", "134"),
+        ]);
+        assert_eq!(refuse_refresh(&numbered), None);
+        for (min, max) in [("100", "201"), ("90", "99"), ("50", "160"), ("101", "150")] {
+            let p = params(&[
+                ("Preferences.MinHealthyPercentage", min),
+                ("Preferences.MaxHealthyPercentage", max),
+            ]);
+            assert!(refuse_refresh(&p).is_some(), "min {min} max {max}");
+        }
+        assert!(refuse_refresh(&params(&[("Preferences.MaxHealthyPercentage", "150")])).is_some());
+    }
+}
