@@ -106,7 +106,10 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("provision: {e:#}");
+            match provision::aws::stale_credentials(&e) {
+                Some(line) => eprintln!("provision: {line}"),
+                None => eprintln!("provision: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

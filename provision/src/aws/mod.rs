@@ -11,7 +11,7 @@ mod error;
 mod ids;
 
 pub(crate) use error::DeleteError;
-pub use error::{error_kind, ErrorKind};
+pub use error::{error_kind, stale_credentials, ErrorKind};
 pub use ids::{Ids, NamesById};
 
 /// The tag every resource of a stack carries.
