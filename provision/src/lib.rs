@@ -17,6 +17,7 @@ pub use stack_config as config;
 pub mod deploy;
 pub mod desired;
 mod engine;
+pub mod lock;
 pub mod metrics;
 pub mod model;
 pub use stack_config::names;

@@ -32,6 +32,11 @@ struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Take over the stack's lock from a run of `up` or `down` that died (killed, its
+    /// machine gone). `up` and `down` hold it while they run; another stops at once with
+    /// who holds it and since when.
+    #[arg(long, global = true)]
+    force_unlock: bool,
     /// Release of the services the instances run (published with `publish`). Default: the
     /// release the launch templates already name. A new one rolls the instances.
     #[arg(long, global = true, env = "ANB_RELEASE", value_parser = parse_release)]
@@ -163,80 +168,105 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         safeguards,
     };
     let stack = Stack::open(config, options).await?;
-    Ok(match cli.command {
-        Command::Plan => {
-            stack.plan(cli.output).await?;
-            ExitCode::SUCCESS
+    // One operator at a time for what changes the stack.
+    let command_name = match cli.command {
+        Command::Up { .. } => Some("up"),
+        Command::Down { .. } => Some("down"),
+        _ => None,
+    };
+    let lock = match command_name {
+        Some(name) => {
+            stack
+                .aws
+                .lock(&stack.bucket(), name, cli.force_unlock)
+                .await?
         }
-        Command::Up { wait, .. } => {
-            stack.up(cli.output).await?;
-            let (url, logs) = stack.endpoints().await?;
-            if wait {
-                let waited = match stack.roll(true).await {
-                    Ok(()) => {
-                        stack
-                            .wait_for_healthy_targets(std::time::Duration::from_secs(30 * 60))
-                            .await
+        None => None,
+    };
+    let result = async {
+        Ok(match cli.command {
+            Command::Plan => {
+                stack.plan(cli.output).await?;
+                ExitCode::SUCCESS
+            }
+            Command::Up { wait, .. } => {
+                stack.up(cli.output).await?;
+                let (url, logs) = stack.endpoints().await?;
+                if wait {
+                    let waited = match stack.roll(true).await {
+                        Ok(()) => {
+                            stack
+                                .wait_for_healthy_targets(std::time::Duration::from_secs(30 * 60))
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = waited {
+                        eprintln!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
+                        return Err(e);
                     }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = waited {
-                    eprintln!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
-                    return Err(e);
                 }
+                if let Some(url) = url {
+                    println!("URL: {url}/api/health");
+                }
+                println!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
+                ExitCode::SUCCESS
             }
-            if let Some(url) = url {
-                println!("URL: {url}/api/health");
-            }
-            println!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
-            ExitCode::SUCCESS
-        }
-        Command::Publish { artifacts } => {
-            let release = cli
-                .release
-                .context("publish needs --release NAME (or ANB_RELEASE)")?;
-            stack.publish(&release, &artifacts).await?;
-            println!(
-                "Published release {release} to s3://{}/artifacts/{release}/",
-                stack.bucket()
-            );
-            ExitCode::SUCCESS
-        }
-        Command::Status => match stack.status(cli.output).await? {
-            Sync::InSync => ExitCode::SUCCESS,
-            Sync::Drift => ExitCode::from(2),
-        },
-        Command::Releases => {
-            stack.releases(cli.output).await?;
-            ExitCode::SUCCESS
-        }
-        Command::Metrics { .. } => unreachable!("answered above"),
-        Command::Down { flags } => {
-            let delete_videos = flags.delete_videos;
-            if !flags.yes && !provision::confirm_down(&stack.config.stack.name, delete_videos)? {
-                eprintln!("Not confirmed: nothing deleted.");
-                return Ok(ExitCode::FAILURE);
-            }
-            let left = stack.down().await?;
-            if left.is_empty() && !delete_videos {
+            Command::Publish { artifacts } => {
+                let release = cli
+                    .release
+                    .context("publish needs --release NAME (or ANB_RELEASE)")?;
+                stack.publish(&release, &artifacts).await?;
                 println!(
-                    "Stack {} is gone but for its bucket {} (--delete-videos deletes it).",
-                    stack.config.stack.name,
+                    "Published release {release} to s3://{}/artifacts/{release}/",
                     stack.bucket()
                 );
                 ExitCode::SUCCESS
-            } else if left.is_empty() {
-                println!("Stack {} is gone.", stack.config.stack.name);
-                ExitCode::SUCCESS
-            } else {
-                println!(
-                    "Left (run `provision down` again):\n  {}",
-                    left.join("\n  ")
-                );
-                ExitCode::FAILURE
             }
+            Command::Status => match stack.status(cli.output).await? {
+                Sync::InSync => ExitCode::SUCCESS,
+                Sync::Drift => ExitCode::from(2),
+            },
+            Command::Releases => {
+                stack.releases(cli.output).await?;
+                ExitCode::SUCCESS
+            }
+            Command::Metrics { .. } => unreachable!("answered above"),
+            Command::Down { flags } => {
+                let delete_videos = flags.delete_videos;
+                if !flags.yes && !provision::confirm_down(&stack.config.stack.name, delete_videos)?
+                {
+                    eprintln!("Not confirmed: nothing deleted.");
+                    return Ok(ExitCode::FAILURE);
+                }
+                let left = stack.down().await?;
+                if left.is_empty() && !delete_videos {
+                    println!(
+                        "Stack {} is gone but for its bucket {} (--delete-videos deletes it).",
+                        stack.config.stack.name,
+                        stack.bucket()
+                    );
+                    ExitCode::SUCCESS
+                } else if left.is_empty() {
+                    println!("Stack {} is gone.", stack.config.stack.name);
+                    ExitCode::SUCCESS
+                } else {
+                    println!(
+                        "Left (run `provision down` again):\n  {}",
+                        left.join("\n  ")
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        })
+    }
+    .await;
+    if let Some(lock) = lock {
+        if let Err(e) = lock.release(&stack.aws).await {
+            eprintln!("provision: {e:#}");
         }
-    })
+    }
+    result
 }
 
 /// An RFC 3339 time, or a duration before now ("30m", "2h", "0s").

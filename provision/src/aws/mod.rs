@@ -32,6 +32,8 @@ pub struct Aws {
     pub region: String,
     /// The account the credentials belong to: the owner every S3 call expects.
     pub account_id: String,
+    /// Who the credentials are (STS's ARN): named in the stack's lock.
+    pub caller: String,
 }
 
 impl Aws {
@@ -50,14 +52,16 @@ impl Aws {
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(endpoint.is_some())
             .build();
-        let account_id = aws_sdk_sts::Client::new(&shared)
+        let identity = aws_sdk_sts::Client::new(&shared)
             .get_caller_identity()
             .send()
             .await
-            .context("cannot identify the AWS account (are credentials set?)")?
+            .context("cannot identify the AWS account (are credentials set?)")?;
+        let account_id = identity
             .account()
             .map(str::to_owned)
             .context("STS returned no account id")?;
+        let caller = identity.arn().unwrap_or("an unknown caller").to_owned();
         Ok(Self {
             ec2: aws_sdk_ec2::Client::new(&shared),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
@@ -71,6 +75,7 @@ impl Aws {
             stack: stack.to_owned(),
             region: region.to_owned(),
             account_id,
+            caller,
         })
     }
 

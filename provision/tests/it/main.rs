@@ -6,6 +6,7 @@
 
 mod deploy;
 mod helpers;
+mod lock;
 mod metrics;
 mod rollout;
 mod safety;
