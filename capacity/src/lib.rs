@@ -17,7 +17,10 @@ pub mod stats;
 pub mod summary;
 
 pub use arrivals::Arrivals;
-pub use cost::{cost, price, Cost, InstancePrice, PRICES, PRICE_SOURCE};
+pub use cost::{
+    cost, price, stack_cost, Cost, CostLine, InstancePrice, StackShape, HOURS_PER_MONTH, PRICES,
+    PRICE_SOURCE, STACK_PRICES_DATE,
+};
 pub use policy::{Decision, Policy, PolicyState, Reading};
 pub use rng::Rng;
 pub use sim::{simulate, Outcome, ServiceTime, Setup};

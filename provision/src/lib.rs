@@ -151,8 +151,32 @@ impl Stack {
 
     pub async fn plan(&self, output: Output) -> anyhow::Result<Vec<Change>> {
         let changes = self.changes().await?;
-        print_changes(&changes, output, self.verbose);
+        print_changes(&changes, output, self.verbose, Some(&self.cost()?));
         Ok(changes)
+    }
+
+    /// What the stack costs an hour as configured, at the groups' minimum sizes.
+    pub fn cost(&self) -> anyhow::Result<Vec<capacity::CostLine>> {
+        let config = &self.config;
+        let desired = self.desired(userdata::Release::default());
+        let count = |kind: model::Kind| desired.iter().filter(|r| r.kind == kind).count() as u32;
+        // Target tracking adds two alarms of its own.
+        let tracking_alarms = match config.worker.scaling_policy {
+            stack_config::WorkerScaling::TargetTracking => 2,
+            stack_config::WorkerScaling::Step => 0,
+        };
+        capacity::stack_cost(&capacity::StackShape {
+            web: (config.web.instance_type.clone(), config.web.min_size),
+            worker: (config.worker.instance_type.clone(), config.worker.min_size),
+            volume_gb: resources::compute::ROOT_VOLUME_GB,
+            web_detailed_monitoring: true,
+            database_class: config.database.instance_class.clone(),
+            multi_az: config.database.multi_az,
+            storage_gb: config.database.allocated_storage_gb,
+            public_instances: config.network.instances == stack_config::InstanceSubnets::Public,
+            secrets: 2,
+            alarms: count(model::Kind::Alarm) + tracking_alarms,
+        })
     }
 
     /// Converges; returns how many changes were made. Re-running after an interruption
@@ -452,7 +476,7 @@ impl Stack {
 
     pub async fn status(&self, output: Output) -> anyhow::Result<Sync> {
         let changes = self.changes().await?;
-        print_changes(&changes, output, self.verbose);
+        print_changes(&changes, output, self.verbose, None);
         Ok(if changes.iter().any(Change::is_change) {
             Sync::Drift
         } else {

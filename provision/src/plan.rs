@@ -78,12 +78,20 @@ fn describe(fields: &[FieldChange]) -> String {
         .join(", ")
 }
 
-pub(crate) fn print_changes(changes: &[Change], output: Output, verbose: bool) {
+pub(crate) fn print_changes(
+    changes: &[Change],
+    output: Output,
+    verbose: bool,
+    cost: Option<&[capacity::CostLine]>,
+) {
     match output {
         Output::Text => {
             use std::io::IsTerminal;
             let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            print!("{}", render_with(changes, verbose, colour))
+            print!("{}", render_with(changes, verbose, colour));
+            if let Some(cost) = cost {
+                print!("{}", render_cost(cost));
+            }
         }
         Output::Json => {
             let items: Vec<_> = changes
@@ -102,9 +110,35 @@ pub(crate) fn print_changes(changes: &[Change], output: Output, verbose: bool) {
                 })
                 .collect();
             let in_sync = !changes.iter().any(Change::is_change);
-            println!("{}", json!({"in_sync": in_sync, "resources": items}));
+            let mut answer = json!({"in_sync": in_sync, "resources": items});
+            if let Some(cost) = cost {
+                let hourly: f64 = cost.iter().map(|l| l.usd_per_hour).sum();
+                answer["cost"] = json!({
+                    "prices": capacity::STACK_PRICES_DATE,
+                    "usd_per_hour": hourly,
+                    "usd_per_month": hourly * capacity::HOURS_PER_MONTH,
+                    "lines": cost,
+                });
+            }
+            println!("{answer}");
         }
     }
+}
+
+/// The stack's cost as configured, at the groups' minimum sizes: a line per billable
+/// kind and the total an hour and a month.
+pub fn render_cost(cost: &[capacity::CostLine]) -> String {
+    let hourly: f64 = cost.iter().map(|l| l.usd_per_hour).sum();
+    let mut out = format!(
+        "\nCost as configured, at the minimum size ({}): ${hourly:.2}/h, about ${:.0} a \
+         month\n",
+        capacity::STACK_PRICES_DATE,
+        hourly * capacity::HOURS_PER_MONTH
+    );
+    for line in cost {
+        out.push_str(&format!("  ${:.4}/h  {}\n", line.usd_per_hour, line.what));
+    }
+    out
 }
 
 pub(crate) fn report(output: Output, command: &str, data: serde_json::Value, text: &str) {

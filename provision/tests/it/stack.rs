@@ -757,3 +757,58 @@ async fn private_mode_routes_the_instances_through_a_nat_gateway_and_down_remove
         "the NAT's address is left"
     );
 }
+
+#[tokio::test]
+async fn the_plan_prints_the_cost_the_deploy_guide_states() {
+    let moto = testkit::autoscaling_stand_in();
+    let name = format!("c{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let stack = Stack::open(config_for(&name), release_r1(&moto.endpoint))
+        .await
+        .unwrap();
+    let cost = stack.cost().unwrap();
+    let hourly: f64 = cost.iter().map(|l| l.usd_per_hour).sum();
+    let monthly = hourly * 730.0;
+    // docs/deploy.md's figure is this table's, rounded as it prints it.
+    let guide = std::fs::read_to_string(testkit::workspace_root().join("docs/deploy.md")).unwrap();
+    let stated = format!("About **${hourly:.2}/h (~${monthly:.0} a month)**");
+    assert!(
+        guide.contains(&stated),
+        "docs/deploy.md should say {stated}"
+    );
+    let text = provision::plan::render_cost(&cost);
+    for kind in [
+        "t3.small (web)",
+        "RDS db.t3.micro Multi-AZ",
+        "load balancer",
+        "public IPv4",
+    ] {
+        assert!(text.contains(kind), "{text}");
+    }
+
+    // `plan --output json` carries it.
+    let config = config_file();
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    let out = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args([
+            "plan",
+            "--output",
+            "json",
+            "--release",
+            "r1",
+            "--stack",
+            &name,
+        ])
+        .args(["--endpoint-url", &moto.endpoint, "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json_hourly = plan["cost"]["usd_per_hour"].as_f64().unwrap();
+    assert!((json_hourly - hourly).abs() < 1e-9, "{plan}");
+    assert_eq!(plan["cost"]["lines"].as_array().unwrap().len(), cost.len());
+}

@@ -43,7 +43,7 @@ async fn root_volume(
             .ebs(
                 aws_sdk_ec2::types::LaunchTemplateEbsBlockDeviceRequest::builder()
                     .volume_type(aws_sdk_ec2::types::VolumeType::Gp3)
-                    .volume_size(16)
+                    .volume_size(super::ROOT_VOLUME_GB as i32)
                     .encrypted(true)
                     .delete_on_termination(true)
                     .build(),

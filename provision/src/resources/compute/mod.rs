@@ -15,6 +15,9 @@ use crate::names::{
 use crate::userdata::{self, Release};
 
 pub use launch_template::latest_debian_ami;
+
+/// Each instance's root volume (gp3), GB.
+pub const ROOT_VOLUME_GB: u32 = 16;
 pub use scaling::backlog_metrics;
 pub(crate) use scaling::{
     format_metrics, latest_template_version, parse_metrics, template_version, MetricQuery,
