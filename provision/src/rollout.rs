@@ -61,17 +61,7 @@ impl Aws {
         let mut running: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for tier in ["web", "worker"] {
             let group = crate::names::asg_name(&self.stack, tier);
-            let missing = self
-                .autoscaling
-                .describe_auto_scaling_groups()
-                .auto_scaling_group_names(&group)
-                .send()
-                .await
-                .context("describe auto-scaling groups")?
-                .auto_scaling_groups()
-                .is_empty();
-            if !missing {
-                let release = self.group_release(&group).await?;
+            if let Some(release) = self.launched_release(&group).await? {
                 running.entry(release).or_default().push(tier.to_owned());
             }
         }
@@ -334,6 +324,8 @@ impl Aws {
             "about 3–5 min per instance: boot, health checks, 120 s warm-up",
         );
         let started = Instant::now();
+        // Read once: the refresh's desired configuration does not change while it runs.
+        let mut desired: Option<String> = None;
         loop {
             let found = self
                 .autoscaling
@@ -349,17 +341,20 @@ impl Aws {
                 .with_context(|| format!("instance refresh {id} of {group} is gone"))?;
             let status = refresh.status().map(|s| s.as_str()).unwrap_or("unknown");
             let reason = refresh.status_reason().unwrap_or("no reason given");
-            let desired_version = refresh
-                .desired_configuration()
-                .and_then(|d| d.launch_template())
-                .and_then(|t| t.version().map(|v| (t.launch_template_name(), v)));
-            let desired = match desired_version {
-                Some((Some(template), version)) => match version.parse::<i64>() {
-                    Ok(number) => self.release_of(template, number).await?,
-                    Err(_) => version.to_owned(),
-                },
-                _ => "the new release".to_owned(),
-            };
+            if desired.is_none() {
+                let desired_version = refresh
+                    .desired_configuration()
+                    .and_then(|d| d.launch_template())
+                    .and_then(|t| t.version().map(|v| (t.launch_template_name(), v)));
+                desired = Some(match desired_version {
+                    Some((Some(template), version)) => match version.parse::<i64>() {
+                        Ok(number) => self.release_of(template, number).await?,
+                        Err(_) => version.to_owned(),
+                    },
+                    _ => "the new release".to_owned(),
+                });
+            }
+            let desired = desired.as_deref().unwrap_or_default();
             match status {
                 "Successful" => {
                     wait.done(&format!(
@@ -411,6 +406,13 @@ impl Aws {
 
     /// The release group `group` launches now (after a refresh, what it ended on).
     pub(crate) async fn group_release(&self, group: &str) -> anyhow::Result<String> {
+        self.launched_release(group)
+            .await?
+            .with_context(|| format!("{group} does not exist"))
+    }
+
+    /// [`Self::group_release`], or None when the group does not exist.
+    async fn launched_release(&self, group: &str) -> anyhow::Result<Option<String>> {
         let found = self
             .autoscaling
             .describe_auto_scaling_groups()
@@ -418,15 +420,16 @@ impl Aws {
             .send()
             .await
             .context("describe auto-scaling groups")?;
-        let template = found
-            .auto_scaling_groups()
-            .first()
-            .and_then(|g| g.launch_template())
+        let Some(asg) = found.auto_scaling_groups().first() else {
+            return Ok(None);
+        };
+        let template = asg
+            .launch_template()
             .with_context(|| format!("{group} has no launch template"))?;
         let version = template.version().unwrap_or_default();
         match (template.launch_template_name(), version.parse::<i64>()) {
-            (Some(name), Ok(number)) => self.release_of(name, number).await,
-            _ => Ok(format!("(template version {version})")),
+            (Some(name), Ok(number)) => self.release_of(name, number).await.map(Some),
+            _ => Ok(Some(format!("(template version {version})"))),
         }
     }
 }
