@@ -10,9 +10,10 @@ use hyper::{Response, StatusCode};
 
 use super::{answer, error, escape, invalid, Refresh, RefreshOutcome, Shared, ACTIVE};
 
-/// Checks a StartInstanceRefresh's parameters as AWS's API reference describes them;
-/// the message of the first rule broken.
-fn refuse_refresh(params: &BTreeMap<String, String>) -> Option<String> {
+/// Checks a StartInstanceRefresh's parameters, for a group that launches
+/// `group_version` of its template, as AWS's API reference describes them; the message of
+/// the first rule broken.
+fn refuse_refresh(params: &BTreeMap<String, String>, group_version: &str) -> Option<String> {
     let number = |key: &str| params.get(key).map(|v| v.parse::<i64>().unwrap_or(-1));
     let min = number("Preferences.MinHealthyPercentage");
     let max = number("Preferences.MaxHealthyPercentage");
@@ -36,6 +37,14 @@ fn refuse_refresh(params: &BTreeMap<String, String>) -> Option<String> {
             "The AutoRollback parameter cannot be set to true when the desired configuration's \
              launch template version is {}: name a version number.",
             version.map_or("", String::as_str)
+        ));
+    }
+    if auto_rollback && group_version.parse::<u64>().is_err() {
+        // The rule is AWS's (RefreshPreferences.AutoRollback: not supported when the group
+        // uses `$Latest` or `$Default`); the wording is ours.
+        return Some(format!(
+            "The AutoRollback parameter cannot be set to true when the Auto Scaling group \
+             uses the launch template's {group_version} version."
         ));
     }
     if min.is_some_and(|m| !(0..=100).contains(&m)) {
@@ -76,9 +85,6 @@ pub(super) async fn start(
     let Some(name) = params.get("AutoScalingGroupName") else {
         return invalid("AutoScalingGroupName is required.");
     };
-    if let Some(message) = refuse_refresh(params) {
-        return invalid(&message);
-    }
     let group = match shared.group(name).await {
         Ok(Some(group)) => group,
         Ok(None) => {
@@ -88,15 +94,9 @@ pub(super) async fn start(
         }
         Err(e) => return error(StatusCode::BAD_GATEWAY, "StandInUpstream", &e.to_string()),
     };
-    let auto_rollback = params.get("Preferences.AutoRollback").map(String::as_str) == Some("true");
     let group_version = group.version.as_deref().unwrap_or("$Default");
-    if auto_rollback && group_version.parse::<u64>().is_err() {
-        // The rule is AWS's (RefreshPreferences.AutoRollback: not supported when the group
-        // uses `$Latest` or `$Default`); the wording is ours.
-        return invalid(&format!(
-            "The AutoRollback parameter cannot be set to true when the Auto Scaling group \
-             uses the launch template's {group_version} version."
-        ));
+    if let Some(message) = refuse_refresh(params, group_version) {
+        return invalid(&message);
     }
     let desired = params
         .get("DesiredConfiguration.LaunchTemplate.LaunchTemplateName")
@@ -344,7 +344,7 @@ mod tests {
     #[test]
     fn refreshes_are_refused_as_aws_refuses_them() {
         let rollback_without_desired = params(&[("Preferences.AutoRollback", "true")]);
-        assert!(refuse_refresh(&rollback_without_desired)
+        assert!(refuse_refresh(&rollback_without_desired, "1")
             .is_some_and(|m| m.contains("DesiredConfiguration parameter is empty")));
         let on_latest = params(&[
             ("Preferences.AutoRollback", "true"),
@@ -354,7 +354,7 @@ mod tests {
             ),
             ("DesiredConfiguration.LaunchTemplate.Version", "$Latest"),
         ]);
-        assert!(refuse_refresh(&on_latest).is_some_and(|m| m.contains("$Latest")));
+        assert!(refuse_refresh(&on_latest, "1").is_some_and(|m| m.contains("$Latest")));
         let numbered = params(&[
             ("Preferences.AutoRollback", "true"),
             (
@@ -365,14 +365,16 @@ mod tests {
             ("Preferences.MinHealthyPercentage", "100"),
             ("Preferences.MaxHealthyPercentage", "134"),
         ]);
-        assert_eq!(refuse_refresh(&numbered), None);
+        assert_eq!(refuse_refresh(&numbered, "1"), None);
         for (min, max) in [("100", "201"), ("90", "99"), ("50", "160"), ("101", "150")] {
             let p = params(&[
                 ("Preferences.MinHealthyPercentage", min),
                 ("Preferences.MaxHealthyPercentage", max),
             ]);
-            assert!(refuse_refresh(&p).is_some(), "min {min} max {max}");
+            assert!(refuse_refresh(&p, "1").is_some(), "min {min} max {max}");
         }
-        assert!(refuse_refresh(&params(&[("Preferences.MaxHealthyPercentage", "150")])).is_some());
+        assert!(
+            refuse_refresh(&params(&[("Preferences.MaxHealthyPercentage", "150")]), "1").is_some()
+        );
     }
 }
