@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::model::Resource;
 use crate::names::{bucket_name, Names};
 use crate::resources::{
-    bucket, compute, database, load_balancing, monitoring, network, queue, role, secret,
+    alerts, bucket, compute, database, load_balancing, monitoring, network, queue, role, secret,
     security_group,
 };
 use crate::userdata::Release;
@@ -48,6 +48,7 @@ pub fn desired_state(config: &Config, inputs: &Inputs) -> Vec<Resource> {
         log_writer.map(|writer| (writer, account_id)),
     ));
     out.push(queue::desired_dead_letter_queue(&n));
+    out.extend(alerts::desired(&n, config));
     out.extend(monitoring::desired(&n, config));
     let access_logs_bucket = config
         .load_balancer
@@ -246,6 +247,7 @@ mod tests {
         use crate::model::{diff, Action, Observed};
         let mut private = Config::load(None).unwrap();
         private.network.instances = InstanceSubnets::Private;
+        private.alerts.emails = vec!["ops@anb.example".into()];
         let all = desired_state(&private, &SEED);
         let mut kinds = std::collections::BTreeSet::new();
         for resource in &all {
@@ -281,7 +283,7 @@ mod tests {
         }
         assert_eq!(
             kinds.len(),
-            22,
+            24,
             "every kind of resource is in the desired state of the private network mode"
         );
     }

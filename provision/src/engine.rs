@@ -17,13 +17,14 @@ impl Aws {
     pub async fn observe(&self, bucket: &str) -> anyhow::Result<Vec<Observed>> {
         // Boxed: the SDK's futures are large, and four of them side by side overflow a
         // test thread's stack in debug builds.
-        let (network, queues, bucket, mut monitoring, secrets, roles) = tokio::try_join!(
+        let (network, queues, bucket, mut monitoring, secrets, roles, alerts) = tokio::try_join!(
             Box::pin(crate::resources::network::observe(self)),
             Box::pin(crate::resources::queue::observe(self)),
             Box::pin(crate::resources::bucket::observe(self, bucket)),
             Box::pin(crate::resources::monitoring::observe(self)),
             Box::pin(crate::resources::secret::observe(self)),
             Box::pin(crate::resources::role::observe(self)),
+            Box::pin(crate::resources::alerts::observe(self)),
         )?;
         let mut names: NamesById = network
             .iter()
@@ -44,6 +45,7 @@ impl Aws {
             .into_iter()
             .chain(queues)
             .chain(bucket)
+            .chain(alerts)
             .chain(monitoring)
             .chain(load_balancing)
             .chain(database)

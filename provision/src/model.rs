@@ -20,6 +20,8 @@ pub enum Kind {
     Queue,
     Alarm,
     Dashboard,
+    AlertTopic,
+    AlertSubscription,
     TargetGroup,
     LoadBalancer,
     Listener,
@@ -70,6 +72,9 @@ impl Kind {
             Kind::ElasticIp => &["domain"],
             Kind::NatGateway => &["subnet", "address"],
             Kind::InstanceRole => &["trust"],
+            Kind::AlertTopic => &[],
+            // One per address: another address is another subscription.
+            Kind::AlertSubscription => &["topic", "protocol", "endpoint"],
         }
     }
 
@@ -87,7 +92,7 @@ impl Kind {
     pub fn removed_by_up(self) -> bool {
         matches!(
             self,
-            Kind::ScalingPolicy | Kind::Alarm | Kind::LifecycleHook
+            Kind::ScalingPolicy | Kind::Alarm | Kind::LifecycleHook | Kind::AlertSubscription
         )
     }
 
@@ -107,11 +112,13 @@ impl Kind {
             | Kind::ScalingPolicy
             | Kind::LifecycleHook
             | Kind::AutoScalingGroup
+            | Kind::AlertSubscription
             | Kind::Secret => 0,
             Kind::RouteTable
             | Kind::LoadBalancer
             | Kind::DbSubnetGroup
             | Kind::DbParameterGroup
+            | Kind::AlertTopic
             | Kind::LaunchTemplate => 1,
             // After the route through it, before its subnet and its address.
             Kind::NatGateway => 2,
@@ -132,7 +139,13 @@ impl Kind {
             Kind::Vpc => 0,
             Kind::Subnet | Kind::InternetGateway | Kind::SecurityGroup => 1,
             Kind::RouteTable => 2,
-            Kind::Queue | Kind::Bucket | Kind::Secret | Kind::ElasticIp | Kind::InstanceRole => 0,
+            Kind::Queue
+            | Kind::Bucket
+            | Kind::Secret
+            | Kind::ElasticIp
+            | Kind::InstanceRole
+            | Kind::AlertTopic => 0,
+            Kind::AlertSubscription => 1,
             Kind::NatGateway => 2,
             // Alarms name their queue, so they come after it.
             // After the scaling policies their actions name.
@@ -161,6 +174,8 @@ impl fmt::Display for Kind {
             Kind::Queue => "queue",
             Kind::Alarm => "alarm",
             Kind::Dashboard => "dashboard",
+            Kind::AlertTopic => "alert-topic",
+            Kind::AlertSubscription => "alert-subscription",
             Kind::TargetGroup => "target-group",
             Kind::LoadBalancer => "load-balancer",
             Kind::Listener => "listener",

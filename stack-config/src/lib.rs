@@ -52,6 +52,35 @@ pub struct Config {
     pub logs: LogsConfig,
     pub web: WebTierConfig,
     pub worker: WorkerTierConfig,
+    /// Who hears of the alarms (`[alerts]`); a file without the section notifies nobody.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// Who the alarms notify, and the one threshold only they use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// E-mail addresses subscribed to the stack's alerts topic. Each gets a message from
+    /// AWS to confirm first; until then it receives nothing.
+    #[serde(default)]
+    pub emails: Vec<String>,
+    /// The oldest waiting video older than this raises an alarm (workers stuck or too few).
+    #[serde(with = "humantime_serde", default = "default_oldest_job_age")]
+    pub oldest_job_age: Duration,
+}
+
+fn default_oldest_job_age() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            emails: Vec::new(),
+            oldest_job_age: default_oldest_job_age(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +326,21 @@ impl Config {
             self.worker.backlog_per_instance > 0,
             "worker.backlog_per_instance must be at least 1"
         );
+        for email in &self.alerts.emails {
+            let valid = email.split_once('@').is_some_and(|(user, domain)| {
+                !user.is_empty() && domain.contains('.') && !domain.starts_with('.')
+            }) && email.matches('@').count() == 1
+                && !email.contains(|c: char| c.is_whitespace() || c == ',');
+            anyhow::ensure!(
+                valid,
+                "alerts.emails: {email:?} is not an e-mail address (name@example.org)"
+            );
+        }
+        let age = self.alerts.oldest_job_age.as_secs();
+        anyhow::ensure!(
+            (60..=86_400).contains(&age),
+            "alerts.oldest_job_age must be between 1m and 24h"
+        );
         // The values CloudWatch Logs accepts.
         anyhow::ensure!(
             [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 3653]
@@ -353,6 +397,33 @@ mod tests {
             refused.contains("target-tracking") && refused.contains("step"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn alert_addresses_are_checked_and_the_section_is_optional() {
+        let without = DEFAULT_TOML.split("\n[alerts]").next().unwrap();
+        let config = Config::from_toml(without).unwrap();
+        assert!(config.alerts.emails.is_empty());
+        assert_eq!(config.alerts.oldest_job_age, Duration::from_secs(900));
+        let with = |emails: &str| {
+            Config::from_toml(&DEFAULT_TOML.replace("emails = []", &format!("emails = {emails}")))
+        };
+        assert_eq!(
+            with(r#"["ops@anb.example", "a.b@c.org"]"#)
+                .unwrap()
+                .alerts
+                .emails,
+            ["ops@anb.example", "a.b@c.org"]
+        );
+        for bad in [
+            r#"["ops"]"#,
+            r#"["ops@localhost"]"#,
+            r#"["a@b.c, d@e.f"]"#,
+            r#"["@x.org"]"#,
+        ] {
+            let refused = with(bad).unwrap_err().to_string();
+            assert!(refused.contains("alerts.emails"), "{bad}: {refused}");
+        }
     }
 
     #[test]

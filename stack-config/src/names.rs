@@ -66,6 +66,11 @@ pub fn queue_name(stack: &str) -> String {
     format!("{stack}-video-processing")
 }
 
+/// The SNS topic the stack's alarms notify (`[alerts] emails` subscribe to it).
+pub fn alerts_topic_name(stack: &str) -> String {
+    format!("{stack}-alerts")
+}
+
 /// The Secrets Manager secret holding the key the API signs access tokens with.
 pub fn token_secret_name(stack: &str) -> String {
     format!("{stack}-jwt-key")

@@ -7,6 +7,7 @@
 //!
 //! Every family is here; `desired.rs` only puts their desired resources in order.
 
+pub(crate) mod alerts;
 pub(crate) mod bucket;
 pub(crate) mod compute;
 pub(crate) mod database;
@@ -51,6 +52,7 @@ pub(crate) async fn create(
         Kind::Secret => secret::create(aws, change, ids).await,
         Kind::InstanceRole => role::create(aws, change, ids).await,
         Kind::Alarm | Kind::Dashboard => monitoring::create(aws, change, ids).await,
+        Kind::AlertTopic | Kind::AlertSubscription => alerts::create(aws, change, ids).await,
         Kind::Queue => queue::create(aws, change, ids).await,
     }
 }
@@ -75,6 +77,7 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, ids: &Ids) -> a
         | Kind::ScalingPolicy
         | Kind::LifecycleHook => compute::update(aws, change, id, ids).await,
         Kind::Alarm | Kind::Dashboard => monitoring::update(aws, change, id, ids).await,
+        Kind::AlertTopic | Kind::AlertSubscription => alerts::update(aws, change, id, ids).await,
         Kind::Bucket => bucket::update(aws, change, id, ids).await,
         Kind::Secret => secret::update(aws, change, id, ids).await,
         Kind::Queue => queue::update(aws, change, id, ids).await,
@@ -109,6 +112,7 @@ pub(crate) async fn delete(
         | Kind::LifecycleHook => compute::delete(aws, kind, id).await,
         Kind::Secret => secret::delete(aws, kind, id, safeguards).await,
         Kind::Alarm | Kind::Dashboard => monitoring::delete(aws, kind, id).await,
+        Kind::AlertTopic | Kind::AlertSubscription => alerts::delete(aws, kind, id).await,
         Kind::Bucket => bucket::delete(aws, kind, id).await,
         Kind::InstanceRole => role::delete(aws, kind, id).await,
     }

@@ -1,5 +1,7 @@
-//! CloudWatch alarms (a backlog over 5, anything in the dead-letter queue, the web tier's
-//! 5xx and unhealthy hosts that roll a deploy back) and the stack's dashboard.
+//! CloudWatch alarms (a backlog over 5, anything in the dead-letter queue, the oldest
+//! video waiting too long, the web tier's 5xx and unhealthy hosts that roll a deploy back)
+//! and the stack's dashboard. Each of these alarms notifies the stack's alerts topic when
+//! it goes off and when it clears (`resources::alerts`); the scaling alarms only scale.
 
 use std::collections::HashMap;
 
@@ -10,7 +12,8 @@ use crate::aws::{error_kind, observed, Aws, DeleteError, ErrorKind, Ids, STACK_T
 use crate::config::Config;
 use crate::model::{Change, Kind, Observed, Resource};
 use crate::names::{
-    asg_name, dead_letter_queue_name, load_balancer_name, queue_name, target_group_name, Names,
+    alerts_topic_name, asg_name, dead_letter_queue_name, load_balancer_name, queue_name,
+    target_group_name, Names,
 };
 use crate::resources::compute::MetricQuery;
 
@@ -46,7 +49,8 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
             ("description", description.to_owned()),
         ]
     };
-    vec![
+    let topic = alerts_topic_name(&n.stack);
+    let mut out = vec![
         Resource::new(
             Kind::Alarm,
             n.of("queue-backlog"),
@@ -56,6 +60,32 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
             Kind::Alarm,
             n.of("dead-letters"),
             &alarm(&dlq, "0", "a video job landed in the dead-letter queue"),
+        ),
+        Resource::new(
+            Kind::Alarm,
+            n.of("oldest-job"),
+            &[
+                ("namespace", "AWS/SQS".to_owned()),
+                ("metric", "ApproximateAgeOfOldestMessage".to_owned()),
+                ("dimension", format!("QueueName={queue}")),
+                ("statistic", "Maximum".to_owned()),
+                ("period", "60".to_owned()),
+                ("evaluation_periods", "1".to_owned()),
+                ("comparison", "GreaterThanThreshold".to_owned()),
+                (
+                    "threshold",
+                    config.alerts.oldest_job_age.as_secs().to_string(),
+                ),
+                (
+                    "description",
+                    format!(
+                        "a video has waited more than {} for a worker",
+                        humantime_serde::re::humantime::format_duration(
+                            config.alerts.oldest_job_age
+                        )
+                    ),
+                ),
+            ],
         ),
         // A worker release's refresh alarm: dead letters *arriving* (the queue's total
         // going up within a minute). The depth itself would stay in ALARM while old dead
@@ -136,7 +166,11 @@ pub(crate) fn desired(n: &Names, config: &Config) -> Vec<Resource> {
             n.of("overview"),
             &[("body", dashboard_body(n, config))],
         ),
-    ]
+    ];
+    for alarm in out.iter_mut().filter(|r| r.kind == Kind::Alarm) {
+        alarm.props.insert("notify".into(), topic.clone());
+    }
+    out
 }
 
 /// The dashboard's JSON, in a canonical form (sorted keys) so it compares as a string.
@@ -311,10 +345,11 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
                 ),
             ],
         ));
-        if let (Some(action), Some(last)) = (alarm.alarm_actions().first(), out.last_mut()) {
-            // An ARN for now; `observe` turns it into the policy's name.
-            last.resource.props.insert("action".into(), action.clone());
-        }
+        let props = &mut out.last_mut().expect("just pushed").resource.props;
+        props.extend(actions_properties(
+            alarm.alarm_actions(),
+            alarm.ok_actions(),
+        ));
     }
     // Dashboards carry no tags: only the exact name this stack gives its own is read.
     let own_dashboard = dashboards
@@ -346,6 +381,31 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
         ));
     }
     Ok(out)
+}
+
+/// An alarm's actions as properties: `action`, the scaling policy's ARN (which
+/// [`resolve_actions`] turns into its name), and `notify`, the topic notified both when it
+/// goes off and when it clears (a topic notified only one way says so, and differs).
+fn actions_properties(on_alarm: &[String], on_ok: &[String]) -> Vec<(String, String)> {
+    let is_topic = |arn: &&String| arn.contains(":sns:");
+    let mut props = Vec::new();
+    if let Some(policy) = on_alarm.iter().find(|arn| !is_topic(arn)) {
+        props.push(("action".to_owned(), policy.clone()));
+    }
+    let topic = |actions: &[String]| {
+        actions
+            .iter()
+            .find(is_topic)
+            .map(|arn| crate::resources::alerts::topic_of_arn(arn).to_owned())
+    };
+    let notify = match (topic(on_alarm), topic(on_ok)) {
+        (Some(a), Some(b)) if a == b => Some(a),
+        (Some(a), _) => Some(format!("{a} (on alarm only)")),
+        (None, Some(b)) => Some(format!("{b} (on OK only)")),
+        (None, None) => None,
+    };
+    props.extend(notify.map(|topic| ("notify".to_owned(), topic)));
+    props
 }
 
 /// An alarm's action as AWS holds it is a scaling policy's ARN; the desired `action` names
@@ -395,10 +455,19 @@ async fn put(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<()> {
         .put_metric_alarm()
         .alarm_name(name)
         .alarm_description(&p["description"])
-        .set_alarm_actions(match p.get("action") {
-            Some(policy) => Some(vec![ids.id_of(policy)?]),
-            None => None,
-        });
+        .set_alarm_actions(non_empty(
+            [p.get("action"), p.get("notify")]
+                .into_iter()
+                .flatten()
+                .map(|name| ids.id_of(name))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        ))
+        .set_ok_actions(
+            p.get("notify")
+                .map(|t| ids.id_of(t))
+                .transpose()?
+                .map(|t| vec![t]),
+        );
     put = match p.get("metrics") {
         Some(spec) => put.set_metrics(Some(alarm_queries(spec, period)?)),
         None => {
@@ -431,6 +500,11 @@ async fn put(aws: &Aws, change: &Change, ids: &Ids) -> anyhow::Result<()> {
         .send()
         .await?;
     Ok(())
+}
+
+/// `None` for no actions: a list sent empty is not how the API says "none".
+fn non_empty(actions: Vec<String>) -> Option<Vec<String>> {
+    (!actions.is_empty()).then_some(actions)
 }
 
 /// A dimension's value as CloudWatch wants it. The load balancer's metrics name it and its
@@ -562,6 +636,49 @@ pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), Delete
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alarm_notifies_its_topic_both_ways_or_differs() {
+        let topic = "arn:aws:sns:us-east-1:123456789012:anb-alerts".to_owned();
+        let policy = "arn:aws:autoscaling:us-east-1:1:scalingPolicy:x".to_owned();
+        let props = |on_alarm: &[String], on_ok: &[String]| actions_properties(on_alarm, on_ok);
+        assert_eq!(
+            props(
+                &[policy.clone(), topic.clone()],
+                std::slice::from_ref(&topic)
+            ),
+            [
+                ("action".to_owned(), policy.clone()),
+                ("notify".to_owned(), "anb-alerts".to_owned())
+            ]
+        );
+        assert_eq!(
+            props(std::slice::from_ref(&topic), &[]),
+            [("notify".to_owned(), "anb-alerts (on alarm only)".to_owned())]
+        );
+        assert_eq!(props(&[], &[]), []);
+        let notified: Vec<String> = desired(
+            &Names {
+                stack: "anb".into(),
+            },
+            &Config::load(None).unwrap(),
+        )
+        .into_iter()
+        .filter(|r| r.props.get("notify").map(String::as_str) == Some("anb-alerts"))
+        .map(|r| r.name)
+        .collect();
+        assert_eq!(
+            notified,
+            [
+                "anb-queue-backlog",
+                "anb-dead-letters",
+                "anb-oldest-job",
+                "anb-worker-new-dead-letters",
+                "anb-web-target-5xx",
+                "anb-web-unhealthy-hosts"
+            ]
+        );
+    }
 
     #[test]
     fn alarm_actions_read_back_as_the_names_of_the_policies_they_trigger() {

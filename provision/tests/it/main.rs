@@ -4,6 +4,7 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
+mod alerts;
 mod deploy;
 mod helpers;
 mod lock;

@@ -148,9 +148,9 @@ async fn up_converges_is_idempotent_repairs_drift_and_down_removes_everything() 
     );
     assert_eq!(
         alarms.metric_alarms().len(),
-        7,
-        "backlog, dead letters, new dead letters, web CPU high and low, target 5xx, unhealthy \
-         hosts"
+        8,
+        "backlog, dead letters, oldest job, new dead letters, web CPU high and low, target 5xx, \
+         unhealthy hosts"
     );
     // A refresh's rollback alarm watches this stack's load balancer and target group,
     // named as CloudWatch names them (the ARNs' suffixes).
