@@ -163,6 +163,8 @@ pub struct StackShape {
     pub web_detailed_monitoring: bool,
     pub database_class: String,
     pub multi_az: bool,
+    /// A stopped database (a paused stack) bills its storage only.
+    pub database_stopped: bool,
     pub storage_gb: u32,
     /// Instances in public subnets (each with a public address); else behind a NAT.
     pub public_instances: bool,
@@ -197,15 +199,24 @@ pub fn stack_cost(shape: &StackShape) -> anyhow::Result<Vec<CostLine>> {
     let instances = shape.web.1 + shape.worker.1;
     lines.push(CostLine {
         what: format!(
-            "RDS {} {}",
+            "RDS {} {}{}",
             shape.database_class,
             if shape.multi_az {
                 "Multi-AZ"
             } else {
                 "single-AZ"
+            },
+            if shape.database_stopped {
+                " (stopped)"
+            } else {
+                ""
             }
         ),
-        usd_per_hour: rds * az,
+        usd_per_hour: if shape.database_stopped {
+            0.0
+        } else {
+            rds * az
+        },
     });
     lines.push(CostLine {
         what: format!("RDS storage {} GB", shape.storage_gb),

@@ -1,5 +1,6 @@
 //! What `up` needs beyond converging resources: release artifacts in the bucket, the
-//! public URL, and waiting until the load balancer has healthy targets.
+//! public URL, waiting until the load balancer has healthy targets, and the record of
+//! each deploy (`deploys/` in the bucket, which `provision releases` lists).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,7 +43,91 @@ fn is_missing<E: aws_sdk_s3::error::ProvideErrorMetadata>(
         || e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
 }
 
+/// One run of `up`: which release, who, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeployRecord {
+    pub release: String,
+    /// The STS caller that ran it.
+    pub who: String,
+    /// RFC 3339.
+    pub started: String,
+    pub seconds: f64,
+    pub succeeded: bool,
+    /// "rolled out", "rollout started", or the error's first line.
+    pub outcome: String,
+}
+
+/// Where deploy records are kept: one object each (no read-modify-write to race), named
+/// so that they list oldest first.
+const DEPLOYS_PREFIX: &str = "deploys/";
+
+/// How many deploy records `provision releases` shows.
+const DEPLOYS_SHOWN: usize = 20;
+
 impl Aws {
+    /// Appends `record` to the stack's deploy history.
+    pub async fn record_deploy(&self, bucket: &str, record: &DeployRecord) -> anyhow::Result<()> {
+        let started = chrono::DateTime::parse_from_rfc3339(&record.started)
+            .context("a deploy record's start is RFC 3339")?;
+        let key = format!(
+            "{DEPLOYS_PREFIX}{}-{}.json",
+            started.format("%Y%m%dT%H%M%S%.3fZ"),
+            record.release
+        );
+        let written = self
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(&key)
+            .expected_bucket_owner(&self.account_id)
+            .content_type("application/json")
+            .body(serde_json::to_vec(record)?.into())
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            // An `up` that stopped before there was a bucket deployed nothing to record.
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("write s3://{bucket}/{key}")),
+        }
+    }
+
+    /// The last deploy records, oldest first.
+    pub async fn deploy_records(&self, bucket: &str) -> anyhow::Result<Vec<DeployRecord>> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(DEPLOYS_PREFIX)
+            .expected_bucket_owner(&self.account_id)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(page) => keys.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(str::to_owned)),
+                ),
+                Err(e) if is_missing(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(e).with_context(|| format!("list s3://{bucket}/deploys/")),
+            }
+        }
+        keys.sort();
+        let newest = &keys[keys.len().saturating_sub(DEPLOYS_SHOWN)..];
+        let mut records = Vec::new();
+        for key in newest {
+            if let Some(text) = self.read_object(bucket, key).await? {
+                match serde_json::from_str(&text) {
+                    Ok(record) => records.push(record),
+                    Err(e) => eprintln!("  skipping s3://{bucket}/{key}: {e}"),
+                }
+            }
+        }
+        Ok(records)
+    }
+
     /// The text of an object, or `None` when it does not exist.
     async fn read_object(&self, bucket: &str, key: &str) -> anyhow::Result<Option<String>> {
         let read = self

@@ -17,9 +17,12 @@ pub use stack_config as config;
 pub mod deploy;
 pub mod desired;
 mod engine;
+pub mod health;
 pub mod lock;
+pub mod logs;
 pub mod metrics;
 pub mod model;
+pub mod pause;
 pub use stack_config::names;
 pub mod plan;
 pub(crate) mod resources;
@@ -30,6 +33,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
+use anyhow::Context;
 use serde_json::json;
 
 use crate::aws::Aws;
@@ -120,6 +124,11 @@ impl Stack {
 
     /// Desired versus observed, in creation order, orphans last.
     pub async fn changes(&self) -> anyhow::Result<Vec<Change>> {
+        Ok(self.compare().await?.0)
+    }
+
+    /// [`Self::changes`], and what was observed.
+    async fn compare(&self) -> anyhow::Result<(Vec<Change>, Vec<model::Observed>)> {
         let observed = self.aws.observe(&self.bucket()).await?;
         let release = self
             .release
@@ -136,7 +145,7 @@ impl Stack {
             worker_sha256: digests.get("worker").map_or("", String::as_str),
         };
         refuse_swapped_binaries(&observed, &release)?;
-        Ok(model::diff(&self.desired(release), &observed))
+        Ok((model::diff(&self.desired(release), &observed), observed))
     }
 
     fn desired(&self, release: userdata::Release) -> Vec<model::Resource> {
@@ -150,33 +159,29 @@ impl Stack {
     }
 
     pub async fn plan(&self, output: Output) -> anyhow::Result<Vec<Change>> {
-        let changes = self.changes().await?;
-        print_changes(&changes, output, self.verbose, Some(&self.cost()?));
+        let (changes, observed) = self.compare().await?;
+        let cost = plan::Cost {
+            configured: self.cost()?,
+            deployed: self.deployed_cost(&observed)?,
+        };
+        print_changes(&changes, output, self.verbose, Some(&cost));
         Ok(changes)
     }
 
     /// What the stack costs an hour as configured, at the groups' minimum sizes.
     pub fn cost(&self) -> anyhow::Result<Vec<capacity::CostLine>> {
-        let config = &self.config;
         let desired = self.desired(userdata::Release::default());
-        let count = |kind: model::Kind| desired.iter().filter(|r| r.kind == kind).count() as u32;
-        // Target tracking adds two alarms of its own.
-        let tracking_alarms = match config.worker.scaling_policy {
-            stack_config::WorkerScaling::TargetTracking => 2,
-            stack_config::WorkerScaling::Step => 0,
-        };
-        capacity::stack_cost(&capacity::StackShape {
-            web: (config.web.instance_type.clone(), config.web.min_size),
-            worker: (config.worker.instance_type.clone(), config.worker.min_size),
-            volume_gb: resources::compute::ROOT_VOLUME_GB,
-            web_detailed_monitoring: true,
-            database_class: config.database.instance_class.clone(),
-            multi_az: config.database.multi_az,
-            storage_gb: config.database.allocated_storage_gb,
-            public_instances: config.network.instances == stack_config::InstanceSubnets::Public,
-            secrets: 2,
-            alarms: count(model::Kind::Alarm) + tracking_alarms,
-        })
+        Ok(cost_of(&desired, &self.config.stack.name, false)?
+            .expect("the desired state has both groups and the database"))
+    }
+
+    /// What the stack as deployed costs an hour (None when it is not all there yet).
+    fn deployed_cost(
+        &self,
+        observed: &[model::Observed],
+    ) -> anyhow::Result<Option<Vec<capacity::CostLine>>> {
+        let resources: Vec<model::Resource> = observed.iter().map(|o| o.resource.clone()).collect();
+        cost_of(&resources, &self.config.stack.name, false)
     }
 
     /// Converges; returns how many changes were made. Re-running after an interruption
@@ -185,6 +190,13 @@ impl Stack {
     /// [`Stack::roll`]).
     pub async fn up(&self, output: Output) -> anyhow::Result<usize> {
         let started = Instant::now();
+        if let Some(paused) = self.aws.paused().await? {
+            anyhow::bail!(
+                "nothing changed: stack {} is {}; run `provision resume` first, then `up`",
+                self.config.stack.name,
+                paused.summary()
+            );
+        }
         let changes = self.changes().await?;
         let todo: Vec<&Change> = changes
             .iter()
@@ -307,13 +319,29 @@ impl Stack {
     /// `provision releases`: what is published in the bucket and what each tier runs.
     pub async fn releases(&self, output: Output) -> anyhow::Result<Vec<rollout::PublishedRelease>> {
         let releases = self.aws.releases(&self.bucket()).await?;
+        let deploys = self.aws.deploy_records(&self.bucket()).await?;
         report(
             output,
             "releases",
-            json!(releases),
-            &rollout::render_releases(&releases),
+            json!({"releases": releases, "deploys": deploys}),
+            &format!(
+                "{}\n\n{}",
+                rollout::render_releases(&releases),
+                rollout::render_deploys(&deploys).trim_end()
+            ),
         );
         Ok(releases)
+    }
+
+    /// The release `up` deploys: the one asked for, else the one the web launch template
+    /// names now.
+    pub async fn target_release(&self) -> anyhow::Result<String> {
+        if let Some(release) = &self.release {
+            return Ok(release.clone());
+        }
+        let template = names::launch_template_name(&self.config.stack.name, "web");
+        let version = resources::compute::latest_template_version(&self.aws, &template).await?;
+        self.aws.release_of(&template, version).await
     }
 
     /// Stops `up` before it changes anything when a change would delete data: a bucket or
@@ -477,11 +505,89 @@ impl Stack {
     pub async fn status(&self, output: Output) -> anyhow::Result<Sync> {
         let changes = self.changes().await?;
         print_changes(&changes, output, self.verbose, None);
+        if let (Some(paused), Output::Text) = (self.aws.paused().await?, output) {
+            println!("Stack {} is {}.", self.config.stack.name, paused.summary());
+        }
         Ok(if changes.iter().any(Change::is_change) {
             Sync::Drift
         } else {
             Sync::InSync
         })
+    }
+
+    /// `provision status --health`: the stack's health, drift and cost, read now.
+    pub async fn health(&self) -> anyhow::Result<health::Health> {
+        let desired = self.desired(userdata::Release::default());
+        let alarms: Vec<String> = desired
+            .iter()
+            .filter(|r| r.kind == model::Kind::Alarm)
+            .map(|r| r.name.clone())
+            .collect();
+        let (parts, compared) = tokio::join!(
+            Box::pin(self.aws.health_parts(&alarms)),
+            Box::pin(self.compare())
+        );
+        let mut health = parts?;
+        let (changes, observed) = compared?;
+        health.drift = changes
+            .iter()
+            .filter(|c| c.is_change())
+            .map(|c| format!("{} {}", c.kind, c.name))
+            .collect();
+        let resources: Vec<model::Resource> = observed.iter().map(|o| o.resource.clone()).collect();
+        health.usd_per_hour =
+            cost_of(&resources, &self.config.stack.name, health.paused.is_some())?
+                .map_or(0.0, |lines| lines.iter().map(|l| l.usd_per_hour).sum());
+        Ok(health)
+    }
+
+    /// `provision pause`: both groups to 0 and the database stopped; says what still
+    /// costs while paused.
+    pub async fn pause(&self) -> anyhow::Result<()> {
+        // A worker being scaled in finishes its video first: at most one ffmpeg run, plus
+        // its upload and the instance's shutdown.
+        let drain = stack_config::worker_ffmpeg_timeout() + std::time::Duration::from_secs(600);
+        eprintln!("Pausing stack {}:", self.config.stack.name);
+        self.aws.pause(drain).await?;
+        let desired = self.desired(userdata::Release::default());
+        let still = cost_of(&desired, &self.config.stack.name, true)?
+            .expect("the desired state has both groups and the database");
+        let hourly: f64 = still.iter().map(|l| l.usd_per_hour).sum();
+        let billed: Vec<String> = still
+            .iter()
+            .filter(|l| l.usd_per_hour > 0.0)
+            .map(|l| format!("  ${:.4}/h  {}", l.usd_per_hour, l.what))
+            .collect();
+        let paused = self
+            .aws
+            .paused()
+            .await?
+            .context("the stack's tags do not say it is paused")?;
+        println!(
+            "Stack {} is {}.\nWhile paused it still costs ${hourly:.3}/h (about ${:.0} a \
+             month), besides the bucket's storage:\n{}",
+            self.config.stack.name,
+            paused.summary(),
+            hourly * capacity::HOURS_PER_MONTH,
+            billed.join("\n")
+        );
+        Ok(())
+    }
+
+    /// `provision resume`: the database started, the groups back to their sizes, then a
+    /// wait (up to 30 min) until the load balancer has healthy web instances.
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.aws.paused().await?.is_some(),
+            "stack {} is not paused: nothing to resume",
+            self.config.stack.name
+        );
+        eprintln!("Resuming stack {}:", self.config.stack.name);
+        let limit = std::time::Duration::from_secs(30 * 60);
+        self.aws.resume(limit).await?;
+        self.wait_for_healthy_targets(limit).await?;
+        println!("Stack {} is running again.", self.config.stack.name);
+        Ok(())
     }
 
     /// Deletes everything carrying the stack tag, dependents first, but the bucket (with
@@ -579,6 +685,66 @@ fn refuse_swapped_binaries(
         );
     }
     Ok(())
+}
+
+/// What the stack made of `resources` (desired or observed) costs an hour, at the groups'
+/// minimum sizes; `paused`: with no instances and the database stopped. None when the
+/// groups, their templates or the database are missing.
+fn cost_of(
+    resources: &[model::Resource],
+    stack: &str,
+    paused: bool,
+) -> anyhow::Result<Option<Vec<capacity::CostLine>>> {
+    let find = |kind: model::Kind, name: &str| {
+        resources
+            .iter()
+            .find(|r| r.kind == kind && r.name == name)
+            .map(|r| &r.props)
+    };
+    let prop = |props: &model::Props, key: &str| props.get(key).cloned().unwrap_or_default();
+    let tier = |tier: &str| -> Option<(String, u32)> {
+        let template = find(
+            model::Kind::LaunchTemplate,
+            &names::launch_template_name(stack, tier),
+        )?;
+        let group = find(model::Kind::AutoScalingGroup, &names::asg_name(stack, tier))?;
+        let count = if paused {
+            0
+        } else {
+            prop(group, "min_size").parse().ok()?
+        };
+        Some((prop(template, "instance_type"), count))
+    };
+    let (Some(web), Some(worker), Some(database)) = (
+        tier("web"),
+        tier("worker"),
+        find(model::Kind::Database, &names::database_name(stack)),
+    ) else {
+        return Ok(None);
+    };
+    let count = |kind: model::Kind| resources.iter().filter(|r| r.kind == kind).count() as u32;
+    // Target tracking adds two alarms of its own.
+    let tracking = resources.iter().any(|r| {
+        r.kind == model::Kind::ScalingPolicy
+            && r.props.get("policy_type").map(String::as_str) == Some("TargetTrackingScaling")
+    });
+    capacity::stack_cost(&capacity::StackShape {
+        web,
+        worker,
+        volume_gb: resources::compute::ROOT_VOLUME_GB,
+        web_detailed_monitoring: true,
+        database_class: prop(database, "instance_class"),
+        multi_az: prop(database, "multi_az") == "true",
+        database_stopped: paused,
+        storage_gb: prop(database, "allocated_storage")
+            .parse()
+            .unwrap_or_default(),
+        public_instances: count(model::Kind::NatGateway) == 0,
+        // The token signing key, and the database's master password RDS keeps.
+        secrets: 2,
+        alarms: count(model::Kind::Alarm) + if tracking { 2 } else { 0 },
+    })
+    .map(Some)
 }
 
 /// The release the stack's web launch template names (empty when there is none).

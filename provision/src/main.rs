@@ -78,7 +78,49 @@ enum Command {
         artifacts: Vec<(String, PathBuf)>,
     },
     /// Compare the live stack with the configuration. Exit 0 in sync, 2 drift, 1 error.
-    Status,
+    /// A paused stack is in sync (it says it is paused).
+    Status {
+        /// Also the stack's health: each tier's instances (zone, lifecycle state, health,
+        /// release, age) and instance refresh, the load balancer's view of each target, the
+        /// queue and dead letters, each alarm, who the alerts reach (and who has not
+        /// confirmed), the database, a pause, the drift and the cost. Exit 3 when
+        /// unhealthy (an alarm in ALARM, an unhealthy instance or target, no healthy web
+        /// instance, the database not available, dead letters); else as `status`.
+        #[arg(long)]
+        health: bool,
+        /// With --health: read again and redraw every SECONDS (Ctrl-C stops); on a
+        /// terminal the screen is redrawn in place, else one report after another.
+        #[arg(long, value_name = "SECONDS", requires = "health", value_parser = clap::value_parser!(u64).range(1..))]
+        watch: Option<u64>,
+    },
+    /// Bring both groups to 0 instances (their sizes kept in tags on the groups) and stop
+    /// the database, for a lab's budget: what still costs is printed. AWS starts a stopped
+    /// database again after 7 days (`status --health` shows the date). `up` refuses on a
+    /// paused stack; `resume` brings it back.
+    Pause,
+    /// Start the database, put both groups back to their sizes, and wait (up to 30 min)
+    /// until the load balancer has healthy web instances.
+    Resume,
+    /// Read the stack's CloudWatch Logs (/anb/<stack>: each instance's service journal and
+    /// boot log), oldest first. `--video ID` traces one video from the API's upload line
+    /// to the worker's processed line.
+    Logs {
+        /// Only this tier's instances (their service and boot logs).
+        #[arg(long, value_parser = ["web", "worker"])]
+        tier: Option<String>,
+        /// Start: an RFC 3339 time or a duration ago (30m, 2h).
+        #[arg(long, value_parser = parse_time, default_value = "1h")]
+        since: chrono::DateTime<chrono::Utc>,
+        /// Keep polling (every 2 s) and print new lines as they come; Ctrl-C stops.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the lines that name this video id.
+        #[arg(long, value_name = "ID")]
+        video: Option<String>,
+        /// Only this instance's logs (its id, i-…).
+        #[arg(long, value_name = "ID")]
+        instance: Option<String>,
+    },
     /// List the releases published in the stack's bucket, oldest first: name, upload
     /// time, each binary's SHA-256, and which tier's group launches it. To roll back by
     /// hand, `up --wait --release NAME` with an older one.
@@ -128,6 +170,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(region) = cli.region {
         config.stack.region = region;
     }
+    if let Command::Logs {
+        tier,
+        since,
+        follow,
+        video,
+        instance,
+    } = &cli.command
+    {
+        // Reads CloudWatch Logs only.
+        let aws = provision::aws::Aws::connect(
+            &config.stack.name,
+            &config.stack.region,
+            cli.endpoint_url.as_deref(),
+        )
+        .await?;
+        let query = provision::logs::LogQuery {
+            tier: tier.clone(),
+            instance: instance.clone(),
+            video: video.clone(),
+            since: Some(*since),
+        };
+        let output = cli.output;
+        aws.print_logs(
+            &query,
+            *follow,
+            std::time::Duration::from_secs(2),
+            |line| match output {
+                Output::Text => println!("{}", line.render()),
+                Output::Json => println!("{}", serde_json::to_string(line).unwrap_or_default()),
+            },
+        )
+        .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Metrics { since, until } = cli.command {
         // Reads CloudWatch only: no image lookup or other set-up of a stack to change.
         let aws = provision::aws::Aws::connect(
@@ -172,6 +248,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command_name = match cli.command {
         Command::Up { .. } => Some("up"),
         Command::Down { .. } => Some("down"),
+        Command::Pause => Some("pause"),
+        Command::Resume => Some("resume"),
         _ => None,
     };
     let lock = match command_name {
@@ -190,27 +268,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             }
             Command::Up { wait, .. } => {
-                stack.up(cli.output).await?;
-                let (url, logs) = stack.endpoints().await?;
-                if wait {
-                    let waited = match stack.roll(true).await {
-                        Ok(()) => {
-                            stack
-                                .wait_for_healthy_targets(std::time::Duration::from_secs(30 * 60))
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = waited {
-                        eprintln!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
-                        return Err(e);
-                    }
-                }
-                if let Some(url) = url {
-                    println!("URL: {url}/api/health");
-                }
-                println!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
-                ExitCode::SUCCESS
+                let started = chrono::Utc::now();
+                let result = up(&stack, cli.output, wait).await;
+                record_deploy(&stack, started, wait, &result).await;
+                result?
             }
             Command::Publish { artifacts } => {
                 let release = cli
@@ -223,15 +284,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 ExitCode::SUCCESS
             }
-            Command::Status => match stack.status(cli.output).await? {
+            Command::Status { health: false, .. } => match stack.status(cli.output).await? {
                 Sync::InSync => ExitCode::SUCCESS,
                 Sync::Drift => ExitCode::from(2),
             },
+            Command::Status {
+                health: true,
+                watch,
+            } => health(&stack, cli.output, watch).await?,
+            Command::Pause => {
+                stack.pause().await?;
+                ExitCode::SUCCESS
+            }
+            Command::Resume => {
+                stack.resume().await?;
+                ExitCode::SUCCESS
+            }
             Command::Releases => {
                 stack.releases(cli.output).await?;
                 ExitCode::SUCCESS
             }
-            Command::Metrics { .. } => unreachable!("answered above"),
+            Command::Metrics { .. } | Command::Logs { .. } => unreachable!("answered above"),
             Command::Down { flags } => {
                 let delete_videos = flags.delete_videos;
                 if !flags.yes && !provision::confirm_down(&stack.config.stack.name, delete_videos)?
@@ -267,6 +340,101 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     result
+}
+
+/// `up`, with `--wait` following each tier's refresh and then the load balancer.
+async fn up(stack: &Stack, output: Output, wait: bool) -> anyhow::Result<ExitCode> {
+    stack.up(output).await?;
+    let (url, logs) = stack.endpoints().await?;
+    if wait {
+        let waited = match stack.roll(true).await {
+            Ok(()) => {
+                stack
+                    .wait_for_healthy_targets(std::time::Duration::from_secs(30 * 60))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = waited {
+            eprintln!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
+            return Err(e);
+        }
+    }
+    if let Some(url) = url {
+        println!("URL: {url}/api/health");
+    }
+    println!("Logs:\n  {}", logs.trim_end().replace('\n', "\n  "));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Appends this run of `up` to the stack's deploy history (`provision releases`); a
+/// failure to write it is said, and changes nothing of the outcome.
+async fn record_deploy(
+    stack: &Stack,
+    started: chrono::DateTime<chrono::Utc>,
+    wait: bool,
+    result: &anyhow::Result<ExitCode>,
+) {
+    let outcome = match result {
+        Ok(_) if wait => "rolled out".to_owned(),
+        Ok(_) => "applied; the rollout goes on (`provision status --health`)".to_owned(),
+        Err(e) => provision::aws::stale_credentials(e).unwrap_or_else(|| {
+            format!("{e:#}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        }),
+    };
+    let record = async {
+        let record = provision::deploy::DeployRecord {
+            release: stack
+                .target_release()
+                .await
+                .unwrap_or_else(|_| "(none)".into()),
+            who: stack.aws.caller.clone(),
+            started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            seconds: (chrono::Utc::now() - started).num_milliseconds() as f64 / 1000.0,
+            succeeded: result.is_ok(),
+            outcome,
+        };
+        stack.aws.record_deploy(&stack.bucket(), &record).await
+    };
+    if let Err(e) = record.await {
+        eprintln!("provision: could not record this deploy in the bucket: {e:#}");
+    }
+}
+
+/// `status --health`, once or every `watch` seconds. Exit 3 unhealthy, 2 drift, 0.
+async fn health(stack: &Stack, output: Output, watch: Option<u64>) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let redraw = watch.is_some() && std::io::stdout().is_terminal();
+    loop {
+        let health = stack.health().await?;
+        match output {
+            Output::Text if redraw => print!("\x1b[H\x1b[2J{}", health.render()),
+            Output::Text => print!("{}", health.render()),
+            Output::Json => {
+                let mut value = serde_json::to_value(&health)?;
+                value["problems"] = serde_json::json!(health.problems());
+                println!("{value}");
+            }
+        }
+        let code = if !health.problems().is_empty() {
+            ExitCode::from(3)
+        } else if !health.drift.is_empty() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+        let Some(seconds) = watch else {
+            return Ok(code);
+        };
+        if !redraw && output == Output::Text {
+            println!();
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    }
 }
 
 /// An RFC 3339 time, or a duration before now ("30m", "2h", "0s").

@@ -82,7 +82,7 @@ pub(crate) fn print_changes(
     changes: &[Change],
     output: Output,
     verbose: bool,
-    cost: Option<&[capacity::CostLine]>,
+    cost: Option<&Cost>,
 ) {
     match output {
         Output::Text => {
@@ -112,32 +112,75 @@ pub(crate) fn print_changes(
             let in_sync = !changes.iter().any(Change::is_change);
             let mut answer = json!({"in_sync": in_sync, "resources": items});
             if let Some(cost) = cost {
-                let hourly: f64 = cost.iter().map(|l| l.usd_per_hour).sum();
-                answer["cost"] = json!({
-                    "prices": capacity::STACK_PRICES_DATE,
-                    "usd_per_hour": hourly,
-                    "usd_per_month": hourly * capacity::HOURS_PER_MONTH,
-                    "lines": cost,
-                });
+                answer["cost"] = cost.to_json();
             }
             println!("{answer}");
         }
     }
 }
 
+/// The stack's cost an hour, as configured and as deployed now (both at the groups'
+/// minimum sizes).
+#[derive(Debug, Clone)]
+pub struct Cost {
+    pub configured: Vec<capacity::CostLine>,
+    /// None while the stack is not all deployed.
+    pub deployed: Option<Vec<capacity::CostLine>>,
+}
+
+fn hourly(lines: &[capacity::CostLine]) -> f64 {
+    lines.iter().map(|l| l.usd_per_hour).sum()
+}
+
+impl Cost {
+    /// What `up` would change the hourly cost by (the whole cost when nothing is there).
+    pub fn delta_per_hour(&self) -> f64 {
+        hourly(&self.configured) - self.deployed.as_deref().map_or(0.0, hourly)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let configured = hourly(&self.configured);
+        json!({
+            "prices": capacity::STACK_PRICES_DATE,
+            "usd_per_hour": configured,
+            "usd_per_month": configured * capacity::HOURS_PER_MONTH,
+            "lines": self.configured,
+            "deployed_usd_per_hour": self.deployed.as_deref().map(hourly),
+            "delta_usd_per_hour": self.delta_per_hour(),
+            "delta_usd_per_month": self.delta_per_hour() * capacity::HOURS_PER_MONTH,
+        })
+    }
+}
+
 /// The stack's cost as configured, at the groups' minimum sizes: a line per billable
-/// kind and the total an hour and a month.
-pub fn render_cost(cost: &[capacity::CostLine]) -> String {
-    let hourly: f64 = cost.iter().map(|l| l.usd_per_hour).sum();
+/// kind and the total an hour and a month; then how much `up` changes it by.
+pub fn render_cost(cost: &Cost) -> String {
+    let configured = hourly(&cost.configured);
     let mut out = format!(
-        "\nCost as configured, at the minimum size ({}): ${hourly:.2}/h, about ${:.0} a \
+        "\nCost as configured, at the minimum size ({}): ${configured:.2}/h, about ${:.0} a \
          month\n",
         capacity::STACK_PRICES_DATE,
-        hourly * capacity::HOURS_PER_MONTH
+        configured * capacity::HOURS_PER_MONTH
     );
-    for line in cost {
+    for line in &cost.configured {
         out.push_str(&format!("  ${:.4}/h  {}\n", line.usd_per_hour, line.what));
     }
+    let delta = cost.delta_per_hour();
+    let (per_hour, per_month) = (delta, delta * capacity::HOURS_PER_MONTH);
+    out.push_str(&match &cost.deployed {
+        None => format!(
+            "After `up`: +${per_hour:.2}/h (+${per_month:.0} a month) over what runs now \
+             (the stack is not all there yet)\n"
+        ),
+        Some(_) if per_hour.abs() < 0.000_05 => {
+            "After `up`: the same as what runs now\n".to_owned()
+        }
+        Some(deployed) => format!(
+            "After `up`: {per_hour:+.4}/h ({per_month:+.2} a month) against ${:.2}/h as \
+             deployed now\n",
+            hourly(deployed)
+        ),
+    });
     out
 }
 

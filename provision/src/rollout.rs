@@ -81,6 +81,26 @@ impl Aws {
     }
 }
 
+/// The deploy history as text, oldest first.
+pub fn render_deploys(deploys: &[crate::deploy::DeployRecord]) -> String {
+    if deploys.is_empty() {
+        return "No deploy recorded yet (each `provision up` adds one).\n".to_owned();
+    }
+    let mut out = format!("Last {} deploy(s), oldest first:\n", deploys.len());
+    for d in deploys {
+        out.push_str(&format!(
+            "  {}  {:<12} {:>6.0} s  {}  {}\n",
+            d.started,
+            d.release,
+            d.seconds,
+            if d.succeeded { "ok    " } else { "FAILED" },
+            d.outcome
+        ));
+        out.push_str(&format!("      by {}\n", d.who));
+    }
+    out
+}
+
 /// `provision releases` as text: one line per release, oldest first.
 pub fn render_releases(releases: &[PublishedRelease]) -> String {
     if releases.is_empty() {

@@ -52,7 +52,12 @@ async fn a_held_lock_stops_up_and_down_until_released_or_forced() {
         .await
         .unwrap();
     let config = config_file();
-    for command in [&["up"][..], &["down", "--yes", "--delete-videos"]] {
+    for command in [
+        &["up"][..],
+        &["down", "--yes", "--delete-videos"],
+        &["pause"],
+        &["resume"],
+    ] {
         let out = provision(command, &name, &moto.endpoint, config.path());
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");

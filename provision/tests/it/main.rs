@@ -9,6 +9,7 @@ mod deploy;
 mod helpers;
 mod lock;
 mod metrics;
+mod operate;
 mod rollout;
 mod safety;
 mod stack;

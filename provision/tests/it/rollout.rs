@@ -217,6 +217,27 @@ async fn a_release_refreshes_web_then_worker_and_a_bad_one_rolls_back() {
     let table = provision::rollout::render_releases(&releases);
     assert!(table.starts_with("RELEASE"), "{table}");
     assert!(table.contains("up --wait --release NAME"), "{table}");
+    // The binary's `up` left a deploy record: who, which release, how it ended.
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    let out = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args(["releases", "--output", "json", "--stack", &name])
+        .args(["--endpoint-url", &stand_in.endpoint, "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deploys = listed["result"]["deploys"].as_array().unwrap();
+    assert_eq!(deploys.len(), 1, "{listed:#}");
+    assert_eq!(deploys[0]["release"], "r3");
+    assert_eq!(deploys[0]["succeeded"], false);
+    assert!(
+        deploys[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back to release r2"),
+        "{listed:#}"
+    );
+    assert_eq!(deploys[0]["who"], stack.aws.caller.as_str());
 
     stack.down().await.unwrap();
 }

@@ -775,7 +775,10 @@ async fn the_plan_prints_the_cost_the_deploy_guide_states() {
         guide.contains(&stated),
         "docs/deploy.md should say {stated}"
     );
-    let text = provision::plan::render_cost(&cost);
+    let text = provision::plan::render_cost(&provision::plan::Cost {
+        configured: cost.clone(),
+        deployed: None,
+    });
     for kind in [
         "t3.small (web)",
         "RDS db.t3.micro Multi-AZ",
@@ -811,4 +814,35 @@ async fn the_plan_prints_the_cost_the_deploy_guide_states() {
     let json_hourly = plan["cost"]["usd_per_hour"].as_f64().unwrap();
     assert!((json_hourly - hourly).abs() < 1e-9, "{plan}");
     assert_eq!(plan["cost"]["lines"].as_array().unwrap().len(), cost.len());
+    // Nothing deployed: `up` adds the whole cost.
+    let delta = plan["cost"]["delta_usd_per_hour"].as_f64().unwrap();
+    assert!((delta - hourly).abs() < 1e-9, "{plan}");
+
+    // Deployed, then a second worker at the minimum: the plan's delta is that worker
+    // (its instance, volume and public address), read from what is deployed.
+    publish_stand_ins(&stack, "r1").await;
+    stack.up(Output::Text).await.unwrap();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let text = provision::config::DEFAULT_TOML
+        .replace("ami = \"\"", "ami = \"ami-1e749f67\"")
+        .replace(
+            "[worker]\ninstance_type = \"t3.small\"\nmin_size = 1",
+            "[worker]\ninstance_type = \"t3.small\"\nmin_size = 2",
+        );
+    assert!(text.contains("min_size = 2"));
+    std::fs::write(config.path(), text).unwrap();
+    #[allow(clippy::disallowed_methods)] // the CLI is tested through its binary
+    let out = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args(["plan", "--output", "json", "--stack", &name])
+        .args(["--endpoint-url", &moto.endpoint, "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deployed = plan["cost"]["deployed_usd_per_hour"].as_f64().unwrap();
+    assert!((deployed - hourly).abs() < 1e-9, "{plan}");
+    let delta = plan["cost"]["delta_usd_per_hour"].as_f64().unwrap();
+    // t3.small $0.0208/h, a public address $0.005/h, 16 GB of gp3 $0.0018/h.
+    assert!((delta - 0.0276).abs() < 0.0005, "{plan}");
+    assert!(stack.down().await.unwrap().is_empty());
 }

@@ -73,6 +73,19 @@ pub(super) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
             .map(|a| names.name_of(a))
             .collect();
         targets.sort();
+        // A paused group is compared by the sizes it returns to: paused is not drift.
+        let paused = g
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(crate::pause::PAUSED_TAG))
+            .and_then(|t| crate::pause::PausedGroup::parse(t.value()?));
+        let (min, max) = match &paused {
+            Some(sizes) => (sizes.min, sizes.max),
+            None => (
+                g.min_size().unwrap_or_default(),
+                g.max_size().unwrap_or_default(),
+            ),
+        };
         out.push(Observed {
             // Desired capacity belongs to the autoscaler: it is not a property here.
             resource: Resource::new(
@@ -94,8 +107,8 @@ pub(super) async fn observe(aws: &Aws, names: &NamesById) -> anyhow::Result<Vec<
                             .unwrap_or_default()
                             .into(),
                     ),
-                    ("min_size", g.min_size().unwrap_or_default().to_string()),
-                    ("max_size", g.max_size().unwrap_or_default().to_string()),
+                    ("min_size", min.to_string()),
+                    ("max_size", max.to_string()),
                     ("subnets", subnets.join(",")),
                     (
                         "health_check",
