@@ -66,6 +66,8 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
         // Before the tests, so the test runner's summary stays the last thing printed.
         eprintln!("xtask: speed guard (bench worker --quick --guard)");
         crate::bench::worker_guard()?;
+        eprintln!("xtask: the Postman collection against `cargo xtask dev` (newman)");
+        crate::collection::run(crate::collection::CollectionArgs::default())?;
     }
     eprintln!("xtask: tests");
     run_command(

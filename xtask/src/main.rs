@@ -7,6 +7,7 @@ mod api_client;
 mod bench;
 mod capacity;
 mod ci;
+mod collection;
 mod deploy;
 mod dev;
 mod media;
@@ -39,6 +40,10 @@ enum Command {
     /// Run every check CI runs: rustfmt, clippy (warnings denied) and all tests, after
     /// installing or starting what the tests need (ffmpeg, PostgreSQL, moto).
     Ci(ci::CiArgs),
+    /// Run the Postman collection of the whole REST contract (collections/) with newman
+    /// against `cargo xtask dev` (started on a free port and stopped after), or against
+    /// --base-url. Installs newman with npm under target/tools the first time.
+    Collection(collection::CollectionArgs),
     /// Measure performance and print figures with ratios to a baseline from the same run.
     Bench(bench::BenchArgs),
     /// The capacity plan as commands: web and worker load scenarios and a simulation of
@@ -90,6 +95,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
     let result = match command {
         Command::Dev(args) => dev::run(args),
         Command::Ci(args) => ci::run(args),
+        Command::Collection(args) => collection::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Capacity(args) => capacity::run(args),
         Command::Up(args) => deploy::up(args),
