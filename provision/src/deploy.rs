@@ -53,7 +53,7 @@ pub struct DeployRecord {
     pub started: String,
     pub seconds: f64,
     pub succeeded: bool,
-    /// "rolled out", "rollout started", or the error's first line.
+    /// "rolled out", "applied; the rollout goes on …", or the error's first line.
     pub outcome: String,
 }
 

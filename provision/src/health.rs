@@ -79,6 +79,9 @@ pub struct QueueHealth {
 #[derive(Debug, Clone, Serialize)]
 pub struct AlarmState {
     pub name: String,
+    /// Notifies the alerts topic: counts in the verdict. The scaling alarms do not (an
+    /// idle stack's scale-in alarms are in ALARM by design).
+    pub notifies: bool,
     /// OK, ALARM or INSUFFICIENT_DATA.
     pub state: String,
     pub reason: String,
@@ -89,6 +92,8 @@ pub struct AlertAddress {
     pub endpoint: String,
     /// The address has not confirmed yet: it receives nothing.
     pub pending: bool,
+    /// In `[alerts] emails`; false for one taken out while pending (AWS drops it).
+    pub configured: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,7 +109,11 @@ impl Health {
     /// for having no instances or a stopped database.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for alarm in self.alarms.iter().filter(|a| a.state == "ALARM") {
+        for alarm in self
+            .alarms
+            .iter()
+            .filter(|a| a.notifies && a.state == "ALARM")
+        {
             out.push(format!(
                 "alarm {} is in ALARM: {}",
                 alarm.name, alarm.reason
@@ -213,7 +222,8 @@ impl Health {
         ));
         out.push_str("\nAlarms:\n");
         for a in &self.alarms {
-            out.push_str(&format!("  {:<18} {}\n", a.state, a.name));
+            let scaling = if a.notifies { "" } else { "  (scaling)" };
+            out.push_str(&format!("  {:<18} {}{scaling}\n", a.state, a.name));
         }
         out.push_str("\nAlerts reach: ");
         if self.alerts.is_empty() {
@@ -222,12 +232,15 @@ impl Health {
             let who: Vec<String> = self
                 .alerts
                 .iter()
-                .map(|a| {
-                    if a.pending {
+                .map(|a| match (a.pending, a.configured) {
+                    (true, true) => {
                         format!("{} (pending: confirm the e-mail from AWS)", a.endpoint)
-                    } else {
-                        a.endpoint.clone()
                     }
+                    (true, false) => format!(
+                        "{} (pending and no longer configured: AWS drops it after 3 days)",
+                        a.endpoint
+                    ),
+                    (false, _) => a.endpoint.clone(),
                 })
                 .collect();
             out.push_str(&format!("{}\n", who.join(", ")));
@@ -276,12 +289,13 @@ fn human_age(seconds: i64) -> String {
 
 impl Aws {
     /// Everything [`Health`] shows but the drift and the cost, read now.
-    pub async fn health_parts(&self, alarm_names: &[String]) -> anyhow::Result<Health> {
+    /// `alarms`: each alarm's name and whether it notifies the alerts topic.
+    pub async fn health_parts(&self, alarms: &[(String, bool)]) -> anyhow::Result<Health> {
         let (tiers, targets, queue, alarms, alerts, database, paused) = tokio::try_join!(
             Box::pin(self.tier_health()),
             Box::pin(self.target_health()),
             Box::pin(self.queue_health()),
-            Box::pin(self.alarm_states(alarm_names)),
+            Box::pin(self.alarm_states(alarms)),
             Box::pin(self.alert_addresses()),
             Box::pin(self.database_health()),
             Box::pin(self.paused()),
@@ -369,10 +383,12 @@ impl Aws {
                 let release = match releases.get(&key) {
                     Some(release) => release.clone(),
                     None => {
+                        // A version deleted since, or a call refused: the number says enough.
                         let release = match version.parse::<i64>() {
-                            Ok(number) if !template_name.is_empty() => {
-                                self.release_of(&template_name, number).await?
-                            }
+                            Ok(number) if !template_name.is_empty() => self
+                                .release_of(&template_name, number)
+                                .await
+                                .unwrap_or_else(|_| format!("(template version {version})")),
                             _ => format!("(template version {version})"),
                         };
                         releases.insert(key, release.clone());
@@ -561,7 +577,9 @@ impl Aws {
             .map(|(_, age)| age))
     }
 
-    async fn alarm_states(&self, names: &[String]) -> anyhow::Result<Vec<AlarmState>> {
+    async fn alarm_states(&self, alarms: &[(String, bool)]) -> anyhow::Result<Vec<AlarmState>> {
+        let names: Vec<String> = alarms.iter().map(|(name, _)| name.clone()).collect();
+        let notifies = |name: &str| alarms.iter().any(|(n, notifies)| n == name && *notifies);
         let mut out = Vec::new();
         // DescribeAlarms takes at most 100 names.
         for chunk in names.chunks(100) {
@@ -575,6 +593,7 @@ impl Aws {
             out.extend(found.metric_alarms().iter().map(|a| {
                 AlarmState {
                     name: a.alarm_name().unwrap_or_default().to_owned(),
+                    notifies: notifies(a.alarm_name().unwrap_or_default()),
                     state: a
                         .state_value()
                         .map(|s| s.as_str().to_owned())
@@ -611,6 +630,7 @@ impl Aws {
             out.push(AlertAddress {
                 endpoint: subscription.resource.props["endpoint"].clone(),
                 pending,
+                configured: true, // `Stack::health` knows the configuration
             });
         }
         Ok(out)
@@ -672,11 +692,21 @@ mod tests {
                 reason: None,
             }],
             queue: QueueHealth::default(),
-            alarms: vec![AlarmState {
-                name: "anb-queue-backlog".into(),
-                state: "OK".into(),
-                reason: String::new(),
-            }],
+            alarms: vec![
+                AlarmState {
+                    name: "anb-queue-backlog".into(),
+                    notifies: true,
+                    state: "OK".into(),
+                    reason: String::new(),
+                },
+                // An idle stack's scale-in alarm is in ALARM: that is no problem.
+                AlarmState {
+                    name: "anb-worker-backlog-low".into(),
+                    notifies: false,
+                    state: "ALARM".into(),
+                    reason: "0 videos per worker".into(),
+                },
+            ],
             alerts: vec![],
             database: Some(DatabaseHealth {
                 status: "available".into(),
@@ -739,9 +769,17 @@ mod tests {
             since: Utc::now(),
             groups: vec![],
             database_restarts: Some(Utc::now() + chrono::Duration::days(7)),
+            database_status: Some("stopped".into()),
         });
         assert_eq!(paused.problems(), Vec::<String>::new());
         let text = paused.render();
         assert!(text.contains("PAUSED") && text.contains("starts the stopped database again on"));
+        // Seven days on, AWS has started it again: said, and so are its costs.
+        let paused_state = paused.paused.as_mut().unwrap();
+        paused_state.database_restarts = Some(Utc::now() - chrono::Duration::hours(1));
+        paused_state.database_status = Some("available".into());
+        assert!(paused
+            .render()
+            .contains("AWS started the database again on"));
     }
 }

@@ -145,7 +145,16 @@ impl Stack {
             worker_sha256: digests.get("worker").map_or("", String::as_str),
         };
         refuse_swapped_binaries(&observed, &release)?;
-        Ok((model::diff(&self.desired(release), &observed), observed))
+        let mut changes = model::diff(&self.desired(release), &observed);
+        // An address taken out of the file before it confirmed: SNS gives no ARN to
+        // unsubscribe it by, it receives nothing, and AWS drops it after 3 days; counting
+        // it as drift would fail every `status` until then (`status --health` shows it).
+        changes.retain(|c| {
+            !(c.kind == model::Kind::AlertSubscription
+                && c.action == Action::Orphan
+                && c.id.as_deref() == Some(resources::alerts::PENDING_CONFIRMATION))
+        });
+        Ok((changes, observed))
     }
 
     fn desired(&self, release: userdata::Release) -> Vec<model::Resource> {
@@ -171,7 +180,7 @@ impl Stack {
     /// What the stack costs an hour as configured, at the groups' minimum sizes.
     pub fn cost(&self) -> anyhow::Result<Vec<capacity::CostLine>> {
         let desired = self.desired(userdata::Release::default());
-        Ok(cost_of(&desired, &self.config.stack.name, false)?
+        Ok(cost_of(&desired, &self.config.stack.name, None)?
             .expect("the desired state has both groups and the database"))
     }
 
@@ -181,7 +190,7 @@ impl Stack {
         observed: &[model::Observed],
     ) -> anyhow::Result<Option<Vec<capacity::CostLine>>> {
         let resources: Vec<model::Resource> = observed.iter().map(|o| o.resource.clone()).collect();
-        cost_of(&resources, &self.config.stack.name, false)
+        cost_of(&resources, &self.config.stack.name, None)
     }
 
     /// Converges; returns how many changes were made. Re-running after an interruption
@@ -518,16 +527,19 @@ impl Stack {
     /// `provision status --health`: the stack's health, drift and cost, read now.
     pub async fn health(&self) -> anyhow::Result<health::Health> {
         let desired = self.desired(userdata::Release::default());
-        let alarms: Vec<String> = desired
+        let alarms: Vec<(String, bool)> = desired
             .iter()
             .filter(|r| r.kind == model::Kind::Alarm)
-            .map(|r| r.name.clone())
+            .map(|r| (r.name.clone(), r.props.contains_key("notify")))
             .collect();
         let (parts, compared) = tokio::join!(
             Box::pin(self.aws.health_parts(&alarms)),
             Box::pin(self.compare())
         );
         let mut health = parts?;
+        for address in &mut health.alerts {
+            address.configured = self.config.alerts.emails.contains(&address.endpoint);
+        }
         let (changes, observed) = compared?;
         health.drift = changes
             .iter()
@@ -535,9 +547,24 @@ impl Stack {
             .map(|c| format!("{} {}", c.kind, c.name))
             .collect();
         let resources: Vec<model::Resource> = observed.iter().map(|o| o.resource.clone()).collect();
-        health.usd_per_hour =
-            cost_of(&resources, &self.config.stack.name, health.paused.is_some())?
-                .map_or(0.0, |lines| lines.iter().map(|l| l.usd_per_hour).sum());
+        // What runs now: each group's desired capacity, the database as it is.
+        let desired_of = |tier: &str| {
+            health
+                .tiers
+                .iter()
+                .find(|t| t.tier == tier)
+                .map_or(0, |t| t.desired.max(0) as u32)
+        };
+        let running = Running {
+            web: desired_of("web"),
+            worker: desired_of("worker"),
+            database_stopped: health
+                .database
+                .as_ref()
+                .is_some_and(|db| db.status == "stopped"),
+        };
+        health.usd_per_hour = cost_of(&resources, &self.config.stack.name, Some(running))?
+            .map_or(0.0, |lines| lines.iter().map(|l| l.usd_per_hour).sum());
         Ok(health)
     }
 
@@ -550,7 +577,12 @@ impl Stack {
         eprintln!("Pausing stack {}:", self.config.stack.name);
         self.aws.pause(drain).await?;
         let desired = self.desired(userdata::Release::default());
-        let still = cost_of(&desired, &self.config.stack.name, true)?
+        let paused = Running {
+            web: 0,
+            worker: 0,
+            database_stopped: true,
+        };
+        let still = cost_of(&desired, &self.config.stack.name, Some(paused))?
             .expect("the desired state has both groups and the database");
         let hourly: f64 = still.iter().map(|l| l.usd_per_hour).sum();
         let billed: Vec<String> = still
@@ -687,13 +719,21 @@ fn refuse_swapped_binaries(
     Ok(())
 }
 
-/// What the stack made of `resources` (desired or observed) costs an hour, at the groups'
-/// minimum sizes; `paused`: with no instances and the database stopped. None when the
-/// groups, their templates or the database are missing.
+/// What runs, where it is not the configuration's minimum: instances per tier, and
+/// whether the database is stopped.
+struct Running {
+    web: u32,
+    worker: u32,
+    database_stopped: bool,
+}
+
+/// What the stack made of `resources` (desired or observed) costs an hour: at the groups'
+/// minimum sizes, or as `running` says. None when the groups, their templates or the
+/// database are missing.
 fn cost_of(
     resources: &[model::Resource],
     stack: &str,
-    paused: bool,
+    running: Option<Running>,
 ) -> anyhow::Result<Option<Vec<capacity::CostLine>>> {
     let find = |kind: model::Kind, name: &str| {
         resources
@@ -708,10 +748,10 @@ fn cost_of(
             &names::launch_template_name(stack, tier),
         )?;
         let group = find(model::Kind::AutoScalingGroup, &names::asg_name(stack, tier))?;
-        let count = if paused {
-            0
-        } else {
-            prop(group, "min_size").parse().ok()?
+        let count = match (&running, tier) {
+            (Some(running), "web") => running.web,
+            (Some(running), _) => running.worker,
+            (None, _) => prop(group, "min_size").parse().ok()?,
         };
         Some((prop(template, "instance_type"), count))
     };
@@ -735,7 +775,7 @@ fn cost_of(
         web_detailed_monitoring: true,
         database_class: prop(database, "instance_class"),
         multi_az: prop(database, "multi_az") == "true",
-        database_stopped: paused,
+        database_stopped: running.as_ref().is_some_and(|r| r.database_stopped),
         storage_gb: prop(database, "allocated_storage")
             .parse()
             .unwrap_or_default(),

@@ -3,7 +3,7 @@
 //! agent writes them), filtered by tier, instance or video, oldest first; `--follow` keeps
 //! polling for new lines.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -66,7 +66,7 @@ impl LogQuery {
                 anyhow::ensure!(
                     !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
                     "--video takes a video's id (letters, digits and '-'), such as the \
-                     video_id an upload answers with"
+                     task_id an upload answers with"
                 );
                 Ok(format!("\"{id}\""))
             })
@@ -179,26 +179,30 @@ impl Aws {
         let mut start = query
             .since
             .unwrap_or_else(|| Utc::now() - chrono::Duration::hours(1));
-        // Lines of the last millisecond printed: a poll from there sees them again.
-        let mut seen: HashSet<String> = HashSet::new();
+        // The instances' agents send in batches, so a line can arrive after newer ones
+        // from another instance: each poll looks this far back, and skips what it printed.
+        let lookback = chrono::Duration::seconds(FOLLOW_LOOKBACK_S);
+        let mut printed: HashMap<String, DateTime<Utc>> = HashMap::new();
         loop {
-            let lines = self.log_lines(query, start).await?;
-            for line in &lines {
-                if seen.insert(line.id.clone()) {
-                    print(line);
+            let polled_at = Utc::now();
+            for line in self.log_lines(query, start).await? {
+                if printed.insert(line.id.clone(), line.time).is_none() {
+                    print(&line);
                 }
             }
             if !follow {
                 return Ok(());
             }
-            if let Some(last) = lines.last() {
-                start = last.time;
-                seen.retain(|id| lines.iter().any(|l| &l.id == id && l.time == start));
-            }
+            start = start.max(polled_at - lookback);
+            printed.retain(|_, time| *time >= start);
             tokio::time::sleep(poll).await;
         }
     }
 }
+
+/// How far back `--follow` looks again at each poll, in seconds: longer than the agent's
+/// batching (5 s by default) and its retries.
+const FOLLOW_LOOKBACK_S: i64 = 60;
 
 #[cfg(test)]
 mod tests {

@@ -268,6 +268,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             }
             Command::Up { wait, .. } => {
+                // Refused before anything is attempted: nothing to record.
+                if let Some(paused) = stack.aws.paused().await? {
+                    anyhow::bail!(
+                        "nothing changed: stack {} is {}; run `provision resume` first, then `up`",
+                        stack.config.stack.name,
+                        paused.summary()
+                    );
+                }
                 let started = chrono::Utc::now();
                 let result = up(&stack, cli.output, wait).await;
                 record_deploy(&stack, started, wait, &result).await;
@@ -336,7 +344,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     .await;
     if let Some(lock) = lock {
         if let Err(e) = lock.release(&stack.aws).await {
-            eprintln!("provision: {e:#}");
+            match provision::aws::stale_credentials(&e) {
+                // The command's own error (printed last) already says what to do.
+                Some(_) => eprintln!(
+                    "provision: the stack's lock stays behind (the credentials expired before \
+                     it could be released): add --force-unlock when you run the command again"
+                ),
+                None => eprintln!("provision: {e:#}"),
+            }
         }
     }
     result
@@ -375,16 +390,20 @@ async fn record_deploy(
     wait: bool,
     result: &anyhow::Result<ExitCode>,
 ) {
+    // Expired credentials cannot write the record either: the command's line says it all.
+    if let Err(e) = result {
+        if provision::aws::stale_credentials(e).is_some() {
+            return;
+        }
+    }
     let outcome = match result {
         Ok(_) if wait => "rolled out".to_owned(),
         Ok(_) => "applied; the rollout goes on (`provision status --health`)".to_owned(),
-        Err(e) => provision::aws::stale_credentials(e).unwrap_or_else(|| {
-            format!("{e:#}")
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        }),
+        Err(e) => format!("{e:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
     };
     let record = async {
         let record = provision::deploy::DeployRecord {
@@ -410,7 +429,20 @@ async fn health(stack: &Stack, output: Output, watch: Option<u64>) -> anyhow::Re
     use std::io::IsTerminal;
     let redraw = watch.is_some() && std::io::stdout().is_terminal();
     loop {
-        let health = stack.health().await?;
+        let health = match (stack.health().await, watch) {
+            (Ok(health), _) => health,
+            (Err(e), None) => return Err(e),
+            // Watching: one failed read (a throttle, a blip) is said, and the next one
+            // tried; expired credentials end it.
+            (Err(e), Some(seconds)) => {
+                if provision::aws::stale_credentials(&e).is_some() {
+                    return Err(e);
+                }
+                eprintln!("provision: could not read the stack ({e:#}); again in {seconds} s");
+                tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+                continue;
+            }
+        };
         match output {
             Output::Text if redraw => print!("\x1b[H\x1b[2J{}", health.render()),
             Output::Text => print!("{}", health.render()),

@@ -44,20 +44,22 @@ impl PausedGroup {
         )
     }
 
-    /// The inverse of [`Self::tag_value`]; None for a value this program did not write.
+    /// The inverse of [`Self::tag_value`]; None for a value this program did not write
+    /// (or sizes no group can have).
     pub fn parse(value: &str) -> Option<Self> {
         let fields: std::collections::HashMap<&str, &str> = value
             .split_whitespace()
             .filter_map(|pair| pair.split_once('='))
             .collect();
-        Some(Self {
+        let sizes = Self {
             min: fields.get("min")?.parse().ok()?,
             max: fields.get("max")?.parse().ok()?,
             desired: fields.get("desired")?.parse().ok()?,
             since: DateTime::parse_from_rfc3339(fields.get("since")?)
                 .ok()?
                 .with_timezone(&Utc),
-        })
+        };
+        (0 <= sizes.min && sizes.min <= sizes.max).then_some(sizes)
     }
 }
 
@@ -69,11 +71,20 @@ pub struct Paused {
     pub groups: Vec<(String, PausedGroup)>,
     /// When AWS starts the stopped database again by itself (None: not stopped by pause).
     pub database_restarts: Option<DateTime<Utc>>,
+    /// The database's status now ("stopped"; "available" once AWS has started it again).
+    pub database_status: Option<String>,
 }
 
 impl Paused {
     pub fn summary(&self) -> String {
+        let started_again = self.database_status.as_deref() == Some("available")
+            || self.database_restarts.is_some_and(|at| at <= Utc::now());
         let restarts = match self.database_restarts {
+            Some(at) if started_again => format!(
+                "; AWS started the database again on {} (7 days after it was stopped) and bills \
+                 it: run `provision pause` again to stop it",
+                at.format("%Y-%m-%d %H:%M UTC")
+            ),
             Some(at) => format!(
                 "; AWS starts the stopped database again on {} (run `provision pause` again \
                  after that to stop it again)",
@@ -118,7 +129,11 @@ impl Aws {
                 ))
             })
             .collect();
-        let database_since = self.database_paused_since().await?;
+        let database = self.database().await?;
+        let database_since = match &database {
+            Some((arn, _)) => self.database_paused_since(arn).await?,
+            None => None,
+        };
         let Some(since) = groups
             .iter()
             .map(|(_, g)| g.since)
@@ -132,6 +147,7 @@ impl Aws {
             groups,
             database_restarts: database_since
                 .map(|at| at + chrono::Duration::days(RDS_STOP_LIMIT_DAYS)),
+            database_status: database.map(|(_, status)| status),
         }))
     }
 
@@ -155,14 +171,11 @@ impl Aws {
         }
     }
 
-    async fn database_paused_since(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let Some((arn, _)) = self.database().await? else {
-            return Ok(None);
-        };
+    async fn database_paused_since(&self, arn: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
         let tags = self
             .rds
             .list_tags_for_resource()
-            .resource_name(&arn)
+            .resource_name(arn)
             .send()
             .await
             .context("read the database's tags")?;
@@ -295,7 +308,14 @@ impl Aws {
     /// The database started (and waited for), then each paused group back to the sizes
     /// in its tag, the tag removed. Running it again continues.
     pub async fn resume(&self, limit: Duration) -> anyhow::Result<()> {
-        if let Some((arn, status)) = self.database().await? {
+        if let Some((arn, mut status)) = self.database().await? {
+            // A `pause` that just ended leaves it stopping: it can be started once stopped.
+            let started = std::time::Instant::now();
+            while status == "stopping" && started.elapsed() < limit {
+                eprintln!("  the database is still stopping; it starts once stopped");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                status = self.database().await?.map(|(_, s)| s).unwrap_or_default();
+            }
             if status == "stopped" {
                 self.rds
                     .start_db_instance()
@@ -395,6 +415,11 @@ mod tests {
         );
         assert_eq!(PausedGroup::parse(&sizes.tag_value()), Some(sizes));
         assert_eq!(PausedGroup::parse("yes"), None);
+        assert_eq!(
+            PausedGroup::parse("min=3 max=1 desired=2 since=2026-12-04T05:00:00Z"),
+            None,
+            "min over max"
+        );
         assert_eq!(PausedGroup::parse("min=1 max=3"), None);
     }
 }

@@ -336,6 +336,16 @@ impl Config {
                 "alerts.emails: {email:?} is not an e-mail address (name@example.org)"
             );
         }
+        let mut addresses: Vec<String> = self
+            .alerts
+            .emails
+            .iter()
+            .map(|e| e.to_lowercase())
+            .collect();
+        addresses.sort();
+        if let Some(twice) = addresses.windows(2).find(|w| w[0] == w[1]) {
+            anyhow::bail!("alerts.emails lists {} twice", twice[0]);
+        }
         let age = self.alerts.oldest_job_age.as_secs();
         anyhow::ensure!(
             (60..=86_400).contains(&age),

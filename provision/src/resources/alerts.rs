@@ -14,6 +14,16 @@ use crate::names::{alerts_topic_name, Names};
 /// What SNS lists in place of a subscription's ARN until its address confirms.
 pub const PENDING_CONFIRMATION: &str = "PendingConfirmation";
 
+/// What SNS lists in place of the ARN of a subscription on its way out (its address
+/// followed the unsubscribe link of an alert, or it was deleted while pending).
+const DELETED: &str = "Deleted";
+
+/// Whether a listed subscription still counts: one SNS lists as deleted is gone (`up`
+/// subscribes its address again if it is still configured).
+fn listed_as_live(arn: &str) -> bool {
+    !arn.is_empty() && arn != DELETED
+}
+
 /// A subscription's logical name: the topic's and the address, which no other
 /// subscription of the topic shares.
 pub(crate) fn subscription_name(topic: &str, email: &str) -> String {
@@ -109,6 +119,9 @@ pub(crate) async fn observe(aws: &Aws) -> anyhow::Result<Vec<Observed>> {
         .await
         .context("list the alerts topic's subscriptions")?;
     for subscription in subscriptions.iter().flat_map(|page| page.subscriptions()) {
+        if !listed_as_live(subscription.subscription_arn().unwrap_or_default()) {
+            continue;
+        }
         let endpoint = subscription.endpoint().unwrap_or_default();
         out.push(observed(
             Kind::AlertSubscription,
@@ -190,7 +203,8 @@ pub(crate) async fn update(aws: &Aws, change: &Change, id: &str, _: &Ids) -> any
 }
 
 /// Deleting the topic deletes its subscriptions. A subscription listed as pending has no
-/// ARN to unsubscribe: it goes with the topic, or AWS drops it after 3 days unconfirmed.
+/// ARN to unsubscribe: it goes with the topic, or AWS drops it after 3 days unconfirmed
+/// (meanwhile it receives nothing, and `Stack::compare` does not count it as drift).
 pub(crate) async fn delete(aws: &Aws, kind: Kind, id: &str) -> Result<(), DeleteError> {
     match kind {
         Kind::AlertTopic => aws
@@ -248,5 +262,15 @@ mod tests {
             topic_of_arn("arn:aws:sns:us-east-1:123456789012:anb-alerts"),
             "anb-alerts"
         );
+    }
+
+    #[test]
+    fn a_subscription_listed_as_deleted_is_gone_and_a_pending_one_is_there() {
+        assert!(!listed_as_live("Deleted"));
+        assert!(!listed_as_live(""));
+        assert!(listed_as_live(PENDING_CONFIRMATION));
+        assert!(listed_as_live(
+            "arn:aws:sns:us-east-1:123456789012:anb-alerts:0d3c5b1e-8f0a-4c1b-9e55-3c1a2b9d7f00"
+        ));
     }
 }

@@ -61,6 +61,17 @@ async fn health_shows_instances_targets_queue_alarms_and_alerts_and_exits_3_when
     let name = format!("h{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let stack = deployed(&name, &moto.endpoint, &["ops@anb.example"]).await;
     let config = config_file_with(|t| t.replace("emails = []", "emails = [\"ops@anb.example\"]"));
+    // An idle stack's scale-in alarm is in ALARM by design: listed, but no problem.
+    stack
+        .aws
+        .cloudwatch
+        .set_alarm_state()
+        .alarm_name(format!("{name}-web-cpu-low"))
+        .state_value(aws_sdk_cloudwatch::types::StateValue::Alarm)
+        .state_reason("CPU 2 % for 5 minutes")
+        .send()
+        .await
+        .unwrap();
 
     let (code, report) = health_json(&name, &moto.endpoint, config.path());
     assert_eq!(code, 0, "{report:#}");
@@ -446,11 +457,24 @@ async fn logs_trace_one_video_from_upload_to_processed_and_follow_new_lines() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(follow.stdout.take().unwrap());
-    let mut line = String::new();
+    // Lines from a thread, so a follow that prints nothing fails the test instead of
+    // hanging it.
+    let stdout = BufReader::new(follow.stdout.take().unwrap());
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || {
+        lines_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("`logs --follow` printed a line within 30 s")
+    };
     for _ in 0..2 {
-        line.clear();
-        stdout.read_line(&mut line).unwrap();
+        let line = next_line();
         assert!(line.contains("uploaded"), "{line}");
     }
     write(
@@ -461,9 +485,15 @@ async fn logs_trace_one_video_from_upload_to_processed_and_follow_new_lines() {
         )],
     )
     .await;
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
+    let line = next_line();
     assert!(line.contains("a vote"), "{line}");
+    // Polls look back a while: what was printed is not printed again.
+    assert!(
+        lines_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .is_err(),
+        "a line printed twice"
+    );
     follow.kill().unwrap();
     follow.wait().unwrap();
     logs.delete_log_group()
