@@ -47,9 +47,15 @@ impl Policy {
     /// The seed's step policy with the given min/max: out_above 2, in_below 1, out_periods 2,
     /// in_periods 5, cooldowns 300 s / 600 s.
     pub fn seed_step(min: u32, max: u32) -> Self {
+        Self::step(min, max, 2.0, 1.0)
+    }
+
+    /// The seed's step table with other thresholds (`worker.step_out_above`,
+    /// `worker.step_in_below`): the same periods and cooldowns.
+    pub fn step(min: u32, max: u32, out_above: f64, in_below: f64) -> Self {
         Self::Step {
-            out_above: 2.0,
-            in_below: 1.0,
+            out_above,
+            in_below,
             out_periods: 2,
             in_periods: 5,
             out_cooldown_s: 300.0,
@@ -87,6 +93,29 @@ impl Policy {
                  −1 after {in_periods} min < {in_below}, cooldowns {out_cooldown_s} s out / \
                  {in_cooldown_s} s in, {min}–{max} instances"
             ),
+        }
+    }
+
+    /// Whether `other` is the same kind of policy with the same settings (bounds aside).
+    pub fn same_settings(&self, other: &Policy) -> bool {
+        match (self, other) {
+            (Self::TargetTracking { target: x, .. }, Self::TargetTracking { target: y, .. }) => {
+                x == y
+            }
+            (
+                Self::Step {
+                    out_above: a_out,
+                    in_below: a_in,
+                    ..
+                },
+                Self::Step {
+                    out_above: b_out,
+                    in_below: b_in,
+                    ..
+                },
+            ) => a_out == b_out && a_in == b_in,
+            (Self::Fixed { instances: x }, Self::Fixed { instances: y }) => x == y,
+            _ => false,
         }
     }
 

@@ -191,6 +191,33 @@ mod tests {
     }
 
     #[test]
+    fn the_step_policy_deploys_the_configured_thresholds() {
+        let mut config = Config::load(None).unwrap();
+        config.worker.scaling_policy = crate::config::WorkerScaling::Step;
+        let seed = desired_state(&config, &SEED);
+        assert_eq!(
+            find(&seed, "anb-worker-backlog-high").props["threshold"],
+            "2"
+        );
+        assert_eq!(
+            find(&seed, "anb-worker-backlog-low").props["threshold"],
+            "1"
+        );
+        // What `capacity simulate --recommend` may print.
+        config.worker.step_out_above = 8.0;
+        config.worker.step_in_below = 2.5;
+        let tuned = desired_state(&config, &SEED);
+        assert_eq!(
+            find(&tuned, "anb-worker-backlog-high").props["threshold"],
+            "8"
+        );
+        assert_eq!(
+            find(&tuned, "anb-worker-backlog-low").props["threshold"],
+            "2.5"
+        );
+    }
+
+    #[test]
     fn web_scales_on_the_seeds_cpu_steps_behind_the_load_balancer() {
         let all = desired_state(&Config::load(None).unwrap(), &SEED);
         let high = find(&all, "anb-web-cpu-high");

@@ -123,6 +123,20 @@ pub struct WorkerTierConfig {
     /// Which policy sizes the group (`worker.scaling_policy`).
     #[serde(default)]
     pub scaling_policy: WorkerScaling,
+    /// The step policy: one more worker above this many waiting videos per worker…
+    #[serde(default = "default_step_out_above")]
+    pub step_out_above: f64,
+    /// …one less below this many.
+    #[serde(default = "default_step_in_below")]
+    pub step_in_below: f64,
+}
+
+fn default_step_out_above() -> f64 {
+    2.0
+}
+
+fn default_step_in_below() -> f64 {
+    1.0
 }
 
 /// How the worker group is sized. Both read the same metric, videos waiting per
@@ -326,6 +340,11 @@ impl Config {
             self.worker.backlog_per_instance > 0,
             "worker.backlog_per_instance must be at least 1"
         );
+        let (out_above, in_below) = (self.worker.step_out_above, self.worker.step_in_below);
+        anyhow::ensure!(
+            in_below > 0.0 && in_below < out_above && out_above.is_finite(),
+            "worker.step_in_below must be above 0 and below worker.step_out_above"
+        );
         for email in &self.alerts.emails {
             let valid = email.split_once('@').is_some_and(|(user, domain)| {
                 !user.is_empty() && domain.contains('.') && !domain.starts_with('.')
@@ -398,6 +417,9 @@ mod tests {
             Config::from_toml(&step).unwrap().worker.scaling_policy,
             WorkerScaling::Step
         );
+        let inverted = step.replace("step_in_below = 1", "step_in_below = 3");
+        let refused = Config::from_toml(&inverted).unwrap_err().to_string();
+        assert!(refused.contains("worker.step_in_below"), "{refused}");
         let typo = DEFAULT_TOML.replace(
             "scaling_policy = \"target-tracking\"",
             "scaling_policy = \"steps\"",

@@ -35,6 +35,14 @@ pub struct SimulateArgs {
     /// Target tracking's instance warmup: AWS's default (300 s) as provision sets none.
     #[arg(long, default_value = "300s", value_parser = parse_seconds)]
     warmup: f64,
+    /// Also search the worker policy's settings (target tracking's backlog target, the step
+    /// policy's thresholds) for the cheapest that meets --slo at p95 on these arrivals, with
+    /// these service and boot times, and print the config/aws.toml lines to use.
+    #[arg(long)]
+    recommend: bool,
+    /// With --recommend: upload → processed at p95, e.g. 5m.
+    #[arg(long, default_value = "5m", value_parser = parse_seconds, requires = "recommend")]
+    slo: f64,
     /// Random seed (Poisson arrivals, sampled service times).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -121,7 +129,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         max: tier.max_size,
         warmup_s: args.warmup,
     };
-    let step = Policy::seed_step(tier.min_size, tier.max_size);
+    let step = Policy::step(
+        tier.min_size,
+        tier.max_size,
+        tier.step_out_above,
+        tier.step_in_below,
+    );
     let mut policies = match tier.scaling_policy {
         stack_config::WorkerScaling::TargetTracking => vec![tracking, step],
         stack_config::WorkerScaling::Step => vec![step, tracking],
@@ -156,7 +169,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let report = Report::create("simulate")?;
     write_data(&report, &runs)?;
     draw(&report, &runs)?;
-    let md = markdown(
+    let mut md = markdown(
         &report,
         &args,
         &arrivals,
@@ -164,6 +177,18 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         &instance_type,
         &runs,
     );
+    if args.recommend {
+        let template = Setup {
+            policy: runs[0].policy.clone(),
+            service: service.clone(),
+            jobs_per_instance: 1,
+            boot_s: args.boot_time,
+            seed: args.seed,
+        };
+        let recommendation = capacity::recommend(&times, &template, args.slo, price);
+        report.write_json("recommend.json", &recommendation)?;
+        md.push_str(&recommendation_markdown(&recommendation, &runs[0]));
+    }
     report.write_text("report.md", &md)?;
     if let Some(dir) = &args.copy_to {
         std::fs::create_dir_all(dir)?;
@@ -182,7 +207,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 fn short_name(policy: &Policy) -> &'static str {
     match policy {
         Policy::TargetTracking { .. } => "target tracking",
-        Policy::Step { .. } => "seed step policy",
+        Policy::Step { .. } => "step policy",
         Policy::Fixed { .. } => "fixed",
     }
 }
@@ -359,6 +384,101 @@ fn markdown(
         }
     }
     md.push_str("\n## Plots\n\n![queue depth](queue-depth.png)\n\n![instances](instances.png)\n\n![upload to processed](upload-to-processed.png)\n\nRaw data: `timeline.csv` (every 10 s), `jobs.csv` (every video), `summary.json`.\n");
+    md
+}
+
+/// The search's answer: the candidates that meet the SLO, cheapest first (at most 8), the
+/// deployed settings beside them, and the configuration lines for the best.
+fn recommendation_markdown(recommendation: &capacity::Recommendation, deployed: &Run) -> String {
+    let slo_min = recommendation.slo_s / 60.0;
+    let mut md = format!(
+        "\n## Recommendation: the cheapest settings with p95 upload → processed ≤ {slo_min:.1} min\n\n"
+    );
+    let setting = |policy: &Policy| match policy {
+        Policy::TargetTracking { target, .. } => format!("target tracking, {target} per worker"),
+        Policy::Step {
+            out_above,
+            in_below,
+            ..
+        } => format!("step, out above {out_above}, in below {in_below}"),
+        Policy::Fixed { instances } => format!("fixed, {instances}"),
+    };
+    let mut table = crate::table::Table::new(&[
+        "settings",
+        "p95",
+        "most instances",
+        "cost",
+        "per 1 000 videos",
+    ]);
+    table.row([
+        format!("{} (deployed now)", setting(&deployed.policy)),
+        format!("{:.1} min", deployed.summary.p95_s / 60.0),
+        deployed.summary.max_instances.to_string(),
+        format!("${:.4}", deployed.cost.total_usd),
+        format!("${:.3}", deployed.cost.per_1000_videos_usd),
+    ]);
+    // The deployed settings are the first row already.
+    let others = recommendation
+        .candidates
+        .iter()
+        .filter(|c| !c.policy.same_settings(&deployed.policy));
+    let shown: Vec<&capacity::Candidate> = match recommendation.best() {
+        Some(_) => others.filter(|c| c.meets_slo).take(8).collect(),
+        None => others.take(3).collect(),
+    };
+    for c in &shown {
+        table.row([
+            setting(&c.policy),
+            format!("{:.1} min", c.p95_s / 60.0),
+            c.max_instances.to_string(),
+            format!("${:.4}", c.total_usd),
+            format!("${:.3}", c.per_1000_videos_usd),
+        ]);
+    }
+    md.push_str(&table.markdown());
+    match recommendation.best() {
+        None => md.push_str(&format!(
+            "\nNo setting meets {slo_min:.1} min with these instances (max {} workers): the \
+             closest are above. Raise worker.max_size, shorten the boot, or relax the SLO.\n",
+            deployed.policy.bounds().1
+        )),
+        Some(best) if best.policy.same_settings(&deployed.policy) => {
+            md.push_str(&format!(
+                "\nRecommended: keep the deployed settings ({}, p95 {:.1} min): no other costs \
+                 1 % less.\n",
+                setting(&best.policy),
+                best.p95_s / 60.0
+            ));
+        }
+        Some(best) => {
+            let lines = match best.policy {
+                Policy::TargetTracking { target, .. } => format!(
+                    "[worker]\nscaling_policy = \"target-tracking\"\nbacklog_per_instance = {target}\n"
+                ),
+                Policy::Step {
+                    out_above,
+                    in_below,
+                    ..
+                } => format!(
+                    "[worker]\nscaling_policy = \"step\"\nstep_out_above = {out_above}\nstep_in_below = {in_below}\n"
+                ),
+                Policy::Fixed { .. } => String::new(),
+            };
+            md.push_str(&format!(
+                "\nRecommended: {} (p95 {:.1} min, ${:.3} per 1 000 videos against ${:.3} as \
+                 deployed). In config/aws.toml:\n\n```toml\n{lines}```\n",
+                setting(&best.policy),
+                best.p95_s / 60.0,
+                best.per_1000_videos_usd,
+                deployed.cost.per_1000_videos_usd
+            ));
+        }
+    }
+    md.push_str(&format!(
+        "\n{} settings simulated on the same uploads (`recommend.json`); periods and \
+         cooldowns are the seed's.\n",
+        recommendation.candidates.len()
+    ));
     md
 }
 

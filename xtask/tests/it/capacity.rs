@@ -109,6 +109,9 @@ fn the_three_capacity_commands_write_reports_with_their_figures() {
         "--service-time",
         "4s",
         "--compare",
+        "--recommend",
+        "--slo",
+        "7m",
     ]);
     assert_report(
         &simulated,
@@ -119,12 +122,17 @@ fn the_three_capacity_commands_write_reports_with_their_figures() {
             "queue-depth.png",
             "instances.png",
             "upload-to-processed.png",
+            "recommend.json",
         ],
         &[
             "| target tracking (deployed) | 100 |",
-            "| seed step policy | 100 |",
+            "| step policy | 100 |",
             "per 1 000 videos",
             "t3.small",
+            "## Recommendation: the cheapest settings with p95 upload → processed ≤ 7.0 min",
+            "(deployed now)",
+            "Recommended: ",
+            "[worker]\nscaling_policy = ",
         ],
     );
     // A quick worker report is not a measurement: the simulation must not take it as one.

@@ -204,7 +204,7 @@ fn worker_scaling(n: &Names, config: &Config, worker: &str) -> Vec<Resource> {
             ],
         )],
         WorkerScaling::Step => {
-            // The simulator's model of the seed's table is the one deployed.
+            // The simulator's model of the step table is the one deployed.
             let capacity::Policy::Step {
                 out_above,
                 in_below,
@@ -213,9 +213,14 @@ fn worker_scaling(n: &Names, config: &Config, worker: &str) -> Vec<Resource> {
                 out_cooldown_s,
                 in_cooldown_s,
                 ..
-            } = capacity::Policy::seed_step(config.worker.min_size, config.worker.max_size)
+            } = capacity::Policy::step(
+                config.worker.min_size,
+                config.worker.max_size,
+                config.worker.step_out_above,
+                config.worker.step_in_below,
+            )
             else {
-                unreachable!("seed_step is a step policy")
+                unreachable!("Policy::step is a step policy")
             };
             let mut out = Vec::new();
             for (policy, adjustment, cooldown, alarm, periods, comparison, threshold) in [
