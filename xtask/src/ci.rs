@@ -22,15 +22,16 @@ pub struct CiArgs {
     test_args: Vec<String>,
 }
 
-/// nginx lives in /usr/sbin, which is not on every user's PATH.
-fn ensure_nginx() -> anyhow::Result<()> {
-    if std::path::Path::new("/usr/sbin/nginx").is_file() || which("nginx").is_some() {
+/// A server the tests run themselves (nginx, haproxy), from Debian's package of the same
+/// name: it lives in /usr/sbin, which is not on every user's PATH.
+fn ensure_server(name: &str) -> anyhow::Result<()> {
+    if std::path::Path::new("/usr/sbin").join(name).is_file() || which(name).is_some() {
         return Ok(());
     }
-    install_packages(&["nginx"]).context("nginx is needed")?;
-    // Debian starts the packaged server on port 80; the tests only need the program.
+    install_packages(&[name]).with_context(|| format!("{name} is needed"))?;
+    // Debian starts the packaged server; the tests only need the program.
     let _ = crate::system::command("systemctl")
-        .args(["disable", "--now", "nginx"])
+        .args(["disable", "--now", name])
         .status();
     Ok(())
 }
@@ -44,7 +45,9 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     // The instances' user data must pass shellcheck, and the web tier's nginx
     // configuration is run for real (provision's userdata tests).
     ensure_installed(&["shellcheck"], "shellcheck")?;
-    ensure_nginx()?;
+    ensure_server("nginx")?;
+    // The rehearsal's load balancer (xtask's rehearse::balancer tests run it for real).
+    ensure_server("haproxy")?;
     // The page's browser tests (services/api/tests/it/browser.rs).
     ensure_installed(&["chromium", "chromedriver"], "chromium-driver")?;
     let (admin_url, _private_cluster) = test_database()?;

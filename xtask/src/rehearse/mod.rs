@@ -6,8 +6,9 @@
 //! 169.254.169.254, the database endpoint's name (a private PostgreSQL with TLS on
 //! 127.0.0.2, the RDS stand-in), the RDS certificate bundle's download (a local HTTPS
 //! server on 127.0.0.3 under a harness CA the containers trust), and the AWS endpoint
-//! (the boot script's one seam, `/etc/default/anb`). Then a smoke flow goes through the
-//! web instance's nginx on port 80.
+//! (the boot script's one seam, `/etc/default/anb`). Then a smoke flow goes through a
+//! load balancer (`balancer`: HAProxy run as the target group says) to the web
+//! instance's nginx on port 80.
 //!
 //! The containers share this machine's network (loopback included), so nothing leaves it
 //! but the containers' apt downloads from Debian's mirror (cached under `target/`).
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 
+mod balancer;
 mod host;
 mod instance;
 mod interruption;
@@ -83,6 +85,9 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
         install_packages(&["systemd-container", "debootstrap", "nftables"])?;
     }
     ensure_installed(&["nginx"], "nginx")?;
+    if !Path::new("/usr/sbin/haproxy").is_file() {
+        install_packages(&["haproxy"])?; // the load balancer in front of the web instance
+    }
     ensure_installed(&["openssl"], "openssl")?;
     ensure_installed(&["ffmpeg"], "ffmpeg")?;
     let _one_at_a_time = machine_lock()?;
@@ -236,9 +241,58 @@ fn rehearse(
             }
         }
     }
-    smoke_flow(report)?;
+    // The smoke flow goes through a load balancer that behaves as the target group says.
+    let check = facts.target_group.health_check(BALANCER_COMPRESSION);
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let balancer = balancer::Balancer::start(
+        &dir.join("balancer"),
+        listen,
+        &[(
+            "web".to_owned(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 80)),
+        )],
+        &check,
+    )?;
+    let waited = Instant::now();
+    let entered = balancer.wait_healthy("web", check.interval * (check.healthy_threshold + 3));
+    match entered {
+        Ok(()) => report.pass(
+            "load balancer (HAProxy)",
+            format!(
+                "the web instance entered after {} checks in {:.1} s (target group: {} every {} s, \
+                 healthy after {}, unhealthy after {}; time compressed {BALANCER_COMPRESSION}×)",
+                check.healthy_threshold,
+                waited.elapsed().as_secs_f64(),
+                facts.target_group.path,
+                facts.target_group.interval_s,
+                facts.target_group.healthy_threshold,
+                facts.target_group.unhealthy_threshold,
+            ),
+        ),
+        Err(e) => {
+            report.fail("load balancer (HAProxy)", &e);
+            bail!("the web instance never passed the target group's health check");
+        }
+    }
+    smoke_flow(report, &format!("http://{listen}"))?;
+    // Deregistered as a scale-in or a refresh does: no new request, those in flight end.
+    let drained = Instant::now();
+    balancer.deregister("web")?;
+    report.pass(
+        "load balancer drain",
+        format!(
+            "the web instance deregistered and drained in {:.1} s (deregistration delay {} s, \
+             compressed {BALANCER_COMPRESSION}×)",
+            drained.elapsed().as_secs_f64(),
+            facts.target_group.deregistration_delay_s
+        ),
+    );
+    drop(balancer);
     restarts(dir, world, &python, &facts, report)
 }
+
+/// How much faster than AWS's the target group's checks run in the rehearsal.
+const BALANCER_COMPRESSION: u32 = 10;
 
 /// The second scenario: the database password is rotated (in Secrets Manager and in the
 /// database, as RDS does) and the services' connections are ended: the API must answer

@@ -1,8 +1,8 @@
 //! The rehearsal's final table: one line per step, pass or fail, and what is not rehearsed.
 
 /// What cannot be rehearsed here, said with every run.
-const NOT_REHEARSED: &str = "the load balancer (the smoke flow talks to the web \
-instance's nginx directly), auto scaling and instance refresh, the CloudWatch agent's \
+const NOT_REHEARSED: &str = "an ALB itself (HAProxy with the target group's checks stands \
+in), auto scaling and instance refresh, several instances per tier, the CloudWatch agent's \
 download (logs.cloudwatch_agent = false here), IAM permissions (moto does not evaluate \
 them), and RDS itself (a local PostgreSQL with TLS stands in)";
 

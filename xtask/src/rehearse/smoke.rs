@@ -14,13 +14,13 @@ use crate::paths::scratch_dir;
 
 /// Signup, login, upload through the web instance's nginx; the worker instance processes
 /// it; download; a second player votes; the rankings name the first.
-pub(super) fn smoke_flow(report: &mut Report) -> anyhow::Result<()> {
+/// The smoke flow against `base` (the load balancer in front of the web instance).
+pub(super) fn smoke_flow(report: &mut Report, base: &str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async { smoke(report).await })
+    runtime.block_on(async { smoke(report, base).await })
 }
 
-async fn smoke(report: &mut Report) -> anyhow::Result<()> {
-    let base = "http://127.0.0.1:80";
+async fn smoke(report: &mut Report, base: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;

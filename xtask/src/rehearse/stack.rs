@@ -55,13 +55,42 @@ pub(super) struct StackFacts {
     pub(super) db_name: String,
     pub(super) db_user: String,
     pub(super) db_password: String,
+    /// The web target group's health check and deregistration delay, in seconds.
+    pub(super) target_group: TargetGroupFacts,
+}
+
+/// The web target group as the emulator holds it.
+#[derive(serde::Deserialize)]
+pub(super) struct TargetGroupFacts {
+    pub(super) path: String,
+    pub(super) interval_s: u64,
+    pub(super) timeout_s: u64,
+    pub(super) healthy_threshold: u32,
+    pub(super) unhealthy_threshold: u32,
+    pub(super) deregistration_delay_s: u64,
+}
+
+impl TargetGroupFacts {
+    /// Its health check with every duration divided by `compression` (a rehearsal's
+    /// minute is shorter than AWS's; the counts stay).
+    pub(super) fn health_check(&self, compression: u32) -> super::balancer::HealthCheck {
+        let seconds = |s: u64| std::time::Duration::from_secs(s) / compression.max(1);
+        super::balancer::HealthCheck {
+            path: self.path.clone(),
+            interval: seconds(self.interval_s),
+            timeout: seconds(self.timeout_s),
+            healthy_threshold: self.healthy_threshold,
+            unhealthy_threshold: self.unhealthy_threshold,
+            deregistration_delay: seconds(self.deregistration_delay_s),
+        }
+    }
 }
 
 /// Reads the facts with boto3 (moto's own dependency), so xtask links no AWS SDK.
 const READ_FACTS: &str = r#"
 import base64, json, sys
 import boto3
-endpoint, region, web_template, worker_template, database = sys.argv[1:6]
+endpoint, region, web_template, worker_template, database, target_group = sys.argv[1:7]
 kw = dict(endpoint_url=endpoint, region_name=region,
           aws_access_key_id="testing", aws_secret_access_key="testing")
 ec2 = boto3.client("ec2", **kw)
@@ -78,6 +107,18 @@ out["db_name"] = db["DBName"]
 login = json.loads(boto3.client("secretsmanager", **kw).get_secret_value(
     SecretId=db["MasterUserSecret"]["SecretArn"])["SecretString"])
 out["db_user"], out["db_password"] = login["username"], login["password"]
+elb = boto3.client("elbv2", **kw)
+tg = elb.describe_target_groups(Names=[target_group])["TargetGroups"][0]
+attributes = {a["Key"]: a["Value"] for a in elb.describe_target_group_attributes(
+    TargetGroupArn=tg["TargetGroupArn"])["Attributes"]}
+out["target_group"] = {
+    "path": tg["HealthCheckPath"],
+    "interval_s": tg["HealthCheckIntervalSeconds"],
+    "timeout_s": tg["HealthCheckTimeoutSeconds"],
+    "healthy_threshold": tg["HealthyThresholdCount"],
+    "unhealthy_threshold": tg["UnhealthyThresholdCount"],
+    "deregistration_delay_s": int(attributes.get("deregistration_delay.timeout_seconds", "300")),
+}
 print(json.dumps(out))
 "#;
 
@@ -91,8 +132,9 @@ impl StackFacts {
             &names::launch_template_name(STACK, "web"),
             &names::launch_template_name(STACK, "worker"),
             &names::database_name(STACK),
+            &names::target_group_name(STACK),
         ]))
-        .context("read the launch templates and the database back from moto")?;
+        .context("read the launch templates, the database and the target group back from moto")?;
         serde_json::from_str(&text).context("moto's answer")
     }
 }
