@@ -9,6 +9,10 @@ SHUTDOWN_GRACE_SECONDS=60
 # the hook holds the instance, see ARCHITECTURE.md) and tells the hook to go on.
 WORKER_GROUP='{{worker_group}}'
 DRAIN_HOOK='{{drain_hook}}'
+# How long a received job stays hidden: the queue's (queue.visibility_timeout). The worker
+# extends it every third of it while it works, so a job whose instance lost power comes
+# back after at most this long.
+VISIBILITY_TIMEOUT_SECONDS='{{visibility_timeout}}'
 
 install_tier() {
     install_packages ffmpeg
@@ -17,6 +21,7 @@ install_tier() {
 APP__WORKER__SHUTDOWN_GRACE=${SHUTDOWN_GRACE_SECONDS}s
 APP__WORKER__AUTOSCALING_GROUP=${WORKER_GROUP}
 APP__WORKER__LIFECYCLE_HOOK=${DRAIN_HOOK}
+APP__WORKER__VISIBILITY_TIMEOUT=${VISIBILITY_TIMEOUT_SECONDS}s
 SETTINGS
     # Type=notify: up once it says so; the watchdog restarts a worker whose poll loop
     # stopped (it feeds it twice a minute from that loop, through jobs of any length).

@@ -76,6 +76,10 @@ pub fn values(
         ("log_retention_days", config.logs.retention_days.to_string()),
         ("worker_group", names::asg_name(stack, "worker")),
         ("drain_hook", names::drain_hook_name(stack)),
+        (
+            "visibility_timeout",
+            config.queue.visibility_timeout.as_secs().to_string(),
+        ),
     ]
 }
 
@@ -146,6 +150,21 @@ mod tests {
             assert_eq!(header["BUCKET"], "anb-videos-123456789012");
             assert_eq!(header["TIER"], tier.name());
         }
+    }
+
+    /// The worker hides a job it received for the queue's visibility timeout (it extends
+    /// it while it works), not for its own default: a job whose instance lost power comes
+    /// back after what `queue.visibility_timeout` says.
+    #[test]
+    fn the_worker_uses_the_queues_visibility_timeout() {
+        let mut config = seed();
+        config.queue.visibility_timeout = std::time::Duration::from_secs(60);
+        let text = render(Tier::Worker, &config, "123456789012", &R1);
+        assert_eq!(header(&text)["VISIBILITY_TIMEOUT_SECONDS"], "60");
+        assert!(
+            text.contains("APP__WORKER__VISIBILITY_TIMEOUT=${VISIBILITY_TIMEOUT_SECONDS}s"),
+            "{text}"
+        );
     }
 
     /// Each tier's script, as rendered for the seed configuration with the log agent on
