@@ -7,7 +7,7 @@
 pub mod clip;
 pub mod tools;
 
-#[cfg(feature = "services")]
+#[cfg(feature = "autoscaling")]
 mod autoscaling;
 #[cfg(feature = "services")]
 mod metadata;
@@ -16,7 +16,9 @@ mod proxy;
 #[cfg(feature = "services")]
 mod services;
 #[cfg(feature = "services")]
-pub use autoscaling::{autoscaling_stand_in, AutoScalingStandIn, Call, RefreshOutcome};
+pub use autoscaling::autoscaling_stand_in;
+#[cfg(feature = "autoscaling")]
+pub use autoscaling::{AutoScalingStandIn, Call, RefreshOutcome};
 #[cfg(feature = "services")]
 pub use metadata::MetadataStandIn;
 #[cfg(feature = "services")]

@@ -19,6 +19,8 @@ pub struct PrivateCluster {
     pub port: u16,
     /// As root, the server must run as the `postgres` user (it refuses root).
     as_postgres_user: bool,
+    /// Further server options it was started with.
+    extra_options: String,
 }
 
 impl PrivateCluster {
@@ -49,6 +51,7 @@ impl PrivateCluster {
             host: host.to_owned(),
             port: preferred_port,
             as_postgres_user,
+            extra_options: extra_options.to_owned(),
         };
         if as_postgres_user {
             run_command(
@@ -84,31 +87,39 @@ impl PrivateCluster {
             if host == "127.0.0.1" && TcpListener::bind((host, preferred_port)).is_err() {
                 cluster.port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             }
-            let options = format!(
-                "-p {} -k {} -c listen_addresses={host} {extra_options}",
-                cluster.port,
-                cluster.data_dir.display()
-            );
-            run_command(
-                cluster
-                    .tool("pg_ctl")
-                    .arg("-D")
-                    .arg(&cluster.data_dir)
-                    .arg("-l")
-                    .arg(cluster.data_dir.join("server.log"))
-                    .args(["-o", &options, "-w", "-t", "60", "start"])
-                    .stdout(std::process::Stdio::null()),
-            )
-            .with_context(|| {
-                format!(
-                    "PostgreSQL did not start; see {}",
-                    cluster.data_dir.join("server.log").display()
-                )
-            })?;
+            cluster.start_server()?;
         }
         cluster.wait_ready()?;
         cluster.create_database(database)?;
         Ok(cluster)
+    }
+
+    /// Starts the server of this data folder (stopped by [`Self::stop`]) with the settings
+    /// it was created with, and waits until it accepts connections.
+    pub fn start_server(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses={} {}",
+            self.port,
+            self.data_dir.display(),
+            self.host,
+            self.extra_options
+        );
+        run_command(
+            self.tool("pg_ctl")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .arg("-l")
+                .arg(self.data_dir.join("server.log"))
+                .args(["-o", &options, "-w", "-t", "60", "start"])
+                .stdout(std::process::Stdio::null()),
+        )
+        .with_context(|| {
+            format!(
+                "PostgreSQL did not start; see {}",
+                self.data_dir.join("server.log").display()
+            )
+        })?;
+        self.wait_ready()
     }
 
     fn tool(&self, name: &str) -> Command {

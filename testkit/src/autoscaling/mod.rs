@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -95,8 +95,9 @@ pub struct AutoScalingStandIn {
 }
 
 /// The stand-in in front of the process's shared moto ([`crate::moto`]).
+#[cfg(feature = "services")]
 pub fn autoscaling_stand_in() -> &'static AutoScalingStandIn {
-    static STAND_IN: OnceLock<AutoScalingStandIn> = OnceLock::new();
+    static STAND_IN: std::sync::OnceLock<AutoScalingStandIn> = std::sync::OnceLock::new();
     STAND_IN.get_or_init(|| AutoScalingStandIn::start(&crate::moto().endpoint))
 }
 
@@ -233,6 +234,25 @@ impl AutoScalingStandIn {
             hook.to_owned(),
             instance.to_owned(),
         ));
+    }
+
+    /// Whether `instance`'s termination for `hook` still waits for its
+    /// `CompleteLifecycleAction`.
+    pub fn termination_pending(&self, group: &str, hook: &str, instance: &str) -> bool {
+        self.shared
+            .lock()
+            .pending_actions
+            .iter()
+            .any(|(g, h, i)| g == group && h == hook && i == instance)
+    }
+
+    /// Ends `instance`'s wait for `hook` without a completion (its heartbeat timeout
+    /// passed: AWS then takes the hook's default result).
+    pub fn expire_termination(&self, group: &str, hook: &str, instance: &str) {
+        self.shared
+            .lock()
+            .pending_actions
+            .retain(|(g, h, i)| !(g == group && h == hook && i == instance));
     }
 }
 

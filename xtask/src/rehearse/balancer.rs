@@ -160,6 +160,7 @@ impl Balancer {
             .stderr(std::fs::File::create(dir.join("haproxy.log"))?)
             .spawn()
             .context("cannot start haproxy")?;
+        super::interruption::started(haproxy.id()); // Ctrl-C stops it too
         let mut balancer = Self {
             haproxy,
             socket,
@@ -248,6 +249,51 @@ impl Balancer {
 }
 
 impl Balancer {
+    /// Registers a new target (an instance the group launched): it takes requests once it
+    /// has passed the healthy threshold.
+    pub(super) fn register(&mut self, name: &str, address: SocketAddr) -> anyhow::Result<()> {
+        let answer = runtime_command(
+            &self.socket,
+            &format!("add server targets/{name} {address} disabled"),
+        )?;
+        anyhow::ensure!(
+            answer.contains("New server registered"),
+            "HAProxy refused target {name}: {}",
+            answer.trim()
+        );
+        self.watch(name.to_owned(), address);
+        Ok(())
+    }
+
+    /// Deregisters `name` as [`Self::deregister`] does, the drain running on a thread of
+    /// its own (the caller goes on), and then removes it from HAProxy.
+    pub(super) fn deregister_in_background(&self, name: &str) {
+        if let Some((_, registered)) = self.registered.iter().find(|(n, _)| n == name) {
+            registered.store(false, Ordering::Relaxed);
+        }
+        let (socket, name, delay) = (
+            self.socket.clone(),
+            name.to_owned(),
+            self.check.deregistration_delay,
+        );
+        std::thread::spawn(move || {
+            let _ = runtime_command(&socket, &format!("set server targets/{name} state drain"));
+            std::thread::sleep(delay);
+            let _ = runtime_command(&socket, &format!("set server targets/{name} state maint"));
+            let _ = runtime_command(&socket, &format!("del server targets/{name}"));
+        });
+    }
+
+    /// Target `name`'s state as its checks last set it, if it is registered.
+    pub(super) fn state(&self, name: &str) -> Option<TargetState> {
+        self.states
+            .lock()
+            .expect("states")
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, state)| *state)
+    }
+
     /// Waits until target `name` is healthy (has passed its checks), up to `limit`.
     pub(super) fn wait_healthy(&self, name: &str, limit: Duration) -> anyhow::Result<()> {
         let started = std::time::Instant::now();

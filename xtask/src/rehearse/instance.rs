@@ -50,9 +50,43 @@ pub(super) fn debian_rootfs(dir: &Path) -> anyhow::Result<(PathBuf, bool)> {
 /// The target group's health check (provision's `health_check_path`), through nginx.
 const LOAD_BALANCER_HEALTH_CHECK: &str = "http://127.0.0.1:80/api/health/live";
 
+/// Where an instance finds what the harness serves: the database stand-in, the RDS
+/// bundle's host, and the AWS endpoint.
+pub(super) struct Reach {
+    pub(super) database: std::net::Ipv4Addr,
+    pub(super) truststore: std::net::Ipv4Addr,
+    pub(super) endpoint: String,
+}
+
+/// Where a booting instance stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Progress {
+    UserDataRunning,
+    ServiceStarting,
+    /// The service is active; the web tier's health check does not pass yet.
+    HealthCheckFailing,
+    Healthy,
+}
+
+impl Progress {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::UserDataRunning => "user data running",
+            Self::ServiceStarting => "service starting",
+            Self::HealthCheckFailing => "service up, health check not yet passing",
+            Self::Healthy => "healthy",
+        }
+    }
+}
+
 /// One instance: a copy of the root filesystem booted by systemd-nspawn.
 pub(super) struct Instance {
     pub(super) tier: &'static str,
+    /// Its machine's and root directory's name: the tier, or on the game day the EC2
+    /// instance id it stands for.
+    pub(super) name: String,
+    /// Its own network namespace (the game day), or None to share this machine's.
+    pub(super) netns: Option<super::network::Netns>,
     /// The unit whose start means the instance is healthy.
     pub(super) unit: &'static str,
     pub(super) root: PathBuf,
@@ -67,10 +101,11 @@ impl Instance {
     pub(super) fn create(
         dir: &Path,
         rootfs: &Path,
+        name: &str,
         tier: &'static str,
         unit: &'static str,
     ) -> anyhow::Result<Self> {
-        let root = dir.join("instances").join(tier);
+        let root = dir.join("instances").join(name);
         if root.exists() {
             std::fs::remove_dir_all(&root)?;
         }
@@ -83,8 +118,10 @@ impl Instance {
         )?;
         Ok(Self {
             tier,
+            name: name.to_owned(),
+            netns: None,
             unit,
-            log: dir.join("instances").join(format!("{tier}.console.log")),
+            log: dir.join("instances").join(format!("{name}.console.log")),
             root,
             nspawn: None,
             leader: None,
@@ -128,18 +165,18 @@ impl Instance {
         &self,
         pki: &Pki,
         facts: &StackFacts,
-        endpoint: &str,
+        reach: &Reach,
     ) -> anyhow::Result<()> {
         let hosts = self.root.join("etc/hosts");
         let mut text = std::fs::read_to_string(&hosts).unwrap_or_default();
         text.push_str(&format!(
-            "127.0.0.2 {}\n127.0.0.3 truststore.pki.rds.amazonaws.com\n",
-            facts.db_host
+            "{} {}\n{} truststore.pki.rds.amazonaws.com\n",
+            reach.database, facts.db_host, reach.truststore
         ));
         std::fs::write(&hosts, text)?;
         std::fs::write(
             self.root.join("etc/hostname"),
-            format!("rehearse-{}\n", self.tier),
+            format!("rehearse-{}\n", self.name),
         )?;
         let anchors = self.root.join("usr/local/share/ca-certificates");
         std::fs::create_dir_all(&anchors)?;
@@ -152,21 +189,35 @@ impl Instance {
         )?;
         std::fs::write(
             self.root.join("etc/default/anb"),
-            format!("# cargo xtask rehearse: AWS calls go to the emulator\nAWS_ENDPOINT_URL={endpoint}\n"),
+            format!(
+                "# cargo xtask rehearse: AWS calls go to the emulator\nAWS_ENDPOINT_URL={}\n",
+                reach.endpoint
+            ),
         )?;
         Ok(())
     }
 
     pub(super) fn boot(&mut self, apt_cache: &Path) -> anyhow::Result<()> {
+        if super::interruption::interrupted() {
+            bail!("interrupted: the {} instance is not booted", self.tier);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = crate::system::command("systemd-nspawn")
+        let mut nspawn = crate::system::command("systemd-nspawn");
+        nspawn
             .args(["--register=no", "--keep-unit", "-q", "-b"])
             .arg("-D")
             .arg(&self.root)
-            .arg(format!("--machine=rehearse-{}", self.tier))
+            .arg(format!("--machine=rehearse-{}", self.name));
+        if let Some(netns) = &self.netns {
+            // Its own interface; the name server is this machine's, reached through NAT.
+            nspawn
+                .arg(format!("--network-namespace-path={}", netns.path()))
+                .arg("--resolv-conf=copy-host");
+        }
+        let child = nspawn
             .arg(format!(
                 "--bind={}:/var/cache/apt/archives",
                 apt_cache.display()
@@ -216,55 +267,61 @@ impl Instance {
             "the first boot installs packages",
         );
         loop {
-            let user_data = self
-                .exec(&[
-                    "systemctl",
-                    "show",
-                    "-p",
-                    "ActiveState,Result,ConditionResult",
-                    "rehearsal-user-data.service",
-                ])
-                .unwrap_or_default();
-            // Written when the user data has run, on the first boot (later boots skip it,
-            // as on EC2). Not the unit's condition result: that reads "no" before it runs.
-            let user_data_done = self
-                .root
-                .join("var/lib/cloud/instance/boot-finished")
-                .exists();
-            if user_data.contains("Result=exit-code") || user_data.contains("ActiveState=failed") {
-                bail!("the user data failed ({})", user_data.replace('\n', " "));
-            }
-            let service = self
-                .exec(&["systemctl", "is-active", self.unit])
-                .unwrap_or_default();
-            if user_data_done && service.trim() == "active" && self.passes_health_check() {
+            let progress = self.progress()?;
+            if progress == Progress::Healthy {
                 wait.done("healthy");
                 return Ok(booted.elapsed().as_secs_f64());
             }
             if booted.elapsed() > limit {
-                bail!(
-                    "not healthy after {limit:?} (user data: {})",
-                    user_data.replace('\n', " ")
-                );
+                bail!("not healthy after {limit:?} ({})", progress.describe());
             }
-            if let Some(child) = self.nspawn.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "the container exited ({status}); see {}",
-                        self.log.display()
-                    );
-                }
-            }
-            wait.status(
-                match (user_data_done, service.trim()) {
-                    (false, _) => "user data running",
-                    (true, "active") => "service up, health check not yet passing",
-                    (true, _) => "service starting",
-                },
-                None,
-            );
+            wait.status(progress.describe(), None);
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+
+    /// One look at a booted instance: how far it is, or an error once its user data
+    /// failed or its container exited.
+    pub(super) fn progress(&mut self) -> anyhow::Result<Progress> {
+        let user_data = self
+            .exec(&[
+                "systemctl",
+                "show",
+                "-p",
+                "ActiveState,Result,ConditionResult",
+                "rehearsal-user-data.service",
+            ])
+            .unwrap_or_default();
+        // Written when the user data has run, on the first boot (later boots skip it,
+        // as on EC2). Not the unit's condition result: that reads "no" before it runs.
+        let user_data_done = self
+            .root
+            .join("var/lib/cloud/instance/boot-finished")
+            .exists();
+        if user_data.contains("Result=exit-code") || user_data.contains("ActiveState=failed") {
+            bail!("the user data failed ({})", user_data.replace('\n', " "));
+        }
+        if let Some(child) = self.nspawn.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "the container exited ({status}); see {}",
+                    self.log.display()
+                );
+            }
+        }
+        if !user_data_done {
+            return Ok(Progress::UserDataRunning);
+        }
+        let service = self
+            .exec(&["systemctl", "is-active", self.unit])
+            .unwrap_or_default();
+        Ok(if service.trim() != "active" {
+            Progress::ServiceStarting
+        } else if !self.passes_health_check() {
+            Progress::HealthCheckFailing
+        } else {
+            Progress::Healthy
+        })
     }
 
     /// What the load balancer asks of a web instance before it sends it requests; the
@@ -318,6 +375,24 @@ impl Instance {
                 Ok(text) => println!("{text}"),
                 Err(e) => println!("(cannot read it: {e:#})"),
             }
+        }
+    }
+
+    /// Power lost: the container's init killed with everything in it, and on the game day
+    /// its link to the bridge cut, so requests to it go unanswered rather than refused.
+    pub(super) fn power_off(&mut self) {
+        if let Some(netns) = &self.netns {
+            let _ = crate::system::command("ip")
+                .args(["-n", &netns.name, "link", "set", "eth0", "down"])
+                .status();
+        }
+        if let Some(leader) = self.leader.take() {
+            let _ = crate::system::command("kill")
+                .args(["-KILL", &leader.to_string()])
+                .status();
+        }
+        if let Some(mut child) = self.nspawn.take() {
+            let _ = child.wait();
         }
     }
 

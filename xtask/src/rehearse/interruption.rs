@@ -62,6 +62,11 @@ pub(super) fn watch() {
     });
 }
 
+/// Whether the run was interrupted: whatever would start something new must not.
+pub(super) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Blocks until the run is interrupted (`--keep`).
 pub(super) fn wait() {
     KEEPING.store(true, Ordering::SeqCst);
@@ -72,20 +77,32 @@ pub(super) fn wait() {
 }
 
 fn clean_up() {
-    let pids: Vec<u32> = STARTED.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for pid in &pids {
-        let _ = crate::system::command("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    // nspawn powers its container off on SIGTERM: give the units their stop time.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline
-        && pids
+    // Twice: the run's own thread may have started one more while the first round ran
+    // (it stops starting anything once it sees the interruption).
+    let mut stopped: Vec<u32> = Vec::new();
+    for _ in 0..2 {
+        let pids: Vec<u32> = STARTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
-    {
-        std::thread::sleep(Duration::from_millis(200));
+            .copied()
+            .filter(|pid| !stopped.contains(pid))
+            .collect();
+        for pid in &pids {
+            let _ = crate::system::command("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        // nspawn powers its container off on SIGTERM: give the units their stop time.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && pids
+                .iter()
+                .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        stopped.extend(pids);
     }
     let teardowns = std::mem::take(&mut *TEARDOWNS.lock().unwrap_or_else(|e| e.into_inner()));
     for teardown in teardowns.into_iter().rev() {

@@ -13,7 +13,7 @@
 //! The containers share this machine's network (loopback included), so nothing leaves it
 //! but the containers' apt downloads from Debian's mirror (cached under `target/`).
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +21,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 
+mod aws;
 mod balancer;
+mod fleet;
+mod game_day;
 mod host;
 mod instance;
 mod interruption;
+mod network;
 mod report;
 mod smoke;
 mod stack;
@@ -61,6 +65,16 @@ pub struct RehearseArgs {
     /// command waits), print how to get a shell in each instance, and tear down on Ctrl-C.
     #[arg(long)]
     keep: bool,
+    /// The game day instead: each group's instances (several per tier, over two zones,
+    /// each in its own network namespace) follow the emulator's groups and the deployed
+    /// worker policy, HAProxy in front of the web tier, and scenarios under load and
+    /// faults: a burst of uploads that scales the workers out and back in, and a
+    /// database failover. Writes summary.json and plots under target/rehearse/<time>/.
+    #[arg(long, conflicts_with = "keep")]
+    game_day: bool,
+    /// A smaller game day (fewer uploads, a shorter database outage), as CI runs it.
+    #[arg(long, requires = "game_day")]
+    quick: bool,
 }
 
 pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
@@ -99,9 +113,19 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(instances);
     });
     let started = Instant::now();
-    let mut report = Report::default();
+    let mut report = Report::new(args.game_day);
     let mut world = World::default();
-    let outcome = rehearse(&dir, args.optimized, &mut world, &mut report);
+    let outcome = if args.game_day {
+        game_day::game_day(
+            &dir,
+            args.optimized,
+            game_day::Size::new(args.quick),
+            &mut world,
+            &mut report,
+        )
+    } else {
+        rehearse(&dir, args.optimized, &mut world, &mut report)
+    };
     if let Err(e) = &outcome {
         report.fail("rehearsal", e);
     }
@@ -220,9 +244,17 @@ fn rehearse(
         ("web", &facts.web_user_data, "anb-api.service"),
         ("worker", &facts.worker_user_data, "anb-worker.service"),
     ] {
-        let instance = Instance::create(dir, &rootfs, tier, unit)?;
+        let instance = Instance::create(dir, &rootfs, tier, tier, unit)?;
         instance.install_user_data(user_data)?;
-        instance.provide(&pki, &facts, &world.endpoint)?;
+        instance.provide(
+            &pki,
+            &facts,
+            &instance::Reach {
+                database: Ipv4Addr::new(127, 0, 0, 2),
+                truststore: Ipv4Addr::new(127, 0, 0, 3),
+                endpoint: world.endpoint.clone(),
+            },
+        )?;
         world.instances.push(instance);
     }
     for instance in &mut world.instances {

@@ -14,8 +14,22 @@ use crate::system::output;
 /// The rehearsal's stack configuration: the project's, with one of moto's images and the
 /// log agent off (its download is not rehearsed).
 pub(super) fn stack_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    write_stack_config(dir, &[])
+}
+
+/// The game day's: the rehearsal's, with a one-minute queue visibility timeout, so a job
+/// whose worker lost power comes back within the scenario rather than after 30 minutes
+/// (the worker extends it every third of it while it works, as it does on AWS).
+pub(super) fn game_day_stack_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    write_stack_config(
+        dir,
+        &[("queue", "visibility_timeout", toml::Value::from("60s"))],
+    )
+}
+
+fn write_stack_config(dir: &Path, more: &[(&str, &str, toml::Value)]) -> anyhow::Result<PathBuf> {
     let source = project_root().join("config/aws.toml");
-    let text = rehearsal_config(&std::fs::read_to_string(&source)?)
+    let text = rehearsal_config(&std::fs::read_to_string(&source)?, more)
         .with_context(|| format!("{}", source.display()))?;
     let path = dir.join("stack.toml");
     std::fs::write(&path, text)?;
@@ -25,14 +39,16 @@ pub(super) fn stack_config(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The project's configuration text with the two keys the rehearsal sets; refused when
-/// either is missing (a renamed key would otherwise leave the rehearsal on AWS values).
-fn rehearsal_config(text: &str) -> anyhow::Result<String> {
+/// The project's configuration text with the two keys the rehearsal sets and `more`;
+/// refused when any is missing (a renamed key would otherwise leave the rehearsal on AWS
+/// values).
+fn rehearsal_config(text: &str, more: &[(&str, &str, toml::Value)]) -> anyhow::Result<String> {
     let mut config: toml::Table = toml::from_str(text).context("not TOML")?;
-    for (section, key, value) in [
+    let keys = [
         ("instances", "ami", toml::Value::from("ami-1e749f67")),
         ("logs", "cloudwatch_agent", toml::Value::from(false)),
-    ] {
+    ];
+    for (section, key, value) in keys.iter().chain(more).cloned() {
         let slot = config
             .get_mut(section)
             .and_then(toml::Value::as_table_mut)
@@ -146,11 +162,12 @@ mod tests {
     #[test]
     fn the_rehearsal_sets_its_two_keys_and_refuses_a_configuration_without_them() {
         let seed = stack_config::DEFAULT_TOML;
-        let config = stack_config::Config::from_toml(&rehearsal_config(seed).unwrap()).unwrap();
+        let config =
+            stack_config::Config::from_toml(&rehearsal_config(seed, &[]).unwrap()).unwrap();
         assert_eq!(config.instances.ami, "ami-1e749f67");
         assert!(!config.logs.cloudwatch_agent);
         let renamed = seed.replace("cloudwatch_agent =", "log_agent =");
-        let error = rehearsal_config(&renamed).unwrap_err().to_string();
+        let error = rehearsal_config(&renamed, &[]).unwrap_err().to_string();
         assert!(error.contains("logs.cloudwatch_agent"), "{error}");
     }
 }

@@ -127,16 +127,20 @@ pub(super) fn stand_in_database(
         "postgres",
         &format!("CREATE DATABASE \"{}\" OWNER \"{user}\"", facts.db_name),
     )?;
-    cluster.set_hba(
+    // Loopback for the plain rehearsal's instances; the game day's arrive from their own
+    // addresses through the gateway's DNAT (`network`), their source kept.
+    cluster.set_hba(&format!(
         "local all all trust\n\
-         hostssl all all 127.0.0.0/8 scram-sha-256\n",
-    )?;
+         hostssl all all 127.0.0.0/8 scram-sha-256\n\
+         hostssl all all {} scram-sha-256\n",
+        super::network::SUBNET_CIDR
+    ))?;
     Ok(cluster)
 }
 
-/// Stops the stand-in database's server (an interrupted run; a finished one keeps it for
-/// the next, see above).
-fn stop_database(data_dir: &Path) {
+/// Stops the stand-in database's server: an interrupted run (a finished one keeps it for
+/// the next, see above), and the game day's failover.
+pub(super) fn stop_database(data_dir: &Path) {
     if let Ok(bin) = crate::system::postgres_bin_dir() {
         let _ = crate::system::command("runuser")
             .args(["-u", "postgres", "--"])
@@ -190,10 +194,28 @@ pub(super) fn truststore(dir: &Path, pki: &Pki) -> anyhow::Result<Child> {
 }
 
 /// The instance metadata service, IMDSv2 only (the launch templates require tokens):
-/// region, instance identity, and the instance role's credentials, which moto accepts.
+/// region, instance identity, the instance role's credentials (which moto accepts) and
+/// the Auto Scaling lifecycle state. Each instance is known by its source address (on the
+/// game day every instance has its own); any other caller is the one instance of the
+/// plain rehearsal.
 pub(super) struct Imds {
     stop: Arc<AtomicBool>,
+    /// The loopback port it listens on.
+    pub(super) port: u16,
+    identities: Identities,
 }
+
+/// What the metadata service says to one instance.
+#[derive(Clone, Debug)]
+pub(super) struct Identity {
+    pub(super) instance_id: String,
+    pub(super) zone: String,
+    /// `autoscaling/target-lifecycle-state`: InService, or Terminated once its group
+    /// terminates it.
+    pub(super) lifecycle_state: String,
+}
+
+type Identities = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Identity>>>;
 
 const IMDS_ADDRESS: &str = "169.254.169.254";
 
@@ -227,23 +249,60 @@ impl Imds {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let identities = Identities::default();
+        let known = identities.clone();
         let region = region.to_owned();
         // Credentials valid for six hours from now: longer than any rehearsal.
         let expires = credentials_expiry();
         std::thread::spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
+                        let identity = known
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&peer.ip())
+                            .cloned()
+                            .unwrap_or_else(|| Identity {
+                                instance_id: "i-0rehearsal".into(),
+                                zone: format!("{region}a"),
+                                lifecycle_state: "InService".into(),
+                            });
                         let (region, expires) = (region.clone(), expires.clone());
                         std::thread::spawn(move || {
-                            let _ = serve_imds(stream, &region, &expires);
+                            let _ = serve_imds(stream, &region, &identity, &expires);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         });
-        Ok(Self { stop })
+        Ok(Self {
+            stop,
+            port,
+            identities,
+        })
+    }
+
+    /// What the instance at `address` is told from now on (None: forget it).
+    pub(super) fn set_identity(&self, address: std::net::IpAddr, identity: Option<Identity>) {
+        let mut identities = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+        match identity {
+            Some(identity) => identities.insert(address, identity),
+            None => identities.remove(&address),
+        };
+    }
+
+    /// Tells the instance at `address` its group is terminating it.
+    pub(super) fn set_terminating(&self, address: std::net::IpAddr) {
+        if let Some(identity) = self
+            .identities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&address)
+        {
+            identity.lifecycle_state = "Terminated".into();
+        }
     }
 
     pub(super) fn stop(self) {
@@ -263,7 +322,12 @@ fn delete_imds_route() {
 const IMDS_TOKEN: &str = "rehearsal-imds-token";
 const ROLE: &str = "rehearsal-instance";
 
-fn serve_imds(stream: TcpStream, region: &str, expires: &str) -> anyhow::Result<()> {
+fn serve_imds(
+    stream: TcpStream,
+    region: &str,
+    identity: &Identity,
+    expires: &str,
+) -> anyhow::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -291,8 +355,11 @@ fn serve_imds(stream: TcpStream, region: &str, expires: &str) -> anyhow::Result<
         ("PUT", "/latest/api/token") => (200, IMDS_TOKEN.to_owned()),
         _ if token.as_deref() != Some(IMDS_TOKEN) => (401, String::new()),
         ("GET", "/latest/meta-data/placement/region") => (200, region.to_owned()),
-        ("GET", "/latest/meta-data/placement/availability-zone") => (200, format!("{region}a")),
-        ("GET", "/latest/meta-data/instance-id") => (200, "i-0rehearsal".to_owned()),
+        ("GET", "/latest/meta-data/placement/availability-zone") => (200, identity.zone.clone()),
+        ("GET", "/latest/meta-data/instance-id") => (200, identity.instance_id.clone()),
+        ("GET", "/latest/meta-data/autoscaling/target-lifecycle-state") => {
+            (200, identity.lifecycle_state.clone())
+        }
         ("GET", "/latest/meta-data/iam/security-credentials/") => (200, ROLE.to_owned()),
         ("GET", p) if p == format!("/latest/meta-data/iam/security-credentials/{ROLE}") => (
             200,
@@ -306,7 +373,7 @@ fn serve_imds(stream: TcpStream, region: &str, expires: &str) -> anyhow::Result<
         ("GET", "/latest/dynamic/instance-identity/document") => (
             200,
             serde_json::json!({"region": region, "accountId": "123456789012",
-                               "instanceId": "i-0rehearsal", "availabilityZone": format!("{region}a")})
+                               "instanceId": identity.instance_id, "availabilityZone": identity.zone})
             .to_string(),
         ),
         _ => (404, String::new()),

@@ -1,5 +1,7 @@
 //! The deploy rehearsal as CI runs it: `cargo xtask rehearse` boots a web and a worker
-//! instance from the launch templates' user data and drives the smoke flow through them.
+//! instance from the launch templates' user data and drives the smoke flow through them;
+//! `cargo xtask rehearse --game-day --quick` runs the groups' instances under the deployed
+//! worker policy through a burst and a database failover.
 
 use std::process::Command;
 
@@ -12,14 +14,15 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-#[test]
-fn a_rehearsed_deploy_boots_both_tiers_and_serves_the_smoke_flow() {
+/// `cargo xtask rehearse ARGS` as root, one cargo run at a time; (passed, stdout, the
+/// last 60 lines of stderr). None when not root.
+fn rehearse(args: &[&str]) -> Option<(bool, String, String)> {
     if !is_root() {
         eprintln!(
             "SKIPPED: the rehearsal boots containers with systemd-nspawn, which needs root \
              (CI runs as root)"
         );
-        return;
+        return None;
     }
     let _serial = crate::CARGO_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -31,16 +34,29 @@ fn a_rehearsed_deploy_boots_both_tiers_and_serves_the_smoke_flow() {
     let out = cargo
         .current_dir(workspace_root())
         .args(["xtask", "rehearse"])
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let stderr_tail: String = {
-        let lines: Vec<&str> = stderr.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+    let lines: Vec<&str> = stderr.lines().collect();
+    let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+    Some((out.status.success(), stdout, tail))
+}
+
+fn passed_step(stdout: &str, step: &str) -> bool {
+    stdout
+        .lines()
+        .any(|line| line.trim_start().starts_with("pass") && line.contains(step))
+}
+
+#[test]
+fn a_rehearsed_deploy_boots_both_tiers_and_serves_the_smoke_flow() {
+    let Some((passed, stdout, stderr_tail)) = rehearse(&[]) else {
+        return;
     };
     assert!(
-        out.status.success(),
+        passed,
         "the rehearsal failed:\n{stdout}\n--- stderr (tail) ---\n{stderr_tail}"
     );
     for step in [
@@ -60,11 +76,65 @@ fn a_rehearsed_deploy_boots_both_tiers_and_serves_the_smoke_flow() {
         "after restart (new password read)",
     ] {
         assert!(
-            stdout
-                .lines()
-                .any(|line| line.trim_start().starts_with("pass") && line.contains(step)),
+            passed_step(&stdout, step),
             "no passed step {step:?} in:\n{stdout}"
         );
     }
     assert!(stdout.contains("not rehearsed:"), "{stdout}");
+}
+
+#[test]
+fn a_quick_game_day_scales_the_workers_out_and_in_and_survives_a_database_failover() {
+    let Some((passed, stdout, stderr_tail)) = rehearse(&["--game-day", "--quick"]) else {
+        return;
+    };
+    assert!(
+        passed,
+        "the game day failed:\n{stdout}\n--- stderr (tail) ---\n{stderr_tail}"
+    );
+    for step in [
+        "groups' first instances healthy",
+        "load balancer (HAProxy)",
+        "burst",
+        "database failover",
+        "summary",
+    ] {
+        assert!(
+            passed_step(&stdout, step),
+            "no passed step {step:?} in:\n{stdout}"
+        );
+    }
+    // summary.json, as other tools read it.
+    let path = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("pass") && l.contains("summary.json"))
+        .and_then(|l| l.split_whitespace().last())
+        .expect("the summary's path");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let scenarios = summary.as_array().expect("one object per scenario");
+    for scenario in scenarios {
+        for field in [
+            "name",
+            "passed",
+            "videos_lost",
+            "videos_processed_twice",
+            "orphan_objects",
+            "failed_requests",
+            "jobs_cut_at_scale_in",
+        ] {
+            assert!(scenario.get(field).is_some(), "no {field} in {scenario}");
+        }
+        assert_eq!(scenario["passed"], true, "{scenario}");
+        assert_eq!(scenario["videos_lost"], 0, "{scenario}");
+    }
+    let burst = scenarios
+        .iter()
+        .find(|s| s["name"] == "burst")
+        .expect("the burst");
+    assert_eq!(burst["max_instances"], 3, "{burst}");
+    assert_eq!(burst["jobs_cut_at_scale_in"], 0, "{burst}");
+    for field in ["p95_measured_s", "p95_predicted_s"] {
+        assert!(burst[field].as_f64().is_some_and(|s| s > 0.0), "{burst}");
+    }
 }
