@@ -89,7 +89,8 @@ impl TargetHealth {
 }
 
 /// HAProxy's configuration: one frontend on `listen`, one backend whose servers (the
-/// targets, by name) all start in maintenance; the runtime API on `socket`.
+/// targets, by name) all start in maintenance, the client's address in X-Forwarded-For (as
+/// an ALB adds it; nginx counts its limits by it); the runtime API on `socket`.
 pub(super) fn haproxy_config(
     listen: SocketAddr,
     socket: &Path,
@@ -99,7 +100,7 @@ pub(super) fn haproxy_config(
         "global\n  stats socket {} mode 600 level admin\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
          frontend web\n  bind {listen}\n  default_backend targets\n\
-         backend targets\n  balance roundrobin\n",
+         backend targets\n  balance roundrobin\n  option forwardfor\n",
         socket.display()
     );
     for (name, address) in targets {
@@ -133,6 +134,8 @@ pub(super) struct Balancer {
     checkers: Vec<std::thread::JoinHandle<()>>,
     /// Each target's state, by name, as the checkers last set it.
     pub(super) states: Arc<Mutex<Vec<(String, TargetState)>>>,
+    /// When each target's state last changed.
+    changed_at: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
     /// Each target's name and whether it is still registered (its checker stops when not).
     registered: Vec<(String, Arc<AtomicBool>)>,
     check: HealthCheck,
@@ -167,6 +170,7 @@ impl Balancer {
             stop: Arc::new(AtomicBool::new(false)),
             checkers: Vec::new(),
             states: Arc::new(Mutex::new(Vec::new())),
+            changed_at: Arc::default(),
             registered: Vec::new(),
             check: check.clone(),
         };
@@ -190,6 +194,7 @@ impl Balancer {
     /// A checker thread for one target: the target group's check every interval, and
     /// the HAProxy server put `ready` when healthy, in `maint` when unhealthy.
     fn watch(&mut self, name: String, address: SocketAddr) {
+        let changed_at = self.changed_at.clone();
         let (stop, states, socket, check) = (
             self.stop.clone(),
             self.states.clone(),
@@ -223,6 +228,10 @@ impl Balancer {
                     {
                         entry.1 = state;
                     }
+                    changed_at
+                        .lock()
+                        .expect("changes")
+                        .insert(name.clone(), std::time::Instant::now());
                 }
                 std::thread::sleep(check.interval);
             }
@@ -282,6 +291,11 @@ impl Balancer {
             let _ = runtime_command(&socket, &format!("set server targets/{name} state maint"));
             let _ = runtime_command(&socket, &format!("del server targets/{name}"));
         });
+    }
+
+    /// When target `name`'s state last changed, if it ever did.
+    pub(super) fn changed_at(&self, name: &str) -> Option<std::time::Instant> {
+        self.changed_at.lock().expect("changes").get(name).copied()
     }
 
     /// Target `name`'s state as its checks last set it, if it is registered.

@@ -87,6 +87,9 @@ pub(super) struct Sample {
 /// What the harness provides every instance.
 pub(super) struct Provided<'a> {
     pub(super) dir: &'a Path,
+    /// Where the run's report goes: each instance's boot log and worker journal land in
+    /// its `instances/`.
+    pub(super) run_dir: &'a Path,
     pub(super) rootfs: &'a Path,
     pub(super) apt_cache: &'a Path,
     pub(super) pki: &'a Pki,
@@ -159,7 +162,7 @@ impl<'a> Fleet<'a> {
         queue_url: String,
         compression: f64,
     ) -> Self {
-        let logs = provided.dir.join("fleet");
+        let logs = provided.run_dir.join("instances");
         let _ = std::fs::create_dir_all(&logs);
         Self {
             provided,
@@ -443,6 +446,12 @@ impl<'a> Fleet<'a> {
                 self.retired_worker_journals.push(journal);
             }
         }
+        // The boot script's output (the instance's console, as EC2 keeps it), for a
+        // failure's post-mortem.
+        let _ = std::fs::copy(
+            member.instance.root.join("var/log/cloud-init-output.log"),
+            self.logs.join(format!("{id}.boot.log")),
+        );
         if member.instance.leader.is_some() {
             if member.instance.shut_down(Duration::from_secs(90)).is_err() {
                 member.instance.stop();
@@ -494,18 +503,18 @@ impl<'a> Fleet<'a> {
                 continue;
             };
             let since = *member.lost_at.get_or_insert_with(Instant::now);
-            let balancer_says = match (&self.balancer, member.instance.tier) {
-                (Some(balancer), "web") => {
-                    balancer.state(id) == Some(super::balancer::TargetState::Unhealthy)
-                }
-                _ => false,
+            // A web instance the load balancer sends requests to is replaced on its verdict
+            // (the group's ELB health check), which on AWS comes before EC2's.
+            let in_rotation = match (&self.balancer, member.instance.tier) {
+                (Some(balancer), "web") => balancer.state(id),
+                _ => None,
             };
-            if balancer_says {
+            if in_rotation == Some(super::balancer::TargetState::Unhealthy) {
                 lost.push((
                     id.clone(),
                     format!("{failure}; the load balancer marked it unhealthy"),
                 ));
-            } else if since.elapsed() >= status_check {
+            } else if in_rotation.is_none() && since.elapsed() >= status_check {
                 lost.push((id.clone(), format!("{failure}; EC2's status checks failed")));
             }
         }

@@ -37,6 +37,8 @@ use crate::postgres::PrivateCluster;
 const BURST_LIMIT: Duration = Duration::from_secs(25 * 60);
 /// Uploads one after another in each of a burst player's two lanes.
 const UPLOADS_PER_LANE: usize = 5;
+/// The steady traffic's clients, each making a request a second.
+const CLIENTS: usize = 4;
 /// Uploads just before the database goes (one after another: most are still waiting).
 const FAILOVER_UPLOADS: usize = 6;
 
@@ -276,6 +278,7 @@ fn with_network(
     std::fs::create_dir_all(apt_cache.join("partial"))?;
     let provided = Provided {
         dir,
+        run_dir,
         rootfs,
         apt_cache: &apt_cache,
         pki,
@@ -353,7 +356,10 @@ fn scenarios(
     size: Size,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    // The groups' first instances, as `up` left them.
+    // The groups' first instances: the web tier at two, one per zone, as a team runs the
+    // tier users reach (the zone loss needs it; the load balancer chooses between them
+    // from the start), the workers as `up` left them.
+    raise_minimum(aws, "web", 2)?;
     let started = Instant::now();
     loop {
         fleet.tick()?;
@@ -624,7 +630,11 @@ impl Outside<'_> {
     }
 }
 
+/// `ids` as an SQL list; `NULL` (matching nothing) for none.
 fn quoted(ids: &[String]) -> String {
+    if ids.is_empty() {
+        return "NULL".into();
+    }
     ids.iter()
         .map(|id| format!("'{}'", id.replace('\'', "")))
         .collect::<Vec<_>>()
@@ -721,15 +731,10 @@ fn burst(
                     async move {
                         let mut ids = Vec::new();
                         for n in (lane..count).step_by(players * 2) {
+                            let title = format!("Burst {n}");
                             ids.push(
-                                api_client::upload(
-                                    &client,
-                                    &base,
-                                    &token,
-                                    bytes.clone(),
-                                    &format!("Burst {n}"),
-                                )
-                                .await?,
+                                upload_as_a_client_does(&client, &base, &token, &bytes, &title)
+                                    .await?,
                             );
                         }
                         anyhow::Ok(ids)
@@ -945,6 +950,28 @@ fn burst(
     Ok(summary)
 }
 
+/// An upload as a well-behaved client makes it: a 429 (this player's two uploads in
+/// flight, counted until the API has let the last one go) is tried again after a second,
+/// up to ten times.
+async fn upload_as_a_client_does(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    bytes: &[u8],
+    title: &str,
+) -> anyhow::Result<String> {
+    let mut attempt = 0;
+    loop {
+        match api_client::upload(client, base, token, bytes.to_vec(), title).await {
+            Err(e) if attempt < 10 && format!("{e:#}").contains("429") => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// The database stand-in stopped for a while (an RDS Multi-AZ failover, longer), then
 /// back: the API answers 503 (never 500) while it is gone, the worker takes no job, both
 /// recover without a restart, and nothing is lost.
@@ -1053,6 +1080,11 @@ fn database_failover(
     summary.figure("requests_during_outage", during.total);
     summary.figure("answered_503_during_outage", during.unavailable);
     summary.figure("answered_500_during_outage", during.server_error);
+    summary.figure("slowest_answer_during_outage_s", round1(during.slowest));
+    summary.figure(
+        "other_failures_by_status",
+        describe_statuses(&all.other_statuses),
+    );
     summary.figure("jobs_waiting_at_stop", waiting_at_stop);
     summary.figure("workers_paused_and_resumed", paused);
     summary.figure("jobs_finished_during_outage", jobs_during);
@@ -1170,11 +1202,12 @@ fn service_restarts(fleet: &Fleet) -> u64 {
         .sum()
 }
 
-/// A steady client mix through the load balancer (a public list and a video's page a few
-/// times a second, a sign-up every 4 s), counting answers by kind.
+/// A steady client mix through the load balancer, a few requests a second, counting
+/// answers by kind and the time each request was sent.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    answers: Arc<Mutex<Vec<(Instant, Answer)>>>,
+    /// Each request's send time, answer and how long the answer took.
+    answers: Arc<Mutex<Vec<(Instant, Answer, Duration)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -1183,8 +1216,9 @@ enum Answer {
     Ok,
     Unavailable,
     ServerError,
-    /// Any other failure: another status, a reset, a timeout.
-    Failed,
+    /// Any other failure: another status, or 0 for no answer within the ALB's idle
+    /// timeout (60 s), 1 for a refused or reset connection.
+    Failed(u16),
 }
 
 #[derive(Debug, Default)]
@@ -1193,6 +1227,10 @@ struct Counts {
     unavailable: usize,
     server_error: usize,
     failed_other: usize,
+    /// The other failures by status (0: no answer in time, 1: connection refused or reset).
+    other_statuses: BTreeMap<u16, usize>,
+    /// The slowest answer's seconds.
+    slowest: f64,
 }
 
 impl Counts {
@@ -1213,59 +1251,64 @@ impl Traffic {
                 return;
             };
             runtime.block_on(async move {
+                // An ALB answers 504 after its idle timeout (60 s by default): a client
+                // sees no answer only past that.
                 let Ok(client) = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
+                    .timeout(Duration::from_secs(60))
                     .build()
                 else {
                     return;
                 };
-                // On a fixed schedule, each request on its own: one that hangs on a dead
-                // target does not hold back the next, as with many clients.
-                let mut schedule = tokio::time::interval(Duration::from_millis(250));
+                // A few clients, each waiting for its answer before its next request (one
+                // stuck on a dead target holds back only itself): fans reading the public
+                // list, a player reading their own videos (the database, through the
+                // token's check), and a newcomer signing up every 4 s (the API allows 30
+                // sign-ups and log-ins a minute from one address; all of these come from
+                // this machine's).
                 let mut requests = tokio::task::JoinSet::new();
-                let mut round = 0u64;
-                while !stopping.load(Ordering::Relaxed) {
-                    schedule.tick().await;
-                    let (client, base, token, recording) = (
+                for client_number in 0..CLIENTS {
+                    let (client, base, token, recording, stopping) = (
                         client.clone(),
                         base.clone(),
                         token.clone(),
                         recording.clone(),
+                        stopping.clone(),
                     );
-                    // A sign-up every 4 s: the API allows 30 a minute from one address.
-                    let signup = round % 16 == 15;
-                    round += 1;
                     requests.spawn(async move {
-                        let sent = Instant::now();
-                        let answer = if signup {
-                            let email =
-                                format!("steady.{}@example.com", api_client::unique_number());
-                            client
-                                .post(format!("{base}/api/auth/signup"))
-                                .json(&json!({
-                                    "first_name": "Steady", "last_name": "Client", "email": email,
-                                    "password1": "Canasta2026", "password2": "Canasta2026",
-                                    "city": "Cali", "country": "Colombia",
-                                }))
-                                .send()
-                                .await
-                        } else {
-                            client
-                                .get(format!("{base}/api/public/videos?limit=10"))
-                                .bearer_auth(&token)
-                                .send()
-                                .await
-                        };
-                        let kind = match answer.map(|a| a.status().as_u16()) {
-                            Ok(200..=299) => Answer::Ok,
-                            Ok(503) => Answer::Unavailable,
-                            Ok(500) => Answer::ServerError,
-                            _ => Answer::Failed,
-                        };
-                        recording
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((sent, kind));
+                        let mut round = 0u64;
+                        while !stopping.load(Ordering::Relaxed) {
+                            let sent = Instant::now();
+                            let request = match client_number {
+                                0 if round % 4 == 3 => {
+                                    let email = format!(
+                                        "steady.{}@example.com",
+                                        api_client::unique_number()
+                                    );
+                                    client.post(format!("{base}/api/auth/signup")).json(&json!({
+                                        "first_name": "Steady", "last_name": "Client", "email": email,
+                                        "password1": "Canasta2026", "password2": "Canasta2026",
+                                        "city": "Cali", "country": "Colombia",
+                                    }))
+                                }
+                                1 => client.get(format!("{base}/api/videos")).bearer_auth(&token),
+                                _ => client.get(format!("{base}/api/public/videos?limit=10")),
+                            };
+                            let kind = match request.send().await.map(|a| a.status().as_u16()) {
+                                Ok(200..=299) => Answer::Ok,
+                                Ok(503) => Answer::Unavailable,
+                                Ok(500) => Answer::ServerError,
+                                Ok(status) => Answer::Failed(status),
+                                // No answer: 0 for a timeout, 1 for a refused or reset
+                                // connection.
+                                Err(e) => Answer::Failed(u16::from(!e.is_timeout())),
+                            };
+                            recording
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((sent, kind, sent.elapsed()));
+                            round += 1;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                     });
                 }
                 while requests.join_next().await.is_some() {}
@@ -1286,13 +1329,17 @@ impl Traffic {
     fn counts_sent(&self, when: impl Fn(Instant) -> bool) -> Counts {
         let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
         let mut counts = Counts::default();
-        for (_, answer) in answers.iter().filter(|(sent, _)| when(*sent)) {
+        for (_, answer, took) in answers.iter().filter(|(sent, _, _)| when(*sent)) {
             counts.total += 1;
+            counts.slowest = counts.slowest.max(took.as_secs_f64());
             match answer {
                 Answer::Ok => {}
                 Answer::Unavailable => counts.unavailable += 1,
                 Answer::ServerError => counts.server_error += 1,
-                Answer::Failed => counts.failed_other += 1,
+                Answer::Failed(status) => {
+                    counts.failed_other += 1;
+                    *counts.other_statuses.entry(*status).or_default() += 1;
+                }
             }
         }
         counts
@@ -1304,7 +1351,7 @@ impl Traffic {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|(when, answer)| *when > at && *answer == Answer::Ok)
+            .any(|(when, answer, _)| *when > at && *answer == Answer::Ok)
     }
 
     fn stop(self) -> Counts {
@@ -1338,23 +1385,8 @@ fn zone_loss(
         ..Default::default()
     };
     // Two instances per tier, one in each zone, as a team runs a tier that must survive a
-    // zone: the groups' minimum raised for the scenario.
-    for tier in ["web", "worker"] {
-        let group = names::asg_name(STACK, tier);
-        let desired = aws.call(
-            "autoscaling",
-            "describe_auto_scaling_groups",
-            json!({ "AutoScalingGroupNames": [group] }),
-        )?["AutoScalingGroups"][0]["DesiredCapacity"]
-            .as_u64()
-            .unwrap_or(0);
-        // Never lower: moto would terminate an instance at once, past the hook.
-        aws.call(
-            "autoscaling",
-            "update_auto_scaling_group",
-            json!({ "AutoScalingGroupName": group, "MinSize": 2, "DesiredCapacity": desired.max(2) }),
-        )?;
-    }
+    // zone: the workers' minimum raised for the scenario (the web tier's already is).
+    raise_minimum(aws, "worker", 2)?;
     let deadline = Instant::now() + Duration::from_secs(15 * 60);
     wait_for(
         fleet,
@@ -1429,12 +1461,21 @@ fn zone_loss(
     let deadline = Instant::now() + Duration::from_secs(15 * 60);
     loop {
         // Before the fleet's tick replaces them (and so deregisters them).
-        if marked_down.is_none()
-            && dark_web.iter().all(|name| {
-                fleet.balancer.as_ref().and_then(|b| b.state(name)) != Some(TargetState::Healthy)
-            })
-        {
-            marked_down = Some(off.elapsed());
+        // When its checks marked the last of them down (read from the checker, not from
+        // this loop, whose round may be slow while the fleet launches replacements).
+        if marked_down.is_none() {
+            let balancer = fleet.balancer.as_ref().context("the balancer")?;
+            let down: Option<Vec<Instant>> = dark_web
+                .iter()
+                .map(|name| {
+                    (balancer.state(name) != Some(TargetState::Healthy))
+                        .then(|| balancer.changed_at(name))
+                        .flatten()
+                })
+                .collect();
+            marked_down = down
+                .and_then(|at| at.into_iter().max())
+                .map(|at| at.saturating_duration_since(off));
         }
         fleet.tick()?;
         let processed = outside.processed(std::slice::from_ref(&video))? == 1;
@@ -1479,6 +1520,10 @@ fn zone_loss(
     summary.figure("marked_down_s", round1(marked.as_secs_f64()));
     summary.figure("expected_marked_down_s", round1(expected.as_secs_f64()));
     summary.figure("failed_until_marked_down", until_marked.failed());
+    summary.figure(
+        "failures_by_status",
+        describe_statuses(&all.counts().other_statuses),
+    );
     summary.figure("failed_after_marked_down", after_marked.failed());
     summary.figure("requests", all.counts().total);
     summary.figure("recovered_s", round1(recovered.as_secs_f64()));
@@ -1527,6 +1572,25 @@ fn zone_loss(
     Ok(summary)
 }
 
+/// Raises `tier`'s group minimum to `min`, and its desired capacity to it if lower (never
+/// lowers it: moto would terminate an instance at once, past the lifecycle hook).
+fn raise_minimum(aws: &mut Aws, tier: &str, min: u64) -> anyhow::Result<()> {
+    let group = names::asg_name(STACK, tier);
+    let desired = aws.call(
+        "autoscaling",
+        "describe_auto_scaling_groups",
+        json!({ "AutoScalingGroupNames": [group] }),
+    )?["AutoScalingGroups"][0]["DesiredCapacity"]
+        .as_u64()
+        .unwrap_or(0);
+    aws.call(
+        "autoscaling",
+        "update_auto_scaling_group",
+        json!({ "AutoScalingGroupName": group, "MinSize": min, "DesiredCapacity": desired.max(min) }),
+    )?;
+    Ok(())
+}
+
 /// Ticks the fleet until `ready` holds, or fails at `deadline` saying what it waited for.
 fn wait_for(
     fleet: &mut Fleet,
@@ -1544,6 +1608,22 @@ fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// "504 ×3, no answer in 60 s ×2", or "none".
+fn describe_statuses(statuses: &BTreeMap<u16, usize>) -> String {
+    if statuses.is_empty() {
+        return "none".into();
+    }
+    statuses
+        .iter()
+        .map(|(status, n)| match status {
+            0 => format!("no answer in 60 s ×{n}"),
+            1 => format!("refused or reset ×{n}"),
+            status => format!("{status} ×{n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn write_events(run_dir: &Path, fleet: &Fleet) {
