@@ -194,10 +194,11 @@ $extra
 WantedBy=multi-user.target
 UNIT
     systemctl daemon-reload
+    systemctl enable "anb-$service.service"
     # A first start that fails (the database in a failover, say) is not the boot's end:
     # systemd starts it again every 10 s (Restart=always), and the rest of the boot (the
     # log agent) must still happen.
-    systemctl enable --now "anb-$service.service" ||
+    systemctl start "anb-$service.service" ||
         say "anb-$service did not start yet; systemd tries again every 10 s (journalctl -u anb-$service)"
 }
 

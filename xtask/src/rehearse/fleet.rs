@@ -387,20 +387,40 @@ impl<'a> Fleet<'a> {
             .context("every zone of the group is powered off")?;
         let p = &self.provided;
         let netns = p.network.attach(slot)?;
-        let mut instance = Instance::create(p.dir, p.rootfs, &held.id, tier, unit)?;
-        instance.install_user_data(&user_data)?;
-        instance.provide(p.pki, p.facts, &p.reach)?;
-        p.imds.set_identity(
-            IpAddr::V4(netns.address),
-            Some(Identity {
-                instance_id: held.id.clone(),
-                zone: zone.clone(),
-                lifecycle_state: "InService".into(),
-            }),
-        );
         let address = netns.address;
-        instance.netns = Some(netns);
-        instance.boot(p.apt_cache)?;
+        let booted = (|| {
+            let mut instance = Instance::create(p.dir, p.rootfs, &held.id, tier, unit)?;
+            instance.netns = Some(netns.clone());
+            let outcome = (|| {
+                instance.install_user_data(&user_data)?;
+                instance.provide(p.pki, p.facts, &p.reach)?;
+                p.imds.set_identity(
+                    IpAddr::V4(address),
+                    Some(Identity {
+                        instance_id: held.id.clone(),
+                        zone: zone.clone(),
+                        lifecycle_state: "InService".into(),
+                    }),
+                );
+                instance.boot(p.apt_cache)
+            })();
+            match outcome {
+                Ok(()) => Ok(instance),
+                Err(e) => {
+                    instance.stop();
+                    instance.remove();
+                    Err(e)
+                }
+            }
+        })();
+        let instance = match booted {
+            Ok(instance) => instance,
+            Err(e) => {
+                p.imds.set_identity(IpAddr::V4(address), None);
+                p.network.detach(&netns);
+                return Err(e.context(format!("launch {}", held.id)));
+            }
+        };
         self.members.insert(
             held.id.clone(),
             Member {
@@ -433,25 +453,7 @@ impl<'a> Fleet<'a> {
         if let (Some(balancer), "web") = (&self.balancer, member.instance.tier) {
             balancer.deregister_in_background(id);
         }
-        if member.instance.tier == "worker" && !member.journal_kept {
-            if let Ok(journal) = member.instance.exec(&[
-                "journalctl",
-                "-u",
-                member.instance.unit,
-                "-o",
-                "cat",
-                "--no-pager",
-            ]) {
-                let _ = std::fs::write(self.logs.join(format!("{id}.journal")), &journal);
-                self.retired_worker_journals.push(journal);
-            }
-        }
-        // The boot script's output (the instance's console, as EC2 keeps it), for a
-        // failure's post-mortem.
-        let _ = std::fs::copy(
-            member.instance.root.join("var/log/cloud-init-output.log"),
-            self.logs.join(format!("{id}.boot.log")),
-        );
+        self.keep_logs(id, &mut member);
         if member.instance.leader.is_some() {
             if member.instance.shut_down(Duration::from_secs(90)).is_err() {
                 member.instance.stop();
@@ -473,6 +475,29 @@ impl<'a> Fleet<'a> {
     /// health checks would find them: a web instance (health check type ELB) once the
     /// load balancer marks it unhealthy, any instance once EC2's status checks notice it
     /// is gone ([`STATUS_CHECK_AWS_SECONDS`], compressed).
+    /// A member's boot log (its console, as EC2 keeps it) and a worker's journal, copied to
+    /// the run's folder before it goes: the post-mortem of a failure, the job accounting.
+    fn keep_logs(&mut self, id: &str, member: &mut Member) {
+        if member.instance.tier == "worker" && !member.journal_kept {
+            if let Ok(journal) = member.instance.exec(&[
+                "journalctl",
+                "-u",
+                member.instance.unit,
+                "-o",
+                "cat",
+                "--no-pager",
+            ]) {
+                let _ = std::fs::write(self.logs.join(format!("{id}.journal")), &journal);
+                self.retired_worker_journals.push(journal);
+                member.journal_kept = true;
+            }
+        }
+        let _ = std::fs::copy(
+            member.instance.root.join("var/log/cloud-init-output.log"),
+            self.logs.join(format!("{id}.boot.log")),
+        );
+    }
+
     fn follow_health(&mut self) -> anyhow::Result<()> {
         let mut lost = Vec::new();
         let mut healthy = Vec::new();
@@ -630,7 +655,8 @@ impl<'a> Fleet<'a> {
                         since.elapsed().as_secs_f64()
                     ),
                 ));
-            } else if since.elapsed().as_secs_f64() * self.compression > heartbeat.as_secs_f64() {
+            } else if since.elapsed() > heartbeat {
+                // In real seconds: the job the worker finishes meanwhile takes real time.
                 autoscaling.expire_termination(&member.group, &hook, id);
                 done.push((id.clone(), "the hook's heartbeat timeout passed".into()));
             }
@@ -703,26 +729,40 @@ impl<'a> Fleet<'a> {
             decision.from, decision.to, decision.reason
         ));
         if decision.to > decision.from {
-            let to = decision.to.min(group_max);
+            // moto's desired capacity still counts the workers the hook holds (their
+            // termination lowers it by one each): on top of what the policy wants.
+            let (_, _, terminating) = self.worker_counts();
+            let to = (decision.to + terminating).min(group_max);
             self.aws.call(
                 "autoscaling",
                 "set_desired_capacity",
                 json!({ "AutoScalingGroupName": group, "DesiredCapacity": to, "HonorCooldown": false }),
             )?;
         } else {
-            self.scaling.owed += decision.from - decision.to;
+            // The policy asks again each minute while the capacity it sees has not dropped
+            // (a scale-in waiting for an unprotected worker): one owed, not one a minute.
+            self.scaling.owed = self.scaling.owed.max(decision.from - decision.to);
         }
         Ok(())
     }
 
     /// Starts each owed scale-in on the worker [`scale_in_victim`] picks; the hook holds it.
     fn begin_owed_scale_ins(&mut self) -> anyhow::Result<()> {
+        let group_min = self
+            .bounds
+            .get(self.worker_group())
+            .map_or(0, |(min, _)| *min);
         while self.scaling.owed > 0 {
             let workers: Vec<&Member> = self
                 .members
                 .values()
                 .filter(|m| m.instance.tier == "worker" && m.terminating.is_none())
                 .collect();
+            if workers.len() as u32 <= group_min {
+                // The minimum was raised meanwhile: AWS never goes below it.
+                self.scaling.owed = 0;
+                return Ok(());
+            }
             let candidates: Vec<Candidate> = workers
                 .iter()
                 .map(|m| Candidate {
@@ -811,6 +851,7 @@ impl<'a> Fleet<'a> {
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             if let Some(mut member) = self.members.remove(&id) {
+                self.keep_logs(&id, &mut member);
                 member.instance.stop();
                 member.instance.remove();
                 if let Some(netns) = &member.instance.netns {

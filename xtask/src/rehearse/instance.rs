@@ -393,12 +393,14 @@ impl Instance {
         }
         if let Some(mut child) = self.nspawn.take() {
             let _ = child.wait();
+            super::interruption::stopped(child.id());
         }
     }
 
     pub(super) fn stop(&mut self) {
         if let Some(mut child) = self.nspawn.take() {
             crate::system::stop(&mut child);
+            super::interruption::stopped(child.id());
         }
     }
 
@@ -406,13 +408,18 @@ impl Instance {
     /// its own stop timeout) and waits for it; seconds taken.
     pub(super) fn shut_down(&mut self, limit: Duration) -> anyhow::Result<f64> {
         let began = Instant::now();
+        if self.nspawn.is_none() {
+            bail!("the {} instance is not running", self.tier)
+        }
+        // Before the child is taken: if this fails, `stop` still has it.
+        self.exec(&["systemctl", "poweroff"])?;
         let Some(mut child) = self.nspawn.take() else {
             bail!("the {} instance is not running", self.tier)
         };
-        self.exec(&["systemctl", "poweroff"])?;
         loop {
             if child.try_wait()?.is_some() {
                 self.leader = None;
+                super::interruption::stopped(child.id());
                 return Ok(began.elapsed().as_secs_f64());
             }
             if began.elapsed() > limit {

@@ -23,6 +23,14 @@ pub(super) fn started(pid: u32) {
     STARTED.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
 }
 
+/// Forgets a process that has ended (its PID may be reused by another).
+pub(super) fn stopped(pid: u32) {
+    STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
+}
+
 /// Registers what to undo if the run is interrupted, after the started processes stop.
 pub(super) fn on_interrupt(teardown: impl FnOnce() + Send + 'static) {
     TEARDOWNS

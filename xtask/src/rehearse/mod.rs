@@ -11,7 +11,9 @@
 //! instance's nginx on port 80.
 //!
 //! The containers share this machine's network (loopback included), so nothing leaves it
-//! but the containers' apt downloads from Debian's mirror (cached under `target/`).
+//! but the containers' apt downloads from Debian's mirror (cached under `target/`). The
+//! game day (`game_day`) gives each instance a network namespace of its own instead
+//! (`network`).
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
@@ -68,8 +70,9 @@ pub struct RehearseArgs {
     /// The game day instead: each group's instances (several per tier, over two zones,
     /// each in its own network namespace) follow the emulator's groups and the deployed
     /// worker policy, HAProxy in front of the web tier, and scenarios under load and
-    /// faults: a burst of uploads that scales the workers out and back in, and a
-    /// database failover. Writes summary.json and plots under target/rehearse/<time>/.
+    /// faults: a burst of uploads that scales the workers out and back in, a database
+    /// failover, and a zone's power lost. Writes summary.json, events.json and a plot
+    /// under target/rehearse/<time>/.
     #[arg(long, conflicts_with = "keep")]
     game_day: bool,
     /// A smaller game day (fewer uploads, a shorter database outage), as CI runs it.

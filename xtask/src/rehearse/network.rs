@@ -7,7 +7,7 @@
 //! Their other traffic (the boot script's apt downloads from Debian's mirror) leaves
 //! through this machine's own address (masquerade), as from a NAT gateway.
 //!
-//! Everything here is created by the run and removed by [`Network::remove`] or on Ctrl-C:
+//! Everything here is created by the run and removed when [`Network`] is dropped or on Ctrl-C:
 //! the bridge, the namespaces, the firewall table and the forwarding setting's old value.
 
 use std::net::Ipv4Addr;
@@ -29,6 +29,8 @@ const FIRST_INSTANCE: u8 = 10;
 /// Namespaces are named with this prefix and the instance's slot.
 const NETNS_PREFIX: &str = "anbgd-";
 const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Its value before the game day, kept until restored (a killed run leaves it here).
+const FORWARDING_SAVED: &str = "/run/anb-gameday.ip_forward";
 
 /// A port on this machine's loopback that instances reach at the gateway's address.
 #[derive(Clone, Copy, Debug)]
@@ -39,9 +41,9 @@ pub(super) struct Forward {
     pub(super) to: (Ipv4Addr, u16),
 }
 
-/// The bridge, the translation table and the forwarding switch, until removed.
+/// The bridge, the translation table and the forwarding switch, until dropped.
 pub(super) struct Network {
-    forwarding_before: String,
+    _private: (),
 }
 
 /// One instance's namespace and address.
@@ -100,17 +102,16 @@ impl Network {
     /// to `imds_port` on loopback. Anything a killed run left behind is removed first.
     pub(super) fn create(forwards: &[Forward], imds_port: u16) -> anyhow::Result<Self> {
         remove_leftovers();
-        let forwarding_before = std::fs::read_to_string(FORWARDING)
+        // The value before any game day: a killed run left it saved, with its own in force.
+        let forwarding_before = std::fs::read_to_string(FORWARDING_SAVED)
+            .or_else(|_| std::fs::read_to_string(FORWARDING))
             .unwrap_or_else(|_| "0".into())
             .trim()
             .to_owned();
-        super::interruption::on_interrupt({
-            let before = forwarding_before.clone();
-            move || {
-                remove_leftovers();
-                let _ = std::fs::write(FORWARDING, &before);
-            }
-        });
+        std::fs::write(FORWARDING_SAVED, &forwarding_before)?;
+        super::interruption::on_interrupt(restore);
+        // Dropped on any error below: what was made so far is removed.
+        let network = Self { _private: () };
         let gateway = gateway();
         for args in [
             vec!["link", "add", BRIDGE, "type", "bridge"],
@@ -140,7 +141,7 @@ impl Network {
             nft.wait()?.success(),
             "nft refused the game day's translation table"
         );
-        Ok(Self { forwarding_before })
+        Ok(network)
     }
 
     /// A namespace for the instance in `slot`, joined to the bridge, with its address and
@@ -204,10 +205,20 @@ impl Network {
             .stderr(Stdio::null())
             .status();
     }
+}
 
-    pub(super) fn remove(self) {
-        remove_leftovers();
-        let _ = std::fs::write(FORWARDING, &self.forwarding_before);
+impl Drop for Network {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+/// Everything removed and the forwarding switch as it was before the first game day.
+fn restore() {
+    remove_leftovers();
+    if let Ok(before) = std::fs::read_to_string(FORWARDING_SAVED) {
+        let _ = std::fs::write(FORWARDING, before.trim());
+        let _ = std::fs::remove_file(FORWARDING_SAVED);
     }
 }
 
