@@ -479,14 +479,7 @@ impl<'a> Fleet<'a> {
     /// the run's folder before it goes: the post-mortem of a failure, the job accounting.
     fn keep_logs(&mut self, id: &str, member: &mut Member) {
         if member.instance.tier == "worker" && !member.journal_kept {
-            if let Ok(journal) = member.instance.exec(&[
-                "journalctl",
-                "-u",
-                member.instance.unit,
-                "-o",
-                "cat",
-                "--no-pager",
-            ]) {
+            if let Ok(journal) = member.instance.service_journal() {
                 let _ = std::fs::write(self.logs.join(format!("{id}.journal")), &journal);
                 self.retired_worker_journals.push(journal);
                 member.journal_kept = true;
@@ -603,16 +596,7 @@ impl<'a> Fleet<'a> {
         for id in &ids {
             if let Some(member) = self.members.get_mut(id) {
                 if let Some(journal) = (member.instance.tier == "worker")
-                    .then(|| {
-                        member.instance.exec(&[
-                            "journalctl",
-                            "-u",
-                            member.instance.unit,
-                            "-o",
-                            "cat",
-                            "--no-pager",
-                        ])
-                    })
+                    .then(|| member.instance.service_journal())
                     .and_then(Result::ok)
                 {
                     // Read before the power goes: what it did until then counts.
@@ -830,17 +814,7 @@ impl<'a> Fleet<'a> {
             .iter()
             .filter(|(_, m)| m.instance.tier == "worker" && !m.journal_kept)
             .filter_map(|(id, m)| {
-                let journal = m
-                    .instance
-                    .exec(&[
-                        "journalctl",
-                        "-u",
-                        m.instance.unit,
-                        "-o",
-                        "cat",
-                        "--no-pager",
-                    ])
-                    .ok()?;
+                let journal = m.instance.service_journal().ok()?;
                 Some((id.clone(), journal))
             })
             .collect()

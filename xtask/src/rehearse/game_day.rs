@@ -94,6 +94,27 @@ impl ScenarioSummary {
         self.figures.insert(name.to_owned(), value.into());
     }
 
+    /// The outside view's figures, and a failure for each that is not zero.
+    fn check_invariants(&mut self, invariants: &Invariants) {
+        self.videos_lost = invariants.lost;
+        self.orphan_objects = invariants.orphans;
+        self.require(
+            invariants.lost == 0,
+            format!("{} videos lost", invariants.lost),
+        );
+        self.require(
+            invariants.orphans == 0,
+            format!("{} orphan objects", invariants.orphans),
+        );
+        self.require(
+            invariants.waiting == 0 && invariants.dead_letters == 0,
+            format!(
+                "{} jobs still queued, {} dead letters",
+                invariants.waiting, invariants.dead_letters
+            ),
+        );
+    }
+
     fn require(&mut self, ok: bool, what: impl Into<String>) {
         if !ok {
             self.failures.push(what.into());
@@ -699,7 +720,6 @@ fn burst(
     )?;
     let bytes = std::fs::read(&clip)?;
     let (min, max) = policy.bounds();
-    let journals_before = fleet.worker_journals().len();
     let sample_start = fleet.samples.len();
     let events_start = fleet.events.len();
     let t0 = fleet.elapsed();
@@ -785,8 +805,7 @@ fn burst(
     let invariants = outside.check(aws, &videos)?;
     let journals = fleet.worker_journals();
     let jobs = account(&journals);
-    summary.videos_lost = invariants.lost;
-    summary.orphan_objects = invariants.orphans;
+    summary.check_invariants(&invariants);
     summary.videos_processed_twice = jobs.processed.values().filter(|n| **n > 1).count();
     summary.jobs_cut_at_scale_in = jobs.handed_back;
     let latencies = outside.latencies(&videos)?;
@@ -868,21 +887,6 @@ fn burst(
     summary.figure("lifecycle_hook_completed", hook_seen);
     summary.figure("scale_in_waited_for_protection", protection_seen);
     summary.require(
-        invariants.lost == 0,
-        format!("{} videos lost", invariants.lost),
-    );
-    summary.require(
-        invariants.orphans == 0,
-        format!("{} orphan objects", invariants.orphans),
-    );
-    summary.require(
-        invariants.waiting == 0 && invariants.dead_letters == 0,
-        format!(
-            "{} jobs still queued, {} dead letters",
-            invariants.waiting, invariants.dead_letters
-        ),
-    );
-    summary.require(
         summary.videos_processed_twice == 0,
         format!("{} videos processed twice", summary.videos_processed_twice),
     );
@@ -901,7 +905,6 @@ fn burst(
         !has_hook || hook_seen,
         "no scale-in went through the lifecycle hook",
     );
-    let _ = journals_before;
     summary.passed = summary.failures.is_empty();
     let samples = &fleet.samples[sample_start..];
     let measured_workers: Vec<(f64, f64)> = samples
@@ -1068,8 +1071,7 @@ fn database_failover(
         .collect();
     let paused = !pauses.is_empty() && pauses.iter().all(|p| p.paused && p.resumed);
     let jobs_during: usize = pauses.iter().map(|p| p.jobs_during).sum();
-    summary.videos_lost = invariants.lost;
-    summary.orphan_objects = invariants.orphans;
+    summary.check_invariants(&invariants);
     summary.failed_requests = all.failed_other;
     let jobs = account(&fleet.worker_journals());
     summary.videos_processed_twice = videos
@@ -1123,21 +1125,6 @@ fn database_failover(
     summary.require(
         restarted.is_empty(),
         format!("the services of {restarted:?} restarted"),
-    );
-    summary.require(
-        invariants.lost == 0,
-        format!("{} videos lost", invariants.lost),
-    );
-    summary.require(
-        invariants.orphans == 0,
-        format!("{} orphan objects", invariants.orphans),
-    );
-    summary.require(
-        invariants.waiting == 0 && invariants.dead_letters == 0,
-        format!(
-            "{} jobs still queued, {} dead letters",
-            invariants.waiting, invariants.dead_letters
-        ),
     );
     summary.passed = summary.failures.is_empty();
     Ok(summary)
@@ -1524,8 +1511,7 @@ fn zone_loss(
     let before = all.counts_sent(|sent| sent < off);
     let invariants = outside.check(aws, std::slice::from_ref(&video))?;
     let jobs = account(&fleet.worker_journals());
-    summary.videos_lost = invariants.lost;
-    summary.orphan_objects = invariants.orphans;
+    summary.check_invariants(&invariants);
     summary.videos_processed_twice =
         usize::from(jobs.processed.get(&video).copied().unwrap_or(0) > 1);
     summary.failed_requests = until_marked.failed() + after_marked.failed() + before.failed();
@@ -1563,21 +1549,6 @@ fn zone_loss(
             "the load balancer took {:.1} s to mark the web instance down (interval × threshold {:.1} s)",
             marked.as_secs_f64(),
             expected.as_secs_f64()
-        ),
-    );
-    summary.require(
-        invariants.lost == 0,
-        format!("{} videos lost", invariants.lost),
-    );
-    summary.require(
-        invariants.orphans == 0,
-        format!("{} orphan objects", invariants.orphans),
-    );
-    summary.require(
-        invariants.waiting == 0 && invariants.dead_letters == 0,
-        format!(
-            "{} jobs still queued, {} dead letters",
-            invariants.waiting, invariants.dead_letters
         ),
     );
     summary.require(

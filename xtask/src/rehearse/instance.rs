@@ -342,6 +342,11 @@ impl Instance {
                 .is_ok()
     }
 
+    /// The tier's service's journal, one message a line.
+    pub(super) fn service_journal(&self) -> anyhow::Result<String> {
+        self.exec(&["journalctl", "-u", self.unit, "-o", "cat", "--no-pager"])
+    }
+
     pub(super) fn unit_states(&self) -> String {
         ["rehearsal-user-data.service", self.unit]
             .iter()
