@@ -18,7 +18,7 @@ mod services;
 #[cfg(feature = "services")]
 pub use autoscaling::autoscaling_stand_in;
 #[cfg(feature = "autoscaling")]
-pub use autoscaling::{AutoScalingStandIn, Call, RefreshOutcome};
+pub use autoscaling::{AutoScalingStandIn, Call, RefreshOrder, RefreshOutcome};
 #[cfg(feature = "services")]
 pub use metadata::MetadataStandIn;
 #[cfg(feature = "services")]

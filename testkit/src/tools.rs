@@ -31,6 +31,17 @@ def exit_with_parent():
     sys.stdin.read()
     os._exit(0)
 threading.Thread(target=exit_with_parent, daemon=True).start()
+# moto 5.2.5 parses the UserData of a launch template's first version but keeps a later
+# version's (CreateLaunchTemplateVersion) as plain text, and an Auto Scaling launch from
+# such a version then fails an assertion (a 500): parsed here as the first version's is.
+from moto.ec2.models.launch_templates import LaunchTemplate
+from moto.ec2.utils import parse_user_data
+_create_version = LaunchTemplate.create_version
+def _create_version_parsed(self, data, description):
+    if isinstance(data.get("UserData"), str):
+        data = dict(data, UserData=parse_user_data(data["UserData"]))
+    return _create_version(self, data, description)
+LaunchTemplate.create_version = _create_version_parsed
 from moto.server import main
 main(["-H", "127.0.0.1", "-p", sys.argv[1]])
 "#;

@@ -10,6 +10,10 @@
 //! A refresh advances one step each time it is described (Pending, InProgress at 0 and
 //! 50 %, then its end), so a client that follows it sees it move without waiting; a test
 //! chooses how each group's next refresh ends with [`AutoScalingStandIn::set_outcome`].
+//! A group whose instances really run (the game day's fleet) has its refreshes driven
+//! instead ([`AutoScalingStandIn::drive_refreshes`]): they move only when the one that
+//! carries them out says so ([`AutoScalingStandIn::advance_refresh`]), so a client that
+//! follows one sees the real replacements' pace and outcome.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -40,6 +44,31 @@ pub enum RefreshOutcome {
     RollBack(String),
     /// Failed without a rollback.
     Fail(String),
+}
+
+/// Every status a refresh can have (AWS's `InstanceRefreshStatus`).
+const STATUSES: [&str; 10] = [
+    "Pending",
+    "InProgress",
+    "Successful",
+    "Failed",
+    "Cancelling",
+    "Cancelled",
+    "RollbackInProgress",
+    "RollbackFailed",
+    "RollbackSuccessful",
+    "Baking",
+];
+
+/// An active refresh as the one who carries it out sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshOrder {
+    pub id: String,
+    pub status: &'static str,
+    /// (template name, version) of its desired configuration, if one was given.
+    pub desired: Option<(String, String)>,
+    /// The request's `Preferences.*` parameters without the prefix (`InstanceWarmup`…).
+    pub preferences: BTreeMap<String, String>,
 }
 
 /// One request the stand-in answered: its action and its form parameters.
@@ -77,6 +106,8 @@ struct State {
     pending_actions: Vec<(String, String, String)>,
     /// Groups whose instances' calls are refused, as a role without the permission is.
     refused_groups: Vec<String>,
+    /// Groups whose refreshes move only by [`AutoScalingStandIn::advance_refresh`].
+    driven_groups: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -136,6 +167,62 @@ impl AutoScalingStandIn {
             .lock()
             .outcomes
             .insert(group.to_owned(), outcome);
+    }
+
+    /// From now on the refreshes of `group` are carried out by the caller: describing one
+    /// no longer moves it, [`Self::advance_refresh`] does.
+    pub fn drive_refreshes(&self, group: &str) {
+        self.shared.lock().driven_groups.push(group.to_owned());
+    }
+
+    /// The refresh of `group` that has not ended, if any.
+    pub fn active_refresh(&self, group: &str) -> Option<RefreshOrder> {
+        let state = self.shared.lock();
+        let refresh = state
+            .refreshes
+            .iter()
+            .find(|r| r.group == group && ACTIVE.contains(&r.status))?;
+        Some(RefreshOrder {
+            id: refresh.id.clone(),
+            status: refresh.status,
+            desired: refresh.desired.clone(),
+            preferences: refresh.preferences.clone(),
+        })
+    }
+
+    /// Moves refresh `id` to `status` (one of AWS's) with `reason`, its percentage
+    /// complete and the instances it has still to replace, as its driver saw them; an
+    /// ending status records the end time and the "STATUS GROUP" event.
+    ///
+    /// # Panics
+    /// When `status` is not one of AWS's refresh statuses, or no refresh has `id`.
+    pub fn advance_refresh(
+        &self,
+        id: &str,
+        status: &'static str,
+        reason: &str,
+        percent: u32,
+        to_update: usize,
+    ) {
+        assert!(STATUSES.contains(&status), "no refresh status {status}");
+        let mut state = self.shared.lock();
+        let refresh = state
+            .refreshes
+            .iter_mut()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("no instance refresh {id}"));
+        refresh.status = status;
+        refresh.reason = reason.to_owned();
+        refresh.percent = percent.min(100);
+        refresh.to_update = to_update;
+        let ended = !ACTIVE.contains(&status) && refresh.ended.is_none();
+        if ended {
+            refresh.ended = Some(chrono::Utc::now());
+        }
+        let event = format!("{status} {}", refresh.group);
+        if ended {
+            state.events.push(event);
+        }
     }
 
     /// The requests answered here for `action`, oldest first.

@@ -1,6 +1,6 @@
 //! Instance refreshes: `StartInstanceRefresh` checked as AWS checks it, and
 //! `DescribeInstanceRefreshes`, which advances a refresh a step and carries a successful
-//! one out on moto.
+//! one out on moto (unless its group's refreshes are driven: then it only reports).
 
 use std::collections::BTreeMap;
 
@@ -214,9 +214,11 @@ pub(super) async fn describe(
         let mut state = shared.lock();
         let mut finishing = None;
         let mut ended = None;
+        let driven = state.driven_groups.contains(name);
         if let Some(refresh) = state
             .refreshes
             .iter_mut()
+            .filter(|_| !driven)
             .find(|r| r.group == *name && ACTIVE.contains(&r.status))
         {
             match (refresh.status, refresh.percent, &refresh.outcome) {
@@ -339,6 +341,86 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// The answer's (Status, PercentageComplete, InstancesToUpdate, has EndTime).
+    fn described(xml: &str) -> (String, String, String, bool) {
+        let field = |name: &str| {
+            xml.split_once(&format!("<{name}>"))
+                .and_then(|(_, rest)| rest.split_once(&format!("</{name}>")))
+                .map(|(value, _)| value.to_owned())
+                .unwrap_or_default()
+        };
+        (
+            field("Status"),
+            field("PercentageComplete"),
+            field("InstancesToUpdate"),
+            xml.contains("<EndTime>"),
+        )
+    }
+
+    #[test]
+    fn a_driven_refresh_moves_only_when_its_driver_says_so() {
+        let stand_in = super::super::AutoScalingStandIn {
+            endpoint: String::new(),
+            shared: std::sync::Arc::new(Shared {
+                // Never called: a driven refresh is not carried out on moto.
+                moto: "http://127.0.0.1:9".to_owned(),
+                http: reqwest::Client::new(),
+                state: std::sync::Mutex::default(),
+            }),
+        };
+        stand_in.shared.lock().refreshes.push(Refresh {
+            id: "r-1".into(),
+            group: "g".into(),
+            status: "Pending",
+            reason: String::new(),
+            percent: 0,
+            to_update: 2,
+            started: chrono::Utc::now(),
+            ended: None,
+            desired: Some(("t".into(), "2".into())),
+            preferences: BTreeMap::from([("InstanceWarmup".into(), "120".into())]),
+            outcome: RefreshOutcome::Succeed,
+        });
+        stand_in.drive_refreshes("g");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let describe = || {
+            let answer = runtime.block_on(describe(
+                &stand_in.shared,
+                &params(&[("AutoScalingGroupName", "g")]),
+            ));
+            let body = runtime
+                .block_on(http_body_util::BodyExt::collect(answer.into_body()))
+                .unwrap()
+                .to_bytes();
+            described(&String::from_utf8_lossy(&body))
+        };
+        for _ in 0..5 {
+            assert_eq!(
+                describe(),
+                ("Pending".into(), "0".into(), "2".into(), false)
+            );
+        }
+        let order = stand_in.active_refresh("g").unwrap();
+        assert_eq!(order.desired, Some(("t".into(), "2".into())));
+        assert_eq!(order.preferences["InstanceWarmup"], "120");
+        stand_in.advance_refresh("r-1", "InProgress", "Replacing", 50, 1);
+        assert_eq!(
+            describe(),
+            ("InProgress".into(), "50".into(), "1".into(), false)
+        );
+        assert!(stand_in.events("g").is_empty(), "nothing ended yet");
+        stand_in.advance_refresh("r-1", "RollbackSuccessful", "health checks failed", 100, 0);
+        assert_eq!(
+            describe(),
+            ("RollbackSuccessful".into(), "100".into(), "0".into(), true)
+        );
+        assert_eq!(stand_in.active_refresh("g"), None);
+        assert_eq!(stand_in.events("g"), ["RollbackSuccessful g"]);
     }
 
     #[test]

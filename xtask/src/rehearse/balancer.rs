@@ -293,6 +293,11 @@ impl Balancer {
         });
     }
 
+    /// How long a deregistered target drains.
+    pub(super) fn deregistration_delay(&self) -> Duration {
+        self.check.deregistration_delay
+    }
+
     /// When target `name`'s state last changed, if it ever did.
     pub(super) fn changed_at(&self, name: &str) -> Option<std::time::Instant> {
         self.changed_at.lock().expect("changes").get(name).copied()

@@ -13,7 +13,9 @@
 //! says `Terminated`) until the worker completes the action or the hook's heartbeat
 //! timeout passes, and only then is it terminated. An instance whose container dies is
 //! marked unhealthy and terminated without lowering the capacity, so moto launches its
-//! replacement.
+//! replacement. Instance refreshes are carried out here too (`refresh`): new instance
+//! first, then the old one through the hook or the load balancer's drain, and back to the
+//! version before when a new one fails its health checks or a named alarm goes off.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -31,6 +33,8 @@ use super::instance::{Instance, Progress, Reach};
 use super::network::Network;
 use super::stand_ins::{Identity, Imds, Pki};
 use super::StackFacts;
+
+mod refresh;
 
 /// How long EC2's status checks take to report an instance that lost power (they run
 /// every minute), in AWS's seconds.
@@ -61,6 +65,12 @@ pub(super) struct Member {
     pub(super) protected: bool,
     /// Its journal is already kept (read before it was powered off).
     journal_kept: bool,
+    /// When its user data was seen finished: the health check grace period counts from
+    /// there (a container's boot, not EC2's, comes before).
+    user_data_done_at: Option<Instant>,
+    /// Since when the load balancer drains it before its termination (a web instance a
+    /// refresh replaces).
+    draining_since: Option<Instant>,
     /// When it was first seen gone or failing.
     lost_at: Option<Instant>,
 }
@@ -90,14 +100,23 @@ pub(super) struct Provided<'a> {
     /// Where the run's report goes: each instance's boot log and worker journal land in
     /// its `instances/`.
     pub(super) run_dir: &'a Path,
-    pub(super) rootfs: &'a Path,
-    pub(super) apt_cache: &'a Path,
+    pub(super) images: Images<'a>,
     pub(super) pki: &'a Pki,
     pub(super) facts: &'a StackFacts,
     pub(super) reach: Reach,
     pub(super) network: &'a Network,
     pub(super) imds: &'a Imds,
     pub(super) autoscaling: &'a testkit::AutoScalingStandIn,
+}
+
+/// What instances boot from.
+pub(super) struct Images<'a> {
+    /// The Debian 12 root filesystem, as the seed's stock image.
+    pub(super) stock: &'a Path,
+    /// By tier, an image with the tier's packages installed, when the run uses them.
+    pub(super) baked: &'a BTreeMap<&'static str, PathBuf>,
+    /// The instances' shared apt downloads.
+    pub(super) apt_cache: &'a Path,
 }
 
 /// The worker group's policy, evaluated once a (compressed) minute.
@@ -136,6 +155,13 @@ pub(super) struct Fleet<'a> {
     pub(super) balancer: Option<Balancer>,
     /// Each group's (MinSize, MaxSize) as moto last said.
     bounds: BTreeMap<String, (u32, u32)>,
+    /// Each group's launch template version as moto last said.
+    group_versions: BTreeMap<String, String>,
+    /// The health check grace period of each group whose health check type is ELB (AWS
+    /// replaces such an instance that is not healthy by its end), in AWS's seconds.
+    elb_grace: BTreeMap<String, f64>,
+    /// The instance refresh being carried out, if any (one at a time, as `up` starts them).
+    refreshing: Option<refresh::Rolling>,
     /// Zones powered off: nothing launches there (AWS's launches in a failed zone fail,
     /// and it launches in the others).
     pub(super) dark_zones: BTreeSet<String>,
@@ -187,6 +213,9 @@ impl<'a> Fleet<'a> {
             max_workers_in_service: 0,
             balancer: None,
             bounds: BTreeMap::new(),
+            group_versions: BTreeMap::new(),
+            elb_grace: BTreeMap::new(),
+            refreshing: None,
             dark_zones: BTreeSet::new(),
             logs,
         }
@@ -232,9 +261,15 @@ impl<'a> Fleet<'a> {
         }
         self.follow_health()?;
         self.follow_hooks()?;
+        self.finish_drains()?;
+        self.follow_refreshes()?;
         let (visible, in_flight) = self.queue_depth()?;
         if Instant::now() >= self.scaling.next_evaluation {
-            self.evaluate(visible)?;
+            // While the worker group is refreshed its counts hold the refresh's extra
+            // instance, which the policy would scale in: it waits for the refresh's end.
+            if !self.refreshes(self.worker_group()) {
+                self.evaluate(visible)?;
+            }
             self.scaling.next_evaluation +=
                 Duration::from_secs_f64(capacity::policy::POLICY_PERIOD / self.compression);
         }
@@ -252,6 +287,11 @@ impl<'a> Fleet<'a> {
             worker_desired,
         });
         Ok(())
+    }
+
+    /// The names of the groups it follows.
+    pub(super) fn group_names(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.name.clone()).collect()
     }
 
     fn worker_group(&self) -> &str {
@@ -309,6 +349,13 @@ impl<'a> Fleet<'a> {
             let size = |key: &str| group[key].as_u64().unwrap_or_default() as u32;
             self.bounds
                 .insert(name.clone(), (size("MinSize"), size("MaxSize")));
+            if let Some(version) = group["LaunchTemplate"]["Version"].as_str() {
+                self.group_versions.insert(name.clone(), version.to_owned());
+            }
+            if group["HealthCheckType"] == "ELB" {
+                let grace = group["HealthCheckGracePeriod"].as_f64().unwrap_or(300.0);
+                self.elb_grace.insert(name.clone(), grace);
+            }
             let group_zones: Vec<String> = group["AvailabilityZones"]
                 .as_array()
                 .into_iter()
@@ -371,11 +418,23 @@ impl<'a> Fleet<'a> {
             .context("no free address for another instance")?;
         let user_data = self.user_data(&held.template, &held.version)?;
         // moto puts every instance of a group in its first subnet; AWS balances a group
-        // over its zones, launching in the one with the fewest of its instances.
+        // over its zones, launching in the one with the fewest of its instances that stay
+        // (not those on their way out, nor those a refresh of the group replaces).
+        let replaced: BTreeSet<String> = if self.refreshes(&held.group) {
+            self.outdated_members().into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
         let in_zone = |zone: &str| {
             self.members
-                .values()
-                .filter(|m| m.group == held.group && m.zone == zone)
+                .iter()
+                .filter(|(id, m)| {
+                    m.group == held.group
+                        && m.zone == zone
+                        && m.terminating.is_none()
+                        && m.draining_since.is_none()
+                        && !replaced.contains(*id)
+                })
                 .count()
         };
         let zone = held
@@ -389,7 +448,12 @@ impl<'a> Fleet<'a> {
         let netns = p.network.attach(slot)?;
         let address = netns.address;
         let booted = (|| {
-            let mut instance = Instance::create(p.dir, p.rootfs, &held.id, tier, unit)?;
+            let image = p
+                .images
+                .baked
+                .get(tier)
+                .map_or(p.images.stock, PathBuf::as_path);
+            let mut instance = Instance::create(p.dir, image, &held.id, tier, unit)?;
             instance.netns = Some(netns.clone());
             let outcome = (|| {
                 instance.install_user_data(&user_data)?;
@@ -402,7 +466,7 @@ impl<'a> Fleet<'a> {
                         lifecycle_state: "InService".into(),
                     }),
                 );
-                instance.boot(p.apt_cache)
+                instance.boot(p.images.apt_cache)
             })();
             match outcome {
                 Ok(()) => Ok(instance),
@@ -435,6 +499,8 @@ impl<'a> Fleet<'a> {
                 protected: held.protected,
                 journal_kept: false,
                 lost_at: None,
+                user_data_done_at: None,
+                draining_since: None,
             },
         );
         self.event(format!(
@@ -450,7 +516,9 @@ impl<'a> Fleet<'a> {
         let Some(mut member) = self.members.remove(id) else {
             return;
         };
-        if let (Some(balancer), "web") = (&self.balancer, member.instance.tier) {
+        if let (Some(balancer), "web", None) =
+            (&self.balancer, member.instance.tier, member.draining_since)
+        {
             balancer.deregister_in_background(id);
         }
         self.keep_logs(id, &mut member);
@@ -496,6 +564,10 @@ impl<'a> Fleet<'a> {
         let mut healthy = Vec::new();
         let status_check = Duration::from_secs_f64(STATUS_CHECK_AWS_SECONDS / self.compression);
         for (id, member) in &mut self.members {
+            let grace = self
+                .elb_grace
+                .get(&member.group)
+                .map(|aws_seconds| Duration::from_secs_f64(aws_seconds / self.compression));
             let failure = if member.instance.leader.is_none() {
                 member
                     .instance
@@ -513,7 +585,22 @@ impl<'a> Fleet<'a> {
                         ));
                         None
                     }
-                    Ok(_) => None,
+                    Ok(Progress::UserDataRunning) => None,
+                    Ok(progress) => {
+                        let done = *member.user_data_done_at.get_or_insert_with(Instant::now);
+                        // Never healthy by the end of the grace period: AWS's ELB health
+                        // check takes it out (the rehearsal's web targets enter the load
+                        // balancer only once healthy, so its checks cannot say it).
+                        grace
+                            .filter(|grace| member.healthy_at.is_none() && done.elapsed() >= *grace)
+                            .map(|grace| {
+                                format!(
+                                    "not healthy {:.0} s after its user data finished (the \
+                                     group's health check grace period; {progress:?})",
+                                    grace.as_secs_f64()
+                                )
+                            })
+                    }
                     Err(e) => Some(format!("{e:#}")),
                 }
             };
@@ -527,7 +614,9 @@ impl<'a> Fleet<'a> {
                 (Some(balancer), "web") => balancer.state(id),
                 _ => None,
             };
-            if in_rotation == Some(super::balancer::TargetState::Unhealthy) {
+            if failure.starts_with("not healthy") {
+                lost.push((id.clone(), failure));
+            } else if in_rotation == Some(super::balancer::TargetState::Unhealthy) {
                 lost.push((
                     id.clone(),
                     format!("{failure}; the load balancer marked it unhealthy"),
@@ -544,6 +633,9 @@ impl<'a> Fleet<'a> {
             }
         }
         for (id, why) in lost {
+            if self.refresh_replacement_failed(&id, &why)? {
+                continue;
+            }
             self.event(format!("{id} unhealthy ({why}): replacing it"));
             self.aws.call(
                 "autoscaling",
@@ -652,7 +744,7 @@ impl<'a> Fleet<'a> {
                 "terminate_instance_in_auto_scaling_group",
                 json!({ "InstanceId": id, "ShouldDecrementDesiredCapacity": true }),
             )?;
-            self.retire(&id, "scaled in");
+            self.retire(&id, "terminated after its lifecycle hook");
         }
         Ok(())
     }
@@ -785,18 +877,68 @@ impl<'a> Fleet<'a> {
                 self.retire(&id, "scaled in (no lifecycle hook)");
                 continue;
             };
-            self.provided
-                .autoscaling
-                .begin_termination(&group, &hook, &id);
-            let member = self.members.get_mut(&id).context("the chosen worker")?;
-            member.terminating = Some(Instant::now());
-            if let Some(address) = member.address() {
-                self.provided.imds.set_terminating(address);
+            self.hold_for_termination(&id, &hook, "scale-in")?;
+        }
+        Ok(())
+    }
+
+    /// Puts worker `id` into `Terminating:Wait` for `hook` (its metadata says
+    /// `Terminated`, the worker finishes its job and completes the action; then
+    /// [`Self::follow_hooks`] terminates it).
+    fn hold_for_termination(&mut self, id: &str, hook: &str, why: &str) -> anyhow::Result<()> {
+        let member = self.members.get_mut(id).context("the chosen worker")?;
+        self.provided
+            .autoscaling
+            .begin_termination(&member.group, hook, id);
+        member.terminating = Some(Instant::now());
+        if let Some(address) = member.address() {
+            self.provided.imds.set_terminating(address);
+        }
+        let (zone, protected) = (member.zone.clone(), member.protected);
+        self.event(format!(
+            "{why}: worker {id} ({zone}, {}) held by the lifecycle hook {hook}",
+            if protected {
+                "holds a job"
+            } else {
+                "unprotected"
             }
-            let zone = member.zone.clone();
-            self.event(format!(
-                "scale-in: worker {id} ({zone}, unprotected) held by the lifecycle hook {hook}"
-            ));
+        ));
+        Ok(())
+    }
+
+    /// Web instances a refresh replaces: out of the load balancer (draining for its
+    /// deregistration delay, requests in flight finish), and only then terminated.
+    fn drain_and_terminate(&mut self, id: &str) -> anyhow::Result<()> {
+        let member = self.members.get_mut(id).context("the web instance")?;
+        member.draining_since = Some(Instant::now());
+        if let Some(balancer) = &self.balancer {
+            balancer.deregister_in_background(id);
+        }
+        self.event(format!(
+            "web {id} deregistered from the load balancer: draining before its termination"
+        ));
+        Ok(())
+    }
+
+    /// Terminates the web instances whose drain is over.
+    fn finish_drains(&mut self) -> anyhow::Result<()> {
+        let delay = self
+            .balancer
+            .as_ref()
+            .map_or(Duration::ZERO, Balancer::deregistration_delay);
+        let drained: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.draining_since.is_some_and(|at| at.elapsed() >= delay))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in drained {
+            self.aws.call(
+                "autoscaling",
+                "terminate_instance_in_auto_scaling_group",
+                json!({ "InstanceId": id, "ShouldDecrementDesiredCapacity": true }),
+            )?;
+            self.retire(&id, "drained and terminated");
         }
         Ok(())
     }

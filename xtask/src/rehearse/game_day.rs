@@ -22,14 +22,16 @@ use stack_config::names;
 
 use super::aws::Aws;
 use super::balancer::{Balancer, HealthCheck, TargetState};
-use super::fleet::{Fleet, Group, Provided};
+use super::fleet::{Fleet, Group, Images, Provided};
 use super::host::{cache_dir, free_port, wait_for_port};
-use super::instance::{debian_rootfs, Reach};
+use super::instance::{baked_rootfs, debian_rootfs, user_data_packages, Reach};
 use super::network::{gateway, Forward, Network};
 use super::report::Report;
 use super::stack::{game_day_stack_config, StackFacts};
 use super::stand_ins::{stand_in_database, stop_database, truststore, Imds, Pki};
 use super::{World, BALANCER_COMPRESSION, STACK};
+
+mod deploys;
 use crate::api_client;
 use crate::postgres::PrivateCluster;
 
@@ -41,6 +43,10 @@ const UPLOADS_PER_LANE: usize = 5;
 const CLIENTS: usize = 4;
 /// Uploads just before the database goes (one after another: most are still waiting).
 const FAILOVER_UPLOADS: usize = 6;
+/// A steady mix with uploads: one every this many rounds of its uploading client (a
+/// second each), and a vote every this many of its voting client's.
+const UPLOAD_EVERY: u64 = 15;
+const VOTE_EVERY: u64 = 5;
 
 /// How big the game day is.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +57,8 @@ pub(super) struct Size {
     pub(super) compression: f64,
     /// How long the database stand-in stays stopped.
     pub(super) database_outage: Duration,
+    /// Instances boot from images with their tier's packages installed.
+    pub(super) baked_images: bool,
 }
 
 impl Size {
@@ -60,12 +68,14 @@ impl Size {
                 burst_uploads: 24,
                 compression: 10.0,
                 database_outage: Duration::from_secs(30),
+                baked_images: true,
             }
         } else {
             Self {
                 burst_uploads: 60,
                 compression: 10.0,
                 database_outage: Duration::from_secs(60),
+                baked_images: false,
             }
         }
     }
@@ -147,8 +157,10 @@ pub(super) fn game_day(
     // does not model (lifecycle actions, instance refreshes).
     let python = crate::tools::ensure_moto()?;
     let port = free_port()?;
-    let moto =
-        testkit::tools::spawn_moto(&python, port, Stdio::null()).context("cannot start moto")?;
+    // Its log is the post-mortem of an emulator error (a 500 names no cause).
+    let moto_log = std::fs::File::create(run_dir.join("moto.log"))?;
+    let moto = testkit::tools::spawn_moto(&python, port, Stdio::from(moto_log))
+        .context("cannot start moto")?;
     world.moto = Some(moto);
     wait_for_port(("127.0.0.1", port), Duration::from_secs(60))?;
     let autoscaling = testkit::AutoScalingStandIn::start(&format!("http://127.0.0.1:{port}"));
@@ -181,7 +193,53 @@ pub(super) fn game_day(
         "cargo xtask up (moto)",
         format!("{:.0} s", began.elapsed().as_secs_f64()),
     );
+    // What the deploy scenarios publish and run `provision up --wait` with (the same
+    // build `up` just made: cargo has nothing to do).
+    let mut services = crate::system::build_binaries(&["api", "worker"], optimized)?;
+    let provision = deploys::Provision {
+        binary: crate::deploy::provision_binary()?,
+        flags: vec![
+            "--stack".into(),
+            STACK.into(),
+            "--endpoint-url".into(),
+            world.endpoint.clone(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        api: services.remove("api").context("the api binary")?,
+        worker: services.remove("worker").context("the worker binary")?,
+        logs: run_dir.clone(),
+    };
     let facts = StackFacts::read(&python, &world.endpoint)?;
+    let apt_cache = dir.join("apt-archives");
+    std::fs::create_dir_all(apt_cache.join("partial"))?;
+    let mut images = BTreeMap::new();
+    if size.baked_images {
+        let began = Instant::now();
+        let mut notes = Vec::new();
+        for (tier, user_data) in [
+            ("web", &facts.web_user_data),
+            ("worker", &facts.worker_user_data),
+        ] {
+            let packages = user_data_packages(user_data)?;
+            let (image, baked) = baked_rootfs(&rootfs, &packages, &apt_cache)?;
+            notes.push(format!(
+                "{tier}: {} ({})",
+                packages.join(" "),
+                if baked { "baked now" } else { "cached" }
+            ));
+            images.insert(tier, image);
+        }
+        report.pass(
+            "instance images (quick)",
+            format!(
+                "the tiers' packages preinstalled, as in a baked AMI, so CI affords the boots; \
+                 {} in {:.0} s",
+                notes.join("; "),
+                began.elapsed().as_secs_f64()
+            ),
+        );
+    }
     world.database = Some(stand_in_database(dir, &pki, &facts)?);
     world.truststore = Some(truststore(dir, &pki)?);
     world.imds = Some(Imds::start(&facts.region)?);
@@ -216,7 +274,11 @@ pub(super) fn game_day(
     let outcome = with_network(
         dir,
         &run_dir,
-        &rootfs,
+        Images {
+            stock: &rootfs,
+            baked: &images,
+            apt_cache: &apt_cache,
+        },
         &pki,
         &facts,
         &python,
@@ -225,6 +287,7 @@ pub(super) fn game_day(
         imds,
         database,
         &autoscaling,
+        &provision,
         size,
         report,
     );
@@ -236,7 +299,7 @@ pub(super) fn game_day(
 fn with_network(
     dir: &Path,
     run_dir: &Path,
-    rootfs: &Path,
+    images: Images,
     pki: &Pki,
     facts: &StackFacts,
     python: &Path,
@@ -245,6 +308,7 @@ fn with_network(
     imds: &Imds,
     database: &PrivateCluster,
     autoscaling: &testkit::AutoScalingStandIn,
+    provision: &deploys::Provision,
     size: Size,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -295,13 +359,10 @@ fn with_network(
             60.0 / size.compression
         ),
     );
-    let apt_cache = dir.join("apt-archives");
-    std::fs::create_dir_all(apt_cache.join("partial"))?;
     let provided = Provided {
         dir,
         run_dir,
-        rootfs,
-        apt_cache: &apt_cache,
+        images,
         pki,
         facts,
         reach: Reach {
@@ -338,6 +399,10 @@ fn with_network(
         queue_url.clone(),
         size.compression,
     );
+    // The fleet carries out the refreshes `provision up` starts, at its instances' pace.
+    for group in &fleet.group_names() {
+        autoscaling.drive_refreshes(group);
+    }
     let outcome = scenarios(
         &mut fleet,
         &mut aws,
@@ -349,6 +414,7 @@ fn with_network(
         &queue_url,
         &dead_letter_url,
         hook.is_some(),
+        provision,
         size,
         report,
     );
@@ -374,13 +440,13 @@ fn scenarios(
     queue_url: &str,
     dead_letter_url: &str,
     has_hook: bool,
+    provision: &deploys::Provision,
     size: Size,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    // The groups' first instances: the web tier at two, one per zone, as a team runs the
-    // tier users reach (the zone loss needs it; the load balancer chooses between them
-    // from the start), the workers as `up` left them.
-    raise_minimum(aws, "web", 2)?;
+    // The groups' first instances as `up` made them: the web tier at two, one per zone,
+    // as a team runs the tier users reach (the game day's configuration; the zone loss
+    // needs it, and the load balancer chooses between them from the start).
     let started = Instant::now();
     loop {
         fleet.tick()?;
@@ -461,6 +527,14 @@ fn scenarios(
     let burst = burst(fleet, aws, &outside, run_dir, &base, policy, has_hook, size)?;
     record(report, &burst);
     summaries.push(burst);
+
+    let rolling = deploys::rolling_deploy(fleet, aws, &outside, provision, &base)?;
+    record(report, &rolling);
+    summaries.push(rolling);
+
+    let bad = deploys::bad_release(fleet, aws, &outside, provision, &base)?;
+    record(report, &bad);
+    summaries.push(bad);
 
     let failover = database_failover(fleet, aws, &outside, dir, &base, size)?;
     record(report, &failover);
@@ -712,13 +786,7 @@ fn burst(
         name: "burst".into(),
         ..Default::default()
     };
-    let clip = crate::paths::scratch_dir().join("rehearse/clip-burst.mp4");
-    crate::media::generate_once(
-        &crate::media::Clip::plain(640, 360, 4),
-        &clip,
-        "a 4 s 360p clip",
-    )?;
-    let bytes = std::fs::read(&clip)?;
+    let bytes = upload_clip()?;
     let (min, max) = policy.bounds();
     let sample_start = fleet.samples.len();
     let events_start = fleet.events.len();
@@ -1204,6 +1272,9 @@ struct Traffic {
     stop: Arc<AtomicBool>,
     /// Each request's send time, answer and how long the answer took.
     answers: Arc<Mutex<Vec<(Instant, Answer, Duration)>>>,
+    /// The videos uploaded and the votes cast, when the mix has uploads.
+    uploaded: Arc<Mutex<Vec<String>>>,
+    votes: Arc<Mutex<usize>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -1215,6 +1286,114 @@ enum Answer {
     /// Any other failure: another status, or 0 for no answer within the ALB's idle
     /// timeout (60 s), 1 for a refused or reset connection.
     Failed(u16),
+}
+
+impl Answer {
+    fn from_status(status: u16) -> Self {
+        match status {
+            200..=299 => Self::Ok,
+            503 => Self::Unavailable,
+            500 => Self::ServerError,
+            status => Self::Failed(status),
+        }
+    }
+
+    /// What a failed call of [`api_client`] says, by the status its message carries.
+    fn from_error(e: &anyhow::Error) -> Self {
+        let text = format!("{e:#}");
+        let status = text
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u16>().ok())
+            .find(|n| (400..600).contains(n));
+        match status {
+            Some(status) => Self::from_status(status),
+            None if text.contains("timed out") => Self::Failed(0),
+            None => Self::Failed(1),
+        }
+    }
+}
+
+/// The steady mix's request of client `client_number` in its `round`: fans reading the
+/// public list, a player reading their own videos, a newcomer signing up every fourth.
+async fn steady_request(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    client_number: usize,
+    round: u64,
+) -> Answer {
+    let request = match client_number {
+        0 if round % 4 == 3 => {
+            let email = format!("steady.{}@example.com", api_client::unique_number());
+            client.post(format!("{base}/api/auth/signup")).json(&json!({
+                "first_name": "Steady", "last_name": "Client", "email": email,
+                "password1": "Canasta2026", "password2": "Canasta2026",
+                "city": "Cali", "country": "Colombia",
+            }))
+        }
+        1 => client.get(format!("{base}/api/videos")).bearer_auth(token),
+        _ => client.get(format!("{base}/api/public/videos?limit=10")),
+    };
+    match request.send().await.map(|a| a.status().as_u16()) {
+        Ok(status) => Answer::from_status(status),
+        // No answer: 0 for a timeout, 1 for a refused or reset connection.
+        Err(e) => Answer::Failed(u16::from(!e.is_timeout())),
+    }
+}
+
+/// The value behind `mutex`, even when a thread panicked holding it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A vote by `token` for the first public video it has not voted for: None when there is
+/// none (the request made is the list's). The answer of the vote, or of the list when it
+/// failed.
+async fn vote_once(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    voted: &mut BTreeSet<String>,
+) -> Option<Answer> {
+    let status = Answer::from_status;
+    let listed = client
+        .get(format!("{base}/api/public/videos?limit=50"))
+        .send()
+        .await;
+    let listed = match listed {
+        Ok(answer) if answer.status().is_success() => answer,
+        Ok(answer) => return Some(status(answer.status().as_u16())),
+        Err(e) => return Some(Answer::Failed(u16::from(!e.is_timeout()))),
+    };
+    let videos: Vec<serde_json::Value> = listed.json().await.ok()?;
+    let video = videos
+        .iter()
+        .filter_map(|v| v["video_id"].as_str())
+        .find(|id| !voted.contains(*id))?
+        .to_owned();
+    voted.insert(video.clone());
+    Some(
+        match client
+            .post(format!("{base}/api/public/videos/{video}/vote"))
+            .bearer_auth(token)
+            .send()
+            .await
+        {
+            Ok(answer) => status(answer.status().as_u16()),
+            Err(e) => Answer::Failed(u16::from(!e.is_timeout())),
+        },
+    )
+}
+
+/// The 4 s 360p clip the burst and the steady uploads send.
+fn upload_clip() -> anyhow::Result<Vec<u8>> {
+    let clip = crate::paths::scratch_dir().join("rehearse/clip-burst.mp4");
+    crate::media::generate_once(
+        &crate::media::Clip::plain(640, 360, 4),
+        &clip,
+        "a 4 s 360p clip",
+    )?;
+    Ok(std::fs::read(&clip)?)
 }
 
 #[derive(Debug, Default)]
@@ -1238,10 +1417,29 @@ impl Counts {
 
 impl Traffic {
     fn start(base: &str, token: &str) -> Self {
+        Self::spawn(base, token, None)
+    }
+
+    /// The steady mix of [`Self::start`] for a new player `first_name`, who also uploads
+    /// `clip` every [`UPLOAD_EVERY`] of their rounds and votes for a public video they
+    /// have not voted for every [`VOTE_EVERY`].
+    fn start_with_uploads(base: &str, first_name: &str, clip: Vec<u8>) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let token = runtime.block_on(api_client::signup_new_player(&client, base, first_name))?;
+        Ok(Self::spawn(base, &token, Some(clip)))
+    }
+
+    fn spawn(base: &str, token: &str, clip: Option<Vec<u8>>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let answers = Arc::new(Mutex::new(Vec::new()));
+        let uploaded = Arc::new(Mutex::new(Vec::new()));
+        let votes = Arc::new(Mutex::new(0));
         let (base, token) = (base.to_owned(), token.to_owned());
         let (stopping, recording) = (stop.clone(), answers.clone());
+        let (uploads, voting) = (uploaded.clone(), votes.clone());
         let thread = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Runtime::new() else {
                 return;
@@ -1261,6 +1459,8 @@ impl Traffic {
                 // token's check), and a newcomer signing up every 4 s (the API allows 30
                 // sign-ups and log-ins a minute from one address; all of these come from
                 // this machine's).
+                // With a clip, the last client uploads it now and then and the third
+                // votes (one vote per video: for one it has not voted for yet).
                 let mut requests = tokio::task::JoinSet::new();
                 for client_number in 0..CLIENTS {
                     let (client, base, token, recording, stopping) = (
@@ -1270,38 +1470,60 @@ impl Traffic {
                         recording.clone(),
                         stopping.clone(),
                     );
+                    let (clip, uploads, voting) = (clip.clone(), uploads.clone(), voting.clone());
                     requests.spawn(async move {
                         let mut round = 0u64;
+                        let mut voted: BTreeSet<String> = BTreeSet::new();
                         while !stopping.load(Ordering::Relaxed) {
                             let sent = Instant::now();
-                            let request = match client_number {
-                                0 if round % 4 == 3 => {
-                                    let email = format!(
-                                        "steady.{}@example.com",
-                                        api_client::unique_number()
-                                    );
-                                    client.post(format!("{base}/api/auth/signup")).json(&json!({
-                                        "first_name": "Steady", "last_name": "Client", "email": email,
-                                        "password1": "Canasta2026", "password2": "Canasta2026",
-                                        "city": "Cali", "country": "Colombia",
-                                    }))
+                            let kind = match clip.as_deref() {
+                                Some(clip)
+                                    if client_number == CLIENTS - 1
+                                        && round.is_multiple_of(UPLOAD_EVERY) =>
+                                {
+                                    let title = format!("Steady upload {round}");
+                                    let uploaded = api_client::upload(
+                                        &client,
+                                        &base,
+                                        &token,
+                                        clip.to_vec(),
+                                        &title,
+                                    )
+                                    .await;
+                                    match uploaded {
+                                        Ok(video) => {
+                                            lock(&uploads).push(video);
+                                            Answer::Ok
+                                        }
+                                        Err(e) => Answer::from_error(&e),
+                                    }
                                 }
-                                1 => client.get(format!("{base}/api/videos")).bearer_auth(&token),
-                                _ => client.get(format!("{base}/api/public/videos?limit=10")),
+                                Some(_)
+                                    if client_number == 2 && round.is_multiple_of(VOTE_EVERY) =>
+                                {
+                                    match vote_once(&client, &base, &token, &mut voted).await {
+                                        Some(kind) => {
+                                            *lock(&voting) += usize::from(kind == Answer::Ok);
+                                            kind
+                                        }
+                                        None => {
+                                            steady_request(
+                                                &client,
+                                                &base,
+                                                &token,
+                                                client_number,
+                                                round,
+                                            )
+                                            .await
+                                        }
+                                    }
+                                }
+                                _ => {
+                                    steady_request(&client, &base, &token, client_number, round)
+                                        .await
+                                }
                             };
-                            let kind = match request.send().await.map(|a| a.status().as_u16()) {
-                                Ok(200..=299) => Answer::Ok,
-                                Ok(503) => Answer::Unavailable,
-                                Ok(500) => Answer::ServerError,
-                                Ok(status) => Answer::Failed(status),
-                                // No answer: 0 for a timeout, 1 for a refused or reset
-                                // connection.
-                                Err(e) => Answer::Failed(u16::from(!e.is_timeout())),
-                            };
-                            recording
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push((sent, kind, sent.elapsed()));
+                            lock(&recording).push((sent, kind, sent.elapsed()));
                             round += 1;
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
@@ -1313,8 +1535,23 @@ impl Traffic {
         Self {
             stop,
             answers,
+            uploaded,
+            votes,
             thread: Some(thread),
         }
+    }
+
+    /// The videos uploaded so far.
+    fn uploaded(&self) -> Vec<String> {
+        self.uploaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The votes cast so far.
+    fn votes(&self) -> usize {
+        *self.votes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn counts(&self) -> Counts {

@@ -45,6 +45,88 @@ pub(super) fn debian_rootfs(dir: &Path) -> anyhow::Result<(PathBuf, bool)> {
     Ok((rootfs, true))
 }
 
+/// The packages a tier's user data installs (`install_packages`' own list and the tier's
+/// call of it), sorted; an error when the script no longer reads as expected.
+pub(super) fn user_data_packages(user_data: &str) -> anyhow::Result<Vec<String>> {
+    let common = user_data
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("retry apt-get install -y -q --no-install-recommends ")
+                .and_then(|rest| rest.strip_suffix("\"$@\""))
+        })
+        .context("the user data's install_packages has no apt-get install line")?;
+    let tier = user_data
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("install_packages "))
+        .context("the user data calls no install_packages")?;
+    let mut packages: Vec<String> = common
+        .split_whitespace()
+        .chain(tier.split_whitespace())
+        .map(str::to_owned)
+        .collect();
+    packages.sort();
+    packages.dedup();
+    Ok(packages)
+}
+
+/// `rootfs` with `packages` installed (as a team bakes an AMI), cached beside it: the
+/// user data's own `apt-get install` then finds them installed, so a boot takes seconds
+/// instead of the half minute or more of unpacking. The quick game day's instances boot
+/// from it, so that CI can afford its many boots; the full one installs as the seed's
+/// stock image does. The path, and whether it was baked now.
+pub(super) fn baked_rootfs(
+    rootfs: &Path,
+    packages: &[String],
+    apt_cache: &Path,
+) -> anyhow::Result<(PathBuf, bool)> {
+    let key = packages.join(" ");
+    let baked = rootfs.with_file_name(format!("debian12-with-{}", packages.join("-")));
+    let marker = baked.join(".anb-baked");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == key) {
+        return Ok((baked, false));
+    }
+    let building = baked.with_extension("building");
+    let _ = std::fs::remove_dir_all(&building);
+    let _ = std::fs::remove_dir_all(&baked);
+    eprintln!("rehearse: baking a root filesystem with {key} (once, about a minute)");
+    run_command(
+        crate::system::command("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(rootfs)
+            .arg(&building),
+    )?;
+    std::fs::create_dir_all(apt_cache.join("partial"))?;
+    run_command(
+        crate::system::command("systemd-nspawn")
+            .args([
+                "--register=no",
+                "--keep-unit",
+                "-q",
+                "--resolv-conf=copy-host",
+            ])
+            .arg("-D")
+            .arg(&building)
+            .arg(format!(
+                "--bind={}:/var/cache/apt/archives",
+                apt_cache.display()
+            ))
+            .args([
+                "sh",
+                "-c",
+                &format!(
+                    "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get -o \
+                     DPkg::Options::=--force-unsafe-io install -y -q --no-install-recommends \
+                     {key}"
+                ),
+            ])
+            .stdout(Stdio::null()),
+    )?;
+    std::fs::write(building.join(".anb-baked"), &key)?;
+    std::fs::rename(&building, &baked)?;
+    Ok((baked, true))
+}
+
 // -------------------------------------------------------------------- instances
 
 /// The target group's health check (provision's `health_check_path`), through nginx.
@@ -115,6 +197,18 @@ impl Instance {
                 .args(["-a", "--reflink=auto"])
                 .arg(rootfs)
                 .arg(&root),
+        )?;
+        // dpkg syncs every file it unpacks, which EC2's volumes absorb but which makes the
+        // user data's installs here several times slower when containers boot together on
+        // this machine's disk; the instance's files are thrown away with it. The package
+        // lists' translations are not needed either.
+        std::fs::write(
+            root.join("etc/dpkg/dpkg.cfg.d/rehearsal-unsafe-io"),
+            "force-unsafe-io\n",
+        )?;
+        std::fs::write(
+            root.join("etc/apt/apt.conf.d/99rehearsal-no-translations"),
+            "Acquire::Languages \"none\";\n",
         )?;
         Ok(Self {
             tier,
@@ -462,4 +556,21 @@ fn find_descendant(pid: u32, name: &str) -> Option<u32> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_data_packages;
+
+    #[test]
+    fn the_packages_are_read_from_the_user_data() {
+        let user_data = "install_packages() {\n    retry apt-get update -q\n    retry apt-get \
+            install -y -q --no-install-recommends awscli python3 curl \"$@\"\n}\n\
+            install_tier() {\n    install_packages nginx ffmpeg\n}\n";
+        assert_eq!(
+            user_data_packages(user_data).unwrap(),
+            ["awscli", "curl", "ffmpeg", "nginx", "python3"]
+        );
+        assert!(user_data_packages("install_tier() { :; }").is_err());
+    }
 }

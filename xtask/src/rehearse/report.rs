@@ -9,8 +9,9 @@ them), and RDS itself (a local PostgreSQL with TLS stands in)";
 /// What the game day cannot rehearse.
 const NOT_REHEARSED_ON_GAME_DAY: &str = "an ALB itself (HAProxy with the target group's \
 checks stands in), EC2 and Auto Scaling themselves (moto holds the groups and launches their \
-instances; the harness boots a container for each and runs the worker policy, lifecycle hooks \
-and replacements), the web tier's CPU policy (the web group keeps its desired capacity), the \
+instances; the harness boots a container for each and runs the worker policy, lifecycle hooks, \
+instance refreshes and replacements), alarms going off by themselves (moto does not evaluate \
+them), the web tier's CPU policy (the web group keeps its desired capacity), the \
 CloudWatch agent's download, IAM permissions, and RDS itself (a local PostgreSQL with TLS \
 stands in; its failover is a stop and start)";
 

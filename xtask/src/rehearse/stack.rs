@@ -23,7 +23,12 @@ pub(super) fn stack_config(dir: &Path) -> anyhow::Result<PathBuf> {
 pub(super) fn game_day_stack_config(dir: &Path) -> anyhow::Result<PathBuf> {
     write_stack_config(
         dir,
-        &[("queue", "visibility_timeout", toml::Value::from("60s"))],
+        &[
+            ("queue", "visibility_timeout", toml::Value::from("60s")),
+            // One web instance per zone from the start, as a team runs the tier users
+            // reach; `up`, which the deploy scenarios run again, keeps it so.
+            ("web", "min_size", toml::Value::from(2)),
+        ],
     )
 }
 

@@ -1,7 +1,8 @@
 //! The deploy rehearsal as CI runs it: `cargo xtask rehearse` boots a web and a worker
 //! instance from the launch templates' user data and drives the smoke flow through them;
 //! `cargo xtask rehearse --game-day --quick` runs the groups' instances under the deployed
-//! worker policy through a burst and a database failover.
+//! worker policy through a burst, a rolling deploy, a bad release that rolls back, a
+//! database failover and a zone loss.
 
 use std::process::Command;
 
@@ -84,7 +85,7 @@ fn a_rehearsed_deploy_boots_both_tiers_and_serves_the_smoke_flow() {
 }
 
 #[test]
-fn a_quick_game_day_scales_the_workers_out_and_in_and_survives_a_database_failover() {
+fn a_quick_game_day_scales_the_workers_rolls_a_release_back_and_survives_failures() {
     let Some((passed, stdout, stderr_tail)) = rehearse(&["--game-day", "--quick"]) else {
         return;
     };
@@ -96,7 +97,10 @@ fn a_quick_game_day_scales_the_workers_out_and_in_and_survives_a_database_failov
         "groups' first instances healthy",
         "load balancer (HAProxy)",
         "burst",
+        "rolling deploy",
+        "bad release",
         "database failover",
+        "zone loss",
         "summary",
     ] {
         assert!(
@@ -137,4 +141,28 @@ fn a_quick_game_day_scales_the_workers_out_and_in_and_survives_a_database_failov
     for field in ["p95_measured_s", "p95_predicted_s"] {
         assert!(burst[field].as_f64().is_some_and(|s| s > 0.0), "{burst}");
     }
+    // Release B replaced A on both tiers under traffic through `provision up --wait`;
+    // B' rolled back by itself and `up --wait` said so with exit code 1.
+    let scenario = |name: &str| {
+        scenarios
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {summary}"))
+    };
+    let rolling = scenario("rolling deploy");
+    assert_eq!(rolling["up_exit_code"], 0, "{rolling}");
+    assert_eq!(rolling["failed_requests"], 0, "{rolling}");
+    assert!(
+        rolling["uploads"].as_u64().is_some_and(|n| n > 0),
+        "{rolling}"
+    );
+    let bad = scenario("bad release");
+    assert_eq!(bad["up_exit_code"], 1, "{bad}");
+    assert_eq!(bad["failed_requests"], 0, "{bad}");
+    assert!(
+        bad["up_said"]
+            .as_str()
+            .is_some_and(|s| s.contains("rolled back to release")),
+        "{bad}"
+    );
 }
