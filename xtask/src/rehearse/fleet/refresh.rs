@@ -97,19 +97,15 @@ impl Fleet<'_> {
         let Some(rolling) = self.refreshing.as_mut() else {
             return Ok(());
         };
+        let target = rolling.target().to_owned();
         if let Some(step) = rolling.new_instance.as_mut() {
-            let target = if rolling.rollback.is_some() {
-                &rolling.previous
-            } else {
-                &rolling.desired
-            };
             if step.id.is_none() {
                 step.id = self
                     .members
                     .iter()
                     .find(|(id, m)| {
                         m.group == rolling.group
-                            && m.template_version == *target
+                            && m.template_version == target
                             && !step.known_before.contains(*id)
                     })
                     .map(|(id, _)| id.clone());
