@@ -275,19 +275,23 @@ impl Balancer {
     }
 
     /// Deregisters `name` as [`Self::deregister`] does, the drain running on a thread of
-    /// its own (the caller goes on), and then removes it from HAProxy.
+    /// its own (the caller goes on), and then removes it from HAProxy. A target its checks
+    /// took out of rotation stays out: draining would hand it requests in flight again.
     pub(super) fn deregister_in_background(&self, name: &str) {
         if let Some((_, registered)) = self.registered.iter().find(|(n, _)| n == name) {
             registered.store(false, Ordering::Relaxed);
         }
+        let in_rotation = self.state(name) == Some(TargetState::Healthy);
         let (socket, name, delay) = (
             self.socket.clone(),
             name.to_owned(),
             self.check.deregistration_delay,
         );
         std::thread::spawn(move || {
-            let _ = runtime_command(&socket, &format!("set server targets/{name} state drain"));
-            std::thread::sleep(delay);
+            if in_rotation {
+                let _ = runtime_command(&socket, &format!("set server targets/{name} state drain"));
+                std::thread::sleep(delay);
+            }
             let _ = runtime_command(&socket, &format!("set server targets/{name} state maint"));
             let _ = runtime_command(&socket, &format!("del server targets/{name}"));
         });

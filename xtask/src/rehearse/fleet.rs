@@ -165,7 +165,23 @@ pub(super) struct Fleet<'a> {
     /// Zones powered off: nothing launches there (AWS's launches in a failed zone fail,
     /// and it launches in the others).
     pub(super) dark_zones: BTreeSet<String>,
+    /// Where the search for the next instance's address starts (see [`next_free_slot`]).
+    next_slot: u8,
     logs: PathBuf,
+}
+
+/// The highest slot, so the last address is 10.231.0.210 in the /24.
+const LAST_SLOT: u8 = 200;
+
+/// The first slot at or after `from` (wrapping after [`LAST_SLOT`]) that no member holds.
+/// Addresses go round rather than lowest first, as EC2 does not hand a just-released
+/// private address straight to the next instance: a load balancer still retrying a dead
+/// target's address would otherwise reach the new instance booting there (nginx's
+/// default page answered 404 to the steady traffic in a zone loss).
+fn next_free_slot(used: &BTreeSet<u8>, from: u8) -> Option<u8> {
+    (from..=LAST_SLOT)
+        .chain(0..from.min(LAST_SLOT + 1))
+        .find(|slot| !used.contains(slot))
 }
 
 /// The groups' instances as moto holds them.
@@ -217,6 +233,7 @@ impl<'a> Fleet<'a> {
             elb_grace: BTreeMap::new(),
             refreshing: None,
             dark_zones: BTreeSet::new(),
+            next_slot: 0,
             logs,
         }
     }
@@ -413,9 +430,10 @@ impl<'a> Fleet<'a> {
             .find(|g| g.name == held.group)
             .context("an instance of a group the fleet does not follow")?;
         let (tier, unit) = (group.tier, group.unit);
-        let slot = (0..=200u8)
-            .find(|slot| !self.members.values().any(|m| m.slot == *slot))
+        let used: BTreeSet<u8> = self.members.values().map(|m| m.slot).collect();
+        let slot = next_free_slot(&used, self.next_slot)
             .context("no free address for another instance")?;
+        self.next_slot = slot.wrapping_add(1);
         let user_data = self.user_data(&held.template, &held.version)?;
         // moto puts every instance of a group in its first subnet; AWS balances a group
         // over its zones, launching in the one with the fewest of its instances that stay
@@ -1009,7 +1027,21 @@ impl Drop for Fleet<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{scale_in_victim, Candidate};
+    use std::collections::BTreeSet;
+
+    use super::{next_free_slot, scale_in_victim, Candidate, LAST_SLOT};
+
+    #[test]
+    fn a_released_address_goes_to_a_new_instance_only_after_the_others() {
+        let used: BTreeSet<u8> = [0, 2].into();
+        // Slot 1 was just released; the search goes on from 3.
+        assert_eq!(next_free_slot(&used, 3), Some(3));
+        assert_eq!(next_free_slot(&used, 2), Some(3));
+        // Past the last slot it wraps to the lowest free one.
+        assert_eq!(next_free_slot(&used, LAST_SLOT + 1), Some(1));
+        let full: BTreeSet<u8> = (0..=LAST_SLOT).collect();
+        assert_eq!(next_free_slot(&full, 7), None);
+    }
 
     fn worker<'a>(id: &'a str, zone: &'a str, version: &'a str, protected: bool) -> Candidate<'a> {
         Candidate {

@@ -1103,7 +1103,7 @@ fn database_failover(
     }
     outside.database.start_server()?;
     let back = Instant::now();
-    let during = traffic.counts_sent(|sent| sent >= stopped && sent < back);
+    let during = traffic.counts_where(|sent, _| sent >= stopped && sent < back);
     // Recovered: a sign-up answers 201 again, and every job is processed.
     let mut recovered_after = None;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -1555,14 +1555,17 @@ impl Traffic {
     }
 
     fn counts(&self) -> Counts {
-        self.counts_sent(|_| true)
+        self.counts_where(|_, _| true)
     }
 
-    /// The answers to requests sent when `when` says.
-    fn counts_sent(&self, when: impl Fn(Instant) -> bool) -> Counts {
+    /// The answers to the requests that `when(sent, answered)` picks.
+    fn counts_where(&self, when: impl Fn(Instant, Instant) -> bool) -> Counts {
         let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
         let mut counts = Counts::default();
-        for (_, answer, took) in answers.iter().filter(|(sent, _, _)| when(*sent)) {
+        for (_, answer, took) in answers
+            .iter()
+            .filter(|(sent, _, took)| when(*sent, *sent + *took))
+        {
             counts.total += 1;
             counts.slowest = counts.slowest.max(took.as_secs_f64());
             match answer {
@@ -1591,7 +1594,7 @@ impl Traffic {
         self.stop_keeping().counts()
     }
 
-    /// Stops sending; the answers stay for [`Self::counts_sent`].
+    /// Stops sending; the answers stay for [`Self::counts_where`].
     fn stop_keeping(mut self) -> Self {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
@@ -1743,9 +1746,12 @@ fn zone_loss(
     // Slack for requests already on their way when the target was marked down.
     let window_end = off + marked + Duration::from_secs(1);
     let all = traffic.stop_keeping();
-    let until_marked = all.counts_sent(|sent| sent >= off && sent <= window_end);
-    let after_marked = all.counts_sent(|sent| sent > window_end);
-    let before = all.counts_sent(|sent| sent < off);
+    // A request answered before the power went is "before"; one in flight when it went
+    // (a slow sign-up, say) fails with the zone, as on AWS, and counts with those sent
+    // until the target was marked down.
+    let before = all.counts_where(|_, answered| answered < off);
+    let until_marked = all.counts_where(|sent, answered| answered >= off && sent <= window_end);
+    let after_marked = all.counts_where(|sent, _| sent > window_end);
     let invariants = outside.check(aws, std::slice::from_ref(&video))?;
     let jobs = account(&fleet.worker_journals());
     summary.check_invariants(&invariants);
