@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::media::{generate_once, Clip};
 use crate::paths::{project_root, scratch_dir};
-use crate::system::{command, ensure_installed, run_command, stop};
+use crate::system::{command, ensure_installed, run_command, stop_all};
 
 /// The newman release the collection is run with.
 const NEWMAN_VERSION: &str = "6.2.2";
@@ -33,7 +33,8 @@ pub fn run(args: CollectionArgs) -> anyhow::Result<()> {
 }
 
 /// The platform from `cargo xtask dev` on a free port while `f` runs, stopped after
-/// (SIGTERM: the API, the worker and dev's PostgreSQL go with it).
+/// (SIGTERM: the API, the worker and dev's PostgreSQL go with it, given the time dev
+/// gives them and more: killed sooner, dev would leave them running).
 fn with_dev(f: impl FnOnce(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -51,7 +52,10 @@ fn with_dev(f: impl FnOnce(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let outcome = runtime
         .block_on(crate::system::wait_healthy(&mut dev, &base))
         .and_then(|()| f(&base));
-    stop(&mut dev);
+    stop_all(
+        &mut [&mut dev],
+        crate::dev::STOP_LIMIT + std::time::Duration::from_secs(20),
+    );
     outcome
 }
 

@@ -9,7 +9,11 @@ use clap::Args;
 use crate::paths::{project_root, scratch_dir};
 use crate::postgres::PrivateCluster;
 use crate::system::ensure_installed;
-use crate::system::{stop, wait_healthy};
+use crate::system::{stop_all, wait_healthy};
+
+/// How long the API and the worker get to stop on Ctrl-C before they are killed (a job in
+/// hand is then handed back and done at the next start).
+pub const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Port of the private development cluster (another free one is used if it is taken).
 const DEV_POSTGRES_PORT: u16 = 54329;
@@ -61,10 +65,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         let worker = worker.insert(start("worker")?);
         supervise(&mut api, worker, &base, &database_url, cluster.as_ref()).await
     });
-    if let Some(worker) = worker.as_mut() {
-        stop(worker);
+    match worker.as_mut() {
+        Some(worker) => stop_all(&mut [worker, &mut api], STOP_LIMIT),
+        None => stop_all(&mut [&mut api], STOP_LIMIT),
     }
-    stop(&mut api);
     drop(cluster); // stops the private PostgreSQL
     outcome
 }

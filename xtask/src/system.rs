@@ -236,20 +236,62 @@ pub fn local_api(
     Ok((api, format!("http://127.0.0.1:{port}")))
 }
 
-/// Asks the process to stop gracefully (SIGTERM), then waits for it.
+/// Asks the process to stop gracefully (SIGTERM), then waits for it: killed after 10 s.
 pub fn stop(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    let _ = command("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..100 {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
+    stop_all(&mut [child], Duration::from_secs(10));
+}
+
+/// Asks every process to stop gracefully (SIGTERM) at once, waits for them, and kills
+/// those still running after `limit`: the stop takes `limit` at most, however many there
+/// are (one after another, a caller that itself gets killed after its own limit would
+/// leave the later ones running).
+pub fn stop_all(children: &mut [&mut Child], limit: Duration) {
+    for child in children.iter_mut() {
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = command("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    let deadline = std::time::Instant::now() + limit;
+    for child in children.iter_mut() {
+        while child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{command, stop_all};
+
+    /// Two processes that ignore SIGTERM are both killed within one limit, not one after
+    /// the other: `cargo xtask dev` stopped its worker then its API that way, and was
+    /// itself killed before reaching the API, which kept running after CI.
+    #[test]
+    fn stopping_several_processes_takes_one_limit_and_leaves_none_running() {
+        let stubborn = || {
+            command("sh")
+                .args(["-c", "trap '' TERM; exec sleep 30"])
+                .spawn()
+                .expect("sh")
+        };
+        let (mut first, mut second) = (stubborn(), stubborn());
+        // Let each shell set its trap before the signal comes.
+        std::thread::sleep(Duration::from_millis(300));
+        let began = Instant::now();
+        stop_all(&mut [&mut first, &mut second], Duration::from_secs(2));
+        let took = began.elapsed();
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+        for child in [&mut first, &mut second] {
+            assert!(child.try_wait().expect("status").is_some(), "still running");
+        }
+    }
 }

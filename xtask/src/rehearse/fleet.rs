@@ -694,8 +694,9 @@ impl<'a> Fleet<'a> {
     }
 
     /// Powers off every instance in `zone` at once (no shutdown: their init killed, their
-    /// link cut, so nothing answers), and launches nothing there from now on.
-    pub(super) fn power_off_zone(&mut self, zone: &str) -> Vec<String> {
+    /// link cut, so nothing answers), and launches nothing there from now on. The ids
+    /// powered off, and when the power went.
+    pub(super) fn power_off_zone(&mut self, zone: &str) -> (Vec<String>, Instant) {
         self.dark_zones.insert(zone.to_owned());
         let ids: Vec<String> = self
             .members
@@ -703,16 +704,22 @@ impl<'a> Fleet<'a> {
             .filter(|(_, m)| m.zone == zone)
             .map(|(id, _)| id.clone())
             .collect();
+        // The workers' journals are read before the power goes (what they did until then
+        // counts), and all of them first, so the zone goes dark at one moment.
         for id in &ids {
             if let Some(member) = self.members.get_mut(id) {
                 if let Some(journal) = (member.instance.tier == "worker")
                     .then(|| member.instance.service_journal())
                     .and_then(Result::ok)
                 {
-                    // Read before the power goes: what it did until then counts.
                     self.retired_worker_journals.push(journal);
                     member.journal_kept = true;
                 }
+            }
+        }
+        let off = Instant::now();
+        for id in &ids {
+            if let Some(member) = self.members.get_mut(id) {
                 member.instance.power_off();
             }
         }
@@ -724,7 +731,7 @@ impl<'a> Fleet<'a> {
                 ids.join(", ")
             }
         ));
-        ids
+        (ids, off)
     }
 
     /// Terminations whose hook the worker completed, or whose heartbeat timeout passed.

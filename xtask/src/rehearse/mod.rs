@@ -277,7 +277,9 @@ fn rehearse(
         }
     }
     // The smoke flow goes through a load balancer that behaves as the target group says.
-    let check = facts.target_group.health_check(BALANCER_COMPRESSION);
+    let check = facts
+        .target_group
+        .health_check(f64::from(BALANCER_COMPRESSION));
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let balancer = balancer::Balancer::start(
         &dir.join("balancer"),

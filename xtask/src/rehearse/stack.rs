@@ -2,6 +2,7 @@
 //! two keys a rehearsal must change) and the facts read back from the emulator.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -80,6 +81,11 @@ pub(super) struct StackFacts {
     pub(super) target_group: TargetGroupFacts,
 }
 
+/// The shortest a compressed health check waits for its answer: the instances share two
+/// cores with ffmpeg and the harness, and an answer a few hundred milliseconds late would
+/// take a healthy target out of rotation (AWS's 5 s default is far from any such delay).
+const MIN_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The web target group as the emulator holds it.
 #[derive(serde::Deserialize)]
 pub(super) struct TargetGroupFacts {
@@ -93,13 +99,14 @@ pub(super) struct TargetGroupFacts {
 
 impl TargetGroupFacts {
     /// Its health check with every duration divided by `compression` (a rehearsal's
-    /// minute is shorter than AWS's; the counts stay).
-    pub(super) fn health_check(&self, compression: u32) -> super::balancer::HealthCheck {
-        let seconds = |s: u64| std::time::Duration::from_secs(s) / compression.max(1);
+    /// minute is shorter than AWS's; the counts stay), the timeout no shorter than
+    /// [`MIN_CHECK_TIMEOUT`].
+    pub(super) fn health_check(&self, compression: f64) -> super::balancer::HealthCheck {
+        let seconds = |s: u64| Duration::from_secs_f64(s as f64 / compression.max(1.0));
         super::balancer::HealthCheck {
             path: self.path.clone(),
             interval: seconds(self.interval_s),
-            timeout: seconds(self.timeout_s),
+            timeout: seconds(self.timeout_s).max(MIN_CHECK_TIMEOUT),
             healthy_threshold: self.healthy_threshold,
             unhealthy_threshold: self.unhealthy_threshold,
             deregistration_delay: seconds(self.deregistration_delay_s),
