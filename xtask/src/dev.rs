@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::paths::{project_root, scratch_dir};
 use crate::postgres::PrivateCluster;
@@ -30,6 +31,11 @@ pub struct DevArgs {
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
     ensure_installed(&["ffmpeg", "ffprobe"], "ffmpeg")?;
+    // Ctrl-C and SIGTERM (e.g. from `timeout`, a supervisor or `cargo xtask collection`)
+    // stop everything, from here on: one that came during the start-up and killed this
+    // process at once would leave the API and the private database running.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut stop_signals = runtime.block_on(async { StopSignals::listen() })?;
     let (database_url, cluster) = match std::env::var("DATABASE_URL") {
         Ok(url) => (url, None),
         Err(_) => {
@@ -57,13 +63,18 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let mut api = start("api")?;
     let base = format!("http://127.0.0.1:{}", args.port);
-    let runtime = tokio::runtime::Runtime::new()?;
     let mut worker = None;
     let outcome = runtime.block_on(async {
-        // The API applies the migrations; the worker starts once the API is healthy.
-        wait_healthy(&mut api, &base).await?;
-        let worker = worker.insert(start("worker")?);
-        supervise(&mut api, worker, &base, &database_url, cluster.as_ref()).await
+        let running = async {
+            // The API applies the migrations; the worker starts once the API is healthy.
+            wait_healthy(&mut api, &base).await?;
+            let worker = worker.insert(start("worker")?);
+            supervise(&mut api, worker, &base, &database_url, cluster.as_ref()).await
+        };
+        tokio::select! {
+            () = stop_signals.recv() => Ok(()),
+            outcome = running => outcome,
+        }
     });
     match worker.as_mut() {
         Some(worker) => stop_all(&mut [worker, &mut api], STOP_LIMIT),
@@ -98,20 +109,38 @@ async fn supervise(
          \x20 curl -s {base}/api/public/rankings\n\n\
          Ctrl-C stops everything.\n"
     );
-    // Ctrl-C and SIGTERM (e.g. from `timeout` or a supervisor) both stop everything.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Until a stop signal ends this future (see `run`), or one of them ends by itself.
     loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(status) = api.try_wait()? {
+            bail!("the API exited unexpectedly ({status})");
+        }
+        if let Some(status) = worker.try_wait()? {
+            bail!("the worker exited unexpectedly ({status})");
+        }
+    }
+}
+
+/// Ctrl-C and SIGTERM, listened for from the start (a signal that came before `recv` is
+/// kept for it).
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    /// Inside a Tokio runtime.
+    fn listen() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if let Some(status) = api.try_wait()? {
-                    bail!("the API exited unexpectedly ({status})");
-                }
-                if let Some(status) = worker.try_wait()? {
-                    bail!("the worker exited unexpectedly ({status})");
-                }
-            }
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
 }

@@ -246,8 +246,10 @@ pub fn stop(child: &mut Child) {
 /// are (one after another, a caller that itself gets killed after its own limit would
 /// leave the later ones running).
 pub fn stop_all(children: &mut [&mut Child], limit: Duration) {
+    // A status that cannot be read (the child reaped elsewhere) counts as exited.
+    let running = |child: &mut Child| matches!(child.try_wait(), Ok(None));
     for child in children.iter_mut() {
-        if child.try_wait().ok().flatten().is_none() {
+        if running(child) {
             let _ = command("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
@@ -255,7 +257,7 @@ pub fn stop_all(children: &mut [&mut Child], limit: Duration) {
     }
     let deadline = std::time::Instant::now() + limit;
     for child in children.iter_mut() {
-        while child.try_wait().ok().flatten().is_none() {
+        while running(child) {
             if std::time::Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -268,6 +270,8 @@ pub fn stop_all(children: &mut [&mut Child], limit: Duration) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
     use std::time::{Duration, Instant};
 
     use super::{command, stop_all};
@@ -277,15 +281,21 @@ mod tests {
     /// itself killed before reaching the API, which kept running after CI.
     #[test]
     fn stopping_several_processes_takes_one_limit_and_leaves_none_running() {
+        // Each says so once SIGTERM is ignored (then becomes `sleep`, still ignoring it).
         let stubborn = || {
-            command("sh")
-                .args(["-c", "trap '' TERM; exec sleep 30"])
+            let mut child = command("sh")
+                .args(["-c", "trap '' TERM; echo ready; exec sleep 30"])
+                .stdout(Stdio::piped())
                 .spawn()
-                .expect("sh")
+                .expect("sh");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("its line");
+            assert_eq!(line.trim(), "ready");
+            child
         };
         let (mut first, mut second) = (stubborn(), stubborn());
-        // Let each shell set its trap before the signal comes.
-        std::thread::sleep(Duration::from_millis(300));
         let began = Instant::now();
         stop_all(&mut [&mut first, &mut second], Duration::from_secs(2));
         let took = began.elapsed();

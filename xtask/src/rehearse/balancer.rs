@@ -211,6 +211,11 @@ impl Balancer {
             let mut health = TargetHealth::registered();
             while !stop.load(Ordering::Relaxed) && registered.load(Ordering::Relaxed) {
                 let passed = check_once(address, &check.path, check.timeout);
+                // Deregistered while it checked: its state is the deregistration's now (a
+                // late `ready` would put a drained or removed target back).
+                if !registered.load(Ordering::Relaxed) {
+                    break;
+                }
                 if let Some(state) = health.record(passed, &check) {
                     let admin = match state {
                         TargetState::Healthy => "ready",

@@ -53,7 +53,8 @@ const VOTE_EVERY: u64 = 5;
 pub(super) struct Size {
     /// Uploads at once in the burst.
     pub(super) burst_uploads: usize,
-    /// How many times faster than AWS's the worker policy's clock runs.
+    /// How many times faster than AWS's the game day's clock runs: the worker policy's,
+    /// Auto Scaling's (warm-ups, grace periods, status checks) and the target group's.
     pub(super) compression: f64,
     /// How long the database stand-in stays stopped.
     pub(super) database_outage: Duration,

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod capacity;
+mod dev;
 mod rehearse;
 
 /// Held by the tests that build or run this workspace's binaries through cargo, so one
