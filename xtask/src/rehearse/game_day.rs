@@ -1108,7 +1108,21 @@ fn database_failover(
     outside.database.start_server()?;
     let back = Instant::now();
     let during = traffic.counts_where(|sent, _| sent >= stopped && sent < back);
-    // Recovered: a sign-up answers 201 again, and every job is processed.
+    // What each worker in service at the stop logged since.
+    let pauses = |fleet: &Fleet| -> Vec<OutagePause> {
+        fleet
+            .live_worker_journals()
+            .iter()
+            .filter(|(id, _)| in_service.contains(*id))
+            .map(|(id, journal)| {
+                let seen = journals_before.get(id).map_or(0, |j| j.lines().count());
+                outage_pause(&journal.lines().skip(seen).collect::<Vec<_>>())
+            })
+            .collect()
+    };
+    // Recovered: a sign-up answers 201 again, every job is processed, and every worker
+    // that paused has resumed (one whose recheck came late may find the jobs already done
+    // by a worker launched meanwhile).
     let mut recovered_after = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -1116,7 +1130,10 @@ fn database_failover(
         if recovered_after.is_none() && traffic.last_ok_after(back) {
             recovered_after = Some(back.elapsed().as_secs_f64());
         }
-        if recovered_after.is_some() && outside.processed(&videos)? == videos.len() {
+        if recovered_after.is_some()
+            && outside.processed(&videos)? == videos.len()
+            && pauses(fleet).iter().all(|p| !p.paused || p.resumed)
+        {
             break;
         }
         if Instant::now() > deadline {
@@ -1132,15 +1149,7 @@ fn database_failover(
     let all = traffic.stop();
     let invariants = outside.check(aws, &videos)?;
     let restarts_after = service_restarts(fleet);
-    let pauses: Vec<OutagePause> = fleet
-        .live_worker_journals()
-        .iter()
-        .filter(|(id, _)| in_service.contains(*id))
-        .map(|(id, journal)| {
-            let seen = journals_before.get(id).map_or(0, |j| j.lines().count());
-            outage_pause(&journal.lines().skip(seen).collect::<Vec<_>>())
-        })
-        .collect();
+    let pauses = pauses(fleet);
     let paused = !pauses.is_empty() && pauses.iter().all(|p| p.paused && p.resumed);
     let jobs_during: usize = pauses.iter().map(|p| p.jobs_during).sum();
     summary.check_invariants(&invariants);
